@@ -1,0 +1,12 @@
+"""agent-image: turn an AI agent package (APKG) into a container image.
+
+The pipeline, in the order data flows: ``apkg`` (open and check the
+package) -> ``manifest`` (agent.yaml) -> ``requirements`` (policy and layer
+split) -> ``dockerfile`` (render) -> ``context`` (deterministic tar) ->
+``indexproxy`` (credentials stay outside the build) -> ``engine`` (the one
+place that knows Docker) -> ``buildlog`` (log lines to an error class) ->
+``registry`` (push/pull). ``api.build_image`` ties them together; ``cli``
+is the command line.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,228 @@
+"""The Python API: ``build_image(source, options) -> BuildResult`` or an error.
+
+This is the pipeline in order: open -> requirements -> render -> context ->
+cache check -> index proxy -> engine build -> classify or tag -> push.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
+from .buildlog import Failure, classify, conflict_warnings, installed_packages, step_lines
+from .context import build_context
+from .dockerfile import render
+from .engine import Engine
+from .errors import PackageLoadError, PackageValidationError, register_secret
+from .index import resolve_index
+from .indexproxy import DownloadCache, IndexProxy
+from .requirements import logical_lines, read_requirements
+
+log = structlog.get_logger("agent_image")
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent-image"))
+BASE_REPOSITORY = "agent-image/base"
+INPUT_LABEL = "io.pixell.agent-image.input-digest"
+_REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+
+
+def base_image_for(python: str) -> str:
+    return f"{BASE_REPOSITORY}:py{python}"
+
+
+@dataclass
+class BuildOptions:
+    repository: str | None = None          # default: agents/NAME, or REGISTRY/NAME with a registry
+    registry: str | None = None            # HOST[:PORT]/PREFIX
+    push: bool = False
+    index_url: str | None = None
+    allow_index_hosts: frozenset[str] = frozenset()
+    ca_bundle: str | None = None
+    timeout: float = 300.0
+    base_image: str | None = None
+    include_env: bool = False
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    cache_max_bytes: int = 2 * 1024 ** 3
+    limits: Limits = DEFAULT_LIMITS
+    nocache: bool = False
+    use_cache: bool = True                  # skip the build when the input digest exists
+    env: dict[str, str] | None = None       # environment for index resolution (default os.environ)
+
+
+@dataclass
+class BuildResult:
+    ok: bool
+    image: str
+    image_id: str
+    agent: dict[str, str]
+    duration_s: float
+    cached: bool = False
+    input_digest: str = ""
+    digest_ref: str | None = None
+    steps_cached: int = 0
+    steps_total: int = 0
+    installed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    index: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _repository(manifest_name: str, options: BuildOptions) -> str:
+    if options.repository:
+        repo = options.repository
+    elif options.registry:
+        repo = f"{options.registry.rstrip('/')}/{manifest_name}"
+    else:
+        repo = f"agents/{manifest_name}"
+    if not _REF_RE.match(repo):
+        raise PackageValidationError(f"{repo!r} is not a valid image repository", field="--repository",
+                                     hint="Use lowercase host[:port]/path components.")
+    return repo
+
+
+def _log_requirements(pkg: Package, split, venv: str) -> None:
+    """The seed's log lines, so operators grepping for them still find them."""
+    if pkg.requirements_path is None:
+        log.info("No requirements.txt found, skipping dependency installation", venv=venv,
+                 package_path=str(pkg.source))
+    elif split.real_lines == 0:
+        log.info("requirements.txt is empty, skipping dependency installation", venv=venv)
+    else:
+        log.info("Found requirements.txt with dependencies", venv=venv, line_count=split.real_lines)
+
+
+def _dotenv_secrets(root: Path) -> None:
+    env = root / ".env"
+    if env.is_file():
+        for line in env.read_text(encoding="utf-8", errors="replace").splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                register_secret(line.split("=", 1)[1].strip().strip("'\""))
+
+
+def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str):
+    """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
+    split = read_requirements(pkg.root, options.allow_index_hosts)
+    base_image = options.base_image or base_image_for(pkg.manifest.python)
+    rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
+                      deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0)
+    generated = {"Dockerfile": rendered.text.encode()}
+    if split.deps:
+        generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
+        for name, text in split.constraints.items():
+            generated[f".agent-image/deps/{name}"] = text.encode()
+    exclude = set() if options.include_env else {".env"}
+    context = build_context(pkg.root, generated, exclude=exclude)
+    digest = hashlib.sha256(json.dumps(
+        [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
+    return split, rendered, context, digest
+
+
+def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
+                engine: Engine | None = None) -> BuildResult:
+    """Build the agent image for SOURCE. Returns a BuildResult or raises PackageLoadError."""
+    options = options or BuildOptions()
+    started = time.monotonic()
+    with open_package(source, options.limits) as pkg:
+        m = pkg.manifest
+        venv = f"{m.name}-{m.version}"
+        log.info("Opened agent package", agent=m.name, version=m.version, runtime=m.runtime,
+                 source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
+        _dotenv_secrets(pkg.root)
+        if options.include_env and (pkg.root / ".env").is_file():
+            log.warning("Including .env in the image (--include-env): its values ship to whoever pulls it",
+                        agent=m.name)
+        repo = _repository(m.name, options)
+        ref = f"{repo}:{m.version}"
+        upstream = resolve_index(options.index_url, options.env)
+
+        engine = engine or Engine()
+        engine.ping()
+        base_image = options.base_image or base_image_for(m.python)
+        base = engine.require_image(base_image, hint=f"Run `agent-image base --python {m.python}` "
+                                                    "(scripts/setup.sh does it) and retry.")
+        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id)
+        _log_requirements(pkg, split, venv)
+        input_tag = f"{repo}:in-{digest[:20]}"
+
+        if options.use_cache and not options.nocache:
+            hit = engine.image(input_tag)
+            if hit is not None and hit.labels.get(INPUT_LABEL) == digest:
+                engine.tag(hit.id, ref)
+                log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
+                result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
+                                     duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
+                return _maybe_push(result, engine, options)
+
+        labels = dict(m.labels)
+        labels[INPUT_LABEL] = digest
+        labels["io.pixell.agent-image.builder"] = __version__
+        cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
+        with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
+            log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
+                     venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
+
+            def on_step(n: int, total: int, instr: str) -> None:
+                name = rendered.step_name(n)
+                if name == "package" and instr.startswith("RUN"):
+                    log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
+                log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
+
+            outcome = engine.build(context=context.data, buildargs={"http_proxy": proxy.address},
+                                   labels=labels, timeout=options.timeout, nocache=options.nocache,
+                                   on_step=on_step, on_line=lambda line: log.debug("build", line=line))
+            stats = proxy.stats
+
+        if outcome.error is not None or outcome.image_id is None:
+            step = rendered.step_name(outcome.failed_step or 0)
+            failure = Failure(step=step, lines=step_lines(outcome.lines, outcome.failed_step),
+                              error=outcome.error or "", all_lines=outcome.lines, deps=split.deps,
+                              requirements=_all_lines(pkg.root), auth_failures=stats.auth_failures,
+                              unreachable=stats.unreachable)
+            err = classify(failure)
+            log.error("Requirements installation failed" if step in ("deps", "requirements") else "Build failed",
+                      venv=venv, step=step, error_class=type(err).__name__, error=str(err))
+            raise err
+
+        engine.tag(outcome.image_id, ref)
+        engine.tag(outcome.image_id, input_tag)
+        installed = installed_packages(outcome.lines)
+        warnings = conflict_warnings(outcome.lines)
+        for w in warnings:
+            log.warning("Dependency conflict resolved in favour of requirements.txt", venv=venv, detail=w)
+        if split.real_lines:
+            log.info("Requirements installed successfully", venv=venv, requirements_file="requirements.txt")
+        if installed:
+            log.info("Installed dependencies", venv=venv, packages=installed)
+        result = BuildResult(
+            ok=True, image=ref, image_id=outcome.image_id, agent={"name": m.name, "version": m.version},
+            duration_s=round(time.monotonic() - started, 3), input_digest=digest,
+            steps_cached=outcome.cached_steps, steps_total=outcome.total_steps, installed=installed,
+            warnings=warnings, index={"url": upstream.url, **stats.as_dict()})
+        log.info("Agent image ready", venv=venv, image=ref, image_id=outcome.image_id,
+                 package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
+                 cached_steps=outcome.cached_steps, duration_s=result.duration_s)
+        return _maybe_push(result, engine, options)
+
+
+def _all_lines(root: Path):
+    path = root / "requirements.txt"
+    return logical_lines(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
+
+
+def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions) -> BuildResult:
+    if options.push:
+        from .registry import push_image
+        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest)
+    return result

@@ -1,0 +1,205 @@
+"""Open an agent package (an .apkg zip or a folder) safely and check it.
+
+Everything here runs before the engine sees a byte: entry names, types,
+counts and sizes are checked while extracting, so a hostile upload ends in a
+``PackageValidationError`` naming the entry, with nothing written outside
+the staging folder.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .errors import PackageValidationError
+from .manifest import Manifest, parse_manifest
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a package may hold. All are CLI options (see --help)."""
+    max_entries: int = 10_000
+    max_total_bytes: int = 512 * 1024 * 1024
+    max_file_bytes: int = 256 * 1024 * 1024
+    max_ratio: int = 200  # uncompressed/compressed, for entries past 1 MiB
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Package:
+    """A package opened into a folder: ``root`` holds its files."""
+    root: Path
+    manifest: Manifest
+    source: Path
+    source_kind: str  # "apkg" | "folder"
+    files: list[str] = field(default_factory=list)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def has_setup(self) -> bool:
+        return (self.root / "setup.py").is_file() or (self.root / "pyproject.toml").is_file()
+
+    @property
+    def requirements_path(self) -> Path | None:
+        path = self.root / "requirements.txt"
+        return path if path.is_file() else None
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Package":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _bad(message: str, entry: str, hint: str | None = None) -> PackageValidationError:
+    return PackageValidationError(message, field=entry, hint=hint)
+
+
+def _check_name(name: str) -> str:
+    """Return the normalised relative path of a zip entry or raise."""
+    if not name or "\x00" in name:
+        raise _bad(f"package entry {name!r} has an empty or NUL-containing name", name)
+    if "\\" in name:
+        raise _bad(f"package entry {name!r} uses backslashes", name, "Rebuild the package with `pixell build`.")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise _bad(f"package entry {name!r} has an absolute path", name,
+                   "Entries must be relative to the package root.")
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        raise _bad(f"package entry {name!r} climbs out of the package with '..'", name)
+    clean = "/".join(p for p in parts if p not in ("", "."))
+    if not clean:
+        raise _bad(f"package entry {name!r} names the package root", name)
+    return clean
+
+
+def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise _bad(f"{path.name} is not a zip archive (an .apkg is a zip written by `pixell build`)",
+                   path.name, "Rebuild it with `pixell build` or pass the agent folder.") from None
+    except OSError as exc:
+        raise _bad(f"cannot read {path}: {exc.strerror}", str(path)) from None
+    with zf:
+        infos = zf.infolist()
+        if not infos:
+            raise _bad(f"{path.name} is an empty zip", path.name, "Rebuild it with `pixell build`.")
+        if len(infos) > limits.max_entries:
+            raise _bad(f"{path.name} holds {len(infos)} entries, more than the limit of {limits.max_entries}",
+                       path.name, "Raise --max-entries if this package is genuine.")
+        seen: set[str] = set()
+        declared = 0
+        for info in infos:
+            clean = _check_name(info.filename)
+            if clean in seen:
+                raise _bad(f"package entry {info.filename!r} appears twice", info.filename)
+            seen.add(clean)
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            if kind == stat.S_IFLNK:
+                raise _bad(f"package entry {info.filename!r} is a symlink; symlinks are not allowed in a package",
+                           info.filename, "Replace the link with the file it points to.")
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                raise _bad(f"package entry {info.filename!r} is a device, pipe or socket", info.filename)
+            if info.file_size > limits.max_file_bytes:
+                raise _bad(f"package entry {info.filename!r} is {info.file_size} bytes, over the "
+                           f"{limits.max_file_bytes}-byte file limit", info.filename)
+            if info.file_size > 1024 * 1024 and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+                raise _bad(f"package entry {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}x "
+                           f"(limit {limits.max_ratio}x): refusing a likely zip bomb", info.filename)
+            declared += info.file_size
+            if declared > limits.max_total_bytes:
+                raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit", info.filename,
+                           "Raise --max-total-bytes if this package is genuine.")
+        written = 0
+        files = []
+        for info in infos:
+            clean = _check_name(info.filename)
+            target = dest / clean
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # headers can lie about sizes: count what is really written
+            with zf.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > limits.max_total_bytes:
+                        raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit",
+                                   info.filename)
+                    out.write(chunk)
+            files.append(clean)
+    return files
+
+
+def _walk_folder(root: Path, limits: Limits) -> list[str]:
+    root_real = root.resolve()
+    files: list[str] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames) + sorted(filenames):
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                target = full.resolve()
+                if target != root_real and root_real not in target.parents:
+                    raise _bad(f"{rel} is a symlink pointing outside the package ({os.readlink(full)})", rel,
+                               "Copy the file into the package instead of linking to it.")
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise _bad(f"{rel} is a device, pipe or socket", rel)
+            if stat.S_ISREG(st.st_mode):
+                files.append(rel)
+                total += st.st_size
+        if len(files) > limits.max_entries:
+            raise _bad(f"the folder holds more than {limits.max_entries} files", str(root))
+        if total > limits.max_total_bytes:
+            raise _bad(f"the folder holds more than {limits.max_total_bytes} bytes", str(root))
+    return files
+
+
+def read_manifest_text(root: Path) -> str:
+    path = root / "agent.yaml"
+    if not path.is_file():
+        raise _bad("the package has no agent.yaml at its root", "agent.yaml",
+                   "Run `pixell init` or add agent.yaml next to src/.")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad(f"agent.yaml is not UTF-8 (byte {exc.start})", "agent.yaml", "Save it as UTF-8.") from None
+
+
+def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> Package:
+    """Open SOURCE (an .apkg file or a folder holding agent.yaml) and validate it.
+
+    The caller closes the returned Package (it may own a staging folder).
+    """
+    src = Path(source)
+    if not src.exists():
+        raise _bad(f"{src} does not exist", str(src), "Pass an .apkg file or a folder with agent.yaml.")
+    if src.is_dir():
+        files = _walk_folder(src, limits)
+        manifest = parse_manifest(read_manifest_text(src))
+        return Package(root=src, manifest=manifest, source=src, source_kind="folder", files=files)
+    tmp = tempfile.TemporaryDirectory(prefix="agent-image-pkg-")
+    try:
+        root = Path(tmp.name)
+        files = _extract_zip(src, root, limits)
+        manifest = parse_manifest(read_manifest_text(root))
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return Package(root=root, manifest=manifest, source=src, source_kind="apkg", files=files, _tmp=tmp)

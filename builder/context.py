@@ -1,0 +1,72 @@
+"""A deterministic build context: the same inputs give the same tar bytes.
+
+Entries are sorted, with fixed owner, mode and mtime, so the engine's layer
+cache keeps hitting across machines and checkouts (repo2docker's lesson).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+EPOCH = 0  # fixed mtime for every entry
+
+
+@dataclass(frozen=True)
+class Context:
+    data: bytes
+    digest: str  # sha256 of the tar: identifies exactly what the engine saw
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def _info(name: str, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.type, info.mtime = size, mode, kind, EPOCH
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def package_files(root: Path, exclude: set[str]) -> list[str]:
+    """Relative paths of every file and symlink under ROOT, sorted, minus EXCLUDE."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in exclude and not any(rel.startswith(e.rstrip("/") + "/") for e in exclude):
+                out.append(rel)
+    return sorted(out)
+
+
+def build_context(root: Path, generated: dict[str, bytes], *, exclude: set[str] = frozenset(),
+                  prefix: str = "app") -> Context:
+    """Tar ROOT's files under PREFIX/ plus GENERATED {path: bytes} at the top."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(generated):
+            data = generated[name]
+            tar.addfile(_info(name, len(data)), io.BytesIO(data))
+        tar.addfile(_info(f"{prefix}/", mode=0o755, kind=tarfile.DIRTYPE))
+        for rel in package_files(root, set(exclude)) if root.is_dir() else []:
+            path = root / rel
+            st = path.lstat()
+            arc = f"{prefix}/{rel}"
+            if stat.S_ISLNK(st.st_mode):
+                info = _info(arc, kind=tarfile.SYMTYPE)
+                info.linkname = os.readlink(path)
+                tar.addfile(info)
+                continue
+            mode = 0o755 if st.st_mode & 0o111 else 0o644
+            with open(path, "rb") as fh:
+                tar.addfile(_info(arc, st.st_size, mode), fh)
+    data = buf.getvalue()
+    return Context(data=data, digest="sha256:" + hashlib.sha256(data).hexdigest())

@@ -1,0 +1,125 @@
+"""Render the per-agent Dockerfile. Pure: text in, text out, no engine.
+
+Rendering goes through one Jinja ``Environment`` with ``StrictUndefined``
+so a missing value is an error, not an empty string in a RUN line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .errors import PackageValidationError
+from .manifest import ENV_KEY_RE, Manifest
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+if not TEMPLATES.is_dir():  # installed as a wheel: templates ship inside the package
+    TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# what pip inside the build sees; the proxy behind http_proxy serves it
+PIP_INDEX_HOST = "agent-image-index.invalid"
+PIP_INDEX_URL = f"http://{PIP_INDEX_HOST}/simple/"
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dq(value: object) -> str:
+    """Quote a value for a Dockerfile ENV/ARG; refuse anything that ends a line."""
+    text = "" if value is None else str(value)
+    if _UNSAFE.search(text):
+        raise PackageValidationError(
+            f"value {text[:40]!r} contains a newline or control character and cannot go into the Dockerfile",
+            hint="Use single-line printable values in agent.yaml.")
+    # JSON escaping covers \ and "; $ would expand in ENV, so escape it too
+    return json.dumps(text, ensure_ascii=False).replace("$", "\\$")
+
+
+def envkey(value: str) -> str:
+    if not ENV_KEY_RE.match(value):
+        raise PackageValidationError(f"environment key {value!r} is not a valid variable name",
+                                     field=f"environment.{value}")
+    return value
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["dq"] = dq
+    env.filters["envkey"] = envkey
+    return env
+
+
+_ENV = _environment()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    steps: tuple[str, ...]  # step name of each instruction, in order (Step N -> steps[N-1])
+    instructions: tuple[str, ...]
+
+    def step_name(self, number: int) -> str:
+        """Name of 'Step N/M' in the engine's log (labels the engine adds come last)."""
+        return self.steps[number - 1] if 1 <= number <= len(self.steps) else "labels"
+
+
+def parse_steps(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Instruction list of a Dockerfile with the '#> step NAME' marker that precedes each."""
+    steps: list[str] = []
+    instructions: list[str] = []
+    current = "base"
+    continued = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#> step "):
+            current = line[len("#> step "):].strip()
+            continue
+        if continued:
+            continued = line.endswith("\\")
+            instructions[-1] += " " + line.rstrip("\\").strip()
+            continue
+        if not line or line.startswith("#"):
+            continue
+        steps.append(current)
+        instructions.append(line.rstrip("\\").strip())
+        continued = line.endswith("\\")
+    return tuple(steps), tuple(instructions)
+
+
+def render(
+    manifest: Manifest,
+    *,
+    base_image: str,
+    index_identity: str,
+    deps: bool,
+    editable: bool,
+    requirements: bool,
+    template: str = "agent.Dockerfile.j2",
+) -> Rendered:
+    """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
+    text = _ENV.get_template(template).render(
+        builder_version=__version__,
+        name=manifest.name,
+        version=manifest.version,
+        base_image=base_image,
+        index_identity=index_identity,
+        pip_index_url=PIP_INDEX_URL,
+        pip_trusted_host=PIP_INDEX_HOST,
+        deps=deps,
+        editable=editable,
+        requirements=requirements,
+        entrypoint=manifest.entrypoint or "",
+        rest_entry=manifest.rest_entry or "",
+        environment=manifest.environment,
+    )
+    steps, instructions = parse_steps(text)
+    return Rendered(text=text, steps=steps, instructions=instructions)

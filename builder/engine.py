@@ -1,0 +1,383 @@
+"""The one seam that knows the container engine (repo2docker's ContainerEngine).
+
+``Engine`` offers a few keyword-only verbs (build, image, tag, push, pull,
+run) and returns neutral values (``Image``, ``BuildOutcome``); nothing else
+in agent-image imports docker-py. Engine failures become ``EngineError`` or
+``RegistryError`` here, once.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.api.client import APIClient
+
+from .errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
+                     RegistryError, redact)
+
+DEFAULT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    size: int
+    layers: tuple[str, ...]
+    digests: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    user: str = ""
+
+
+@dataclass
+class BuildOutcome:
+    image_id: str | None
+    lines: list[str] = field(default_factory=list)
+    error: str | None = None
+    failed_step: int | None = None
+    cached_steps: int = 0
+    total_steps: int = 0
+    duration_s: float = 0.0
+
+
+class _CancellableAPIClient(APIClient):
+    """APIClient that remembers each thread's streaming response.
+
+    docker-py's build generator cannot be closed from another thread, but its
+    socket can be shut down, which makes the engine cancel the build.
+    """
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self._local = threading.local()
+
+    def _stream_helper(self, response, decode=False):  # noqa: D401 (docker-py override)
+        self._local.response = response
+        return super()._stream_helper(response, decode=decode)
+
+    def current_response(self):
+        return getattr(self._local, "response", None)
+
+
+def _shutdown(response) -> None:
+    """Cut a streaming response's socket from any thread."""
+    try:
+        raw = response.raw._fp.fp.raw
+        sock = getattr(raw, "_sock", raw)
+        sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # already closed, or a transport without a socket
+        try:
+            response.close()
+        except Exception:
+            pass
+
+
+def _image(attrs: dict) -> Image:
+    cfg = attrs.get("Config") or {}
+    return Image(
+        id=attrs["Id"],
+        tags=tuple(attrs.get("RepoTags") or ()),
+        labels=dict(cfg.get("Labels") or {}),
+        size=int(attrs.get("Size") or 0),
+        layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+        digests=tuple(attrs.get("RepoDigests") or ()),
+        env=tuple(cfg.get("Env") or ()),
+        user=cfg.get("User") or "",
+    )
+
+
+def _engine_error(exc: Exception, doing: str) -> EngineError:
+    return EngineError(f"the Docker engine is unreachable while {doing}: {redact(str(exc))[:300]}",
+                       hint="Start it (scripts/setup.sh starts dockerd) or set DOCKER_HOST, then retry.")
+
+
+class Engine:
+    """The container engine, through docker-py. One instance per process is fine."""
+
+    def __init__(self, base_url: str | None = None, *, api_timeout: float = 120.0) -> None:
+        try:
+            kwargs = docker.utils.kwargs_from_env()
+            if base_url:
+                kwargs["base_url"] = base_url
+            kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
+            self.api = _CancellableAPIClient(version="auto", timeout=api_timeout, **kwargs)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "connecting") from None
+
+    # -- facts ------------------------------------------------------------------
+    def ping(self) -> str:
+        try:
+            return self.api.version().get("Version", "?")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "checking it") from None
+
+    def image(self, ref: str) -> Image | None:
+        try:
+            return _image(self.api.inspect_image(ref))
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise _engine_error(exc, f"inspecting {ref}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"inspecting {ref}") from None
+
+    def history(self, ref: str) -> list[dict]:
+        return self.api.history(ref)
+
+    def require_image(self, ref: str, hint: str) -> Image:
+        img = self.image(ref)
+        if img is None:
+            raise BaseImageMissingError(f"base image {ref} is not present in the engine", hint=hint)
+        return img
+
+    # -- build ------------------------------------------------------------------
+    def build(
+        self,
+        *,
+        context: bytes,
+        buildargs: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        cache_from: list[str] | None = None,
+        network_mode: str = "host",
+        nocache: bool = False,
+        on_line: Callable[[str], None] | None = None,
+        on_step: Callable[[int, int, str], None] | None = None,
+    ) -> BuildOutcome:
+        """Build the tar CONTEXT (Dockerfile at its root) without tagging.
+
+        Tagging is the caller's move, after success, so a failed or cancelled
+        build never moves a tag. At the wall-clock TIMEOUT the stream's socket
+        is cut, which makes the engine cancel the build and remove its
+        container; then ``BuildTimeoutError`` is raised. Ctrl-C does the same
+        and raises ``BuildInterruptedError``.
+        """
+        outcome = BuildOutcome(image_id=None)
+        started = time.monotonic()
+        fired = threading.Event()
+        state: dict[str, Any] = {}
+
+        def cut() -> None:
+            fired.set()
+            resp = state.get("response")
+            if resp is not None:
+                _shutdown(resp)
+
+        timer = threading.Timer(timeout, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            stream = self.api.build(
+                fileobj=io.BytesIO(context), custom_context=True, encoding=None, rm=True, forcerm=True,
+                buildargs=buildargs or {}, labels=labels or {}, network_mode=network_mode,
+                cache_from=cache_from or None, nocache=nocache, decode=True,
+            )
+            state["response"] = self.api.current_response()
+            if fired.is_set() and state["response"] is not None:
+                _shutdown(state["response"])
+            for chunk in self._chunks(stream):
+                self._consume(chunk, outcome, on_line, on_step)
+        except KeyboardInterrupt:
+            cut()
+            self._settle()
+            raise BuildInterruptedError("the build was interrupted and cancelled; no tag was changed",
+                                        log_tail=outcome.lines[-20:]) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            if not fired.is_set():
+                if isinstance(exc, docker.errors.APIError) and exc.status_code and exc.status_code < 500:
+                    outcome.error = redact(exc.explanation or str(exc))
+                else:
+                    raise EngineError(
+                        f"the connection to the Docker engine dropped mid-build: {redact(str(exc))[:200]}",
+                        hint="Check that dockerd is running (it may have restarted), then rerun the build.",
+                        log_tail=outcome.lines[-20:]) from None
+        finally:
+            timer.cancel()
+        outcome.duration_s = time.monotonic() - started
+        if fired.is_set():
+            self._settle()
+            raise BuildTimeoutError(
+                f"the build timed out after {timeout:g}s and was cancelled; no tag was changed",
+                hint="Check for very large dependencies or a slow index, or raise --timeout.",
+                log_tail=outcome.lines[-20:])
+        if outcome.image_id is None and outcome.error is None:
+            raise EngineError("the Docker engine ended the build without a result (did dockerd restart?)",
+                              hint="Rerun the build once the engine is up.", log_tail=outcome.lines[-20:])
+        return outcome
+
+    @staticmethod
+    def _chunks(stream: Iterator[dict]) -> Iterator[dict]:
+        yield from stream
+
+    @staticmethod
+    def _consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:
+        if "stream" in chunk:
+            for line in chunk["stream"].splitlines():
+                line = redact(line.rstrip())
+                if not line:
+                    continue
+                outcome.lines.append(line)
+                if line.startswith("Step ") and "/" in line.split(" : ")[0]:
+                    head, _, instr = line.partition(" : ")
+                    n, _, m = head[5:].partition("/")
+                    if n.isdigit() and m.isdigit():
+                        outcome.failed_step, outcome.total_steps = int(n), int(m)
+                        if on_step:
+                            on_step(int(n), int(m), instr)
+                elif line.strip() == "---> Using cache":
+                    outcome.cached_steps += 1
+                if on_line:
+                    on_line(line)
+        elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+            outcome.image_id = chunk["aux"]["ID"]
+        elif "error" in chunk:
+            outcome.error = redact(chunk.get("error") or str(chunk.get("errorDetail")))
+            outcome.image_id = None
+        if outcome.image_id:
+            outcome.failed_step = None if outcome.error is None else outcome.failed_step
+
+    @staticmethod
+    def _settle() -> None:
+        # the engine cancels asynchronously once the stream is cut; give it a moment
+        time.sleep(0.5)
+
+    def build_dockerfile(self, *, path: str, dockerfile: str, tag: str, buildargs: dict[str, str] | None = None,
+                         network_mode: str = "host", on_line: Callable[[str], None] | None = None) -> str:
+        """Build a plain Dockerfile from a folder and tag it (used for the shared base)."""
+        image_id = None
+        try:
+            for chunk in self.api.build(path=path, dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
+                                        buildargs=buildargs or {}, network_mode=network_mode, decode=True):
+                if "stream" in chunk and on_line:
+                    for line in chunk["stream"].splitlines():
+                        if line.strip():
+                            on_line(line.rstrip())
+                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                if "error" in chunk:
+                    raise EngineError(f"building {tag} failed: {redact(chunk['error'])}")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"building {tag}") from None
+        if image_id is None:
+            raise EngineError(f"building {tag} gave no image")
+        return image_id
+
+    def import_rootfs(self, *, tar_path: str, repository: str, tag: str) -> str:
+        with open(tar_path, "rb") as fh:
+            out = self.api.import_image_from_data(fh, repository=repository, tag=tag)
+        return str(out)
+
+    # -- tags, registry ------------------------------------------------------------
+    def tag(self, image_id: str, ref: str) -> None:
+        repo, tag = split_ref(ref)
+        try:
+            self.api.tag(image_id, repo, tag, force=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"tagging {ref}") from None
+
+    def remove_image(self, ref: str, *, force: bool = False) -> None:
+        try:
+            self.api.remove_image(ref, force=force, noprune=False)
+        except docker.errors.ImageNotFound:
+            pass
+
+    def push(self, ref: str, *, auth: dict | None = None, on_line: Callable[[str], None] | None = None) -> str:
+        """Push REF; return the manifest digest. Scans the stream: docker-py
+        does not raise on an error chunk sent with HTTP 200 (docker-py #3161)."""
+        repo, tag = split_ref(ref)
+        digest = None
+        try:
+            for chunk in self.api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+                if "error" in chunk:
+                    raise RegistryError(f"pushing {ref} failed: {redact(chunk['error'])}",
+                                        hint=_registry_hint(chunk["error"]))
+                aux = chunk.get("aux") or {}
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = aux["Digest"]
+                if on_line and chunk.get("status"):
+                    on_line(f"{chunk.get('id', '')} {chunk['status']}".strip())
+        except docker.errors.APIError as exc:
+            raise RegistryError(f"pushing {ref} failed: {redact(exc.explanation or str(exc))}",
+                                hint=_registry_hint(str(exc))) from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"pushing {ref}") from None
+        if not digest:
+            raise RegistryError(f"pushing {ref} ended without a digest", hint="Check the registry's logs.")
+        return digest
+
+    def pull(self, ref: str, *, auth: dict | None = None) -> Image:
+        repo, tag = split_ref(ref)
+        try:
+            for chunk in self.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+                if "error" in chunk:
+                    raise RegistryError(f"pulling {ref} failed: {redact(chunk['error'])}",
+                                        hint=_registry_hint(chunk["error"]))
+        except docker.errors.APIError as exc:
+            raise RegistryError(f"pulling {ref} failed: {redact(exc.explanation or str(exc))}",
+                                hint=_registry_hint(str(exc))) from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"pulling {ref}") from None
+        img = self.image(ref)
+        if img is None:
+            raise RegistryError(f"pulled {ref} but the engine does not show it")
+        return img
+
+    # -- containers ------------------------------------------------------------------
+    def run(self, image: str, *, env: dict[str, str] | None = None, ports: dict[int, int] | None = None,
+            name: str | None = None, network_mode: str | None = None) -> str:
+        try:
+            host_config = self.api.create_host_config(
+                port_bindings={p: ("127.0.0.1", hp) for p, hp in (ports or {}).items()},
+                network_mode=network_mode)
+            container = self.api.create_container(
+                image, environment=env or {}, ports=list((ports or {}).keys()), name=name,
+                host_config=host_config, labels={"io.pixell.agent-image.run": "1"})
+            self.api.start(container["Id"])
+            return container["Id"]
+        except docker.errors.APIError as exc:
+            raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
+
+    def logs(self, container_id: str, tail: int = 50) -> str:
+        return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
+
+    def stop(self, container_id: str, *, remove: bool = True, timeout: int = 10) -> None:
+        try:
+            self.api.stop(container_id, timeout=timeout)
+            if remove:
+                self.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def container_state(self, container_id: str) -> dict:
+        return self.api.inspect_container(container_id)["State"]
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); digests stay in the repo part."""
+    if "@" in ref:
+        return ref, None
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:]
+    return ref, "latest"
+
+
+def _registry_hint(text: str) -> str:
+    low = text.lower()
+    if "unauthorized" in low or "authentication required" in low or "denied" in low:
+        return "Log in to the registry (docker login) or pass --registry-username/--registry-password."
+    if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
+        return "The registry is unreachable: check the address and that it is running, then retry."
+    return "Check the registry address and its logs, then retry."

@@ -1,0 +1,235 @@
+"""One exception tree for every failure a user can cause.
+
+The root keeps the seed runtime's name, ``PackageLoadError``. Each class has
+a stable kebab-case ``reference`` and an ``exit_code``; ``EXIT_CODES`` below
+is the one table the CLI and the ``--json`` result read. Errors carry
+evidence (the step, the offending requirement or line, a bounded log tail),
+never secrets: messages are passed through ``redact`` on the way out.
+
+This module imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# userinfo in a URL (https://user:TOKEN@host) and token-looking query args
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s:]+(?::[^/@\s]*)?)@")
+_SECRET_KV = re.compile(r"(?i)\b(token|password|passwd|secret|authorization)(=|:\s*)(\S+)")
+
+# values registered at run time (index tokens, .env values) scrubbed everywhere
+_KNOWN_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so every later message and log line hides it."""
+    if value and len(value) >= 4:
+        _KNOWN_SECRETS.add(value)
+
+
+def redact(text: Any) -> Any:
+    """Hide URL credentials and registered secrets in a string (other types pass)."""
+    if not isinstance(text, str):
+        return text
+    out = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        if secret in out:
+            out = out.replace(secret, "***")
+    return out
+
+
+class PackageLoadError(Exception):
+    """Root of every failure agent-image reports.
+
+    ``message`` says what went wrong, ``hint`` what to do; ``requirement`` and
+    ``line`` name the offending input; ``step`` names the build step;
+    ``log_tail`` holds the last lines of the build log as evidence.
+    """
+
+    reference = "package-load-error"
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        requirement: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        step: str | None = None,
+        log_tail: list[str] | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.hint = redact(hint) if hint else None
+        self.requirement = redact(requirement) if requirement else None
+        self.line = line
+        self.field = field
+        self.step = step
+        self.log_tail = [redact(x) for x in (log_tail or [])]
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f" {self.hint}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "reference": self.reference,
+            "message": str(self),
+            "requirement": self.requirement,
+            "line": self.line,
+            "field": self.field,
+            "step": self.step,
+            "exit_code": self.exit_code,
+            "log_tail": self.log_tail,
+        }
+
+
+# --- the package itself -------------------------------------------------------
+
+class PackageValidationError(PackageLoadError):
+    """The package or its agent.yaml is malformed, unsafe or unsupported."""
+    reference = "package-invalid"
+    exit_code = 10
+
+
+class IndexPolicyError(PackageValidationError):
+    """requirements.txt tries to point pip at another index (dependency confusion)."""
+    reference = "index-policy"
+    exit_code = 11
+
+
+class RequirementsSyntaxError(PackageLoadError):
+    """pip could not parse a line of requirements.txt."""
+    reference = "requirements-syntax"
+    exit_code = 12
+
+
+# --- installing dependencies -------------------------------------------------
+
+class DependencyError(PackageLoadError):
+    """A dependency could not be installed."""
+    reference = "dependency-error"
+    exit_code = 20
+
+
+class DependencyNotFoundError(DependencyError):
+    """The index has no distribution of that name at all."""
+    reference = "dependency-not-found"
+    exit_code = 21
+
+
+class VersionNotFoundError(DependencyError):
+    """The index has the project, but no version matching the constraint."""
+    reference = "version-not-found"
+    exit_code = 22
+
+
+class HashMismatchError(DependencyError):
+    """A downloaded file does not match the --hash pinned in requirements."""
+    reference = "hash-mismatch"
+    exit_code = 23
+
+
+class DependencyConflictError(DependencyError):
+    """pip's resolver found no set of versions satisfying every constraint."""
+    reference = "dependency-conflict"
+    exit_code = 24
+
+
+class WheelBuildError(DependencyError):
+    """A dependency ships only as source and failed to build (compiler/headers)."""
+    reference = "wheel-build-failed"
+    exit_code = 25
+
+
+class EditableInstallError(DependencyError):
+    """`pip install -e .` of the agent package itself failed."""
+    reference = "editable-install-failed"
+    exit_code = 26
+
+
+class IndexUnreachableError(PackageLoadError):
+    """The package index could not be reached."""
+    reference = "index-unreachable"
+    exit_code = 30
+
+
+class IndexAuthError(PackageLoadError):
+    """The package index refused our credentials (401/403)."""
+    reference = "index-auth"
+    exit_code = 31
+
+
+class CodeArtifactError(IndexAuthError):
+    """Getting a CodeArtifact token or endpoint failed."""
+    reference = "codeartifact"
+    exit_code = 32
+
+
+# --- the build and the engine -----------------------------------------------
+
+class BuildError(PackageLoadError):
+    """The image build failed for a reason no finer class describes."""
+    reference = "build-failed"
+    exit_code = 40
+
+
+class BuildTimeoutError(BuildError):
+    """The build ran past its wall-clock deadline and was cancelled."""
+    reference = "build-timeout"
+    exit_code = 41
+
+
+class BuildInterruptedError(BuildError):
+    """The build was interrupted (Ctrl-C / SIGTERM) and cancelled."""
+    reference = "build-interrupted"
+    exit_code = 42
+
+
+class EngineError(PackageLoadError):
+    """The Docker engine is unreachable or failed underneath us."""
+    reference = "engine-unreachable"
+    exit_code = 50
+
+
+class BaseImageMissingError(EngineError):
+    """The shared base image the agent builds FROM is not present."""
+    reference = "base-image-missing"
+    exit_code = 51
+
+
+class RegistryError(PackageLoadError):
+    """Pushing to or pulling from the registry failed."""
+    reference = "registry-error"
+    exit_code = 60
+
+
+class ImageVerificationError(RegistryError):
+    """A pulled image's labels do not match what the caller expected."""
+    reference = "image-verification"
+    exit_code = 61
+
+
+class RunError(PackageLoadError):
+    """A started agent container did not become healthy."""
+    reference = "run-failed"
+    exit_code = 70
+
+
+ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
+    PackageLoadError, PackageValidationError, IndexPolicyError, RequirementsSyntaxError,
+    DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
+    DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
+    IndexAuthError, CodeArtifactError, BuildError, BuildTimeoutError, BuildInterruptedError,
+    EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, RunError,
+)
+
+# The one exit-code table (class name -> code); the CLI and --json read it.
+EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in ALL_ERRORS}

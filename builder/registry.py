@@ -1,0 +1,63 @@
+"""Push agent images to a registry and pull them back, verified."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from .engine import Engine, split_ref
+from .errors import EngineError, ImageVerificationError, RegistryError
+
+log = structlog.get_logger("agent_image.registry")
+
+
+def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, retries: int = 3,
+               auth: dict | None = None) -> str:
+    """Push REF (and its input-digest tag); return REPO@sha256:... pinned by digest."""
+    repo, _ = split_ref(ref)
+    refs = [ref] + ([f"{repo}:in-{input_digest[:20]}"] if input_digest else [])
+    digest = ""
+    for target in refs:
+        for attempt in range(1, retries + 1):
+            try:
+                d = engine.push(target, auth=auth)
+                digest = digest or d
+                break
+            except (RegistryError, EngineError) as exc:
+                if attempt == retries or "unauthorized" in str(exc).lower():
+                    raise
+                log.warning("push failed, retrying", image=target, attempt=attempt, error=str(exc))
+                time.sleep(min(2 ** attempt, 10) * 0.5)
+    pinned = f"{repo}@{digest}"
+    log.info("Pushed agent image", image=ref, digest_ref=pinned)
+    return pinned
+
+
+def verify_labels(labels: dict[str, str], *, ref: str, name: str | None, version: str | None) -> None:
+    """An agent image must carry its name/version labels, matching what the caller expects."""
+    for key, want in (("io.pixell.agent.name", name), ("io.pixell.agent.version", version)):
+        have = labels.get(key)
+        if have is None:
+            raise ImageVerificationError(f"{ref} has no {key} label: it was not built by agent-image",
+                                         hint="Pull an image built with `agent-image build`.")
+        if want is not None and have != want:
+            raise ImageVerificationError(f"{ref} is {key}={have!r}, expected {want!r}",
+                                         hint="Check the reference: it points at another agent or version.")
+
+
+def pull_image(engine: Engine, ref: str, *, expect_name: str | None = None, expect_version: str | None = None,
+               auth: dict | None = None, retries: int = 3) -> str:
+    """Pull REF, check its agent labels, return the local image id."""
+    for attempt in range(1, retries + 1):
+        try:
+            image = engine.pull(ref, auth=auth)
+            break
+        except RegistryError as exc:
+            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
+                raise
+            log.warning("pull failed, retrying", image=ref, attempt=attempt, error=str(exc))
+            time.sleep(0.5 * attempt)
+    verify_labels(image.labels, ref=ref, name=expect_name, version=expect_version)
+    log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get("io.pixell.agent.name"))
+    return image.id

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for agent-image, idempotently:
+#   Debian packages (docker.io, docker-registry, debootstrap), dockerd in the
+#   background, the project venv (.venv), the Python images made with
+#   debootstrap + docker import (no registry is reachable here), and the
+#   shared base images. A second run finds everything and takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CACHE=${AGENT_IMAGE_CACHE:-$HOME/.cache/agent-image}
+mkdir -p "$CACHE"
+say() { printf '[setup] %s\n' "$*" >&2; }
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+
+# 1. Debian packages
+need=()
+for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# the packaged registry starts itself with htpasswd auth; tests run their own
+$SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+$SUDO pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry' 2>/dev/null || true
+
+# 2. the engine
+if ! docker info >/dev/null 2>&1; then
+  say "starting dockerd in the background (log: $CACHE/dockerd.log)"
+  $SUDO sh -c "nohup dockerd >'$CACHE/dockerd.log' 2>&1 &"
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { say "dockerd did not start; see $CACHE/dockerd.log"; exit 1; }
+fi
+
+# 3. the project venv (reinstalled only when pyproject.toml changes)
+stamp=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x .venv/bin/agent-image ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
+  say "creating .venv and installing agent-image with its test extras"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test,codeartifact]'
+  echo "$stamp" > .venv/.stamp
+fi
+
+# 4. Python images from Debian (3.11 = bookworm, 3.9 = bullseye)
+for pair in 3.11:bookworm 3.9:bullseye; do
+  py=${pair%%:*}; suite=${pair#*:}; image="agent-image/python:$py"
+  docker image inspect "$image" >/dev/null 2>&1 && continue
+  tarball="$CACHE/rootfs-$suite.tar"
+  if [ ! -s "$tarball" ]; then
+    say "debootstrap $suite (about 40 s)"
+    dir=$(mktemp -d)
+    $SUDO debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+      "$suite" "$dir" http://deb.debian.org/debian >"$CACHE/debootstrap-$suite.log" 2>&1 \
+      || { say "debootstrap failed; see $CACHE/debootstrap-$suite.log"; exit 1; }
+    $SUDO rm -rf "$dir/var/cache/apt/archives/"*.deb "$dir/var/lib/apt/lists/"*
+    $SUDO tar -C "$dir" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+    $SUDO rm -rf "$dir"
+  fi
+  say "importing $image"
+  docker import -c 'CMD ["python3"]' "$tarball" "$image" >/dev/null
+done
+
+# 5. the shared base images (docker's layer cache makes a rerun instant)
+for py in 3.11 3.9; do
+  .venv/bin/agent-image base --python "$py" >/dev/null 2>>"$CACHE/setup.log"
+done
+say "ready: $(docker version --format '{{.Server.Version}}') engine, base images agent-image/base:py3.11, py3.9"
