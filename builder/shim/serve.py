@@ -169,6 +169,8 @@ def serve_fastapi(fastapi, uvicorn) -> None:
         except Exception as exc:
             return respond((500, {"error": f"{type(exc).__name__}: {exc}"}))
 
+    # annotations are strings here (__future__); FastAPI needs the real class
+    invoke_route.__annotations__ = {"request": Request}
     app.add_api_route(f"{BASE}/invoke", invoke_route, methods=["POST"])
     try:
         load(REST_ENTRY)(app)
