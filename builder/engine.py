@@ -18,12 +18,16 @@ from typing import Any, Callable, Iterator
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.api.client import APIClient
 
 from .errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
                      RegistryError, redact)
 
 DEFAULT_TIMEOUT = 300.0
+# what a cut or dropped engine connection raises mid-stream
+_STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
+                  urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ class Engine:
             self._settle()
             raise BuildInterruptedError("the build was interrupted and cancelled; no tag was changed",
                                         log_tail=outcome.lines[-20:]) from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        except _STREAM_ERRORS as exc:
             if not fired.is_set():
                 if isinstance(exc, docker.errors.APIError) and exc.status_code and exc.status_code < 500:
                     outcome.error = redact(exc.explanation or str(exc))

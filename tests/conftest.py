@@ -27,7 +27,9 @@ CACHE = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent
 WHEEL_CACHE = CACHE / "test-wheels"
 BIN = Path(sys.executable).parent
 # real wheels from PyPI that the tests' private index serves (downloaded once, kept on disk)
-PUBLIC_WHEELS = ["requests==2.32.3", "structlog==24.4.0", "setuptools==75.8.0", "wheel==0.45.1"]
+# (fastapi/uvicorn/watchdog: what the `pixell init` scaffold's requirements ask for)
+PUBLIC_WHEELS = ["requests==2.32.3", "structlog==24.4.0", "setuptools==75.8.0", "wheel==0.45.1",
+                 "fastapi", "uvicorn", "watchdog"]
 
 
 def free_port() -> int:
@@ -110,9 +112,11 @@ def wheelhouse(tmp_path_factory) -> Path:
     """Wheels for the private index: fixture projects plus real public ones."""
     house = tmp_path_factory.mktemp("wheelhouse")
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    if not any(WHEEL_CACHE.glob("requests-*.whl")):
-        subprocess.run([str(BIN / "pip"), "download", "-q", "--only-binary=:all:", "--python-version", "3.11",
-                        "-d", str(WHEEL_CACHE), *PUBLIC_WHEELS], check=True)
+    marker = WHEEL_CACHE / ".complete"
+    if not marker.is_file() or marker.read_text() != repr(PUBLIC_WHEELS):
+        subprocess.run([str(BIN / "pip"), "download", "-q", "--only-binary=:all:", "-d", str(WHEEL_CACHE),
+                        *PUBLIC_WHEELS], check=True)
+        marker.write_text(repr(PUBLIC_WHEELS))
     for whl in WHEEL_CACHE.glob("*.whl"):
         shutil.copy(whl, house)
     src = tmp_path_factory.mktemp("fixture-src")
@@ -125,8 +129,14 @@ def wheelhouse(tmp_path_factory) -> Path:
                                      "\"needscc\"};\nPyMODINIT_FUNC PyInit_needscc(void){return PyModule_Create(&m);}\n")
     (cproj / "setup.py").write_text("from setuptools import setup, Extension\n"
                                     "setup(name='needscc', version='1.0', ext_modules=[Extension('needscc', ['needscc.c'])])\n")
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(house)], cwd=cproj, check=True,
-                   capture_output=True)
+    # an sdist whose build hangs: for the wall-clock timeout
+    sproj = src / "slowpkg-1.0"
+    sproj.mkdir()
+    (sproj / "setup.py").write_text("import os, time\nif os.environ.get('SLOW_SKIP') != '1':\n    time.sleep(600)\n"
+                                    "from setuptools import setup\nsetup(name='slowpkg', version='1.0')\n")
+    for proj in (cproj, sproj):
+        subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(house)], cwd=proj, check=True,
+                       capture_output=True, env={**os.environ, "SLOW_SKIP": "1"})
     return house
 
 

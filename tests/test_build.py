@@ -1,0 +1,256 @@
+"""Real builds against the real engine and a private index on loopback.
+
+The seed's test list, as image builds: every success case is checked by
+running the image; every failure class comes out of a real build, through
+the CLI's --json result and exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.api import BuildOptions, build_image
+from builder.errors import EXIT_CODES, BuildTimeoutError, DependencyNotFoundError, EngineError
+from tests.conftest import BIN, make_project, run_in_image
+
+AGENT_IMAGE = str(BIN / "agent-image")
+
+
+def cli_build(source: Path, *args: str, timeout: float = 600) -> tuple[int, dict, str]:
+    proc = subprocess.run([AGENT_IMAGE, "build", str(source), "--json", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"--json must print exactly one object on stdout, got: {proc.stdout!r}"
+    return proc.returncode, json.loads(lines[0]), proc.stderr
+
+
+def opts(index_url: str, **kw) -> BuildOptions:
+    return BuildOptions(index_url=index_url, **kw)
+
+
+def py(docker_client, image: str, code: str) -> str:
+    return run_in_image(docker_client, image, ["python", "-c", code]).strip()
+
+
+# --- success cases ---------------------------------------------------------------------
+
+def test_requirements_are_installed_and_importable(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/req-agent")
+    agent = agent_factory("req-agent", requirements="requests==2.32.3\nstructlog\n")
+    code, out, logs = cli_build(agent, "--index-url", index_url)
+    assert code == 0, logs
+    assert out["ok"] is True and out["image"] == "agents/req-agent:0.1.0"
+    assert out["agent"] == {"name": "req-agent", "version": "0.1.0"}
+    assert out["image_id"].startswith("sha256:") and out["duration_s"] > 0
+    assert any(p.startswith("requests-2.32.3") for p in out["installed"])
+    # the venv is first on PATH: plain `python` is the agent's
+    assert py(docker_client, out["image"], "import requests, structlog, sys; print(requests.__version__, sys.prefix)") \
+        == "2.32.3 /opt/venv"
+    # the seed's log lines, as JSON events
+    events = [json.loads(ln)["event"] for ln in logs.splitlines() if ln.startswith("{")]
+    for expected in ("Found requirements.txt with dependencies", "Requirements installed successfully",
+                     "Installed dependencies", "Agent image ready"):
+        assert expected in events
+    found = next(json.loads(ln) for ln in logs.splitlines() if "Found requirements.txt" in ln)
+    assert found["line_count"] == 2
+
+
+def test_labels_user_and_path(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/label-agent")
+    result = build_image(agent_factory("label-agent", requirements="tinyreq==1.1\n"), opts(index_url))
+    labels = docker_client.images.get(result.image).labels
+    assert labels["org.opencontainers.image.title"] == "label-agent"
+    assert labels["org.opencontainers.image.version"] == "0.1.0"
+    assert labels["io.pixell.agent.name"] == "label-agent"
+    assert labels["io.pixell.agent.version"] == "0.1.0"
+    assert labels["io.pixell.agent.entrypoint"] == "src.main:handler"
+    assert py(docker_client, result.image, "import os, tinyreq; print(os.getuid(), tinyreq.__version__)") == "10001 1.1"
+
+
+def test_no_requirements_file(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/plain-agent")
+    code, out, logs = cli_build(agent_factory("plain-agent", requirements=None), "--index-url", index_url)
+    assert code == 0, logs
+    assert "No requirements.txt found, skipping dependency installation" in logs
+    # setup.py only: the package itself is installed editable
+    assert py(docker_client, out["image"], "import src.main, sys; print(src.main.__file__)") == "/app/src/main.py"
+
+
+def test_comments_only_requirements(agent_factory, index_url, cleanup_images):
+    cleanup_images("agents/empty-req")
+    agent = agent_factory("empty-req", requirements="# Just comments\n# No actual dependencies\n\n")
+    code, out, logs = cli_build(agent, "--index-url", index_url)
+    assert code == 0, logs
+    assert "requirements.txt is empty, skipping dependency installation" in logs
+    assert out["installed"] == ["empty-req-0.1.0"]
+
+
+def test_comments_blank_lines_and_two_packages(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/commented")
+    agent = agent_factory("commented", requirements="\n# Core dependencies\nrequests>=2.28.0\n\n"
+                                                     "# Optional\nstructlog  # Logging\n")
+    result = build_image(agent, opts(index_url))
+    assert py(docker_client, result.image, "import requests, structlog; print('OK')") == "OK"
+
+
+def test_no_setup_py_only_requirements(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/nosetup")
+    agent = agent_factory("nosetup", requirements="tinyreq==1.0\n", setup_py=False)
+    result = build_image(agent, opts(index_url))
+    assert py(docker_client, result.image, "import tinyreq; print(tinyreq.__version__)") == "1.0"
+
+
+def test_editable_line_in_requirements(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
+    cleanup_images("agents/editable")
+    agent = agent_factory("editable", requirements="tinyreq==1.0\n-e ./libs/helper\n")
+    make_project(agent / "libs", "helper", "0.3")
+    (agent / "libs" / "helper-0.3").rename(agent / "libs" / "helper")
+    result = build_image(agent, opts(index_url))
+    assert py(docker_client, result.image, "import helper, tinyreq; print(helper.__version__, helper.__file__)") \
+        == "0.3 /app/libs/helper/helper/__init__.py"
+
+
+def test_requirements_pins_win_over_install_requires(agent_factory, index_url, docker_client, cleanup_images):
+    """Seed case 8: setup.py wants tinyreq>=2, requirements pins 1.0: the pin wins, with a warning."""
+    cleanup_images("agents/conflicted")
+    agent = agent_factory("conflicted", requirements="tinyreq==1.0\n", install_requires=["tinyreq>=2"])
+    code, out, logs = cli_build(agent, "--index-url", index_url)
+    assert code == 0, logs
+    assert py(docker_client, out["image"], "import tinyreq; print(tinyreq.__version__)") == "1.0"
+    assert any("tinyreq>=2" in w and "tinyreq 1.0" in w for w in out["warnings"]), out["warnings"]
+
+
+def test_env_file_is_left_out(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/envless")
+    agent = agent_factory("envless", env_file="OPENAI_API_KEY=sk-live-very-secret-9876\n")
+    result = build_image(agent, opts(index_url))
+    assert py(docker_client, result.image, "import os; print(os.path.exists('/app/.env'))") == "False"
+
+
+def test_python39_runtime(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/old-python")
+    result = build_image(agent_factory("old-python", runtime="python3.9", requirements="tinyreq==1.1\n"),
+                         opts(index_url))
+    assert py(docker_client, result.image, "import sys, tinyreq; print(sys.version_info[:2], tinyreq.__version__)") \
+        == "(3, 9) 1.1"
+
+
+def test_pixell_built_apkg(tmp_path, index_url, docker_client, cleanup_images):
+    """A real package from `pixell init` + `pixell build`, as CI receives it."""
+    cleanup_images("agents/kit-agent")
+    subprocess.run([str(BIN / "pixell"), "init", "kit-agent"], cwd=tmp_path, check=True, capture_output=True)
+    proj = tmp_path / "kit-agent"
+    shutil.copy(proj / ".env.example", proj / ".env")
+    subprocess.run([str(BIN / "pixell"), "build"], cwd=proj, check=True, capture_output=True)
+    apkg = next(proj.glob("*.apkg"))
+    code, out, logs = cli_build(apkg, "--index-url", index_url)
+    assert code == 0, logs
+    assert py(docker_client, out["image"], "import fastapi, uvicorn, watchdog, src.main; print('OK')") == "OK"
+
+
+def test_second_build_with_same_inputs_is_cached(agent_factory, index_url, cleanup_images):
+    cleanup_images("agents/again")
+    agent = agent_factory("again", requirements="tinyreq==1.0\n")
+    first = build_image(agent, opts(index_url))
+    second = build_image(agent, opts(index_url))
+    assert not first.cached and second.cached
+    assert second.image_id == first.image_id
+
+
+# --- failure classes, each from a real build --------------------------------------------
+
+FAILURES = [
+    # (id, requirements, extra agent kwargs, error class, text that must be in the message, requirement)
+    ("not-found", "tinyreq==1.0\nnot-a-real-package==999.999.999\n", {}, "DependencyNotFoundError",
+     "Dependency not found", "not-a-real-package==999.999.999"),
+    ("no-such-version", "tinyreq==1.7\n", {}, "VersionNotFoundError", "1.1", "tinyreq==1.7"),
+    ("hash-mismatch", "tinyreq==1.0 --hash=sha256:" + "0" * 64 + "\n", {}, "HashMismatchError",
+     "Hash verification failed", "tinyreq==1.0"),
+    ("conflict", "tinydep==1.0\ntinyreq==2.0\n", {}, "DependencyConflictError", "tinyreq", None),
+    ("wheel-build", "needscc==1.0\n", {}, "WheelBuildError", "needscc", None),
+    ("syntax", "tinyreq==1.0\ninvalid syntax here\n", {}, "RequirementsSyntaxError", "requirements.txt:2", None),
+    ("editable-broken", None, {"extra": {"setup.py": "raise SystemExit('setup.py is broken on purpose')\n"}},
+     "EditableInstallError", "pip install -e", None),
+]
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
+def test_failure_classes(case, agent_factory, index_url, docker_client):
+    name, reqs, kwargs, cls, text, requirement = case
+    tags_before = {t for i in docker_client.images.list() for t in i.tags}
+    agent = agent_factory(f"fail-{name}", requirements=reqs, **kwargs)
+    code, out, logs = cli_build(agent, "--index-url", index_url)
+    err = out["error"]
+    assert out["ok"] is False
+    assert err["class"] == cls, (err, logs[-3000:])
+    assert code == EXIT_CODES[cls] == err["exit_code"]
+    assert text in err["message"], err
+    if requirement:
+        assert err["requirement"] == requirement
+    assert err["step"] in ("deps", "package", "requirements")
+    assert err["log_tail"], "the error carries the tail of the build log"
+    tags_after = {t for i in docker_client.images.list() for t in i.tags}
+    assert not any(t.startswith(f"agents/fail-{name}") for t in tags_after - tags_before), "no tag on failure"
+
+
+def test_index_auth_refused(agent_factory, index):
+    agent = agent_factory("auth-fail", requirements="tinyreq==1.0\n")
+    bad = index.url.replace("http://", "http://alice:wrong-password-7777@")
+    code, out, logs = cli_build(agent, "--index-url", bad)
+    assert out["error"]["class"] == "IndexAuthError" and code == EXIT_CODES["IndexAuthError"]
+    assert "expired or lacks read permission" in out["error"]["message"]
+    assert "wrong-password-7777" not in json.dumps(out) + logs
+
+
+def test_index_unreachable(agent_factory):
+    from tests.conftest import free_port
+    agent = agent_factory("no-index", requirements="tinyreq==1.0\n")
+    code, out, logs = cli_build(agent, "--index-url", f"http://127.0.0.1:{free_port()}/simple/")
+    assert out["error"]["class"] == "IndexUnreachableError", out
+    assert code == EXIT_CODES["IndexUnreachableError"]
+
+
+def test_engine_unreachable(agent_factory, tmp_path):
+    agent = agent_factory("no-engine", requirements=None)
+    code, out, _ = cli_build(agent, "--engine", f"unix://{tmp_path}/nothing.sock", "--index-url",
+                             "http://127.0.0.1:9/simple/")
+    assert out["error"]["class"] == "EngineError" and code == EXIT_CODES["EngineError"]
+    assert "scripts/setup.sh" in out["error"]["message"]
+
+
+def test_timeout_cancels_the_build(agent_factory, index_url, docker_client, engine):
+    """At the deadline: BuildTimeoutError, no build container left, no tag written."""
+    agent = agent_factory("slow-agent", requirements="slowpkg==1.0\n")
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    started = time.monotonic()
+    with pytest.raises(BuildTimeoutError) as info:
+        build_image(agent, opts(index_url, timeout=8, use_cache=False), engine=engine)
+    took = time.monotonic() - started
+    assert "timed out" in str(info.value)
+    assert took < 60, "the deadline is wall-clock: the 600 s sleep in setup.py must not be waited for"
+    assert engine.image("agents/slow-agent:0.1.0") is None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        leftover = {c.id for c in docker_client.containers.list(all=True)} - before
+        if not leftover:
+            break
+        time.sleep(0.5)
+    assert not leftover, "the cancelled build left a container behind"
+    # and the timeout is a CLI exit code too
+    code, out, _ = cli_build(agent, "--index-url", index_url, "--timeout", "5", "--no-cache")
+    assert out["error"]["class"] == "BuildTimeoutError" and code == EXIT_CODES["BuildTimeoutError"]
+
+
+def test_api_raises_the_class(agent_factory, index_url):
+    agent = agent_factory("api-fail", requirements="nope-not-here==1.0\n")
+    with pytest.raises(DependencyNotFoundError) as info:
+        build_image(agent, opts(index_url))
+    assert info.value.requirement == "nope-not-here==1.0" and info.value.line == 1
