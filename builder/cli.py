@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8080, help="host port on 127.0.0.1 (default 8080)")
     run.add_argument("--wait", type=float, default=30.0, help="seconds to wait for /health (default 30)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
+    run.add_argument("--name", help="container name")
     _add_common(run)
     return top
 
@@ -163,7 +164,7 @@ def cmd_run(args, engine_factory) -> dict:
     engine = engine_factory()
     env = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
     env.setdefault("REST_PORT", "8080")
-    cid = engine.run(args.ref, env=env, ports={int(env["REST_PORT"]): args.port})
+    cid = engine.run(args.ref, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
     url = f"http://127.0.0.1:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
     try:
         took = wait_healthy(f"{url}/health", args.wait, lambda: engine.container_state(cid).get("Running", False))
