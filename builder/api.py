@@ -69,7 +69,7 @@ class BuildResult:
     cached: bool = False
     input_digest: str = ""
     digest_ref: str | None = None
-    steps_cached: int = 0
+    steps_cached: list[str] = field(default_factory=list)  # build steps the layer cache served
     steps_total: int = 0
     installed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -197,6 +197,12 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
 
         engine.tag(outcome.image_id, ref)
         engine.tag(outcome.image_id, input_tag)
+        # a step counts as cached when every instruction in it was
+        cached_names = sorted({name for name in rendered.steps
+                               if all(n in outcome.cached for n, other in enumerate(rendered.steps, 1)
+                                      if other == name and n > 1)} - {"base"})
+        if "deps" in cached_names:
+            log.info("Dependency layer reused from cache", venv=venv)
         installed = installed_packages(outcome.lines)
         warnings = conflict_warnings(outcome.lines)
         for w in warnings:
@@ -208,11 +214,11 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         result = BuildResult(
             ok=True, image=ref, image_id=outcome.image_id, agent={"name": m.name, "version": m.version},
             duration_s=round(time.monotonic() - started, 3), input_digest=digest,
-            steps_cached=outcome.cached_steps, steps_total=outcome.total_steps, installed=installed,
+            steps_cached=cached_names, steps_total=outcome.total_steps, installed=installed,
             warnings=warnings, index={"url": upstream.url, **stats.as_dict()})
         log.info("Agent image ready", venv=venv, image=ref, image_id=outcome.image_id,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
-                 cached_steps=outcome.cached_steps, duration_s=result.duration_s)
+                 cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options)
 
 

@@ -48,7 +48,7 @@ class BuildOutcome:
     lines: list[str] = field(default_factory=list)
     error: str | None = None
     failed_step: int | None = None
-    cached_steps: int = 0
+    cached: set[int] = field(default_factory=set)  # step numbers the layer cache served
     total_steps: int = 0
     duration_s: float = 0.0
 
@@ -239,8 +239,8 @@ class Engine:
                         outcome.failed_step, outcome.total_steps = int(n), int(m)
                         if on_step:
                             on_step(int(n), int(m), instr)
-                elif line.strip() == "---> Using cache":
-                    outcome.cached_steps += 1
+                elif line.strip() == "---> Using cache" and outcome.failed_step:
+                    outcome.cached.add(outcome.failed_step)
                 if on_line:
                     on_line(line)
         elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:

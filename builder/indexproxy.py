@@ -78,10 +78,13 @@ class Stats:
     auth_failures: list[int] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)  # file names fetched from upstream
+    reused: list[str] = field(default_factory=list)      # file names served from the cache
 
     def as_dict(self) -> dict:
         return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
-                "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes}
+                "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes,
+                "downloaded": sorted(self.downloaded), "reused": sorted(self.reused)}
 
 
 class DownloadCache:
@@ -284,6 +287,7 @@ class IndexProxy:
             with self._lock:
                 self.stats.cache_hits += 1
                 self.stats.cache_bytes += blob.stat().st_size
+                self.stats.reused.append(url.rsplit("/", 1)[-1])
             self._send_file(h, blob)
             return
         fd, tmp = self.cache.tmpfile()
@@ -297,6 +301,7 @@ class IndexProxy:
                     out.write(chunk)
             with self._lock:
                 self.stats.upstream_bytes += size
+                self.stats.downloaded.append(url.rsplit("/", 1)[-1])
             blob = self.cache.store(url, Path(tmp), digest.hexdigest())
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

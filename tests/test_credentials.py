@@ -1,0 +1,180 @@
+"""Issue 3: a private index without leaking it, and a cache that survives token rotation."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from builder.api import BuildOptions, build_image
+from builder.errors import CodeArtifactError, IndexAuthError, redact
+from builder.index import resolve_index
+from tests.conftest import BIN
+
+AGENT_IMAGE = str(BIN / "agent-image")
+
+
+def image_holds(docker_client, ref: str, needles: list[bytes]) -> list[str]:
+    """Where in `docker save` of REF (every layer, config, manifest) any needle occurs."""
+    found = []
+    blob = b"".join(docker_client.images.get(ref).save(named=True))
+    with tarfile.open(fileobj=io.BytesIO(blob)) as outer:
+        for member in outer.getmembers():
+            if not member.isfile():
+                continue
+            data = outer.extractfile(member).read()
+            if member.name.endswith("layer.tar") or data[:262][257:262] == b"ustar":
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+                    for entry in layer.getmembers():
+                        if entry.isfile():
+                            content = layer.extractfile(entry).read()
+                            found += [f"{member.name}:{entry.name}" for n in needles if n in content]
+                        found += [f"{member.name}:{entry.name} (name)" for n in needles if n in entry.name.encode()]
+            found += [member.name for n in needles if n in data]
+    return found
+
+
+def test_token_appears_nowhere(agent_factory, index, docker_client, cleanup_images, tmp_path):
+    cleanup_images("agents/secret-scan")
+    password = index.users["alice"]
+    agent = agent_factory("secret-scan", requirements="tinyreq==1.0\nrequests==2.32.3\n")
+    url = index.url_for("alice")
+    proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "-v", "--index-url", url],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    ref = out["image"]
+    dry = subprocess.run([AGENT_IMAGE, "build", str(agent), "--dry-run", "--index-url", url],
+                         capture_output=True, text=True)
+    assert "FROM agent-image/base" in dry.stdout
+    history = subprocess.run(["docker", "history", "--no-trunc", ref], capture_output=True, text=True).stdout
+    inspect = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, text=True).stdout
+    assert "agent-image-index.invalid" in history, "sanity: history shows the build's index arg"
+    for where, text in {"stdout": proc.stdout, "stderr (logs)": proc.stderr, "dry-run": dry.stdout + dry.stderr,
+                        "history": history, "inspect": inspect}.items():
+        assert password not in text, f"the index password leaked into {where}"
+        assert "http_proxy" not in text.lower() or where not in ("history", "inspect"), \
+            f"the build's proxy arg leaked into {where}"
+    assert image_holds(docker_client, ref, [password.encode(), b"alice:"]) == []
+
+
+def test_token_rotation_reuses_the_dependency_layer(agent_factory, index, docker_client, cleanup_images, tmp_path):
+    cleanup_images("agents/rotating")
+    agent = agent_factory("rotating", requirements="requests==2.32.3\ntinyreq==1.1\n")
+    first = build_image(agent, BuildOptions(index_url=index.url_for("alice"), cache_dir=tmp_path / "c"))
+    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\n# code change\n")
+    second = build_image(agent, BuildOptions(index_url=index.url_for("bob"), cache_dir=tmp_path / "c"))
+    assert not second.cached and second.image_id != first.image_id
+    assert "deps" in second.steps_cached, second.steps_cached
+    assert second.index["upstream_bytes"] == 0 or not second.index["downloaded"]
+    layers1 = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]
+    layers2 = docker_client.images.get(second.image_id).attrs["RootFS"]["Layers"]
+    # base + venv + deps layers are shared; only the code layers differ
+    shared = [a for a, b in zip(layers1, layers2) if a == b]
+    assert len(shared) >= len(layers1) - 3, (layers1, layers2)
+
+
+def test_second_agent_downloads_no_shared_file(agent_factory, index_url, tmp_path, cleanup_images):
+    cleanup_images("agents/share-")
+    cache = tmp_path / "downloads"
+    a = build_image(agent_factory("share-one", requirements="requests==2.32.3\n"),
+                    BuildOptions(index_url=index_url, cache_dir=cache))
+    b = build_image(agent_factory("share-two", requirements="requests==2.32.3\ntinyreq==2.0\nsharedlib\n"),
+                    BuildOptions(index_url=index_url, cache_dir=cache))
+    first_files = set(a.index["downloaded"])
+    assert any(f.startswith("requests-2.32.3") for f in first_files)
+    assert not first_files & set(b.index["downloaded"]), "shared files were fetched again"
+    assert first_files <= set(b.index["reused"])
+    assert {"tinyreq-2.0-py3-none-any.whl", "sharedlib-1.0-py3-none-any.whl"} <= set(b.index["downloaded"])
+
+
+def test_wrong_credentials_are_an_auth_error_without_the_password(agent_factory, index):
+    agent = agent_factory("wrong-creds", requirements="tinyreq==1.0\n")
+    bad = index.url.replace("http://", "http://bob:not-the-token-4242@")
+    with pytest.raises(IndexAuthError) as info:
+        build_image(agent, BuildOptions(index_url=bad))
+    text = json.dumps(info.value.to_dict())
+    assert "not-the-token-4242" not in text and "expired or lacks read permission" in text
+
+
+# --- CodeArtifact (botocore's Stubber: the real client, offline) ---------------------------------
+
+CA_ENV = {"ENABLE_CODEARTIFACT": "true", "AWS_REGION": "us-east-1", "CODEARTIFACT_DOMAIN": "pixell",
+          "CODEARTIFACT_REPOSITORY": "agents", "AWS_ACCOUNT_ID": "123456789012"}
+
+
+def ca_client():
+    return boto3.client("codeartifact", region_name="us-east-1", aws_access_key_id="AKIATEST",
+                        aws_secret_access_key="test-secret")
+
+
+def test_codeartifact_url_is_formed_as_the_runtime_forms_it():
+    client = ca_client()
+    with Stubber(client) as stub:
+        stub.add_response("get_authorization_token", {"authorizationToken": "tok/en+with=chars-123456"},
+                          {"domain": "pixell", "domainOwner": "123456789012", "durationSeconds": 43200})
+        stub.add_response("get_repository_endpoint",
+                          {"repositoryEndpoint": "https://pixell-123456789012.d.codeartifact.us-east-1.amazonaws.com/pypi/agents/"},
+                          {"domain": "pixell", "domainOwner": "123456789012", "repository": "agents", "format": "pypi"})
+        upstream = resolve_index(None, CA_ENV, client=client)
+        stub.assert_no_pending_responses()
+    assert upstream.url == "https://pixell-123456789012.d.codeartifact.us-east-1.amazonaws.com/pypi/agents/simple/"
+    assert upstream.auth_header and upstream.auth_header.startswith("Basic ")
+    assert "tok/en+with=chars-123456" not in redact(f"token is tok/en+with=chars-123456 here")
+
+
+def test_codeartifact_access_denied_is_a_clear_error_not_a_fallback():
+    client = ca_client()
+    with Stubber(client) as stub:
+        stub.add_client_error("get_authorization_token", service_error_code="AccessDeniedException",
+                              service_message="not allowed", http_status_code=403)
+        with pytest.raises(CodeArtifactError) as info:
+            resolve_index(None, CA_ENV, client=client)
+    assert "AccessDeniedException" in str(info.value) and "pixell" in str(info.value)
+    assert info.value.exit_code == 32
+
+
+def test_codeartifact_missing_settings():
+    with pytest.raises(CodeArtifactError) as info:
+        resolve_index(None, {"ENABLE_CODEARTIFACT": "true", "AWS_REGION": "us-east-1"})
+    assert "CODEARTIFACT_DOMAIN" in str(info.value)
+
+
+def test_explicit_index_wins_and_public_is_the_default():
+    assert resolve_index("https://u:p4ssw0rd@example.test/simple", {}).url == "https://example.test/simple/"
+    assert resolve_index(None, {}).url == "https://pypi.org/simple/"
+    assert resolve_index(None, {"PIP_INDEX_URL": "http://127.0.0.1:1/simple/"}).url == "http://127.0.0.1:1/simple/"
+
+
+# --- the public index through a CA bundle ------------------------------------------------------
+
+HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def test_public_index_through_ca_bundle(agent_factory, docker_client, cleanup_images, tmp_path):
+    cleanup_images("agents/public-")
+    agent = agent_factory("public-ca", requirements="six==1.16.0\n")
+    result = build_image(agent, BuildOptions(index_url="https://pypi.org/simple/", ca_bundle=str(HOST_BUNDLE),
+                                             cache_dir=tmp_path / "c"))
+    assert docker_client.containers.run(result.image, ["python", "-c", "import six; print(six.__version__)"],
+                                        remove=True).decode().strip() == "1.16.0"
+    # the bundle is used by the builder's proxy only: it is not in the image
+    probe = docker_client.containers.run(result.image, ["sh", "-c", "grep -rl 'BEGIN CERT' /app /opt/venv || true"],
+                                         remove=True).decode()
+    assert probe.strip() == "" or "certifi" in probe
+    # and a bundle that trusts nothing makes the same build fail as unreachable, proving it is the one used
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    other = tmp_path / "other-ca.pem"
+    other.write_text(HOST_BUNDLE.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+    from builder.errors import IndexUnreachableError
+    with pytest.raises(IndexUnreachableError):
+        build_image(agent_factory("public-ca2", requirements="six==1.16.0\n"),
+                    BuildOptions(index_url="https://pypi.org/simple/", ca_bundle=str(other),
+                                 cache_dir=tmp_path / "c2", nocache=True))
