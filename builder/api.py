@@ -45,6 +45,7 @@ class BuildOptions:
     repository: str | None = None          # default: agents/NAME, or REGISTRY/NAME with a registry
     registry: str | None = None            # HOST[:PORT]/PREFIX
     push: bool = False
+    registry_auth: dict | None = None      # {"username", "password"}; None: the Docker config's
     index_url: str | None = None
     allow_index_hosts: frozenset[str] = frozenset()
     ca_bundle: str | None = None
@@ -230,5 +231,9 @@ def _all_lines(root: Path):
 def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions) -> BuildResult:
     if options.push:
         from .registry import push_image
-        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest)
+        if not options.registry and not options.repository:
+            raise PackageValidationError("--push needs --registry (or --repository) to know where to push",
+                                         field="--registry", hint="Add --registry HOST[:PORT]/PREFIX.")
+        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
+                                       auth=options.registry_auth)
     return result

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--repository", help="image repository (default agents/NAME, or REGISTRY/NAME)")
     b.add_argument("--registry", metavar="HOST[:PORT]/PREFIX", help="registry to tag for (and push to with --push)")
     b.add_argument("--push", action="store_true", help="push REGISTRY/NAME:VERSION and report the digest")
+    b.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
+                                               "default: the Docker config's credentials")
     b.add_argument("--index-url", help="package index (default: PIP_INDEX_URL, CodeArtifact when "
                                        "ENABLE_CODEARTIFACT=true, else https://pypi.org/simple/)")
     b.add_argument("--allow-index-host", action="append", default=[], metavar="HOST",
@@ -84,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
     pull.add_argument("--expect-name", help="fail unless io.pixell.agent.name matches")
     pull.add_argument("--expect-version", help="fail unless io.pixell.agent.version matches")
+    pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(pull)
 
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
@@ -94,6 +97,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="container name")
     _add_common(run)
     return top
+
+
+def _registry_auth(args) -> dict | None:
+    """Registry credentials from options + environment; None means the Docker config's."""
+    user = getattr(args, "registry_username", None)
+    if not user:
+        return None
+    from .errors import register_secret
+    password = os.environ.get("AGENT_IMAGE_REGISTRY_PASSWORD", "")
+    register_secret(password)
+    return {"username": user, "password": password}
 
 
 def _limits(args) -> Limits:
@@ -109,7 +123,8 @@ def cmd_build(args, engine_factory) -> dict:
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
         allow_index_hosts=frozenset(args.allow_index_host), ca_bundle=args.ca_bundle, timeout=args.timeout,
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache,
-        limits=_limits(args), **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+        limits=_limits(args), registry_auth=_registry_auth(args),
+        **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         with open_package(args.source, opts.limits) as pkg:
             upstream = resolve_index(opts.index_url)
@@ -135,7 +150,7 @@ def cmd_base(args, engine_factory) -> dict:
 def cmd_pull(args, engine_factory) -> dict:
     from .registry import pull_image
     image_id = pull_image(engine_factory(), args.ref, expect_name=args.expect_name,
-                          expect_version=args.expect_version)
+                          expect_version=args.expect_version, auth=_registry_auth(args))
     if not args.json:
         print(image_id)
     return {"ok": True, "image": args.ref, "image_id": image_id}

@@ -260,3 +260,71 @@ def cleanup_images(docker_client):
 def run_in_image(docker_client, image: str, command: list[str]) -> str:
     out = docker_client.containers.run(image, command, remove=True, stderr=True)
     return out.decode()
+
+
+# --- a real registry on loopback (Debian's docker-registry, no auth) ---------------------
+
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+class Registry:
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cfg = self.root / "config.yml"
+        cfg.write_text(REGISTRY_CONFIG.format(root=self.root / "data", port=self.port))
+        exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        self.proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.root / "registry.log", "ab"))
+        wait_http(f"http://{self.host}/v2/")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    reg = Registry(tmp_path_factory.mktemp("registry"), free_port())
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+def image_holds(docker_client, ref: str, needles: list[bytes]) -> list[str]:
+    """Where in `docker save` of REF (every layer, config, manifest) any needle occurs."""
+    import io
+    import tarfile
+    found = []
+    blob = b"".join(docker_client.images.get(ref).save(named=True))
+    with tarfile.open(fileobj=io.BytesIO(blob)) as outer:
+        for member in outer.getmembers():
+            if not member.isfile():
+                continue
+            data = outer.extractfile(member).read()
+            found += [member.name for n in needles if n in data]
+            if member.name.endswith("layer.tar"):
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+                    for entry in layer.getmembers():
+                        if any(n in entry.name.encode() for n in needles):
+                            found.append(f"{member.name}:{entry.name}")
+    return found

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
-import tarfile
 from pathlib import Path
 
 import boto3
@@ -15,29 +13,9 @@ from botocore.stub import Stubber
 from builder.api import BuildOptions, build_image
 from builder.errors import CodeArtifactError, IndexAuthError, redact
 from builder.index import resolve_index
-from tests.conftest import BIN
+from tests.conftest import BIN, image_holds
 
 AGENT_IMAGE = str(BIN / "agent-image")
-
-
-def image_holds(docker_client, ref: str, needles: list[bytes]) -> list[str]:
-    """Where in `docker save` of REF (every layer, config, manifest) any needle occurs."""
-    found = []
-    blob = b"".join(docker_client.images.get(ref).save(named=True))
-    with tarfile.open(fileobj=io.BytesIO(blob)) as outer:
-        for member in outer.getmembers():
-            if not member.isfile():
-                continue
-            data = outer.extractfile(member).read()
-            if member.name.endswith("layer.tar") or data[:262][257:262] == b"ustar":
-                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
-                    for entry in layer.getmembers():
-                        if entry.isfile():
-                            content = layer.extractfile(entry).read()
-                            found += [f"{member.name}:{entry.name}" for n in needles if n in content]
-                        found += [f"{member.name}:{entry.name} (name)" for n in needles if n in entry.name.encode()]
-            found += [member.name for n in needles if n in data]
-    return found
 
 
 def test_token_appears_nowhere(agent_factory, index, docker_client, cleanup_images, tmp_path):
