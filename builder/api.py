@@ -157,8 +157,11 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
+        cache_from: list[str] = []
         if options.use_cache and not options.nocache:
             hit = engine.image(input_tag)
+            if hit is None and _remote(repo):
+                hit, cache_from = _from_registry(engine, repo, input_tag, options)
             if hit is not None and hit.labels.get(INPUT_LABEL) == digest:
                 engine.tag(hit.id, ref)
                 log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
@@ -182,6 +185,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
 
             outcome = engine.build(context=context.data, buildargs={"http_proxy": proxy.address},
                                    labels=labels, timeout=options.timeout, nocache=options.nocache,
+                                   cache_from=cache_from,
                                    on_step=on_step, on_line=lambda line: log.debug("build", line=line))
             stats = proxy.stats
 
@@ -221,6 +225,30 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options)
+
+
+def _remote(repo: str) -> bool:
+    """Does REPO name a registry host (host.domain or host:port first)?"""
+    first = repo.split("/", 1)[0]
+    return "/" in repo and ("." in first or ":" in first or first == "localhost")
+
+
+def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions):
+    """An ephemeral runner starts empty: take the exact image from the registry if it
+    was built before, else the agent's last pushed image as a layer cache."""
+    from .errors import EngineError, RegistryError
+    try:
+        return engine.pull(input_tag, auth=options.registry_auth), []
+    except (RegistryError, EngineError) as exc:
+        log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
+    try:
+        last = f"{repo}:latest"
+        engine.pull(last, auth=options.registry_auth)
+        log.info("Using the last pushed image as a layer cache", cache_from=last)
+        return None, [last]
+    except (RegistryError, EngineError) as exc:
+        log.debug("no previous image in the registry", image=f"{repo}:latest", reason=str(exc)[:200])
+        return None, []
 
 
 def _all_lines(root: Path):

@@ -16,9 +16,14 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
                auth: dict | None = None) -> str:
     """Push REF (and its input-digest tag); return REPO@sha256:... pinned by digest."""
     repo, _ = split_ref(ref)
-    refs = [ref] + ([f"{repo}:in-{input_digest[:20]}"] if input_digest else [])
+    # VERSION, the input-digest tag (no-op builds find it), and latest (the
+    # layer cache an empty CI runner starts from)
+    refs = [ref] + ([f"{repo}:in-{input_digest[:20]}"] if input_digest else []) + [f"{repo}:latest"]
     digest = ""
+    image = engine.image(ref)
     for target in refs:
+        if image is not None and target != ref:
+            engine.tag(image.id, target)
         for attempt in range(1, retries + 1):
             try:
                 d = engine.push(target, auth=auth)

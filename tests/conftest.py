@@ -107,10 +107,10 @@ FIXTURE_PROJECTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory) -> Path:
-    """Wheels for the private index: fixture projects plus real public ones."""
-    house = tmp_path_factory.mktemp("wheelhouse")
+def fill_wheelhouse(house: Path, src: Path) -> Path:
+    """Wheels for the private index: fixture projects plus real public ones (cached on disk)."""
+    house.mkdir(parents=True, exist_ok=True)
+    src.mkdir(parents=True, exist_ok=True)
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     marker = WHEEL_CACHE / ".complete"
     if not marker.is_file() or marker.read_text() != repr(PUBLIC_WHEELS):
@@ -119,7 +119,6 @@ def wheelhouse(tmp_path_factory) -> Path:
         marker.write_text(repr(PUBLIC_WHEELS))
     for whl in WHEEL_CACHE.glob("*.whl"):
         shutil.copy(whl, house)
-    src = tmp_path_factory.mktemp("fixture-src")
     for name, version, deps in FIXTURE_PROJECTS:
         build_wheel(make_project(src, name, version, deps=deps), house)
     # an sdist that needs a compiler the base image does not have
@@ -138,6 +137,11 @@ def wheelhouse(tmp_path_factory) -> Path:
         subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(house)], cwd=proj, check=True,
                        capture_output=True, env={**os.environ, "SLOW_SKIP": "1"})
     return house
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory) -> Path:
+    return fill_wheelhouse(tmp_path_factory.mktemp("wheelhouse"), tmp_path_factory.mktemp("fixture-src"))
 
 
 class Index:
@@ -163,22 +167,26 @@ def _start_pypiserver(packages: Path, htpasswd: Path | None = None) -> tuple[str
     return url, proc
 
 
-@pytest.fixture(scope="session")
-def index(wheelhouse, tmp_path_factory):
+def start_index(root: Path, wheelhouse: Path) -> Index:
     """A private pypiserver on 127.0.0.1 with htpasswd auth (two users: token rotation)."""
     from passlib.apache import HtpasswdFile
-    root = tmp_path_factory.mktemp("index")
     pkgs = root / "packages"
-    shutil.copytree(wheelhouse, pkgs)
+    shutil.copytree(wheelhouse, pkgs, dirs_exist_ok=True)
     users = {"alice": "s3cret-token-ALPHA-1111", "bob": "s3cret-token-BRAVO-2222"}
     ht = HtpasswdFile(str(root / "htpasswd"), new=True)
     for user, pw in users.items():
         ht.set_password(user, pw)
     ht.save()
     url, proc = _start_pypiserver(pkgs, root / "htpasswd")
-    yield Index(url, pkgs, proc, users)
-    proc.terminate()
-    proc.wait(5)
+    return Index(url, pkgs, proc, users)
+
+
+@pytest.fixture(scope="session")
+def index(wheelhouse, tmp_path_factory):
+    idx = start_index(tmp_path_factory.mktemp("index"), wheelhouse)
+    yield idx
+    idx.proc.terminate()
+    idx.proc.wait(5)
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""Issue 5: rebuilds that are nearly free, and concurrent builds that stay correct.
+
+No wall-clock assertions here (bench/ measures time); these tests assert the
+mechanisms: which layers were reused, what was skipped, what was fetched.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+
+from builder.api import BuildOptions, build_image
+from builder.engine import Engine
+
+
+def _drop_local(docker_client, repo: str) -> None:
+    """Make this engine look like a fresh CI runner for REPO: no tag, no layer cache."""
+    for image in docker_client.images.list():
+        for tag in image.tags:
+            if tag.startswith(repo + ":"):
+                docker_client.images.remove(tag, force=True)
+
+
+def test_code_only_change_rebuilds_only_code_layers(agent_factory, index_url, docker_client, cleanup_images):
+    cleanup_images("agents/layered")
+    agent = agent_factory("layered", requirements="requests==2.32.3\nstructlog\n")
+    first = build_image(agent, BuildOptions(index_url=index_url))
+    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nX = 1\n")
+    second = build_image(agent, BuildOptions(index_url=index_url))
+    assert {"venv", "index", "deps"} <= set(second.steps_cached), second.steps_cached
+    assert "source" not in second.steps_cached
+    assert second.installed == ["layered-0.1.0"], "only the agent's own package is reinstalled"
+    layers1 = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]
+    layers2 = docker_client.images.get(second.image_id).attrs["RootFS"]["Layers"]
+    differing = [b for a, b in zip(layers1, layers2) if a != b]
+    assert len(layers1) == len(layers2) and 1 <= len(differing) <= 3, "only the source/package/requirements layers"
+    # the changed layers are small: the deps layer (the venv's bulk) is not among them
+    sizes = {h["Id"]: h["Size"] for h in docker_client.api.history(second.image_id)}
+    assert sum(h["Size"] for h in docker_client.api.history(second.image_id)
+               if "COPY app/" in h["CreatedBy"] or "pip install -e" in h["CreatedBy"]) < 1_000_000, sizes
+
+
+def test_requirements_change_invalidates_deps(agent_factory, index_url, cleanup_images):
+    cleanup_images("agents/reqchange")
+    agent = agent_factory("reqchange", requirements="tinyreq==1.0\n")
+    build_image(agent, BuildOptions(index_url=index_url))
+    (agent / "requirements.txt").write_text("tinyreq==1.1\n")
+    second = build_image(agent, BuildOptions(index_url=index_url))
+    assert "deps" not in second.steps_cached
+    assert any(p.startswith("tinyreq-1.1") for p in second.installed)
+
+
+def test_noop_and_cache_from_on_an_empty_runner(agent_factory, index_url, registry, docker_client, cleanup_images):
+    repo = f"{registry.host}/fast/runner-agent"
+    cleanup_images(repo)
+    agent = agent_factory("runner-agent", requirements="requests==2.32.3\n")
+    opts = BuildOptions(index_url=index_url, registry=f"{registry.host}/fast", push=True)
+    first = build_image(agent, opts)
+    # a fresh runner with identical inputs: the registry has the input digest -> no build at all
+    _drop_local(docker_client, repo)
+    again = build_image(agent, opts)
+    assert again.cached and again.image_id == first.image_id and again.digest_ref == first.digest_ref
+    # a fresh runner with a code change: the last pushed image is the layer cache
+    _drop_local(docker_client, repo)
+    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nY = 2\n")
+    changed = build_image(agent, opts)
+    assert not changed.cached and "deps" in changed.steps_cached, changed.steps_cached
+    assert changed.index.get("downloaded") == [], "nothing re-downloaded for a code-only change"
+
+
+def test_concurrent_builds(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
+    """Four different agents and one agent twice, at once, sharing the engine and the download cache."""
+    cleanup_images("agents/par-")
+    agents = [agent_factory(f"par-{i}", requirements=f"tinyreq==1.{i % 2}\nrequests==2.32.3\n") for i in range(4)]
+    jobs = agents + [agents[0]]
+    engine = Engine()
+    opts = BuildOptions(index_url=index_url, cache_dir=tmp_path / "shared-cache", use_cache=False)
+    with cf.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(lambda a: build_image(a, opts, engine=engine), jobs))
+    for i, result in enumerate(results):
+        want = f"1.{(i % 4) % 2}"
+        out = docker_client.containers.run(result.image_id, ["python", "-c",
+                                                             "import tinyreq, requests; print(tinyreq.__version__)"],
+                                           remove=True).decode().strip()
+        assert out == want, (result.image, out)
+    assert docker_client.images.get("agents/par-0:0.1.0").id in {results[0].image_id, results[4].image_id}
+    # the shared cache holds one copy of each file, none of them truncated
+    blobs = list((tmp_path / "shared-cache" / "downloads" / "blobs").iterdir())
+    assert not [b for b in blobs if b.name.startswith(".part-")], "no partial downloads left behind"
+    import hashlib
+    for blob in blobs:
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    # every build counted its own traffic; together they fetched each file at most once per racing build
+    fetched = [f for r in results for f in r.index["downloaded"]]
+    assert fetched.count("requests-2.32.3-py3-none-any.whl") <= len(jobs)
+    assert json.dumps([r.to_dict() for r in results])
