@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -18,7 +19,7 @@ import structlog
 
 from . import __version__
 from .apkg import DEFAULT_LIMITS, Limits
-from .errors import EXIT_CODES, PackageLoadError, RunError, redact
+from .errors import EXIT_CODES, PackageLoadError, RunError
 
 log = structlog.get_logger("agent_image")
 
@@ -196,9 +197,15 @@ def cmd_run(args, engine_factory) -> dict:
 COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run}
 
 
+def _interrupt(signum, frame):
+    # SIGTERM (CI cancelling a job) cancels the build the same way Ctrl-C does
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     configure(json_output=True if args.json else None, verbose=args.verbose)
 
     def engine_factory():

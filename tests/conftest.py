@@ -275,7 +275,7 @@ def run_in_image(docker_client, image: str, command: list[str]) -> str:
 REGISTRY_CONFIG = """\
 version: 0.1
 log:
-  level: warn
+  level: {level}
 storage:
   filesystem:
     rootdirectory: {root}
@@ -287,8 +287,8 @@ http:
 
 
 class Registry:
-    def __init__(self, root: Path, port: int):
-        self.root, self.port = root, port
+    def __init__(self, root: Path, port: int, level: str = "warn"):
+        self.root, self.port, self.level = root, port, level
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -297,7 +297,7 @@ class Registry:
 
     def start(self) -> None:
         cfg = self.root / "config.yml"
-        cfg.write_text(REGISTRY_CONFIG.format(root=self.root / "data", port=self.port))
+        cfg.write_text(REGISTRY_CONFIG.format(root=self.root / "data", port=self.port, level=self.level))
         exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.root / "registry.log", "ab"))
