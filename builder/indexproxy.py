@@ -128,12 +128,16 @@ class DownloadCache:
         with os.fdopen(fd, "w") as fh:
             fh.write(digest)
         os.replace(tmp, key)
-        self.evict()
+        self.evict(keep=digest)
         return blob
 
-    def evict(self) -> None:
+    def evict(self, keep: str | None = None) -> None:
+        """Drop the least recently used blobs past max_bytes (never KEEP, never a
+        download still being written by another build)."""
         blobs = []
         for entry in os.scandir(self.root / "blobs"):
+            if entry.name.startswith(".part-"):
+                continue
             try:
                 st = entry.stat()
             except FileNotFoundError:
@@ -143,6 +147,8 @@ class DownloadCache:
         for _, size, path in sorted(blobs):  # oldest use first
             if total <= self.max_bytes:
                 break
+            if os.path.basename(path) == keep:
+                continue
             try:
                 os.unlink(path)
                 total -= size

@@ -1,0 +1,168 @@
+"""The pure parts, without an engine: requirements split, render, context, redaction, cache."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import tarfile
+import io
+from pathlib import Path
+
+import pytest
+
+from builder.context import build_context
+from builder.dockerfile import parse_steps, render
+from builder.errors import PackageValidationError, redact, register_secret
+from builder.indexproxy import DownloadCache, IndexProxy, Upstream
+from builder.manifest import parse_manifest
+from builder.requirements import logical_lines, read_requirements
+
+YAML = """\
+name: demo
+display_name: Demo
+description: d
+author: a
+license: MIT
+entrypoint: src.main:handler
+metadata:
+  version: 1.2.3
+"""
+
+
+def test_logical_lines_join_continuations_and_drop_comments():
+    text = "# top\nrequests>=2 \\\n  --hash=sha256:abc\n\nstructlog  # logging\n   \n"
+    lines = logical_lines(text)
+    assert [(ln.number, ln.text.split()) for ln in lines] == [(2, ["requests>=2", "--hash=sha256:abc"]),
+                                                              (5, ["structlog"])]
+
+
+def test_split_puts_source_lines_after_the_source(tmp_path):
+    (tmp_path / "requirements.txt").write_text("requests==2.32.3\n-e ./libs/helper\n./wheels/x.whl\n"
+                                               "pkg @ file:///app/x\n-r more.txt\n-c pins.txt\n")
+    (tmp_path / "more.txt").write_text("structlog\n")
+    (tmp_path / "pins.txt").write_text("idna<4\n")
+    split = read_requirements(tmp_path)
+    assert [ln.text for ln in split.deps] == ["requests==2.32.3", "structlog", "-c constraints-1.txt"]
+    assert [ln.text for ln in split.source] == ["-e ./libs/helper", "./wheels/x.whl", "pkg @ file:///app/x"]
+    assert split.constraints == {"constraints-1.txt": "idna<4\n"}
+    assert split.real_lines == 7  # six lines plus the one in more.txt
+    assert split.deps[1].where == "more.txt:1"
+
+
+def test_include_outside_the_package_is_refused(tmp_path):
+    (tmp_path / "requirements.txt").write_text("-r ../../etc/passwd\n")
+    with pytest.raises(PackageValidationError) as info:
+        read_requirements(tmp_path)
+    assert "outside the package" in str(info.value)
+
+
+@pytest.mark.parametrize("line", ["--index-url https://evil.example/simple", "-i https://evil.example/simple",
+                                  "--extra-index-url=https://evil.example/simple", "--find-links https://evil.example/",
+                                  "-f https://evil.example/", "--trusted-host evil.example"])
+def test_index_policy(tmp_path, line):
+    from builder.errors import IndexPolicyError
+    (tmp_path / "requirements.txt").write_text(f"requests\n{line}\n")
+    with pytest.raises(IndexPolicyError) as info:
+        read_requirements(tmp_path)
+    assert info.value.line == 2 and "requirements.txt:2" in str(info.value) and info.value.exit_code == 11
+    assert read_requirements(tmp_path, allowed_hosts={"evil.example"}).real_lines == 2
+
+
+def _render(manifest_text=YAML, **kw):
+    args = dict(base_image="agent-image/base:py3.11", index_identity="https://pypi.org/simple/", deps=True,
+                editable=True, requirements=True)
+    args.update(kw)
+    return render(parse_manifest(manifest_text), **args)
+
+
+def test_render_order_and_step_names():
+    r = _render()
+    runs = [i for i in r.instructions if i.startswith("RUN")]
+    assert runs == ["RUN python3 -m venv /opt/venv",
+                    "RUN pip install -r /opt/agent-image/deps/requirements-deps.txt",
+                    "RUN pip install -e /app", "RUN pip install -r /app/requirements.txt"]
+    assert r.step_name(r.instructions.index("RUN pip install -e /app") + 1) == "package"
+    assert r.instructions[0] == "FROM agent-image/base:py3.11"
+    assert "ARG PIP_INDEX_URL=\"http://agent-image-index.invalid/simple/\"" in r.instructions
+
+
+def test_render_skips_what_the_package_lacks():
+    r = _render(deps=False, editable=False, requirements=False)
+    assert not [i for i in r.instructions if i.startswith("RUN pip")]
+
+
+def test_environment_literals_only_and_quoted():
+    text = YAML + "environment:\n  GREETING: 'say \"hi\" for $5'\n  KEY: ${SECRET}\n  HOME_DIR: $HOME/x\n"
+    r = _render(text)
+    assert 'ENV GREETING="say \\"hi\\" for \\$5"' in r.instructions
+    assert not any("SECRET" in i or "HOME_DIR" in i for i in r.instructions), "references are left to deploy time"
+
+
+def test_injection_is_rejected_not_rendered():
+    bad = YAML.replace("version: 1.2.3", 'version: "1.0\\nRUN curl evil"')
+    with pytest.raises(PackageValidationError) as info:
+        _render(bad)
+    assert info.value.field == "metadata.version"
+
+
+def test_parse_steps_handles_continuations():
+    steps, instr = parse_steps("#> step a\nFROM x\n#> step b\nRUN one \\\n  two\nENV A=1\n")
+    assert steps == ("a", "b", "b") and instr[1] == "RUN one two"
+
+
+def test_context_is_deterministic(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("b")
+    (tmp_path / ".env").write_text("SECRET=1")
+    one = build_context(tmp_path, {"Dockerfile": b"FROM x\n"}, exclude={".env"})
+    os.utime(tmp_path / "a.py", (1, 1))
+    two = build_context(tmp_path, {"Dockerfile": b"FROM x\n"}, exclude={".env"})
+    assert one.digest == two.digest
+    names = tarfile.open(fileobj=io.BytesIO(one.data)).getnames()
+    assert names == ["Dockerfile", "app", "app/a.py", "app/sub/b.txt"]
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert build_context(tmp_path, {"Dockerfile": b"FROM x\n"}, exclude={".env"}).digest != one.digest
+
+
+def test_redaction():
+    assert redact("https://aws:tok123456@host/simple/") == "https://***@host/simple/"
+    assert redact("token=abcdef123 password: hunter22") == "token=*** password: ***"
+    register_secret("sk-registered-value-99")
+    assert "sk-registered-value-99" not in redact("the key is sk-registered-value-99.")
+
+
+def test_upstream_splits_credentials():
+    up = Upstream.parse("https://aws:to%2Fken@example.test:8443/pypi/r/simple")
+    assert up.url == "https://example.test:8443/pypi/r/simple/"
+    assert up.auth_header == "Basic " + __import__("base64").b64encode(b"aws:to/ken").decode()
+
+
+def test_proxy_rewrites_links_through_itself(tmp_path):
+    proxy = IndexProxy(Upstream.parse("http://idx.test/simple/"), DownloadCache(tmp_path))
+    page = "http://idx.test/simple/requests/"
+    assert proxy._map_link(page, "../../packages/requests-2.whl#sha256=" + "a" * 64) == \
+        "/_f/http/idx.test/packages/requests-2.whl#sha256=" + "a" * 64
+    assert proxy._map_link(page, "https://files.example/p/x.whl") == "/_f/https/files.example/p/x.whl"
+    assert proxy._hashes["http://idx.test/packages/requests-2.whl"] == "a" * 64
+
+
+def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):
+    cache = DownloadCache(tmp_path, max_bytes=3000)
+
+    def put(i: int) -> Path:
+        data = (str(i % 4) * 1000).encode()
+        fd, tmp = cache.tmpfile()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return cache.store(f"http://x/{i % 4}.whl", Path(tmp), hashlib.sha256(data).hexdigest())
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(40)))
+    blobs = [p for p in (tmp_path / "blobs").iterdir() if not p.name.startswith(".part")]
+    assert sum(p.stat().st_size for p in blobs) <= 3000, "bounded"
+    for blob in blobs:
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    hit = cache.lookup("http://x/3.whl", None)
+    assert hit is None or hit.read_bytes() == b"3" * 1000
