@@ -151,6 +151,9 @@ def test_registry_down_mid_push_then_rerun(agent_factory, index_url, tmp_path, d
 
 # --- a second engine we may kill -------------------------------------------------------------------
 
+BRIDGE = "aiimg-br0"
+
+
 class SecondEngine:
     def __init__(self, root: Path):
         self.root = root
@@ -162,8 +165,13 @@ class SecondEngine:
         # socket, which would make the restarted dockerd wait for it forever
         for stale in ("containerd.pid", "containerd.sock", "containerd.sock.ttrpc", "containerd-debug.sock"):
             (self.root / "exec" / "containerd" / stale).unlink(missing_ok=True)
+        # its own bridge: with --bridge=none dockerd deletes the host's docker0,
+        # which would take the suite's engine's container networking with it
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True)
+        subprocess.run(["ip", "addr", "add", "10.213.7.1/24", "dev", BRIDGE], capture_output=True)
+        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
         args = ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "docker.pid"), "-H", self.sock, "--bridge=none",
+                "--pidfile", str(self.root / "docker.pid"), "-H", self.sock, "-b", BRIDGE,
                 "--iptables=false", "--ip-masq=false"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.root / "dockerd.log", "ab"),
                                      start_new_session=True)
@@ -193,6 +201,7 @@ class SecondEngine:
         for mnt in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", mnt], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
 
 @pytest.fixture
