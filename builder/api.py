@@ -56,6 +56,7 @@ class BuildOptions:
     cache_max_bytes: int = 2 * 1024 ** 3
     limits: Limits = DEFAULT_LIMITS
     nocache: bool = False
+    installer: str = "pip"                  # "pip" | "uv" (uv in its own venv, outside the agent's)
     use_cache: bool = True                  # skip the build when the input digest exists
     env: dict[str, str] | None = None       # environment for index resolution (default os.environ)
 
@@ -117,7 +118,8 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     split = read_requirements(pkg.root, options.allow_index_hosts)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
-                      deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0)
+                      deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
+                      installer=options.installer)
     generated = {"Dockerfile": rendered.text.encode()}
     if split.deps:
         generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
@@ -169,9 +171,8 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options)
 
-        labels = dict(m.labels)
-        labels[INPUT_LABEL] = digest
-        labels["io.pixell.agent-image.builder"] = __version__
+        # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
+        labels = {INPUT_LABEL: digest, "io.pixell.agent-image.builder": __version__}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
         with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",

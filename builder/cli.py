@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime)")
     b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
                                                               "(off by default: it may hold secrets)")
+    b.add_argument("--installer", choices=["pip", "uv"], default="pip",
+                   help="what installs the requirements (default pip; uv runs from its own venv in the image)")
     b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache")
     b.add_argument("--dry-run", action="store_true", help="print the rendered Dockerfile and stop")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
@@ -123,7 +125,7 @@ def cmd_build(args, engine_factory) -> dict:
     opts = BuildOptions(
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
         allow_index_hosts=frozenset(args.allow_index_host), ca_bundle=args.ca_bundle, timeout=args.timeout,
-        base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache,
+        base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:

@@ -24,6 +24,8 @@ if not TEMPLATES.is_dir():  # installed as a wheel: templates ship inside the pa
 # what pip inside the build sees; the proxy behind http_proxy serves it
 PIP_INDEX_HOST = "agent-image-index.invalid"
 PIP_INDEX_URL = f"http://{PIP_INDEX_HOST}/simple/"
+INSTALLERS = ("pip", "uv")
+UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools with --installer uv
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -103,9 +105,13 @@ def render(
     deps: bool,
     editable: bool,
     requirements: bool,
+    installer: str = "pip",
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
+    if installer not in INSTALLERS:
+        raise PackageValidationError(f"unknown installer {installer!r}", field="--installer",
+                                     hint=f"Use one of: {', '.join(INSTALLERS)}.")
     text = _ENV.get_template(template).render(
         builder_version=__version__,
         name=manifest.name,
@@ -117,9 +123,12 @@ def render(
         deps=deps,
         editable=editable,
         requirements=requirements,
+        installer=installer,
+        uv_version=UV_VERSION,
         entrypoint=manifest.entrypoint or "",
         rest_entry=manifest.rest_entry or "",
         environment=manifest.environment,
+        labels=manifest.labels,  # one LABEL instruction, not one engine step per label
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)

@@ -9,6 +9,7 @@ in agent-image imports docker-py. Engine failures become ``EngineError`` or
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,8 @@ from .errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutE
                      RegistryError, redact)
 
 DEFAULT_TIMEOUT = 300.0
+# the classic builder paints a RUN step's stderr red; the log parser wants plain text
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # what a cut or dropped engine connection raises mid-stream
 _STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
                   urllib3.exceptions.HTTPError, OSError)
@@ -228,7 +231,7 @@ class Engine:
     def _consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:
         if "stream" in chunk:
             for line in chunk["stream"].splitlines():
-                line = redact(line.rstrip())
+                line = redact(_ANSI.sub("", line).rstrip())
                 if not line:
                     continue
                 outcome.lines.append(line)

@@ -84,7 +84,7 @@ class Stats:
     def as_dict(self) -> dict:
         return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
                 "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes,
-                "downloaded": sorted(self.downloaded), "reused": sorted(self.reused)}
+                "downloaded": sorted(set(self.downloaded)), "reused": sorted(set(self.reused))}
 
 
 class DownloadCache:
@@ -185,6 +185,9 @@ class IndexProxy:
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 proxy._handle(self)
 
+            def do_HEAD(self) -> None:  # noqa: N802 uv asks for sizes before downloading
+                proxy._handle(self, head=True)
+
             def log_message(self, fmt: str, *args) -> None:  # quiet: we log our own events
                 pass
 
@@ -243,7 +246,7 @@ class IndexProxy:
         return local
 
     # -- request handling -------------------------------------------------------
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+    def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
         path = urlsplit(h.path).path if "://" in h.path else h.path.split("?")[0]
         query = urlsplit(h.path).query
         try:
@@ -255,7 +258,7 @@ class IndexProxy:
                 if urlsplit(url).netloc not in self._hosts:  # not an open proxy
                     self._send(h, 403, b"host not linked from the index\n")
                     return
-                self._serve_file(h, url)
+                self._serve_file(h, url, head)
             else:
                 self._send(h, 404, b"not an index path\n")
         except urllib.error.HTTPError as exc:
@@ -286,15 +289,16 @@ class IndexProxy:
         text = _HREF.sub(lambda m: 'href="%s"' % html.escape(self._map_link(final, m.group(1))), text)
         self._send(h, 200, text.encode(), "text/html; charset=utf-8")
 
-    def _serve_file(self, h: BaseHTTPRequestHandler, url: str) -> None:
+    def _serve_file(self, h: BaseHTTPRequestHandler, url: str, head: bool = False) -> None:
         sha = self._hashes.get(url)
         blob = self.cache.lookup(url, sha)
         if blob is not None:
-            with self._lock:
-                self.stats.cache_hits += 1
-                self.stats.cache_bytes += blob.stat().st_size
-                self.stats.reused.append(url.rsplit("/", 1)[-1])
-            self._send_file(h, blob)
+            if not head:  # a HEAD is followed by the GET: count the file once
+                with self._lock:
+                    self.stats.cache_hits += 1
+                    self.stats.cache_bytes += blob.stat().st_size
+                    self.stats.reused.append(url.rsplit("/", 1)[-1])
+            self._send_file(h, blob, head)
             return
         fd, tmp = self.cache.tmpfile()
         digest = hashlib.sha256()
@@ -312,7 +316,7 @@ class IndexProxy:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._send_file(h, blob)
+        self._send_file(h, blob, head)
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/plain") -> None:
@@ -320,14 +324,17 @@ class IndexProxy:
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        h.wfile.write(body)
+        if h.command != "HEAD":
+            h.wfile.write(body)
 
     @staticmethod
-    def _send_file(h: BaseHTTPRequestHandler, blob: Path) -> None:
+    def _send_file(h: BaseHTTPRequestHandler, blob: Path, head: bool = False) -> None:
         h.send_response(200)
         h.send_header("Content-Type", "application/octet-stream")
         h.send_header("Content-Length", str(blob.stat().st_size))
         h.end_headers()
+        if head:
+            return
         with open(blob, "rb") as fh:
             while chunk := fh.read(1 << 16):
                 h.wfile.write(chunk)
