@@ -251,18 +251,30 @@ def agent_factory(tmp_path):
     return lambda *a, **kw: make_agent(tmp_path, *a, **kw)
 
 
+def engine_tags(client) -> set[str]:
+    """Every tag the engine holds, in one API call.
+
+    (``images.list()`` inspects each image in turn, which races with any other
+    build or cleanup removing an image in between.)"""
+    return {t for image in client.api.images() for t in (image.get("RepoTags") or []) if t != "<none>:<none>"}
+
+
+def engine_containers(client) -> set[str]:
+    """Ids of every container, running or not, in one API call (see engine_tags)."""
+    return {c["Id"] for c in client.api.containers(all=True)}
+
+
 @pytest.fixture
 def cleanup_images(docker_client):
     """Remove images a test tagged (by repository prefix) when it ends."""
     repos: list[str] = []
     yield repos.append
-    for image in docker_client.images.list():
-        for tag in image.tags:
-            if any(tag.startswith(r) for r in repos):
-                try:
-                    docker_client.images.remove(tag, force=True)
-                except docker.errors.APIError:
-                    pass
+    for tag in engine_tags(docker_client):
+        if any(tag.startswith(r) for r in repos):
+            try:
+                docker_client.images.remove(tag, force=True)
+            except docker.errors.APIError:
+                pass
 
 
 def run_in_image(docker_client, image: str, command: list[str]) -> str:

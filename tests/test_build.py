@@ -19,7 +19,7 @@ import pytest
 
 from builder.api import BuildOptions, build_image
 from builder.errors import EXIT_CODES, BuildTimeoutError, DependencyNotFoundError, EngineError
-from tests.conftest import BIN, make_project, run_in_image
+from tests.conftest import BIN, engine_containers, engine_tags, make_project, run_in_image
 
 AGENT_IMAGE = str(BIN / "agent-image")
 
@@ -185,7 +185,7 @@ FAILURES = [
 @pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
 def test_failure_classes(case, agent_factory, index_url, docker_client):
     name, reqs, kwargs, cls, text, requirement = case
-    tags_before = {t for i in docker_client.images.list() for t in i.tags}
+    tags_before = engine_tags(docker_client)
     agent = agent_factory(f"fail-{name}", requirements=reqs, **kwargs)
     code, out, logs = cli_build(agent, "--index-url", index_url)
     err = out["error"]
@@ -197,7 +197,7 @@ def test_failure_classes(case, agent_factory, index_url, docker_client):
         assert err["requirement"] == requirement
     assert err["step"] in ("deps", "package", "requirements")
     assert err["log_tail"], "the error carries the tail of the build log"
-    tags_after = {t for i in docker_client.images.list() for t in i.tags}
+    tags_after = engine_tags(docker_client)
     assert not any(t.startswith(f"agents/fail-{name}") for t in tags_after - tags_before), "no tag on failure"
 
 
@@ -229,7 +229,7 @@ def test_engine_unreachable(agent_factory, tmp_path):
 def test_timeout_cancels_the_build(agent_factory, index_url, docker_client, engine):
     """At the deadline: BuildTimeoutError, no build container left, no tag written."""
     agent = agent_factory("slow-agent", requirements="slowpkg==1.0\n")
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    before = engine_containers(docker_client)
     started = time.monotonic()
     with pytest.raises(BuildTimeoutError) as info:
         build_image(agent, opts(index_url, timeout=8, use_cache=False), engine=engine)
@@ -239,7 +239,7 @@ def test_timeout_cancels_the_build(agent_factory, index_url, docker_client, engi
     assert engine.image("agents/slow-agent:0.1.0") is None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        leftover = {c.id for c in docker_client.containers.list(all=True)} - before
+        leftover = engine_containers(docker_client) - before
         if not leftover:
             break
         time.sleep(0.5)

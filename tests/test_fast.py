@@ -11,14 +11,14 @@ import json
 
 from builder.api import BuildOptions, build_image
 from builder.engine import Engine
+from tests.conftest import engine_tags
 
 
 def _drop_local(docker_client, repo: str) -> None:
     """Make this engine look like a fresh CI runner for REPO: no tag, no layer cache."""
-    for image in docker_client.images.list():
-        for tag in image.tags:
-            if tag.startswith(repo + ":"):
-                docker_client.images.remove(tag, force=True)
+    for tag in engine_tags(docker_client):
+        if tag.startswith(repo + ":"):
+            docker_client.images.remove(tag, force=True)
 
 
 def test_code_only_change_rebuilds_only_code_layers(agent_factory, index_url, docker_client, cleanup_images):

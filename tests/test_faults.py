@@ -24,13 +24,13 @@ from builder.api import BuildOptions, build_image
 from builder.engine import Engine
 from builder.errors import EngineError, IndexUnreachableError, RegistryError
 from builder.registry import push_image
-from tests.conftest import BIN, Registry, _start_pypiserver, free_port, wait_http
+from tests.conftest import BIN, Registry, _start_pypiserver, engine_containers, engine_tags, free_port, wait_http
 
 AGENT_IMAGE = str(BIN / "agent-image")
 
 
 def containers(client) -> set[str]:
-    return {c.id for c in client.containers.list(all=True)}
+    return engine_containers(client)
 
 
 def settle(client, before: set[str], timeout: float = 20) -> set[str]:
@@ -57,7 +57,7 @@ def test_failed_build_never_moves_the_tag(agent_factory, index_url, docker_clien
 def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine):
     agent = agent_factory("interrupted", requirements="slowpkg==1.0\n")
     before = containers(docker_client)
-    tags_before = {t for i in docker_client.images.list() for t in i.tags}
+    tags_before = engine_tags(docker_client)
     proc = subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "--no-cache", "--index-url", index_url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # wait until pip is running inside the build
@@ -69,7 +69,7 @@ def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine)
     result = json.loads(out)
     assert proc.returncode == 42 and result["error"]["class"] == "BuildInterruptedError"
     assert settle(docker_client, before) == set(), "the interrupted build left a container"
-    assert {t for i in docker_client.images.list() for t in i.tags} == tags_before, "no tag written"
+    assert engine_tags(docker_client) == tags_before, "no tag written"
 
 
 @pytest.fixture
