@@ -43,23 +43,41 @@ def settle(client, before: set[str], timeout: float = 20) -> set[str]:
     return containers(client) - before
 
 
-def test_failed_build_never_moves_the_tag(agent_factory, index_url, docker_client, cleanup_images):
+def private_tmp(tmp_path: Path) -> tuple[dict, Path]:
+    """An environment whose TMPDIR is a fresh folder, to see what a run leaves there."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    return {**os.environ, "TMPDIR": str(tmp)}, tmp
+
+
+def zip_agent(folder: Path) -> Path:
+    """The folder as an .apkg (a zip), so extraction into a temporary folder is exercised."""
+    out = folder.parent / f"{folder.name}.apkg"
+    shutil.make_archive(str(out.with_suffix("")), "zip", folder)
+    return out.with_suffix(".zip").rename(out)
+
+
+def test_failed_build_never_moves_the_tag(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
     cleanup_images("agents/keeper")
     agent = agent_factory("keeper", requirements="tinyreq==1.0\n")
     good = build_image(agent, BuildOptions(index_url=index_url))
     (agent / "requirements.txt").write_text("tinyreq==1.0\nnot-a-real-package==1\n")
-    code = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "--index-url", index_url],
-                          capture_output=True, text=True).returncode
+    env, tmp = private_tmp(tmp_path)
+    code = subprocess.run([AGENT_IMAGE, "build", str(zip_agent(agent)), "--json", "--index-url", index_url],
+                          capture_output=True, text=True, env=env).returncode
     assert code == 21
     assert docker_client.images.get("agents/keeper:0.1.0").id == good.image_id
+    assert not list(tmp.iterdir()), "the extracted package and build files are removed"
 
 
-def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine):
+def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine, tmp_path):
     agent = agent_factory("interrupted", requirements="slowpkg==1.0\n")
     before = containers(docker_client)
     tags_before = engine_tags(docker_client)
-    proc = subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "--no-cache", "--index-url", index_url],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env, tmp = private_tmp(tmp_path)
+    proc = subprocess.Popen([AGENT_IMAGE, "build", str(zip_agent(agent)), "--json", "--no-cache",
+                             "--index-url", index_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # wait until pip is running inside the build
         if '"name": "deps"' in line and "RUN pip" in line:
             break
@@ -70,6 +88,7 @@ def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine)
     assert proc.returncode == 42 and result["error"]["class"] == "BuildInterruptedError"
     assert settle(docker_client, before) == set(), "the interrupted build left a container"
     assert engine_tags(docker_client) == tags_before, "no tag written"
+    assert not list(tmp.iterdir()), "the extracted package and build files are removed"
 
 
 @pytest.fixture
