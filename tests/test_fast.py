@@ -7,11 +7,13 @@ mechanisms: which layers were reused, what was skipped, what was fetched.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
+import subprocess
 
 from builder.api import BuildOptions, build_image
 from builder.engine import Engine
-from tests.conftest import engine_tags
+from tests.conftest import BIN, engine_tags
 
 
 def _drop_local(docker_client, repo: str) -> None:
@@ -68,6 +70,15 @@ def test_noop_and_cache_from_on_an_empty_runner(agent_factory, index_url, regist
     assert changed.index.get("downloaded") == [], "nothing re-downloaded for a code-only change"
 
 
+def assert_cache_intact(cache_dir) -> None:
+    """The shared download cache holds whole files only, each under its own sha256."""
+    blobs = list((cache_dir / "downloads" / "blobs").iterdir())
+    assert blobs, "the builds downloaded through the cache"
+    assert not [b for b in blobs if b.name.startswith(".part-")], "no partial downloads left behind"
+    for blob in blobs:
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
 def test_concurrent_builds(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
     """Four different agents and one agent twice, at once, sharing the engine and the download cache."""
     cleanup_images("agents/par-")
@@ -84,13 +95,27 @@ def test_concurrent_builds(agent_factory, index_url, docker_client, cleanup_imag
                                            remove=True).decode().strip()
         assert out == want, (result.image, out)
     assert docker_client.images.get("agents/par-0:0.1.0").id in {results[0].image_id, results[4].image_id}
-    # the shared cache holds one copy of each file, none of them truncated
-    blobs = list((tmp_path / "shared-cache" / "downloads" / "blobs").iterdir())
-    assert not [b for b in blobs if b.name.startswith(".part-")], "no partial downloads left behind"
-    import hashlib
-    for blob in blobs:
-        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    assert_cache_intact(tmp_path / "shared-cache")
     # every build counted its own traffic; together they fetched each file at most once per racing build
     fetched = [f for r in results for f in r.index["downloaded"]]
     assert fetched.count("requests-2.32.3-py3-none-any.whl") <= len(jobs)
     assert json.dumps([r.to_dict() for r in results])
+
+
+def test_concurrent_builds_from_separate_processes(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
+    """CI may run one builder process per upload: three CLIs at once (one agent twice) share one cache."""
+    cleanup_images("agents/proc-")
+    agents = [agent_factory(f"proc-{i}", requirements=f"tinyreq==1.{i}\nrequests==2.32.3\n") for i in range(2)]
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([str(BIN / "agent-image"), "build", str(a), "--json", "--no-cache",
+                               "--index-url", index_url, "--cache-dir", str(cache)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for a in agents + [agents[0]]]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert [r["ok"] for r in results] == [True] * 3, results
+    for i, result in enumerate(results):
+        out = docker_client.containers.run(result["image_id"], ["python", "-c", "import tinyreq; print(tinyreq.__version__)"],
+                                           remove=True).decode().strip()
+        assert out == f"1.{i % 2}", result["image"]
+    assert docker_client.images.get("agents/proc-0:0.1.0").id in {results[0]["image_id"], results[2]["image_id"]}
+    assert_cache_intact(cache)
