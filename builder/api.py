@@ -48,7 +48,8 @@ class BuildOptions:
     registry_auth: dict | None = None      # {"username", "password"}; None: the Docker config's
     index_url: str | None = None
     allow_index_hosts: frozenset[str] = frozenset()
-    ca_bundle: str | None = None
+    ca_bundle: str | None = None           # extra CA for the index proxy's upstream TLS
+    ca_bundle_in_image: bool = False       # also trust it inside the image at run time
     timeout: float = 300.0
     base_image: str | None = None
     include_env: bool = False
@@ -113,14 +114,32 @@ def _dotenv_secrets(root: Path) -> None:
                 register_secret(line.split("=", 1)[1].strip().strip("'\""))
 
 
+def read_ca_bundle(path: str | None) -> bytes:
+    """The --ca-bundle file, checked before any work: a wrong path fails here, not mid-build."""
+    if not path:
+        raise PackageValidationError("--ca-bundle-in-image needs --ca-bundle PEM.", field="--ca-bundle",
+                                     hint="Name the PEM file with --ca-bundle.")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PackageValidationError(f"Cannot read the CA bundle {path}: {exc.strerror}.", field="--ca-bundle",
+                                     hint="Pass a readable PEM file.") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise PackageValidationError(f"The CA bundle {path} holds no PEM certificate.", field="--ca-bundle",
+                                     hint="Pass a file with one or more '-----BEGIN CERTIFICATE-----' blocks.")
+    return data
+
+
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     split = read_requirements(pkg.root, options.allow_index_hosts)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
-                      installer=options.installer)
+                      installer=options.installer, ca_bundle=options.ca_bundle_in_image)
     generated = {"Dockerfile": rendered.text.encode()}
+    if options.ca_bundle_in_image:
+        generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
     if split.deps:
         generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
         for name, text in split.constraints.items():
@@ -149,6 +168,8 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         repo = _repository(m.name, options)
         ref = f"{repo}:{m.version}"
         upstream = resolve_index(options.index_url, options.env)
+        if options.ca_bundle:
+            read_ca_bundle(options.ca_bundle)
 
         engine = engine or Engine()
         engine.ping()

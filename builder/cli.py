@@ -60,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
                    help="let requirements.txt name this host in --index-url/--extra-index-url/--find-links/"
                         "--trusted-host (refused by default)")
     b.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching the index (used by the "
-                                                      "builder's index proxy; never copied into the image)")
+                                                      "builder's index proxy; not copied into the image)")
+    b.add_argument("--ca-bundle-in-image", action="store_true",
+                   help="also add the --ca-bundle CAs to the image's trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE)")
     b.add_argument("--timeout", type=float, default=300.0, help="wall-clock build timeout in seconds (default 300)")
     b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime)")
     b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
@@ -124,7 +126,8 @@ def cmd_build(args, engine_factory) -> dict:
 
     opts = BuildOptions(
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
-        allow_index_hosts=frozenset(args.allow_index_host), ca_bundle=args.ca_bundle, timeout=args.timeout,
+        allow_index_hosts=frozenset(args.allow_index_host), ca_bundle=args.ca_bundle,
+        ca_bundle_in_image=args.ca_bundle_in_image, timeout=args.timeout,
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))

@@ -106,6 +106,7 @@ def render(
     editable: bool,
     requirements: bool,
     installer: str = "pip",
+    ca_bundle: bool = False,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
@@ -124,6 +125,7 @@ def render(
         editable=editable,
         requirements=requirements,
         installer=installer,
+        ca_bundle=ca_bundle,
         uv_version=UV_VERSION,
         entrypoint=manifest.entrypoint or "",
         rest_entry=manifest.rest_entry or "",

@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 from builder.api import BuildOptions, build_image
-from builder.errors import CodeArtifactError, IndexAuthError, redact
+from builder.errors import CodeArtifactError, IndexAuthError, PackageValidationError, redact
 from builder.index import resolve_index
 from tests.conftest import BIN, image_holds
 
@@ -156,3 +156,23 @@ def test_public_index_through_ca_bundle(agent_factory, docker_client, cleanup_im
         build_image(agent_factory("public-ca2", requirements="six==1.16.0\n"),
                     BuildOptions(index_url="https://pypi.org/simple/", ca_bundle=str(other),
                                  cache_dir=tmp_path / "c2", nocache=True))
+
+
+def test_ca_bundle_in_image_only_when_asked(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
+    """--ca-bundle-in-image adds the extra CA to the image's trust, next to the system CAs."""
+    cleanup_images("agents/ca-in-")
+    pem = HOST_BUNDLE.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    extra = tmp_path / "corp-ca.pem"
+    extra.write_text(pem)
+    agent = agent_factory("ca-in-image", requirements="tinyreq==1.0\n")
+    result = build_image(agent, BuildOptions(index_url=index_url, ca_bundle=str(extra), ca_bundle_in_image=True))
+    script = ("import os, ssl; f = os.environ['SSL_CERT_FILE']; t = open(f).read(); "
+              "print(f == os.environ['REQUESTS_CA_BUNDLE'], t.count('BEGIN CERTIFICATE') > 1, "
+              f"{pem.strip()!r} in t, len(ssl.create_default_context().get_ca_certs()) > 0)")
+    out = docker_client.containers.run(result.image, ["python", "-c", script], remove=True).decode().split()
+    assert out == ["True", "True", "True", "True"], out
+    # a folder that is not a PEM is refused before anything is built
+    with pytest.raises(PackageValidationError) as info:
+        build_image(agent, BuildOptions(index_url=index_url, ca_bundle=str(agent / "agent.yaml"),
+                                        ca_bundle_in_image=True))
+    assert info.value.field == "--ca-bundle" and "no PEM certificate" in str(info.value)
