@@ -5,12 +5,19 @@ callables, each ``(Failure) -> PackageLoadError | None``; the first that
 recognises the failure wins, so the most specific go first. pip's stable
 markers (``subprocess-exited-with-error``, ``ResolutionImpossible``) are
 matched before plain-text patterns, which pip gives no marker for.
+
+Three installers write these logs, and each says the same thing its own way
+(real samples: tests/data/buildlogs/): pip 23 (bookworm), pip 20.3 (bullseye:
+no "from versions" list, "Command errored out" instead of markers) and uv
+("No solution found when resolving dependencies" + a "Because ..." cause for
+every resolution failure, " + name==version" for what it installed).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Sequence
 
 from .errors import (BuildError, DependencyConflictError, DependencyError, DependencyNotFoundError,
@@ -20,6 +27,48 @@ from .requirements import Line
 
 TAIL = 25
 DEPS_FILE = "requirements-deps.txt"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+# --- uv's lines arrive in pieces -----------------------------------------------
+# uv writes one line in several write()s (Rust's stderr is unbuffered) and the
+# engine makes lines of each stream chunk, so "error: No solution found" can come
+# as "error" + ": No solution found", " + tinyreq==2.0" as "+" + "tinyreq==" + "2.0"
+# (a piece that is only blanks is dropped, and trailing blanks are cut).
+# Inside a step that runs uv, a line that does not start like a uv (or engine)
+# line is glued back onto the one before it. pip writes whole lines: untouched.
+_STEP = re.compile(r"^Step \d+/\d+ : ")
+_ENGINE_LINE = re.compile(r"^(?: ---> |Removing intermediate container )")
+_UV_STEP = re.compile(r"^Step \d+/\d+ : RUN .*/uv pip (?:install|sync)\b")
+_UV_LINE_START = re.compile(
+    r"^(?:Step \d+/\d+ : | ---> |Removing intermediate container|Successfully (?:built|tagged)\b"
+    r"|Using (?:C?Python|Python)\b"
+    r"|(?:Resolved|Prepared|Installed|Uninstalled|Audited|Checked|Downloaded|Downloading|Bytecode compiled)\b"
+    r"|(?:error|warning|hint|help)\b|\s*(?:cause|Caused by)\b|\s*\[std(?:out|err)\]|\s*(?:Building|Built)\b"
+    r"|\s*[+~-](?: |$)|\s{2,}\S)")
+
+
+def _glue(prev: str, nxt: str) -> str:
+    # the engine dropped trailing blanks: put a space back between words, none inside
+    # "==1" ".0" "file" ":" "//" "/app" ")" and the like
+    if nxt[:1].isspace() or nxt[:1] in ".,:;)]=<>!~" or prev[-1:] in "=([.<>~!/":
+        return ""
+    if prev.endswith(":") and nxt.startswith("/"):
+        return ""
+    return " "
+
+
+def rejoin(lines: Sequence[str]) -> list[str]:
+    """The log with uv's cut lines glued back (pip's lines pass unchanged)."""
+    out: list[str] = []
+    in_uv = False
+    for line in lines:
+        if _STEP.match(line):
+            in_uv = bool(_UV_STEP.match(line))
+        elif in_uv and out and not _UV_LINE_START.match(line):
+            out[-1] += _glue(out[-1], line) + line
+            continue
+        out.append(line)
+    return out
 
 
 @dataclass
@@ -33,20 +82,28 @@ class Failure:
     requirements: Sequence[Line] = ()  # every logical line of requirements.txt
     auth_failures: Sequence[int] = ()  # from the index proxy
     unreachable: Sequence[str] = ()    # from the index proxy
+    # from the index proxy: URLs the index answered 404 for; None = not known.
+    # pip 20 says "Could not find a version that satisfies X" for both a missing
+    # project and a missing version: only the index knows which.
+    not_found: Sequence[str] | None = None
+
+    @cached_property
+    def joined(self) -> list[str]:
+        return rejoin(self.lines or self.all_lines)
 
     @property
     def text(self) -> str:
-        return "\n".join(self.lines)
+        return "\n".join(self.joined)
 
     @property
     def tail(self) -> list[str]:
-        return (self.lines or self.all_lines)[-TAIL:] + ([self.error] if self.error else [])
+        return self.joined[-TAIL:] + ([self.error] if self.error else [])
 
     def find_line(self, project: str) -> Line | None:
         """The requirements line that names PROJECT (normalised as pip does)."""
         want = _norm(project)
         for line in self.requirements:
-            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.text)
+            m = re.match(rf"\s*({_NAME})", line.text)
             if m and _norm(m.group(1)) == want:
                 return line
         return None
@@ -56,7 +113,7 @@ class Failure:
         where = None
         line_no = None
         if requirement:
-            name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+            name = re.match(rf"\s*({_NAME})", requirement)
             found = self.find_line(name.group(1)) if name else None
             if found:
                 where, line_no = found.where, found.number
@@ -71,7 +128,7 @@ def _norm(name: str) -> str:
 
 
 def _project(req: str) -> str:
-    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+    m = re.match(rf"\s*({_NAME})", req)
     return m.group(1) if m else req
 
 
@@ -90,13 +147,32 @@ def closest_versions(wanted: str, available: list[str], n: int = 3) -> list[str]
     return ordered[lo:lo + n] if lo + n <= len(ordered) else ordered[-n:]
 
 
+def subprocess_reason(lines: Sequence[str]) -> str | None:
+    """The last line a failed build script printed (pip 23's "[N lines of output]"
+    box, pip 20's "Complete output", uv's "[stderr]"): usually the actual error."""
+    reason = None
+    inside = False
+    for line in lines:
+        s = line.strip()
+        if re.search(r"\[\d+ lines? of output\]$|^Complete output \(\d+ lines?\):|^\[std(?:out|err)\]$", s):
+            inside = True
+        elif inside and (s == "[end of output]" or re.fullmatch(r"-{20,}", s) or s.startswith("hint:")
+                         or _STEP.match(line) or _ENGINE_LINE.match(line)):
+            inside = False
+        elif inside and s and not s.startswith("^"):
+            reason = s
+    return reason
+
+
 # --- classifiers, most specific first -----------------------------------------
 
 Classifier = Callable[[Failure], "PackageLoadError | None"]
 
 
 def classify_auth(f: Failure) -> PackageLoadError | None:
-    m = re.search(r"\b(401|403) Client Error", f.text)
+    # the proxy saw the refusal; pip 23 shows none of it at default verbosity,
+    # uv adds "hint: An index (...) returned a 403 Forbidden error"
+    m = re.search(r"\b(401|403)\b(?: Client Error| Unauthorized| Forbidden)", f.text)
     if f.auth_failures or m:
         code = f.auth_failures[0] if f.auth_failures else int(m.group(1))
         return f.make(IndexAuthError,
@@ -110,8 +186,12 @@ def classify_auth(f: Failure) -> PackageLoadError | None:
 def classify_unreachable(f: Failure) -> PackageLoadError | None:
     pip_says = re.search(r"(Failed to establish a new connection|Max retries exceeded|ProxyError|"
                          r"Connection refused|Temporary failure in name resolution|Read timed out)", f.text)
-    if f.unreachable or (pip_says and "from versions: none" in f.text) or (pip_says and not f.requirements):
-        reason = f.unreachable[0] if f.unreachable else pip_says.group(1)
+    # uv names the cause; a 5xx is our proxy saying the upstream did not answer
+    uv_says = re.search(r"(HTTP status server error \(5\d\d[^)]*\)|tcp connect error|dns error|"
+                        r"error sending request|operation timed out)", f.text)
+    if f.unreachable or uv_says or (pip_says and "from versions: none" in f.text) \
+            or (pip_says and not f.requirements):
+        reason = f.unreachable[0] if f.unreachable else (uv_says or pip_says).group(1)
         return f.make(IndexUnreachableError,
                       f"The package index could not be reached ({reason})",
                       hint="Check the index URL and the network (or the CodeArtifact endpoint), then rebuild.")
@@ -119,82 +199,224 @@ def classify_unreachable(f: Failure) -> PackageLoadError | None:
 
 
 def classify_hash(f: Failure) -> PackageLoadError | None:
-    if "THESE PACKAGES DO NOT MATCH THE HASHES" in f.text:
-        m = re.search(r"^\s+(\S+==\S+|\S+) from \S+", f.text, re.M)
+    text = f.text
+    hint = ("The file in the index differs from the --hash in requirements.txt: update the hash "
+            "if the new file is trusted, or pin the version whose hash you recorded.")
+    if "THESE PACKAGES DO NOT MATCH THE HASHES" in text:
+        m = re.search(r"^\s+(\S+==\S+|\S+) from \S+", text, re.M)
         req = m.group(1).rstrip(":") if m else None
-        exp = re.search(r"Expected sha256 (\w+)", f.text)
-        got = re.search(r"Got\s+(\w+)", f.text)
-        detail = f": expected sha256 {exp.group(1)[:16]}..., got {got.group(1)[:16]}..." if exp and got else ""
-        return f.make(HashMismatchError, f"Hash verification failed for {req or 'a requirement'}{detail}",
-                      requirement=req,
-                      hint="The file in the index differs from the --hash in requirements.txt: update the hash "
-                           "if the new file is trusted, or pin the version whose hash you recorded.")
-    if "Hashes are required in --require-hashes mode" in f.text:
-        m = re.search(r"^\s+(\S+) --hash=", f.text, re.M)
-        req = m.group(1) if m else None
-        return f.make(HashMismatchError,
-                      f"Hash verification failed: once one requirement has --hash, every one needs it"
-                      f"{f'; {req} has none' if req else ''}",
-                      requirement=req, hint="Add --hash to every line (pip-compile --generate-hashes) or to none.")
-    return None
+        exp = re.search(r"Expected sha256 (\w+)", text)
+        got = re.search(r"Got\s+(\w+)", text)
+    else:
+        m = re.search(r"Hash mismatch for `([^`]+)`", text)  # uv
+        if not m:
+            m = re.search(r"^\s+(\S+) --hash=", text, re.M)
+            if "Hashes are required in --require-hashes mode" not in text:
+                return None
+            req = m.group(1) if m else None
+            return f.make(HashMismatchError,
+                          f"Hash verification failed: once one requirement has --hash, every one needs it"
+                          f"{f'; {req} has none' if req else ''}",
+                          requirement=req, hint="Add --hash to every line (pip-compile --generate-hashes) or to none.")
+        req = m.group(1)
+        exp = re.search(r"Expected:\s*sha256:(\w+)", text)
+        got = re.search(r"Computed:\s*sha256:(\w+)", text)
+    detail = f": expected sha256 {exp.group(1)[:16]}..., got {got.group(1)[:16]}..." if exp and got else ""
+    return f.make(HashMismatchError, f"Hash verification failed for {req or 'a requirement'}{detail}",
+                  requirement=req, hint=hint)
+
+
+def classify_wheel_build(f: Failure) -> PackageLoadError | None:
+    # before conflict/not-found: pip 20 discards an sdist whose setup.py fails and
+    # then reports "No matching distribution" for it; the build is the cause
+    markers = ("subprocess-exited-with-error", "metadata-generation-failed", "Failed building wheel",
+               "Failed to build", "legacy-install-failure", "Command errored out with exit status",
+               "The build backend returned an error")
+    text = f.text
+    if not any(mk in text for mk in markers):
+        return None
+    if f.step == "package":
+        return None  # the agent's own package: classify_editable says it better
+    m = (re.search(r"Failed to build `([^`]+)`", text)                       # uv
+         or re.search(rf"Failed to build ({_NAME})", text)                    # pip 23 summary
+         or re.search(rf"Failed building wheel for ({_NAME})", text)
+         or re.search(rf"Running setup\.py install for ({_NAME})", text)      # pip 20/23 legacy install
+         or re.search(r"Discarding \S*/([A-Za-z0-9][\w.]*?)-\d[^/\s]*?\.(?:tar\.gz|zip|tar\.bz2)", text)  # pip 20
+         or re.search(rf"Collecting ({_NAME}\S*)[^\n]*\n(?:(?!Collecting).*\n)*?.*subprocess-exited-with-error", text))
+    req = m.group(1).split(" @ ")[0] if m else None
+    if req:  # each installer names it its own way: report the requirements.txt line when there is one
+        line = f.find_line(_project(req))
+        req = line.text if line else req
+    reason = subprocess_reason(f.joined)
+    compiler = re.search(r"(gcc|cc|g\+\+)['\"]?:? (not found|failed)|command '.*gcc'|"
+                         r"No such file or directory: 'gcc'", text)
+    why = "a compiler is missing" if compiler else \
+          "C headers are missing" if re.search(r"\.h: No such file", text) else \
+          f"its build script failed: {reason}" if reason else "its build script failed"
+    hint = ("Use a version that publishes a wheel for this Python, or publish a prebuilt wheel "
+            "to your index; the base image has no compiler." if compiler or "headers" in why else
+            "Its setup.py fails in a clean build: use a version that publishes a wheel (or whose sdist "
+            "builds), or publish a wheel of it to your index.")
+    return f.make(WheelBuildError, f"Building a wheel failed for {req or 'a dependency'}: {why}",
+                  requirement=req, hint=hint)
+
+
+def _uv_unsolvable(text: str) -> str | None:
+    """uv's one header for every resolution failure: which kind is it?"""
+    if "No solution found when resolving dependencies" not in text:
+        return None
+    if "was not found in the package registry" in text:
+        return "not-found"
+    if "depends on" in text or re.search(r"\bdepend on\b", text):
+        return "conflict"
+    if "there is no version of" in text or re.search(r"only \S+ is available and you require", text):
+        return "version"
+    return "conflict"
 
 
 def classify_conflict(f: Failure) -> PackageLoadError | None:
-    if "ResolutionImpossible" not in f.text and "conflicting dependencies" not in f.text:
+    text = f.text
+    hint = ("Loosen one of the two constraints named above (the pin in requirements.txt, or the "
+            "install_requires of the package that depends on it) so both can be satisfied (ResolutionImpossible).")
+    if _uv_unsolvable(text) == "conflict":
+        # "Because all versions of A depend on B<2 and you require A==1.0 ... And because you require B==2.0"
+        users = re.findall(r"(?<!conclude that )you require (\S+?)(?=,| and |$)", text, re.M)
+        depends = []
+        for a, b in re.findall(rf"(?:all versions of )?({_NAME}(?:==\S+)?) depends? on ({_NAME}[^\s,]*)", text):
+            b = b.rstrip(".")
+            if (a, b) not in depends and not any(_project(a) == _project(x) and b == y for x, y in depends):
+                depends.append((a, b))
+        dep_projects = {_norm(_project(b)) for _, b in depends}
+        requirement = next((u for u in users if _norm(_project(u)) in dep_projects), users[-1] if users else None)
+        sides = ([f"you require {requirement}"] if requirement else []) + [f"{a} depends on {b}" for a, b in depends]
+        detail = "; ".join(sides[:4]) or "see the log"
+        return f.make(DependencyConflictError, f"Dependency conflict: no versions satisfy every constraint: {detail}",
+                      requirement=requirement, hint=hint)
+    if "ResolutionImpossible" not in text and "conflicting dependencies" not in text:
         return None
-    causes = re.findall(r"^\s+(The user requested .+|\S+ \S+ depends on .+)$", f.text, re.M)
+    causes = re.findall(r"^\s+(The user requested .+|\S+ \S+ depends on .+)$", text, re.M)
     sides = [c.strip() for c in causes][:4]
-    head = re.search(r"Cannot install (.+?) because these package versions have conflicting", f.text)
+    head = re.search(r"Cannot install (.+?) because these package versions have conflicting", text)
     requirement = None
-    m = re.search(r"The user requested (\S+)", f.text)
+    m = re.search(r"The user requested (\S+)", text)
     if m:
         requirement = m.group(1)
     detail = "; ".join(sides) if sides else (head.group(1) if head else "see the log")
     return f.make(DependencyConflictError,
                   f"Dependency conflict: no versions satisfy every constraint: {detail}",
-                  requirement=requirement,
-                  hint="Loosen one of the pins named above so both sides can be satisfied (ResolutionImpossible).")
+                  requirement=requirement, hint=hint)
+
+
+def _not_found(f: Failure, req: str, parent: str | None = None, *, maybe_version: bool = False) -> PackageLoadError:
+    project = _project(req)
+    via = f" (required by {parent})" if parent else ""
+    hint = f"Check requirements.txt for a typo in '{project}', or publish it to your private index."
+    what = "is not in the package index (PyPI/CodeArtifact)"
+    if maybe_version:
+        what = ("is not in the package index (PyPI/CodeArtifact): either the project is missing or "
+                "no version of it matches (pip 20 does not say which)")
+        hint = f"Check '{project}' for a typo and its version constraint against the index, then rebuild."
+    if f.step == "tools":
+        hint = (f"--installer uv installs {req} from the same index first: mirror it there, "
+                "or build with --installer pip.")
+    return f.make(DependencyNotFoundError, f"Dependency not found: '{req}'{via} {what}",
+                  requirement=req, hint=hint)
+
+
+def _version_not_found(f: Failure, req: str, near: list[str] | None, parent: str | None = None) -> PackageLoadError:
+    project = _project(req)
+    via = f" (required by {parent})" if parent else ""
+    closest = f"; closest available: {', '.join(near)}" if near else \
+              "; the installer did not list the available versions"
+    hint = "Check the version constraint in requirements.txt against the versions the index has, then rebuild."
+    if parent:
+        hint = (f"'{project}' is needed by {parent}: publish a version matching '{req}' (with a wheel for this "
+                f"Python) to the index, or pin a {parent} that accepts one it has.")
+    return f.make(VersionNotFoundError,
+                  f"Package version not found: no version of '{project}'{via} matches '{req}'{closest}",
+                  requirement=req, hint=hint)
 
 
 def classify_not_found(f: Failure) -> PackageLoadError | None:
-    m = re.search(r"Could not find a version that satisfies the requirement (\S+) \(from versions: ([^)]*)\)",
-                  f.text)
+    text = f.text
+    kind = _uv_unsolvable(text)
+    if kind == "not-found":
+        # "Because X was not found in the package registry and you require X==1 / and Y depends on X"
+        m = re.search(rf"({_NAME}) was not found in the package registry", text)
+        missing = m.group(1)
+        user = re.search(rf"you require ({re.escape(missing)}\S*?)(?=,| and |$)", text, re.M)
+        parent = re.search(rf"({_NAME})(?:==\S+)? depends? on {re.escape(missing)}", text)
+        return _not_found(f, user.group(1) if user else missing, parent.group(1) if parent and not user else None)
+    if kind == "version":
+        m = re.search(r"there is no version of (\S+?)(?=,| and |$)", text, re.M) or \
+            re.search(r"you require (\S+?), we can conclude", text)
+        only = re.search(r"only (\S+) is available", text)
+        return _version_not_found(f, m.group(1) if m else "?", [only.group(1)] if only else None)
+    # pip: "... the requirement X (from parent) (from versions: a, b)"; pip 20.3 omits the versions
+    m = re.search(r"Could not find a version that satisfies the requirement (\S+)((?: \([^)]*\))*)", text)
     if not m:
-        m2 = re.search(r"No matching distribution found for (\S+)", f.text)
+        m2 = re.search(r"No matching distribution found for (\S+)", text)
         if not m2:
             return None
-        req, versions = m2.group(1), "none"
+        req, extra = m2.group(1), ""
     else:
-        req, versions = m.group(1), m.group(2).strip()
-    project = _project(req)
-    if versions == "none":
-        return f.make(DependencyNotFoundError,
-                      f"Dependency not found: '{req}' is not in the package index (PyPI/CodeArtifact)",
-                      requirement=req,
-                      hint=f"Check requirements.txt for a typo in '{project}', or publish it to your private index.")
-    available = [v.strip() for v in versions.split(",") if v.strip()]
+        req, extra = m.group(1), m.group(2)
+    versions = re.search(r"\(from versions: ([^)]*)\)", extra)
+    parent = next((p for p in re.findall(r"\(from ([^)]*)\)", extra)
+                   if not p.startswith(("versions:", "-r "))), None)
+    if versions is None:
+        # pip 20.3: the same words for a missing project and a missing version
+        if f.not_found is not None and not _project_404(f.not_found, _project(req)) \
+                and re.search(r"[=<>~!]", req):
+            return _version_not_found(f, req, None, parent)
+        return _not_found(f, req, parent, maybe_version=f.not_found is None and bool(re.search(r"[=<>~!]", req)))
+    listed = versions.group(1).strip()
+    if listed == "none":
+        return _not_found(f, req, parent)
+    available = [v.strip() for v in listed.split(",") if v.strip()]
     wanted = re.search(r"(?:==|~=|<=|>=|<|>)\s*([0-9][^,;\s]*)", req)
     near = closest_versions(wanted.group(1), available) if wanted else available[-3:]
-    return f.make(VersionNotFoundError,
-                  f"Package version not found: no version of '{project}' matches '{req}'; "
-                  f"closest available: {', '.join(near)}",
-                  requirement=req, hint="Check the version constraint in requirements.txt.")
+    return _version_not_found(f, req, near, parent)
+
+
+def _project_404(urls: Sequence[str], project: str) -> bool:
+    want = _norm(project)
+    return any(_norm(u.rstrip("/").rsplit("/", 1)[-1]) == want for u in urls)
 
 
 def classify_syntax(f: Failure) -> PackageLoadError | None:
-    m = re.search(r"Invalid requirement: '?(.+?)'?(?: \(from line (\d+) of (\S+)\))?$", f.text, re.M)
-    if not m:
-        m = re.search(r"(?:Invalid requirement|no such option|Invalid URL|Could not parse) ?:? ?(.+)$", f.text, re.M)
-        if not m or "pip install" in m.group(0):
-            return None
-        bad, number, file = m.group(1), None, None
-    else:
-        bad, number, file = m.group(1), m.group(2), m.group(3) or ""
+    text = f.text
+    uv = re.search(r"Couldn't parse requirement in `([^`]+)` at position (\d+)", text)
     line = None
-    if number and file and file.endswith(DEPS_FILE) and int(number) <= len(f.deps):
-        line = f.deps[int(number) - 1]
-    elif number:
-        line = next((ln for ln in f.requirements if ln.number == int(number)), None)
+    if uv:
+        # uv gives a character offset and echoes the line above a caret
+        file, pos = uv.group(1), int(uv.group(2))
+        joined = f.joined
+        carets = [i for i, ln in enumerate(joined) if re.fullmatch(r"\s*\^+\s*", ln)]
+        bad = joined[carets[-1] - 1].strip() if carets and carets[-1] > 0 else None
+        if file.endswith(DEPS_FILE):
+            offset = 0
+            for ln in f.deps:
+                if pos < offset + len(ln.text) + 1:
+                    line = ln
+                    break
+                offset += len(ln.text) + 1
+        if line is None and bad:
+            line = next((ln for ln in f.requirements if bad in ln.text), None)
+        bad = bad or (line.text if line else "?")
+    else:
+        m = re.search(r"Invalid requirement: '?(.+?)'?(?: \(from line (\d+) of (\S+)\))?$", text, re.M)
+        if not m:
+            m = re.search(r"(?:Invalid requirement|no such option|Invalid URL|Could not parse) ?:? ?(.+)$", text, re.M)
+            if not m or "pip install" in m.group(0):
+                return None
+            bad, number, file = m.group(1), None, None
+        else:
+            bad, number, file = m.group(1), m.group(2), m.group(3) or ""
+        if number and file and file.endswith(DEPS_FILE) and int(number) <= len(f.deps):
+            line = f.deps[int(number) - 1]
+        elif number:
+            line = next((ln for ln in f.requirements if ln.number == int(number)), None)
     if line is None:
         line = next((ln for ln in f.requirements if bad.strip("'") in ln.text), None)
     where = f" ({line.where})" if line else ""
@@ -206,50 +428,32 @@ def classify_syntax(f: Failure) -> PackageLoadError | None:
     return err
 
 
-def classify_wheel_build(f: Failure) -> PackageLoadError | None:
-    markers = ("subprocess-exited-with-error", "metadata-generation-failed", "Failed building wheel",
-               "Failed to build", "legacy-install-failure")
-    if not any(mk in f.text for mk in markers):
-        return None
-    if f.step == "package":
-        return None  # the agent's own package: classify_editable says it better
-    m = (re.search(r"Failed to build ([\w.-]+)", f.text) or re.search(r"Failed building wheel for ([\w.-]+)", f.text)
-         or re.search(r"Getting requirements to build wheel .*?\n.*?([\w.-]+)", f.text)
-         or re.search(r"Collecting ([\w.-]+)[^\n]*\n(?:(?!Collecting).*\n)*?.*subprocess-exited-with-error", f.text))
-    req = m.group(1) if m else None
-    why = "a compiler is missing" if re.search(r"(gcc|cc|g\+\+)['\"]?:? (not found|failed)|command '.*gcc'|"
-                                               r"No such file or directory: 'gcc'", f.text) else \
-          "C headers are missing" if re.search(r"\.h: No such file", f.text) else "its build script failed"
-    return f.make(WheelBuildError,
-                  f"Building a wheel failed for {req or 'a dependency'}: {why}",
-                  requirement=req,
-                  hint="Use a version that publishes a wheel for this Python, or publish a prebuilt wheel "
-                       "to your index; the base image has no compiler.")
-
-
 def classify_editable(f: Failure) -> PackageLoadError | None:
     if f.step != "package":
         return None
-    m = re.search(r"(error: .+|ERROR: .+)$", f.text, re.M)
+    reason = subprocess_reason(f.joined)
+    if reason is None:
+        m = re.search(r"(error: .+|ERROR: .+)$", f.text, re.M)
+        reason = m.group(1) if m else "see the log"
     return EditableInstallError(
-        f"Installing the agent package in editable mode (pip install -e .) failed: "
-        f"{m.group(1) if m else 'see the log'}",
+        f"Installing the agent package in editable mode (pip install -e .) failed: {reason}",
         hint="Check setup.py / pyproject.toml: run `pip install -e .` in the package folder to reproduce.",
         step=f.step, log_tail=f.tail)
 
 
 def classify_generic_pip(f: Failure) -> PackageLoadError | None:
-    if f.step in ("deps", "requirements"):
-        m = re.search(r"^ERROR: (.+)$", f.text, re.M)
+    if f.step in ("deps", "requirements", "tools"):
+        m = re.search(r"^(?:ERROR|error): (.+)$", f.text, re.M)
+        what = "Installing uv (--installer uv) failed" if f.step == "tools" else "Requirements installation failed"
         return f.make(DependencyError,
-                      f"Requirements installation failed: {m.group(1) if m else f.error or 'see the log'}",
+                      f"{what}: {m.group(1) if m else f.error or 'see the log'}",
                       hint="Read the log tail below; rerun with --json for the full record.")
     return None
 
 
 CLASSIFIERS: list[Classifier] = [
-    classify_auth, classify_unreachable, classify_hash, classify_conflict, classify_not_found,
-    classify_syntax, classify_wheel_build, classify_editable, classify_generic_pip,
+    classify_auth, classify_unreachable, classify_hash, classify_wheel_build, classify_conflict,
+    classify_not_found, classify_syntax, classify_editable, classify_generic_pip,
 ]
 
 
@@ -275,13 +479,26 @@ def step_lines(lines: list[str], step_number: int | None) -> list[str]:
 
 
 def conflict_warnings(lines: list[str]) -> list[str]:
-    """pip's post-install conflict notes ('X requires Y, but you have Z'), which exit 0."""
-    return [ln.strip() for ln in lines if re.search(r" requires .+, but you have .+ which is incompatible", ln)]
+    """Post-install conflict notes, which exit 0: pip's 'X requires Y, but you have Z'
+    and uv pip check's 'The package `X` requires `Y`, but `Z` is installed'.
+    (uv pip install itself prints none: requirements pins then win silently.)"""
+    return [ln.strip() for ln in rejoin(lines)
+            if re.search(r" requires .+, but you have .+ which is incompatible", ln)
+            or re.search(r"The package `[^`]+` requires `[^`]+`, but (?:`[^`]+` is|it's not) installed", ln)]
 
 
 def installed_packages(lines: list[str]) -> list[str]:
-    out: list[str] = []
-    for ln in lines:
-        if "Successfully installed" in ln:
-            out.extend(ln.split("Successfully installed", 1)[1].split())
-    return out
+    """What the build installed, as 'name-version', in first-install order; a later
+    install of the same name wins (the seed's order reinstalls requirements pins
+    after the package's own install_requires)."""
+    out: dict[str, str] = {}
+    for ln in rejoin(lines):
+        if "Successfully installed" in ln:  # pip: name-version ...
+            for token in ln.split("Successfully installed", 1)[1].split():
+                m = re.match(r"(.+?)-(\d[^-]*)$", token)
+                out[_norm(m.group(1) if m else token)] = token
+            continue
+        m = re.match(rf"^\s*\+ ({_NAME})==(\S+)", ln)  # uv: " + name==version"
+        if m:
+            out[_norm(m.group(1))] = f"{m.group(1)}-{m.group(2)}"
+    return list(out.values())
