@@ -26,6 +26,7 @@ from .engine import Engine
 from .errors import PackageLoadError, PackageValidationError, register_secret
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy
+from .logs import configure as configure_logs
 from .requirements import logical_lines, read_requirements
 
 log = structlog.get_logger("agent_image")
@@ -33,6 +34,7 @@ log = structlog.get_logger("agent_image")
 DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent-image"))
 BASE_REPOSITORY = "agent-image/base"
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
+VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 
 
@@ -130,13 +132,15 @@ def read_ca_bundle(path: str | None) -> bytes:
     return data
 
 
-def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str):
+def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
+            base_has_venv: bool = True):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     split = read_requirements(pkg.root, options.allow_index_hosts)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
-                      installer=options.installer, ca_bundle=options.ca_bundle_in_image)
+                      installer=options.installer, ca_bundle=options.ca_bundle_in_image,
+                      base_has_venv=base_has_venv)
     generated = {"Dockerfile": rendered.text.encode()}
     if options.ca_bundle_in_image:
         generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
@@ -154,6 +158,10 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                 engine: Engine | None = None) -> BuildResult:
     """Build the agent image for SOURCE. Returns a BuildResult or raises PackageLoadError."""
+    if not structlog.is_configured():
+        # a library caller that set nothing up gets our redacting logs on stderr,
+        # not structlog's default of every debug line on stdout
+        configure_logs()
     options = options or BuildOptions()
     started = time.monotonic()
     with open_package(source, options.limits) as pkg:
@@ -176,7 +184,8 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         base_image = options.base_image or base_image_for(m.python)
         base = engine.require_image(base_image, hint=f"Run `agent-image base --python {m.python}` "
                                                     "(scripts/setup.sh does it) and retry.")
-        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id)
+        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id,
+                                                   base_has_venv=base.labels.get(VENV_LABEL) == "/opt/venv")
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
@@ -191,9 +200,11 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options)
+            if not cache_from:
+                cache_from = _own_previous(engine, repo, ref)
 
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
-        labels = {INPUT_LABEL: digest, "io.pixell.agent-image.builder": __version__}
+        labels = {INPUT_LABEL: digest}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
         with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
@@ -247,6 +258,18 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options)
+
+
+def _own_previous(engine: Engine, repo: str, ref: str) -> list[str]:
+    """The agent's own last image as the layer cache. Without it the classic
+    builder takes the newest local image matching each step, and the first
+    steps are the same for every agent: one other agent's --no-cache build
+    would then cost this agent a full dependency reinstall."""
+    for candidate in (ref, f"{repo}:latest"):
+        image = engine.image(candidate)
+        if image is not None:
+            return [image.id]
+    return []
 
 
 def _remote(repo: str) -> bool:

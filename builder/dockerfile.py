@@ -107,6 +107,7 @@ def render(
     requirements: bool,
     installer: str = "pip",
     ca_bundle: bool = False,
+    base_has_venv: bool = True,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
@@ -126,6 +127,7 @@ def render(
         requirements=requirements,
         installer=installer,
         ca_bundle=ca_bundle,
+        base_has_venv=base_has_venv,
         uv_version=UV_VERSION,
         entrypoint=manifest.entrypoint or "",
         rest_entry=manifest.rest_entry or "",

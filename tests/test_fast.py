@@ -29,7 +29,7 @@ def test_code_only_change_rebuilds_only_code_layers(agent_factory, index_url, do
     first = build_image(agent, BuildOptions(index_url=index_url))
     (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nX = 1\n")
     second = build_image(agent, BuildOptions(index_url=index_url))
-    assert {"venv", "index", "deps"} <= set(second.steps_cached), second.steps_cached
+    assert {"index", "deps", "config"} <= set(second.steps_cached), second.steps_cached
     assert "source" not in second.steps_cached
     assert second.installed == ["layered-0.1.0"], "only the agent's own package is reinstalled"
     layers1 = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]

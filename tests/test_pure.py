@@ -79,12 +79,23 @@ def _render(manifest_text=YAML, **kw):
 def test_render_order_and_step_names():
     r = _render()
     runs = [i for i in r.instructions if i.startswith("RUN")]
-    assert runs == ["RUN python3 -m venv /opt/venv",
-                    "RUN pip install -r /opt/agent-image/deps/requirements-deps.txt",
+    assert runs == ["RUN pip install -r /opt/agent-image/deps/requirements-deps.txt",
                     "RUN pip install -e /app", "RUN pip install -r /app/requirements.txt"]
     assert r.step_name(r.instructions.index("RUN pip install -e /app") + 1) == "package"
     assert r.instructions[0] == "FROM agent-image/base:py3.11"
-    assert "ARG PIP_INDEX_URL=\"http://agent-image-index.invalid/simple/\"" in r.instructions
+    args = [i for i in r.instructions if i.startswith("ARG")]
+    assert len(args) == 1 and 'PIP_INDEX_URL="http://agent-image-index.invalid/simple/"' in args[0]
+    # code-independent metadata precedes the code; the agent's environment and USER follow the installs
+    order = [r.steps[r.instructions.index(i)] for i in r.instructions]
+    assert order.index("config") < order.index("source") < order.index("package") < order.index("runtime")
+    assert r.instructions[-1] == "USER agent"
+
+
+def test_render_creates_the_venv_when_the_base_has_none():
+    """Our base carries /opt/venv; any other --base-image gets it created in the agent's Dockerfile."""
+    assert "RUN python3 -m venv /opt/venv" not in _render().instructions
+    r = _render(base_has_venv=False)
+    assert r.instructions[2] == "RUN python3 -m venv /opt/venv" and r.steps[2] == "venv"
 
 
 def test_render_skips_what_the_package_lacks():
