@@ -227,7 +227,8 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
             failure = Failure(step=step, lines=step_lines(outcome.lines, outcome.failed_step),
                               error=outcome.error or "", all_lines=outcome.lines, deps=split.deps,
                               requirements=_all_lines(pkg.root), auth_failures=stats.auth_failures,
-                              unreachable=stats.unreachable)
+                              unreachable=stats.unreachable, not_found=stats.not_found,
+                              versions=stats.versions)
             err = classify(failure)
             log.error("Requirements installation failed" if step in ("deps", "requirements") else "Build failed",
                       venv=venv, step=step, error_class=type(err).__name__, error=str(err))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .errors import (BuildError, DependencyConflictError, DependencyError, DependencyNotFoundError,
                      EditableInstallError, HashMismatchError, IndexAuthError, IndexUnreachableError,
@@ -86,6 +86,8 @@ class Failure:
     # pip 20 says "Could not find a version that satisfies X" for both a missing
     # project and a missing version: only the index knows which.
     not_found: Sequence[str] | None = None
+    # from the index proxy: the versions each project's index page listed
+    versions: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @cached_property
     def joined(self) -> list[str]:
@@ -325,6 +327,11 @@ def _not_found(f: Failure, req: str, parent: str | None = None, *, maybe_version
 
 def _version_not_found(f: Failure, req: str, near: list[str] | None, parent: str | None = None) -> PackageLoadError:
     project = _project(req)
+    if not near and f.versions.get(_norm(project)):
+        # uv and pip 20 list no alternatives; the index page the proxy served did
+        wanted = re.search(r"(?:==|~=|<=|>=|<|>)\s*([0-9][^,;\s]*)", req)
+        available = list(f.versions[_norm(project)])
+        near = closest_versions(wanted.group(1), available) if wanted else available[-3:]
     via = f" (required by {parent})" if parent else ""
     closest = f"; closest available: {', '.join(near)}" if near else \
               "; the installer did not list the available versions"

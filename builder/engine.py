@@ -225,7 +225,22 @@ class Engine:
 
     @staticmethod
     def _chunks(stream: Iterator[dict]) -> Iterator[dict]:
-        yield from stream
+        """Re-cut the build stream at newlines. A RUN's output reaches us in
+        whatever pieces the process wrote (uv writes one line in several
+        writes), and the classifiers read whole lines."""
+        partial = ""
+        for chunk in stream:
+            if "stream" in chunk:
+                whole, newline, partial = (partial + chunk["stream"]).rpartition("\n")
+                if newline:
+                    yield {"stream": whole + "\n"}
+                continue
+            if partial:
+                yield {"stream": partial}
+                partial = ""
+            yield chunk
+        if partial:
+            yield {"stream": partial}
 
     @staticmethod
     def _consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:

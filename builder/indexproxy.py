@@ -68,6 +68,29 @@ class Upstream:
         return urlsplit(self.url).netloc
 
 
+def normalise(name: str) -> str:
+    """PEP 503 project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def versions_on_page(project: str, hrefs: list[str]) -> list[str]:
+    """Versions of PROJECT named by the files a PEP 503 page links, in page order."""
+    want = normalise(project)
+    seen: list[str] = []
+    for href in hrefs:
+        name = unquote(href.split("#", 1)[0].rsplit("/", 1)[-1])
+        if name.endswith(".whl"):
+            parts = name[:-4].split("-")
+        else:
+            stem = re.sub(r"\.(tar\.gz|tar\.bz2|zip|tgz)$", "", name)
+            if stem == name:
+                continue
+            parts = stem.rsplit("-", 1)
+        if len(parts) >= 2 and normalise(parts[0]) == want and parts[1] not in seen:
+            seen.append(parts[1])
+    return seen
+
+
 @dataclass
 class Stats:
     """What one build asked of the index. Reported in the build result."""
@@ -78,6 +101,9 @@ class Stats:
     auth_failures: list[int] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
+    # versions each project page listed (normalised name -> versions): uv names no
+    # alternatives when a version is missing, so the error takes them from here
+    versions: dict[str, list[str]] = field(default_factory=dict)
     downloaded: list[str] = field(default_factory=list)  # file names fetched from upstream
     reused: list[str] = field(default_factory=list)      # file names served from the cache
 
@@ -286,6 +312,11 @@ class IndexProxy:
         with self._lock:
             self.stats.upstream_bytes += len(body)
         text = body.decode("utf-8", "replace")
+        project = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+        found = versions_on_page(project, _HREF.findall(text))
+        if found:
+            with self._lock:
+                self.stats.versions[normalise(project)] = found
         text = _HREF.sub(lambda m: 'href="%s"' % html.escape(self._map_link(final, m.group(1))), text)
         self._send(h, 200, text.encode(), "text/html; charset=utf-8")
 

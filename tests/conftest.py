@@ -20,6 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from builder.dockerfile import UV_VERSION
+
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +30,9 @@ WHEEL_CACHE = CACHE / "test-wheels"
 BIN = Path(sys.executable).parent
 # real wheels from PyPI that the tests' private index serves (downloaded once, kept on disk)
 # (fastapi/uvicorn/watchdog: what the `pixell init` scaffold's requirements ask for)
+# (uv: what `--installer uv` installs into the image's tools venv; keep in step with dockerfile.UV_VERSION)
 PUBLIC_WHEELS = ["requests==2.32.3", "structlog==24.4.0", "setuptools==75.8.0", "wheel==0.45.1",
-                 "fastapi", "uvicorn", "watchdog"]
+                 "fastapi", "uvicorn", "watchdog", f"uv=={UV_VERSION}"]
 
 
 def free_port() -> int:

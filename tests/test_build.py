@@ -182,12 +182,16 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
-def test_failure_classes(case, agent_factory, index_url, docker_client):
+# every class again with --installer uv: uv words its errors differently
+CASES = [(c, "pip") for c in FAILURES] + [(c, "uv") for c in FAILURES]
+
+
+@pytest.mark.parametrize("case,installer", CASES, ids=[f"{c[0]}-{i}" for c, i in CASES])
+def test_failure_classes(case, installer, agent_factory, index_url, docker_client):
     name, reqs, kwargs, cls, text, requirement = case
     tags_before = engine_tags(docker_client)
-    agent = agent_factory(f"fail-{name}", requirements=reqs, **kwargs)
-    code, out, logs = cli_build(agent, "--index-url", index_url)
+    agent = agent_factory(f"fail-{name}-{installer}", requirements=reqs, **kwargs)
+    code, out, logs = cli_build(agent, "--index-url", index_url, "--installer", installer)
     err = out["error"]
     assert out["ok"] is False
     assert err["class"] == cls, (err, logs[-3000:])

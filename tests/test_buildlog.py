@@ -250,3 +250,15 @@ def test_successful_logs_install_something(sidecar):
     side, lines = load(sidecar)
     assert (sidecar.parent.name, sidecar.stem) in SUCCEEDS_WITH or sidecar.stem == "success"
     assert installed_packages(lines)
+
+
+def test_version_not_found_names_the_index_versions_when_the_installer_does_not():
+    """uv's 'there is no version of tinyreq==1.7' lists nothing; the proxy saw the page."""
+    lines = ["error: No solution found when resolving dependencies",
+             "  cause: Because there is no version of tinyreq==1.7 and you require tinyreq==1.7, "
+             "we can conclude that your requirements are unsatisfiable."]
+    reqs = [Line("requirements.txt", 1, "tinyreq==1.7")]
+    err = classify(Failure(step="deps", lines=lines, requirements=reqs, deps=reqs,
+                           versions={"tinyreq": ["1.0", "1.1", "2.0"]}))
+    assert isinstance(err, errors.VersionNotFoundError)
+    assert "closest available: 1.0, 1.1, 2.0" in err.message and "requirements.txt:1" in err.message, err.message

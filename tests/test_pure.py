@@ -177,3 +177,22 @@ def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
     hit = cache.lookup("http://x/3.whl", None)
     assert hit is None or hit.read_bytes() == b"3" * 1000
+
+
+def test_engine_rejoins_lines_cut_across_stream_chunks():
+    """uv writes a line in several writes; the classifiers must see it whole."""
+    from builder.engine import Engine
+    chunks = [{"stream": "Step 3/9 : RUN x\n"}, {"stream": "error"}, {"stream": ": No solution found"},
+              {"stream": " when resolving\n + tiny"}, {"stream": "req==2.0\n"}, {"aux": {"ID": "sha256:1"}},
+              {"stream": "tail without newline"}]
+    text = "".join(c.get("stream", "") for c in Engine._chunks(iter(chunks)))
+    assert text.splitlines() == ["Step 3/9 : RUN x", "error: No solution found when resolving",
+                                 " + tinyreq==2.0", "tail without newline"]
+    assert {"aux": {"ID": "sha256:1"}} in list(Engine._chunks(iter(chunks)))
+
+
+def test_versions_on_an_index_page():
+    from builder.indexproxy import versions_on_page
+    hrefs = ["../../packages/tinyreq-1.0-py3-none-any.whl#sha256=ab", "/f/TinyReq-1.1.tar.gz",
+             "tinyreq-2.0-py3-none-any.whl", "tinyreq-2.0.tar.gz", "other-9.0-py3-none-any.whl", "README.txt"]
+    assert versions_on_page("tinyreq", hrefs) == ["1.0", "1.1", "2.0"]
