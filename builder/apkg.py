@@ -8,10 +8,12 @@ the staging folder.
 
 from __future__ import annotations
 
+import lzma
 import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +31,13 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+# what zipfile raises for an entry it cannot decode (bad CRC, header/name
+# mismatch, truncated data, encryption, unknown method): the upload's fault,
+# so a PackageValidationError naming the entry, not a traceback
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
+               NotImplementedError, ValueError)
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 @dataclass
@@ -78,6 +87,9 @@ def _check_name(name: str) -> str:
     parts = PurePosixPath(name).parts
     if ".." in parts:
         raise _bad(f"package entry {name!r} climbs out of the package with '..'", name)
+    # a component the filesystem cannot hold would fail as a bare OSError at extraction
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(name) > 1024:
+        raise _bad(f"package entry {name[:80]!r}... has a name too long for a file system", name)
     clean = "/".join(p for p in parts if p not in ("", "."))
     if not clean:
         raise _bad(f"package entry {name!r} names the package root", name)
@@ -113,6 +125,12 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
                            info.filename, "Replace the link with the file it points to.")
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise _bad(f"package entry {info.filename!r} is a device, pipe or socket", info.filename)
+            if info.flag_bits & 0x1:
+                raise _bad(f"package entry {info.filename!r} is encrypted", info.filename,
+                           "Rebuild the package with `pixell build` (no password).")
+            if info.compress_type not in _METHODS:
+                raise _bad(f"package entry {info.filename!r} uses unsupported compression method "
+                           f"{info.compress_type}", info.filename, "Rebuild the package with `pixell build`.")
             if info.file_size > limits.max_file_bytes:
                 raise _bad(f"package entry {info.filename!r} is {info.file_size} bytes, over the "
                            f"{limits.max_file_bytes}-byte file limit", info.filename)
@@ -121,8 +139,15 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
                            f"(limit {limits.max_ratio}x): refusing a likely zip bomb", info.filename)
             declared += info.file_size
             if declared > limits.max_total_bytes:
-                raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit", info.filename,
-                           "Raise --max-total-bytes if this package is genuine.")
+                raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit at entry "
+                           f"{info.filename!r}", info.filename, "Raise --max-total-bytes if this package is genuine.")
+        # 'src' as a file and 'src/main.py' would crash extraction with FileExistsError/NotADirectoryError
+        regular = {_check_name(i.filename) for i in infos if not i.is_dir()}
+        for info in infos:
+            for parent in PurePosixPath(_check_name(info.filename)).parents:
+                if str(parent) in regular:
+                    raise _bad(f"package entry {info.filename!r} is inside {str(parent)!r}, which is a file",
+                               info.filename, "Rebuild the package with `pixell build`.")
         written = 0
         files = []
         for info in infos:
@@ -133,15 +158,26 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             # headers can lie about sizes: count what is really written
-            with zf.open(info) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
+            with open(target, "wb") as out:
+                for chunk in _entry_chunks(zf, info):
                     written += len(chunk)
                     if written > limits.max_total_bytes:
-                        raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit",
-                                   info.filename)
+                        raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit at entry "
+                                   f"{info.filename!r}", info.filename)
                     out.write(chunk)
             files.append(clean)
     return files
+
+
+def _entry_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """The entry's bytes; only reading is guarded (a failing write to staging is not the upload's fault)."""
+    try:
+        with zf.open(info) as src:
+            while chunk := src.read(1 << 20):
+                yield chunk
+    except _UNREADABLE as exc:
+        raise _bad(f"package entry {info.filename!r} cannot be read: {exc}", info.filename,
+                   "The zip is corrupt; rebuild it with `pixell build`.") from None
 
 
 def _walk_folder(root: Path, limits: Limits) -> list[str]:
@@ -154,7 +190,11 @@ def _walk_folder(root: Path, limits: Limits) -> list[str]:
             rel = full.relative_to(root).as_posix()
             st = full.lstat()
             if stat.S_ISLNK(st.st_mode):
-                target = full.resolve()
+                try:
+                    target = full.resolve()
+                except (RuntimeError, OSError):  # a symlink loop: Path.resolve raises RuntimeError on 3.11
+                    raise _bad(f"{rel} is a symlink that cannot be resolved (a loop)", rel,
+                               "Replace the link with the file it points to.") from None
                 if target != root_real and root_real not in target.parents:
                     raise _bad(f"{rel} is a symlink pointing outside the package ({os.readlink(full)})", rel,
                                "Copy the file into the package instead of linking to it.")
@@ -164,10 +204,13 @@ def _walk_folder(root: Path, limits: Limits) -> list[str]:
             if stat.S_ISREG(st.st_mode):
                 files.append(rel)
                 total += st.st_size
-        if len(files) > limits.max_entries:
-            raise _bad(f"the folder holds more than {limits.max_entries} files", str(root))
-        if total > limits.max_total_bytes:
-            raise _bad(f"the folder holds more than {limits.max_total_bytes} bytes", str(root))
+                # checked per file so the message names the folder and the file that crossed the limit
+                if len(files) > limits.max_entries:
+                    raise _bad(f"{root} holds more than {limits.max_entries} files (at {rel})", rel,
+                               "Raise --max-entries if this package is genuine.")
+                if total > limits.max_total_bytes:
+                    raise _bad(f"{root} holds more than {limits.max_total_bytes} bytes (at {rel})", rel,
+                               "Raise --max-total-bytes if this package is genuine.")
     return files
 
 
@@ -194,6 +237,8 @@ def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> 
         files = _walk_folder(src, limits)
         manifest = parse_manifest(read_manifest_text(src))
         return Package(root=src, manifest=manifest, source=src, source_kind="folder", files=files)
+    if not src.is_file():  # a FIFO would block zipfile's open forever, a device would be read as a zip
+        raise _bad(f"{src} is neither a file nor a folder", str(src), "Pass an .apkg file or a folder with agent.yaml.")
     tmp = tempfile.TemporaryDirectory(prefix="agent-image-pkg-")
     try:
         root = Path(tmp.name)

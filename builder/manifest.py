@@ -15,13 +15,17 @@ import yaml
 
 from .errors import PackageValidationError
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+# \Z, not $: '$' also matches before a trailing newline, so an environment key
+# "A\n" passed ENV_KEY_RE and split its ENV instruction in two
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]*\Z")
 # a Docker tag: what the version becomes in REGISTRY/NAME:VERSION
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-CALLABLE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CALLABLE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# C1 controls and U+2028/U+2029 too: str.splitlines (parse_steps, editors, log
+# readers) breaks lines at U+0085/U+2028/U+2029, so they would split an instruction
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ENV_REF = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
 
 # runtime -> Python version of the shared base it builds FROM
@@ -30,6 +34,7 @@ KNOWN_UNSUPPORTED = ("node18", "node20", "go1.21")
 REQUIRED = ("name", "display_name", "description", "author", "license")
 MAX_YAML_BYTES = 256 * 1024
 MAX_ALIASES = 50
+MAX_DEPTH = 64  # nested collections: composing is recursive, so deep nesting hit RecursionError
 MAX_NAME_LEN = 63
 
 
@@ -74,10 +79,28 @@ def _bad(message: str, field_name: str, hint: str | None = None) -> PackageValid
     return PackageValidationError(f"agent.yaml: {message}", field=field_name, hint=hint)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose constructors fail as YAML errors with a line number.
+
+    SafeLoader's constructors raise bare Python errors for a tagged or
+    resolved scalar they cannot convert: ValueError (an int past the
+    4300-digit limit, the date 2024-13-45), AttributeError (`!!timestamp x`),
+    KeyError (`!!bool x`), IndexError (`!!int ''`).
+    """
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot load the value {str(node.value)[:40]!r}: {exc}", node.start_mark) from None
+
+
 def _load_yaml(text: str) -> Any:
     # Aliases are cheap to write and explode when walked (billion laughs):
     # count them in the event stream before building any object.
     aliases = 0
+    depth = 0
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
@@ -85,7 +108,15 @@ def _load_yaml(text: str) -> Any:
                 if aliases > MAX_ALIASES:
                     raise _bad(f"uses more than {MAX_ALIASES} YAML aliases", "agent.yaml",
                                "Write the values out; anchors/aliases are limited to keep parsing bounded.")
-        return yaml.safe_load(text)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise _bad(f"nests collections deeper than {MAX_DEPTH} levels at line {mark.line + 1}",
+                               "agent.yaml", "Flatten the structure.")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
