@@ -140,7 +140,7 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                       installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                      base_has_venv=base_has_venv)
+                      base_has_venv=base_has_venv, require_hashes=split.hashed)
     generated = {"Dockerfile": rendered.text.encode()}
     if options.ca_bundle_in_image:
         generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)

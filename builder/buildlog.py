@@ -200,6 +200,28 @@ def classify_unreachable(f: Failure) -> PackageLoadError | None:
     return None
 
 
+def _hash_mode(f: Failure) -> PackageLoadError | None:
+    """Hash-checking mode (one line with --hash) with a line that has no hash or no == pin."""
+    text = f.text
+    unpinned = (re.search(r"must have their versions pinned with `==`, but found: (\S+)", text)  # uv
+                or re.search(r"must have their versions pinned with ==\. These do not:\s*\n\s+(\S+)", text))
+    if unpinned:
+        req = unpinned.group(1)
+        what = f"{req} is not pinned with =="
+    else:
+        m = (re.search(r"all requirements must have a hash, but none were provided for: (\S+)", text)  # uv
+             or re.search(r"^\s+(\S+) --hash=", text, re.M))
+        if not m and "Hashes are required in --require-hashes mode" not in text:
+            return None
+        req = m.group(1) if m else None
+        what = f"{req} has none" if req else ""
+    return f.make(HashMismatchError,
+                  "Hash verification failed: once one requirement has --hash, every one needs it"
+                  f"{f' and an == pin; {what}' if unpinned else (f'; {what}' if what else '')}",
+                  requirement=req, hint="Pin every line with == and add its --hash (pip-compile --generate-hashes), "
+                                        "or use --hash on no line.")
+
+
 def classify_hash(f: Failure) -> PackageLoadError | None:
     text = f.text
     hint = ("The file in the index differs from the --hash in requirements.txt: update the hash "
@@ -212,14 +234,7 @@ def classify_hash(f: Failure) -> PackageLoadError | None:
     else:
         m = re.search(r"Hash mismatch for `([^`]+)`", text)  # uv
         if not m:
-            m = re.search(r"^\s+(\S+) --hash=", text, re.M)
-            if "Hashes are required in --require-hashes mode" not in text:
-                return None
-            req = m.group(1) if m else None
-            return f.make(HashMismatchError,
-                          f"Hash verification failed: once one requirement has --hash, every one needs it"
-                          f"{f'; {req} has none' if req else ''}",
-                          requirement=req, hint="Add --hash to every line (pip-compile --generate-hashes) or to none.")
+            return _hash_mode(f)
         req = m.group(1)
         exp = re.search(r"Expected:\s*sha256:(\w+)", text)
         got = re.search(r"Computed:\s*sha256:(\w+)", text)

@@ -108,6 +108,7 @@ def render(
     installer: str = "pip",
     ca_bundle: bool = False,
     base_has_venv: bool = True,
+    require_hashes: bool = False,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
@@ -128,6 +129,7 @@ def render(
         installer=installer,
         ca_bundle=ca_bundle,
         base_has_venv=base_has_venv,
+        require_hashes=require_hashes,
         uv_version=UV_VERSION,
         entrypoint=manifest.entrypoint or "",
         rest_entry=manifest.rest_entry or "",

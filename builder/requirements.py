@@ -52,6 +52,11 @@ class Split:
     def deps_text(self) -> str:
         return "".join(f"{ln.text}\n" for ln in self.deps)
 
+    @property
+    def hashed(self) -> bool:
+        """Does any line pin a hash (pip's hash-checking mode for the whole file)?"""
+        return any("--hash" in ln.text for ln in (*self.deps, *self.source))
+
 
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 

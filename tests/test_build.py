@@ -253,6 +253,18 @@ def test_timeout_cancels_the_build(agent_factory, index_url, docker_client, engi
     assert out["error"]["class"] == "BuildTimeoutError" and code == EXIT_CODES["BuildTimeoutError"]
 
 
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_one_hashed_line_puts_every_line_in_hash_mode(installer, agent_factory, index_url, wheelhouse):
+    """pip's rule, with uv too: once one line has --hash, a line without an == pin fails the build."""
+    import hashlib
+    sha = hashlib.sha256(next(wheelhouse.glob("tinyreq-1.0-*.whl")).read_bytes()).hexdigest()
+    agent = agent_factory(f"hash-mode-{installer}", requirements=f"tinyreq==1.0 --hash=sha256:{sha}\ntinydep\n")
+    code, out, _ = cli_build(agent, "--index-url", index_url, "--installer", installer)
+    err = out["error"]
+    assert (err["class"], code) == ("HashMismatchError", EXIT_CODES["HashMismatchError"]), err
+    assert err["requirement"].startswith("tinydep") and "not pinned" in err["message"], err
+
+
 def test_api_raises_the_class(agent_factory, index_url):
     agent = agent_factory("api-fail", requirements="nope-not-here==1.0\n")
     with pytest.raises(DependencyNotFoundError) as info:
