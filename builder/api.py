@@ -27,7 +27,7 @@ from .errors import PackageLoadError, PackageValidationError, register_secret
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy
 from .logs import configure as configure_logs
-from .requirements import logical_lines, read_requirements
+from .requirements import Split, logical_lines, read_requirements
 
 log = structlog.get_logger("agent_image")
 
@@ -133,9 +133,9 @@ def read_ca_bundle(path: str | None) -> bytes:
 
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True):
+            base_has_venv: bool = True, split: Split | None = None):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
-    split = read_requirements(pkg.root, options.allow_index_hosts)
+    split = split or read_requirements(pkg.root, options.allow_index_hosts)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
@@ -179,13 +179,16 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         if options.ca_bundle:
             read_ca_bundle(options.ca_bundle)
 
+        # everything the package itself can get wrong is reported before the engine is asked
+        split = read_requirements(pkg.root, options.allow_index_hosts)
         engine = engine or Engine()
         engine.ping()
         base_image = options.base_image or base_image_for(m.python)
         base = engine.require_image(base_image, hint=f"Run `agent-image base --python {m.python}` "
                                                     "(scripts/setup.sh does it) and retry.")
         split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id,
-                                                   base_has_venv=base.labels.get(VENV_LABEL) == "/opt/venv")
+                                                   base_has_venv=base.labels.get(VENV_LABEL) == "/opt/venv",
+                                                   split=split)
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 

@@ -75,6 +75,11 @@ class Manifest:
         }
 
 
+# what the image itself sets so the agent's venv and the serving shim work
+RESERVED_ENV = frozenset({"PATH", "VIRTUAL_ENV", "PYTHONHOME", "AGENT_NAME", "AGENT_VERSION", "AGENT_ENTRYPOINT",
+                          "AGENT_REST_ENTRY"})
+
+
 def _bad(message: str, field_name: str, hint: str | None = None) -> PackageValidationError:
     return PackageValidationError(f"agent.yaml: {message}", field=field_name, hint=hint)
 
@@ -88,12 +93,21 @@ class _Loader(yaml.SafeLoader):
     KeyError (`!!bool x`), IndexError (`!!int ''`).
     """
 
+    def construct_yaml_number_as_written(self, node):
+        # every field we read is text: `version: 1.10` must stay "1.10", not
+        # become the float 1.1 (and tag the image 1.1)
+        return self.construct_scalar(node)
+
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError, TypeError, AttributeError, KeyError, IndexError) as exc:
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot load the value {str(node.value)[:40]!r}: {exc}", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_number_as_written)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_number_as_written)
 
 
 def _load_yaml(text: str) -> Any:
@@ -205,6 +219,9 @@ def parse_manifest(text: str) -> Manifest:
     for key, value in env_raw.items():
         if not isinstance(key, str) or not ENV_KEY_RE.match(key):
             raise _bad(f"environment key {key!r} is not a valid variable name", f"environment.{key}")
+        if key in RESERVED_ENV:
+            raise _bad(f"environment key {key!r} is set by the image and cannot be overridden",
+                       f"environment.{key}", "Remove it: the image points it at the agent's venv and serving code.")
         sval = _str_field(env_raw, key, required=False, path=f"environment.{key}", max_len=4096)
         if sval is None:
             continue

@@ -304,8 +304,9 @@ CASES = [
     Case("yaml-billion-laughs", y(GOOD_YAML + BILLION_LAUGHS), PVE, "aliases", "agent.yaml"),
     Case("yaml-deep-nesting", y(GOOD_YAML + "deep: " + "[" * 5000 + "]" * 5000 + "\n"), PVE, "deeper",
          "agent.yaml"),
+    # numbers are kept as written (version 1.10 stays "1.10"), so this is a too-long version
     Case("yaml-int-past-digit-limit", y(GOOD_YAML.replace("version: 0.1.0", "version: " + "9" * 5000)), PVE,
-         "cannot load the value", "agent.yaml"),
+         "longer than 128", "metadata.version"),
     Case("yaml-impossible-date", y(GOOD_YAML.replace("version: 0.1.0", "version: 2024-13-45")), PVE,
          "2024-13-45", "agent.yaml"),
     Case("yaml-too-large", y(GOOD_YAML + "#" + "x" * (300 * 1024) + "\n"), PVE, "agent.yaml", "agent.yaml"),
@@ -367,7 +368,7 @@ CASES = [
     # values that would reach the Dockerfile
     Case("env-key-dash", m(environment={"BAD-KEY": "1"}), PVE, "'BAD-KEY'", "environment.BAD-KEY"),
     Case("env-key-trailing-newline", m(environment={"A\n": "1"}), PVE, "'A\\n'", "environment.A\n"),
-    Case("env-key-int", y(GOOD_YAML + "environment:\n  1: x\n"), PVE, "environment key 1", "environment.1"),
+    Case("env-key-int", y(GOOD_YAML + "environment:\n  1: x\n"), PVE, "environment key '1'", "environment.1"),
     Case("env-value-newline", m(environment={"GREETING": "hi\nRUN curl evil"}), PVE, "'environment.GREETING'",
          "environment.GREETING"),
     Case("env-value-line-separator", m(environment={"GREETING": "hi\u2028RUN curl evil"}), PVE,
@@ -517,14 +518,11 @@ def clean_env() -> dict[str, str]:
 
 
 def engine_calls_ok(case: Case, proxy: ReadOnlyEngine) -> str | None:
-    """What the case may ask the engine: only the API version, or (policy cases) the base image too."""
+    """What the case may ask the engine: nothing beyond the API version handshake."""
     if proxy.writes():
         return f"writes to the engine: {proxy.writes()}"
     reads = [path for _, path in proxy.calls if not path.endswith("/version")]
-    if case.cls is IndexPolicyError:  # requirements are read after the engine check, before any build
-        if not any("/images/agent-image/base:py3.11/json" in r for r in reads):
-            return f"expected only the base-image check, saw {reads}"
-    elif reads:  # the package's own checks come before the engine is asked anything
+    if reads:  # the package's own checks, requirements.txt included, come before the engine is asked
         return f"engine asked {reads} before the package was refused"
     return None
 

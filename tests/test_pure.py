@@ -196,3 +196,17 @@ def test_versions_on_an_index_page():
     hrefs = ["../../packages/tinyreq-1.0-py3-none-any.whl#sha256=ab", "/f/TinyReq-1.1.tar.gz",
              "tinyreq-2.0-py3-none-any.whl", "tinyreq-2.0.tar.gz", "other-9.0-py3-none-any.whl", "README.txt"]
     assert versions_on_page("tinyreq", hrefs) == ["1.0", "1.1", "2.0"]
+
+
+def test_numbers_in_agent_yaml_stay_as_written():
+    """`version: 1.10` is the tag 1.10, not the float 1.1."""
+    m = parse_manifest(YAML.replace("version: 1.2.3", "version: 1.10") + "environment:\n  PORT: 8080\n  MASK: 0o17\n")
+    assert m.version == "1.10" and m.labels["io.pixell.agent.version"] == "1.10"
+    assert m.environment == {"PORT": "8080", "MASK": "0o17"}
+
+
+@pytest.mark.parametrize("key", ["PATH", "VIRTUAL_ENV", "AGENT_ENTRYPOINT"])
+def test_environment_cannot_override_what_the_image_sets(key):
+    with pytest.raises(PackageValidationError) as info:
+        parse_manifest(YAML + f"environment:\n  {key}: /elsewhere\n")
+    assert info.value.field == f"environment.{key}" and "cannot be overridden" in str(info.value)
