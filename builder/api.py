@@ -19,7 +19,7 @@ import structlog
 
 from . import __version__
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
-from .buildlog import Failure, classify, conflict_warnings, installed_packages, step_lines
+from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
 from .context import build_context
 from .dockerfile import render
 from .engine import Engine
@@ -34,6 +34,7 @@ log = structlog.get_logger("agent_image")
 DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent-image"))
 BASE_REPOSITORY = "agent-image/base"
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
+PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 
@@ -140,8 +141,16 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                       installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                      base_has_venv=base_has_venv, require_hashes=split.hashed)
+                      base_has_venv=base_has_venv, require_hashes=split.hashed,
+                      source_requirements=bool(split.source))
     generated = {"Dockerfile": rendered.text.encode()}
+    # the packaging files, for the install pass that runs before the code is copied;
+    # package __init__.py files too, so setup(packages=[...]) finds its folders
+    inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
+    for rel in (*PACKAGING_FILES, *split.includes, *inits):
+        path = pkg.root / rel
+        if path.is_file() and not path.is_symlink():
+            generated[f".agent-image/meta/{rel}"] = path.read_bytes()
     if options.ca_bundle_in_image:
         generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
     if split.deps:
@@ -226,8 +235,9 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
             stats = proxy.stats
 
         if outcome.error is not None or outcome.image_id is None:
-            step = rendered.step_name(outcome.failed_step or 0)
-            failure = Failure(step=step, lines=step_lines(outcome.lines, outcome.failed_step),
+            step, lines = marked_step(step_lines(outcome.lines, outcome.failed_step),
+                                      rendered.step_name(outcome.failed_step or 0))
+            failure = Failure(step=step, lines=lines,
                               error=outcome.error or "", all_lines=outcome.lines, deps=split.deps,
                               requirements=_all_lines(pkg.root), auth_failures=stats.auth_failures,
                               unreachable=stats.unreachable, not_found=stats.not_found,

@@ -500,6 +500,18 @@ def step_lines(lines: list[str], step_number: int | None) -> list[str]:
     return lines
 
 
+STEP_MARK = "--- agent-image step: "
+
+
+def marked_step(lines: list[str], default: str) -> tuple[str, list[str]]:
+    """A RUN that does several of the seed's installs echoes STEP_MARK before
+    each: the last mark names the one that failed, and its lines are the evidence."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(STEP_MARK):
+            return lines[i][len(STEP_MARK):].strip(), lines[i + 1:]
+    return default, lines
+
+
 def conflict_warnings(lines: list[str]) -> list[str]:
     """Post-install conflict notes, which exit 0: pip's 'X requires Y, but you have Z'
     and uv pip check's 'The package `X` requires `Y`, but `Z` is installed'.

@@ -109,6 +109,7 @@ def render(
     ca_bundle: bool = False,
     base_has_venv: bool = True,
     require_hashes: bool = False,
+    source_requirements: bool = False,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
@@ -130,6 +131,7 @@ def render(
         ca_bundle=ca_bundle,
         base_has_venv=base_has_venv,
         require_hashes=require_hashes,
+        source_requirements=source_requirements,
         uv_version=UV_VERSION,
         entrypoint=manifest.entrypoint or "",
         rest_entry=manifest.rest_entry or "",

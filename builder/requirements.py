@@ -47,6 +47,7 @@ class Split:
     source: list[Line]      # need the package's files (editable, local paths)
     constraints: dict[str, str]  # -c files: name in context -> content
     real_lines: int         # lines that are neither blank nor comment
+    includes: tuple[str, ...] = ()  # files -r/-c name, relative to the package root
 
     @property
     def deps_text(self) -> str:
@@ -154,6 +155,7 @@ def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = fro
     deps: list[Line] = []
     source: list[Line] = []
     constraints: dict[str, str] = {}
+    included: list[str] = []
     real = 0
 
     def visit(rel: str, text: str, depth: int) -> None:
@@ -170,6 +172,7 @@ def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = fro
                     raise PackageValidationError(f"{line.where}: requirements includes nest deeper than "
                                                  f"{MAX_INCLUDE_DEPTH}", line=line.number, field=line.file)
                 inc_rel, inc_text = _resolve_include(root, rel, target, line)
+                included.append(inc_rel)
                 if INCLUDE_OPTIONS[name] == "-r":
                     visit(inc_rel, inc_text, depth + 1)
                 else:
@@ -183,4 +186,5 @@ def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = fro
     if path.is_file():
         visit(file, path.read_text(encoding="utf-8", errors="replace"), 0)
     # hash-checking mode is all-or-nothing in pip: keep hashed files whole
-    return Split(deps=deps, source=source, constraints=constraints, real_lines=real)
+    return Split(deps=deps, source=source, constraints=constraints, real_lines=real,
+                 includes=tuple(dict.fromkeys(included)))

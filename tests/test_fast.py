@@ -29,9 +29,13 @@ def test_code_only_change_rebuilds_only_code_layers(agent_factory, index_url, do
     first = build_image(agent, BuildOptions(index_url=index_url))
     (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nX = 1\n")
     second = build_image(agent, BuildOptions(index_url=index_url))
-    assert {"index", "deps", "config"} <= set(second.steps_cached), second.steps_cached
+    assert {"index", "deps", "config", "package"} <= set(second.steps_cached), second.steps_cached
     assert "source" not in second.steps_cached
-    assert second.installed == ["layered-0.1.0"], "only the agent's own package is reinstalled"
+    assert second.installed == [], "nothing is reinstalled: the editable install already points at /app"
+    # and the changed code is what runs, through the editable install (from / , not /app)
+    out = docker_client.containers.run(second.image_id, ["python", "-c", "import src.main; print(src.main.X)"],
+                                       working_dir="/", remove=True).decode().strip()
+    assert out == "1"
     layers1 = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]
     layers2 = docker_client.images.get(second.image_id).attrs["RootFS"]["Layers"]
     differing = [b for a, b in zip(layers1, layers2) if a != b]
@@ -119,3 +123,22 @@ def test_concurrent_builds_from_separate_processes(agent_factory, index_url, doc
         assert out == f"1.{i % 2}", result["image"]
     assert docker_client.images.get("agents/proc-0:0.1.0").id in {results[0]["image_id"], results[2]["image_id"]}
     assert_cache_intact(cache)
+
+
+def test_package_that_needs_its_code_to_install_still_installs(agent_factory, index_url, docker_client,
+                                                                cleanup_images):
+    """setup.py reading its version from a data file cannot install from the packaging files
+    alone: the install runs after the code arrives, with the same result."""
+    cleanup_images("agents/needs-code")
+    setup = ("from setuptools import setup\n"
+             "setup(name='needs-code', version=open('src/VERSION').read().strip(), packages=['src'],\n"
+             "      install_requires=['tinydep==1.0'])\n")
+    agent = agent_factory("needs-code", requirements="requests==2.32.3\n",
+                          extra={"setup.py": setup, "src/VERSION": "3.1.4\n"})
+    first = build_image(agent, BuildOptions(index_url=index_url))
+    assert "needs-code-3.1.4" in first.installed and "tinydep-1.0" in first.installed, first.installed
+    out = docker_client.containers.run(first.image_id, ["python", "-c",
+                                                        "import importlib.metadata as m, tinydep, requests; "
+                                                        "print(m.version('needs-code'))"],
+                                       working_dir="/", remove=True).decode().strip()
+    assert out == "3.1.4"

@@ -79,16 +79,36 @@ def _render(manifest_text=YAML, **kw):
 def test_render_order_and_step_names():
     r = _render()
     runs = [i for i in r.instructions if i.startswith("RUN")]
-    assert runs == ["RUN pip install -r /opt/agent-image/deps/requirements-deps.txt",
-                    "RUN pip install -e /app", "RUN pip install -r /app/requirements.txt"]
-    assert r.step_name(r.instructions.index("RUN pip install -e /app") + 1) == "package"
+    assert runs[0] == "RUN pip install -r /opt/agent-image/deps/requirements-deps.txt"
+    # the seed's order, first from the packaging files alone, then (only if that could not work) after the code
+    assert "pip install -e /app && pip install -r /app/requirements.txt" in runs[1]
+    assert runs[2].startswith("RUN if [ -e /opt/agent-image/installed-after-code ]")
+    assert runs[2].index("pip install -e /app") < runs[2].index("pip install -r /app/requirements.txt")
+    assert r.step_name(r.instructions.index(runs[1]) + 1) == "package"
+    assert r.steps[r.instructions.index("COPY .agent-image/meta/ /app/")] == "package"
     assert r.instructions[0] == "FROM agent-image/base:py3.11"
     args = [i for i in r.instructions if i.startswith("ARG")]
     assert len(args) == 1 and 'PIP_INDEX_URL="http://agent-image-index.invalid/simple/"' in args[0]
     # code-independent metadata precedes the code; the agent's environment and USER follow the installs
     order = [r.steps[r.instructions.index(i)] for i in r.instructions]
-    assert order.index("config") < order.index("source") < order.index("package") < order.index("runtime")
+    assert order.index("config") < order.index("package") < order.index("source") < order.index("install") \
+        < order.index("runtime")
     assert r.instructions[-1] == "USER agent"
+
+
+def test_requirements_that_need_the_code_install_after_it():
+    r = _render(source_requirements=True)
+    runs = [i for i in r.instructions if i.startswith("RUN")]
+    assert "pip install -r /app/requirements.txt" not in runs[1], "the early pass cannot read -e ./lib lines"
+    assert runs[2].endswith("pip install -r /app/requirements.txt")
+
+
+def test_a_marked_step_names_the_install_that_failed():
+    from builder.buildlog import marked_step
+    lines = ["Step 14/16 : RUN if ...", "--- agent-image step: package", "Obtaining file:///app",
+             "--- agent-image step: requirements", "ERROR: No matching distribution found for x"]
+    assert marked_step(lines, "install") == ("requirements", ["ERROR: No matching distribution found for x"])
+    assert marked_step(lines[:1], "install") == ("install", lines[:1])
 
 
 def test_render_creates_the_venv_when_the_base_has_none():
