@@ -45,10 +45,10 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {  # folder -> (agent.yaml runtime, installer, whole lines?)
     "pip23-py311": ("python3.11", "pip", False),
     "pip20-py39": ("python3.9", "pip", False),
+    # uv writes one line in several write()s. Engine re-cuts the stream at newlines
+    # ("uv-linebuffered", what builds see); "uv" keeps the raw chunks, as an older
+    # Engine read them, so buildlog.rejoin stays tested on lines cut in pieces.
     "uv": ("python3.11", "uv", False),
-    # uv writes one line in several write()s; Engine splits each stream chunk into lines, so
-    # its lines arrive cut in pieces ("error" / ": No solution found ..."). This variant
-    # shows what the classifier would see if Engine buffered partial lines across chunks.
     "uv-linebuffered": ("python3.11", "uv", True),
 }
 ZERO_HASH = "sha256:" + "0" * 64
@@ -96,24 +96,12 @@ def extra_sdists(house: Path, work: Path) -> None:
         shutil.copy(whl, house)
 
 
-class LineBufferedEngine(Engine):
-    """Engine whose build stream is re-cut at newlines before Engine reads it."""
+class RawChunkEngine(Engine):
+    """Engine that reads each stream chunk as it came, without re-cutting at newlines."""
 
     @staticmethod
     def _chunks(stream):
-        buf = ""
-        for chunk in stream:
-            if "stream" in chunk:
-                head, sep, buf = (buf + chunk["stream"]).rpartition("\n")
-                if sep:
-                    yield {"stream": head + "\n"}
-                continue
-            if buf:
-                yield {"stream": buf}
-                buf = ""
-            yield chunk
-        if buf:
-            yield {"stream": buf}
+        yield from stream
 
 
 def installer_version(engine: Engine, runtime: str, installer: str) -> str:
@@ -177,8 +165,8 @@ def run_case(engine: Engine, agent: Path, index, which: str, runtime: str, insta
 
 def record(variant: str, names: list[str], engine: Engine, index, work: Path, built: list[str]) -> None:
     runtime, installer, whole_lines = VARIANTS[variant]
-    if whole_lines:
-        engine = LineBufferedEngine()
+    if not whole_lines:
+        engine = RawChunkEngine()
     out_dir = HERE / variant
     out_dir.mkdir(exist_ok=True)
     version = installer_version(engine, runtime, installer)
