@@ -207,6 +207,9 @@ class IndexProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body leave in separate writes; with Nagle on, each
+            # keep-alive response waits out the client's delayed ACK (~40 ms)
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 proxy._handle(self)
