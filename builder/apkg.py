@@ -112,9 +112,10 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
             raise _bad(f"{path.name} holds {len(infos)} entries, more than the limit of {limits.max_entries}",
                        path.name, "Raise --max-entries if this package is genuine.")
         seen: set[str] = set()
+        names: dict[str, str] = {}  # entry name -> its checked, normalised path
         declared = 0
         for info in infos:
-            clean = _check_name(info.filename)
+            clean = names[info.filename] = _check_name(info.filename)
             if clean in seen:
                 raise _bad(f"package entry {info.filename!r} appears twice", info.filename)
             seen.add(clean)
@@ -142,16 +143,16 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
                 raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit at entry "
                            f"{info.filename!r}", info.filename, "Raise --max-total-bytes if this package is genuine.")
         # 'src' as a file and 'src/main.py' would crash extraction with FileExistsError/NotADirectoryError
-        regular = {_check_name(i.filename) for i in infos if not i.is_dir()}
+        regular = {names[i.filename] for i in infos if not i.is_dir()}
         for info in infos:
-            for parent in PurePosixPath(_check_name(info.filename)).parents:
+            for parent in PurePosixPath(names[info.filename]).parents:
                 if str(parent) in regular:
                     raise _bad(f"package entry {info.filename!r} is inside {str(parent)!r}, which is a file",
                                info.filename, "Rebuild the package with `pixell build`.")
         written = 0
         files = []
         for info in infos:
-            clean = _check_name(info.filename)
+            clean = names[info.filename]
             target = dest / clean
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
