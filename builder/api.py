@@ -144,6 +144,11 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
                       base_has_venv=base_has_venv, require_hashes=split.hashed,
                       source_requirements=bool(split.source))
     generated = {"Dockerfile": rendered.text.encode()}
+    exclude = set() if options.include_env else {".env"}
+    for rel in split.includes:
+        if rel in exclude:  # -r/-c .env would carry its secrets into the build
+            raise PackageValidationError(f"requirements.txt includes {rel} (-r/-c), which is kept out of the image",
+                                         field="requirements.txt", hint=f"Do not include {rel} from requirements.")
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
@@ -157,7 +162,6 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
         generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
         for name, text in split.constraints.items():
             generated[f".agent-image/deps/{name}"] = text.encode()
-    exclude = set() if options.include_env else {".env"}
     context = build_context(pkg.root, generated, exclude=exclude)
     digest = hashlib.sha256(json.dumps(
         [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()

@@ -230,3 +230,15 @@ def test_environment_cannot_override_what_the_image_sets(key):
     with pytest.raises(PackageValidationError) as info:
         parse_manifest(YAML + f"environment:\n  {key}: /elsewhere\n")
     assert info.value.field == f"environment.{key}" and "cannot be overridden" in str(info.value)
+
+
+@pytest.mark.parametrize("option", ["-r", "-c"])
+def test_requirements_cannot_pull_dotenv_into_the_build(tmp_path, option):
+    """.env stays out of the image, so requirements.txt may not include it either."""
+    from builder.api import BuildOptions, prepare
+    from builder.apkg import open_package
+    from tests.conftest import make_agent
+    agent = make_agent(tmp_path, "dotenv-include", requirements=f"{option} .env\n")
+    with open_package(agent) as pkg, pytest.raises(PackageValidationError) as info:
+        prepare(pkg, BuildOptions(), "https://pypi.org/simple/", "sha256:base")
+    assert info.value.field == "requirements.txt" and ".env" in str(info.value)
