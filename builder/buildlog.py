@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 from .errors import (BuildError, DependencyConflictError, DependencyError, DependencyNotFoundError,
                      EditableInstallError, HashMismatchError, IndexAuthError, IndexUnreachableError,
                      PackageLoadError, RequirementsSyntaxError, VersionNotFoundError, WheelBuildError)
-from .requirements import Line
+from .requirements import Line, normalise
 
 TAIL = 25
 DEPS_FILE = "requirements-deps.txt"
@@ -103,10 +103,10 @@ class Failure:
 
     def find_line(self, project: str) -> Line | None:
         """The requirements line that names PROJECT (normalised as pip does)."""
-        want = _norm(project)
+        want = normalise(project)
         for line in self.requirements:
             m = re.match(rf"\s*({_NAME})", line.text)
-            if m and _norm(m.group(1)) == want:
+            if m and normalise(m.group(1)) == want:
                 return line
         return None
 
@@ -123,10 +123,6 @@ class Failure:
             message = f"{message} ({where})"
         return cls(message, requirement=requirement, hint=hint, step=self.step, line=line_no,
                    log_tail=self.tail)
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _project(req: str) -> str:
@@ -303,8 +299,8 @@ def classify_conflict(f: Failure) -> PackageLoadError | None:
             b = b.rstrip(".")
             if (a, b) not in depends and not any(_project(a) == _project(x) and b == y for x, y in depends):
                 depends.append((a, b))
-        dep_projects = {_norm(_project(b)) for _, b in depends}
-        requirement = next((u for u in users if _norm(_project(u)) in dep_projects), users[-1] if users else None)
+        dep_projects = {normalise(_project(b)) for _, b in depends}
+        requirement = next((u for u in users if normalise(_project(u)) in dep_projects), users[-1] if users else None)
         sides = ([f"you require {requirement}"] if requirement else []) + [f"{a} depends on {b}" for a, b in depends]
         detail = "; ".join(sides[:4]) or "see the log"
         return f.make(DependencyConflictError, f"Dependency conflict: no versions satisfy every constraint: {detail}",
@@ -342,10 +338,10 @@ def _not_found(f: Failure, req: str, parent: str | None = None, *, maybe_version
 
 def _version_not_found(f: Failure, req: str, near: list[str] | None, parent: str | None = None) -> PackageLoadError:
     project = _project(req)
-    if not near and f.versions.get(_norm(project)):
+    if not near and f.versions.get(normalise(project)):
         # uv and pip 20 list no alternatives; the index page the proxy served did
         wanted = re.search(r"(?:==|~=|<=|>=|<|>)\s*([0-9][^,;\s]*)", req)
-        available = list(f.versions[_norm(project)])
+        available = list(f.versions[normalise(project)])
         near = closest_versions(wanted.group(1), available) if wanted else available[-3:]
     via = f" (required by {parent})" if parent else ""
     closest = f"; closest available: {', '.join(near)}" if near else \
@@ -402,8 +398,8 @@ def classify_not_found(f: Failure) -> PackageLoadError | None:
 
 
 def _project_404(urls: Sequence[str], project: str) -> bool:
-    want = _norm(project)
-    return any(_norm(u.rstrip("/").rsplit("/", 1)[-1]) == want for u in urls)
+    want = normalise(project)
+    return any(normalise(u.rstrip("/").rsplit("/", 1)[-1]) == want for u in urls)
 
 
 def classify_syntax(f: Failure) -> PackageLoadError | None:
@@ -530,9 +526,9 @@ def installed_packages(lines: list[str]) -> list[str]:
         if "Successfully installed" in ln:  # pip: name-version ...
             for token in ln.split("Successfully installed", 1)[1].split():
                 m = re.match(r"(.+?)-(\d[^-]*)$", token)
-                out[_norm(m.group(1) if m else token)] = token
+                out[normalise(m.group(1) if m else token)] = token
             continue
         m = re.match(rf"^\s*\+ ({_NAME})==(\S+)", ln)  # uv: " + name==version"
         if m:
-            out[_norm(m.group(1))] = f"{m.group(1)}-{m.group(2)}"
+            out[normalise(m.group(1))] = f"{m.group(1)}-{m.group(2)}"
     return list(out.values())

@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 import structlog
 
 from .errors import redact, register_secret
+from .requirements import normalise
 
 log = structlog.get_logger("agent_image.index")
 
@@ -66,11 +67,6 @@ class Upstream:
     @property
     def netloc(self) -> str:
         return urlsplit(self.url).netloc
-
-
-def normalise(name: str) -> str:
-    """PEP 503 project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def versions_on_page(project: str, hrefs: list[str]) -> list[str]:

@@ -62,6 +62,11 @@ class Split:
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 
 
+def normalise(name: str) -> str:
+    """A project name as PEP 503 compares them: runs of -_. are one '-', case folded."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def logical_lines(text: str, file: str = "requirements.txt") -> list[Line]:
     """Join backslash continuations and drop comments and blanks, as pip does."""
     out: list[Line] = []
