@@ -133,10 +133,25 @@ def read_ca_bundle(path: str | None) -> bytes:
     return data
 
 
+def _kept_out(options: BuildOptions) -> set[str]:
+    """Package files that never enter the build context."""
+    return set() if options.include_env else {".env"}
+
+
+def read_split(pkg: Package, options: BuildOptions) -> Split:
+    """requirements.txt read, policed and split; no include may pull a kept-out file in."""
+    split = read_requirements(pkg.root, options.allow_index_hosts)
+    for rel in split.includes:
+        if rel in _kept_out(options):  # -r/-c .env would carry its secrets into the build
+            raise PackageValidationError(f"requirements.txt includes {rel} (-r/-c), which is kept out of the image",
+                                         field="requirements.txt", hint=f"Do not include {rel} from requirements.")
+    return split
+
+
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
             base_has_venv: bool = True, split: Split | None = None):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
-    split = split or read_requirements(pkg.root, options.allow_index_hosts)
+    split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
@@ -144,11 +159,6 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
                       base_has_venv=base_has_venv, require_hashes=split.hashed,
                       source_requirements=bool(split.source))
     generated = {"Dockerfile": rendered.text.encode()}
-    exclude = set() if options.include_env else {".env"}
-    for rel in split.includes:
-        if rel in exclude:  # -r/-c .env would carry its secrets into the build
-            raise PackageValidationError(f"requirements.txt includes {rel} (-r/-c), which is kept out of the image",
-                                         field="requirements.txt", hint=f"Do not include {rel} from requirements.")
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
@@ -162,7 +172,7 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
         generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
         for name, text in split.constraints.items():
             generated[f".agent-image/deps/{name}"] = text.encode()
-    context = build_context(pkg.root, generated, exclude=exclude)
+    context = build_context(pkg.root, generated, exclude=_kept_out(options))
     digest = hashlib.sha256(json.dumps(
         [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
     return split, rendered, context, digest
@@ -193,7 +203,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
             read_ca_bundle(options.ca_bundle)
 
         # everything the package itself can get wrong is reported before the engine is asked
-        split = read_requirements(pkg.root, options.allow_index_hosts)
+        split = read_split(pkg, options)
         engine = engine or Engine()
         engine.ping()
         base_image = options.base_image or base_image_for(m.python)
