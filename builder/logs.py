@@ -29,9 +29,23 @@ def redact_secrets(logger: Any, method: str, event_dict: dict) -> dict:
     return {k: _scrub(v) for k, v in event_dict.items()}
 
 
+class _CurrentStderr:
+    """sys.stderr as it is at each write, not as it was when logging was set up
+    (a caller, or pytest, may swap and close the stream in between)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(*, json_output: bool | None = None, verbose: bool = False, stream=None) -> None:
     """Logs go to stderr (stdout carries the result). JSON when not a TTY or when asked."""
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()
     if json_output is None:
         json_output = not stream.isatty()
     renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
