@@ -32,7 +32,9 @@ from .requirements import Split, logical_lines, read_requirements
 log = structlog.get_logger("agent_image")
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent-image"))
-BASE_REPOSITORY = "agent-image/base"
+# AGENT_IMAGE_BASE_REPOSITORY names another base repository (a CI runner's own,
+# or a work tree that changes the base without touching the shared one)
+BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already

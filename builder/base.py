@@ -25,7 +25,8 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
         raise BaseImageMissingError(f"no default Python image for {python}", hint="Pass --from IMAGE.")
     engine.require_image(from_image, hint="Run scripts/setup.sh (debootstrap + docker import) or pass "
                                           "--from with a Python image the engine has.")
-    tag = tag or f"agent-image/base:py{python}"
+    from .api import base_image_for
+    tag = tag or base_image_for(python)
     files = {"Dockerfile": DOCKERFILE_BASE.read_bytes()}
     for name in ("serve.py", "healthcheck.py"):
         files[f"shim/{name}"] = (HERE / "shim" / name).read_bytes()

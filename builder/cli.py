@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--ca-bundle-in-image", action="store_true",
                    help="also add the --ca-bundle CAs to the image's trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE)")
     b.add_argument("--timeout", type=float, default=300.0, help="wall-clock build timeout in seconds (default 300)")
-    b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime)")
+    b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime; the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
                                                               "(off by default: it may hold secrets)")
     b.add_argument("--installer", choices=["pip", "uv"], default="pip",
@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
     base.add_argument("--from", dest="from_image", help="Python image to start from "
                                                         "(default agent-image/python:X.Y from scripts/setup.sh)")
-    base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y)")
+    base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
+                                    "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     _add_common(base)
 
     pull = sub.add_parser("pull", help="pull an agent image and verify its labels")
@@ -147,7 +148,8 @@ def cmd_build(args, engine_factory) -> dict:
 def cmd_base(args, engine_factory) -> dict:
     from .base import build_base
     image_id = build_base(engine_factory(), python=args.python, from_image=args.from_image, tag=args.tag)
-    tag = args.tag or f"agent-image/base:py{args.python}"
+    from .api import base_image_for
+    tag = args.tag or base_image_for(args.python)
     if not args.json:
         print(f"{tag} {image_id}")
     return {"ok": True, "image": tag, "image_id": image_id}

@@ -20,6 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from builder.api import base_image_for
+
 from builder.dockerfile import UV_VERSION
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -64,7 +66,7 @@ def docker_client() -> docker.DockerClient:
         client.ping()
     except Exception as exc:  # fail loudly: these tests need the real engine
         pytest.fail(f"the Docker engine is not reachable ({exc}); run scripts/setup.sh first", pytrace=False)
-    for tag in ("agent-image/base:py3.11",):
+    for tag in (base_image_for("3.11"),):
         try:
             client.images.get(tag)
         except docker.errors.ImageNotFound:

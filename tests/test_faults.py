@@ -20,6 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from builder.api import base_image_for
+
 from builder.api import BuildOptions, build_image
 from builder.engine import Engine
 from builder.errors import EngineError, IndexUnreachableError, RegistryError
@@ -228,7 +230,7 @@ def second_engine(docker_client):
     root = Path(tempfile.mkdtemp(prefix="ai-dockerd-", dir="/tmp"))  # short path: unix socket length limit
     eng = SecondEngine(root)
     eng.start()
-    image = b"".join(docker_client.images.get("agent-image/base:py3.11").save(named=True))
+    image = b"".join(docker_client.images.get(base_image_for("3.11")).save(named=True))
     docker.DockerClient(base_url=eng.sock).images.load(image)
     yield eng
     eng.close()

@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from builder.api import base_image_for
 from testcontainers.core.container import DockerContainer
 
 from builder.api import BuildOptions, build_image
@@ -96,7 +98,7 @@ def test_push_pull_by_digest_and_verify(agent_factory, index_url, registry, dock
 def test_pull_of_an_unlabelled_image_fails(registry, docker_client, engine, cleanup_images):
     ref = f"{registry.host}/plain/base:1"
     cleanup_images(f"{registry.host}/plain")
-    docker_client.images.get("agent-image/base:py3.11").tag(ref)
+    docker_client.images.get(base_image_for("3.11")).tag(ref)
     engine.push(ref)
     with pytest.raises(ImageVerificationError) as info:
         pull_image(engine, ref)
