@@ -237,10 +237,12 @@ def test_plain_agent_task_definition_after_push(agent_factory, index_url, regist
                                                tmp_path):
     cleanup_images(f"{registry.host}/ecs/plain-ecs")
     agent = agent_factory("plain-ecs", requirements="tinyreq==1.0\n")
-    target = tmp_path / "task-def.json"
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "task-def.json"
     proc, out = push_build(agent, index_url, registry, "--ecs-task-def", str(target), "--agent-app-id", "app-7")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert out["ecs_task_def"] == str(target) and [p.name for p in tmp_path.iterdir()] == ["task-def.json"]
+    # written by rename: no temporary file is left beside it
+    assert out["ecs_task_def"] == str(target) and [p.name for p in target.parent.iterdir()] == ["task-def.json"]
     written = json.loads(target.read_text())
     assert_matches_inspect(written, docker_client, out["image_id"], out["digest_ref"])
     assert written["family"] == "plain-ecs"
