@@ -294,8 +294,12 @@ def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
         container["logConfiguration"] = {"logDriver": "awslogs", "options": {
             "awslogs-group": o.log_group, "awslogs-region": o.log_region,
             "awslogs-stream-prefix": o.log_stream_prefix or name}}
-    request: dict = {
-        "family": name,
+    request: dict = {"family": name}
+    if o.execution_role_arn:
+        request["executionRoleArn"] = o.execution_role_arn
+    if o.task_role_arn:
+        request["taskRoleArn"] = o.task_role_arn
+    request.update({
         "networkMode": "awsvpc",
         "requiresCompatibilities": [o.launch_type],
         "cpu": str(o.cpu),
@@ -304,9 +308,5 @@ def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
         "containerDefinitions": [container],
         "tags": [{"key": "io.pixell.agent.name", "value": name}, {"key": "io.pixell.agent.version", "value": version}]
         + ([{"key": INPUT_LABEL, "value": image.labels[INPUT_LABEL]}] if image.labels.get(INPUT_LABEL) else []),
-    }
-    if o.execution_role_arn:
-        request["executionRoleArn"] = o.execution_role_arn
-    if o.task_role_arn:
-        request["taskRoleArn"] = o.task_role_arn
+    })
     return request
