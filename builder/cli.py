@@ -159,7 +159,7 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     from .errors import TaskDefinitionError
     bad = [kv for kv in items if "=" not in kv]
     if bad:
-        raise TaskDefinitionError(f"{option} {bad[0]!r} is not KEY=VALUE", field=option)
+        raise TaskDefinitionError(f"{option} {bad[0]!r} is not KEY=VALUE.", field=option)
     return dict(kv.split("=", 1) for kv in items)
 
 
@@ -200,9 +200,9 @@ def _ecs_precheck(args):
     from .errors import TaskDefinitionError
     if not args.push:
         raise TaskDefinitionError("--ecs-task-def needs --push: the task definition names the pushed image "
-                                  "by its registry digest", field="--ecs-task-def", hint="Add --push --registry ....")
+                                  "by its registry digest.", field="--ecs-task-def", hint="Add --push --registry ....")
     if not args.ecs_task_def.resolve().parent.is_dir():
-        raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder", field="--ecs-task-def")
+        raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder.", field="--ecs-task-def")
     opts = _task_options(args)
     with open_package(args.source, _limits(args)) as pkg:
         secret_entries(pkg.manifest.environment_refs, opts)
@@ -256,8 +256,8 @@ def _write_task_def(engine, result, task_opts, path: Path) -> Path:
     try:
         request = task_definition(engine.image(result.image_id), result.digest_ref, task_opts)
     except TaskDefinitionError as err:
-        err.hint = (err.hint or "") + (f" The image is pushed as {result.digest_ref}: "
-                                       f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")
+        err.hint = " ".join(filter(None, (err.hint, f"The image is pushed as {result.digest_ref}: "
+                                                    f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")))
         raise
     _write_atomically(path, json.dumps(request, indent=2) + "\n")
     log.info("Wrote the ECS task definition", path=str(path), image=result.digest_ref)

@@ -74,7 +74,8 @@ class TaskOptions:
 
 
 def _fail(message: str, field_name: str, hint: str | None = None) -> TaskDefinitionError:
-    return TaskDefinitionError(message, field=field_name, hint=hint)
+    # a full stop: --json's message is the message and the hint in one string
+    return TaskDefinitionError(message.rstrip(".") + ".", field=field_name, hint=hint)
 
 
 def _word(value: str | None, option: str, what: str) -> None:
@@ -92,10 +93,10 @@ def check_options(o: TaskOptions) -> None:
                         f"Use one of {', '.join(map(str, FARGATE_SIZES))} (CPU units; 1024 = 1 vCPU).")
         if o.memory not in FARGATE_SIZES[o.cpu]:
             allowed = FARGATE_SIZES[o.cpu]
+            sizes = (", ".join(map(str, allowed)) if len(allowed) < 5 else
+                     f"{allowed[0]}-{allowed[-1]} MiB in steps of {allowed[1] - allowed[0]}")
             raise _fail(f"Fargate does not allow --memory {o.memory} with --cpu {o.cpu}", "--memory",
-                        f"With --cpu {o.cpu} use {allowed[0]}-{allowed[-1]} MiB in steps of "
-                        f"{allowed[1] - allowed[0]}" + (f" ({', '.join(map(str, allowed))})" if len(allowed) < 5 else "")
-                        + ".")
+                        f"With --cpu {o.cpu} use {sizes}.")
     else:
         if not EC2_CPU[0] <= o.cpu <= EC2_CPU[1]:
             raise _fail(f"--cpu {o.cpu} is outside ECS's {EC2_CPU[0]}-{EC2_CPU[1]} CPU units", "--cpu")
