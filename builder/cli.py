@@ -256,8 +256,9 @@ def _write_task_def(engine, result, task_opts, path: Path) -> Path:
     try:
         request = task_definition(engine.image(result.image_id), result.digest_ref, task_opts)
     except TaskDefinitionError as err:
-        err.hint = " ".join(filter(None, (err.hint, f"The image is pushed as {result.digest_ref}: "
-                                                    f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")))
+        pushed = (f"The image is pushed as {result.digest_ref}: "
+                  f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")
+        err.hint = " ".join(filter(None, (err.hint, pushed)))
         raise
     _write_atomically(path, json.dumps(request, indent=2) + "\n")
     log.info("Wrote the ECS task definition", path=str(path), image=result.digest_ref)

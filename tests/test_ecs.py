@@ -137,11 +137,12 @@ def test_secrets_map_every_reference_or_fail_naming_it():
     with pytest.raises(TaskDefinitionError, match="also given with --env"):
         task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets_prefix=SSM,
                                                 environment={"DB_URL": "postgres://u:p@h/db"}))
+    db_arn = "arn:aws:secretsmanager:eu-west-1:1:secret:db"
     request = task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets_prefix=SSM,
-                                                      secrets={"DB_URL": "arn:aws:secretsmanager:eu-west-1:1:secret:db"}))
+                                                      secrets={"DB_URL": db_arn}))
     assert request["containerDefinitions"][0]["secrets"] == [
         {"name": "OPENAI_API_KEY", "valueFrom": SSM + "OPENAI_API_KEY"},
-        {"name": "DB_URL", "valueFrom": "arn:aws:secretsmanager:eu-west-1:1:secret:db"}]
+        {"name": "DB_URL", "valueFrom": db_arn}]
     # an image from before the label: which secrets it reads is unknown, so no guess
     old = facts()
     del old.labels["io.pixell.agent.env-refs"]
