@@ -223,12 +223,19 @@ class RunError(PackageLoadError):
     exit_code = 70
 
 
+class TaskDefinitionError(PackageLoadError):
+    """An ECS task definition cannot be made for the image with these options."""
+    reference = "task-definition"
+    exit_code = 80
+
+
 ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     PackageLoadError, PackageValidationError, IndexPolicyError, RequirementsSyntaxError,
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, BuildError, BuildTimeoutError, BuildInterruptedError,
     EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, RunError,
+    TaskDefinitionError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.
