@@ -30,6 +30,26 @@ def _codes_epilog() -> str:
         f"  {code:<2} {name}" for name, code in rows)
 
 
+def _positive(kind):
+    """argparse type: a finite number above 0 (a usage error, exit 2, otherwise)."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+        return value
+    return convert
+
+
+def _port(text: str) -> int:
+    value = _positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout; logs are JSON too")
     p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
@@ -63,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
                                                       "builder's index proxy; not copied into the image)")
     b.add_argument("--ca-bundle-in-image", action="store_true",
                    help="also add the --ca-bundle CAs to the image's trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE)")
-    b.add_argument("--timeout", type=float, default=300.0, help="wall-clock build timeout in seconds (default 300)")
+    b.add_argument("--timeout", type=_positive(float), default=300.0, help="wall-clock build timeout in seconds (default 300)")
     b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime; the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
                                                               "(off by default: it may hold secrets)")
@@ -72,11 +92,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache")
     b.add_argument("--dry-run", action="store_true", help="print the rendered Dockerfile and stop")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
-    b.add_argument("--max-entries", type=int, default=DEFAULT_LIMITS.max_entries,
+    b.add_argument("--max-entries", type=_positive(int), default=DEFAULT_LIMITS.max_entries,
                    help=f"most entries a package may hold (default {DEFAULT_LIMITS.max_entries})")
-    b.add_argument("--max-total-bytes", type=int, default=DEFAULT_LIMITS.max_total_bytes,
+    b.add_argument("--max-total-bytes", type=_positive(int), default=DEFAULT_LIMITS.max_total_bytes,
                    help=f"most bytes a package may expand to (default {DEFAULT_LIMITS.max_total_bytes})")
-    b.add_argument("--max-ratio", type=int, default=DEFAULT_LIMITS.max_ratio,
+    b.add_argument("--max-ratio", type=_positive(int), default=DEFAULT_LIMITS.max_ratio,
                    help=f"highest compression ratio of an entry over 1 MiB (default {DEFAULT_LIMITS.max_ratio})")
     _add_common(b)
 
@@ -97,8 +117,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
-    run.add_argument("--port", type=int, default=8080, help="host port on 127.0.0.1 (default 8080)")
-    run.add_argument("--wait", type=float, default=30.0, help="seconds to wait for /health (default 30)")
+    run.add_argument("--port", type=_port, default=8080, help="host port on 127.0.0.1 (default 8080)")
+    run.add_argument("--wait", type=_positive(float), default=30.0, help="seconds to wait for /health (default 30)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
     run.add_argument("--name", help="container name")
     _add_common(run)
@@ -209,37 +229,48 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _report(err: PackageLoadError, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
+    else:
+        sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
+        for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
+            if value:
+                sys.stderr.write(f"  {label}: {value}\n")
+        if err.log_tail:
+            sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
+        if err.hint:
+            sys.stderr.write(f"hint: {err.hint}\n")
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    configure(json_output=True if args.json else None, verbose=args.verbose)
 
     def engine_factory():
         from .engine import Engine
         return Engine(args.engine)
 
     try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        configure(json_output=True if args.json else None, verbose=args.verbose)
         out = COMMANDS[args.command](args, engine_factory)
         if args.json:
             print(json.dumps(out, default=str))
         return 0
     except PackageLoadError as err:
-        if args.json:
-            print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
-        else:
-            sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
-            for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
-                if value:
-                    sys.stderr.write(f"  {label}: {value}\n")
-            if err.log_tail:
-                sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
-            if err.hint:
-                sys.stderr.write(f"hint: {err.hint}\n")
-        return err.exit_code
+        return _report(err, args.json)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as exc:  # anything else is our bug: one line and a traceback file, never a traceback
+        from .crash import internal_error
+        err = internal_error(exc, getattr(args, "cache_dir", None))
+        try:
+            return _report(err, args.json)
+        except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
+            return err.exit_code
 
 
 if __name__ == "__main__":
