@@ -7,6 +7,8 @@ usage error, every PackageLoadError subclass its own code (see --help).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -229,6 +231,27 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _progress(args):
+    """A live progress view for `build` when a person watches stderr; None everywhere else."""
+    if args.command != "build" or args.json or args.dry_run or not sys.stderr.isatty():
+        return None
+    from .progress import BuildProgress
+    return BuildProgress(verbose=args.verbose, pushing=args.push)
+
+
+def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int, int, str] | None:
+    """(image bytes, base bytes, base ref) for the summary; None when the engine cannot say."""
+    from .api import base_image_for
+    from .manifest import SUPPORTED_RUNTIMES
+    base = args.base_image or (runtime in SUPPORTED_RUNTIMES and base_image_for(SUPPORTED_RUNTIMES[runtime]))
+    try:
+        engine = engine_factory()
+        image, base_image = engine.image(result["image_id"]), engine.image(base) if base else None
+    except PackageLoadError:
+        return None
+    return (image.size, base_image.size, base) if image and base_image else None
+
+
 def _report(err: PackageLoadError, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
@@ -254,8 +277,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         signal.signal(signal.SIGTERM, _interrupt)
-        configure(json_output=True if args.json else None, verbose=args.verbose)
-        out = COMMANDS[args.command](args, engine_factory)
+        progress = _progress(args)
+        configure(json_output=True if args.json else None, verbose=args.verbose, progress=progress)
+        if progress:
+            # the result line waits for the summary: written mid-display it would be painted over
+            with progress, contextlib.redirect_stdout(io.StringIO()) as result_line:
+                out = COMMANDS[args.command](args, engine_factory)
+            progress.summary(out, _sizes(args, out, progress.runtime, engine_factory))
+            sys.stdout.write(result_line.getvalue())
+        else:
+            out = COMMANDS[args.command](args, engine_factory)
         if args.json:
             print(json.dumps(out, default=str))
         return 0
