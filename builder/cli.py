@@ -243,7 +243,8 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
     """(image bytes, base bytes, base ref) for the summary; None when the engine cannot say."""
     from .api import base_image_for
     from .manifest import SUPPORTED_RUNTIMES
-    base = args.base_image or (runtime in SUPPORTED_RUNTIMES and base_image_for(SUPPORTED_RUNTIMES[runtime]))
+    python = SUPPORTED_RUNTIMES.get(runtime or "")
+    base = args.base_image or (base_image_for(python) if python else None)
     try:
         engine = engine_factory()
         image, base_image = engine.image(result["image_id"]), engine.image(base) if base else None
