@@ -124,7 +124,8 @@ class BuildProgress:
             self._finish_step(None)
             self.phase = "pushing to the registry" if self.pushing else "done"
         elif event == "Pushed agent image":
-            self.console.print(Text.assemble(("✔ ", "green"), f"pushed {event_dict.get('digest_ref')}"))
+            self.console.print(Text.assemble(("✔ ", "green"), f"pushed {event_dict.get('digest_ref')}"),
+                               soft_wrap=True)
         if self.verbose or event_dict.get("level") == "warning":
             return event_dict
         raise structlog.DropEvent  # the CLI reports errors itself; the rest is on screen
@@ -132,26 +133,23 @@ class BuildProgress:
     # -- the end -----------------------------------------------------------------------
     def summary(self, result: dict, sizes: tuple[int, int, str] | None) -> None:
         """Print what was built. SIZES: (image bytes, base bytes, base ref), or None if unknown."""
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
-        grid.add_row("image", result["image"])
-        grid.add_row("id", result["image_id"])
+        rows = [("image", result["image"]), ("id", result["image_id"])]
         if result.get("digest_ref"):
-            grid.add_row("digest", result["digest_ref"])
+            rows.append(("digest", result["digest_ref"]))
         if sizes:
             size, base_size, base = sizes
-            grid.add_row("size", f"{_mib(size)}, {_mib(size - base_size)} unique to this agent "
-                                 f"(base {base}: {_mib(base_size)})")
+            rows.append(("size", f"{_mib(size)}, {_mib(size - base_size)} unique to this agent "
+                                 f"(base {base}: {_mib(base_size)})"))
         if result.get("cached"):
-            grid.add_row("cached", "inputs unchanged: the existing image, nothing rebuilt")
+            rows.append(("cached", "inputs unchanged: the existing image, nothing rebuilt"))
         else:
             names = ", ".join(result.get("steps_cached") or []) or "none"
-            grid.add_row("cached", f"{self.cached_steps}/{result.get('steps_total', 0)} steps ({names})")
+            rows.append(("cached", f"{self.cached_steps}/{result.get('steps_total', 0)} steps ({names})"))
         if result.get("installed"):
-            grid.add_row("installed", ", ".join(result["installed"]))
-        for warning in result.get("warnings") or []:
-            grid.add_row("warning", warning)
+            rows.append(("installed", ", ".join(result["installed"])))
+        rows += [("warning", w) for w in result.get("warnings") or []]
         self.console.print(Text.assemble(("Built ", "bold green"), result["image"],
                                          f" in {result['duration_s']:.1f}s"))
-        self.console.print(grid)
+        for label, value in rows:
+            # soft wrap: the terminal folds a long line, so a copied reference stays whole
+            self.console.print(Text.assemble((f"{label:<10} ", "bold"), value), soft_wrap=True)

@@ -109,3 +109,15 @@ def test_json_on_a_tty_keeps_one_object_and_json_logs(agent_factory, index_url, 
     code, raw, stdout = run_on_tty(["build", str(agent), "--index-url", index_url, "--json"])
     assert code == 0 and json.loads(stdout)["ok"] is True
     assert all(ln.startswith("{") for ln in frames(raw)), frames(raw)[:5]
+
+
+def test_push_on_a_tty_ends_with_the_digest_reference(agent_factory, index_url, registry, cleanup_images):
+    prefix = f"{registry.host}/tty"
+    cleanup_images(prefix)
+    agent = agent_factory("tty-pushed", requirements=None)
+    code, raw, stdout = run_on_tty(["build", str(agent), "--index-url", index_url, "--registry", prefix, "--push"])
+    shown = frames(raw)
+    assert code == 0, "\n".join(shown[-30:])
+    ref = stdout.splitlines()[-1]
+    assert re.fullmatch(rf"{re.escape(prefix)}/tty-pushed@sha256:[0-9a-f]{{64}}", ref), stdout
+    assert f"✔ pushed {ref}" in shown and any(re.fullmatch(rf"digest +{re.escape(ref)}", ln) for ln in shown)
