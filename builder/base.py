@@ -9,11 +9,12 @@ import structlog
 from .context import build_context
 from .engine import Engine
 from .errors import BaseImageMissingError
+from .resources import resource
 
 log = structlog.get_logger("agent_image.base")
 
 HERE = Path(__file__).resolve().parent
-DOCKERFILE_BASE = HERE.parent / "Dockerfile.base"
+DOCKERFILE_BASE = resource("Dockerfile.base")
 PYTHON_IMAGES = {"3.11": "agent-image/python:3.11", "3.9": "agent-image/python:3.9"}
 
 

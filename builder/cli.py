@@ -7,6 +7,8 @@ usage error, every PackageLoadError subclass its own code (see --help).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -28,6 +30,26 @@ def _codes_epilog() -> str:
     rows = sorted(EXIT_CODES.items(), key=lambda kv: kv[1])
     return "exit codes:\n  0  success\n  2  bad command-line usage\n" + "\n".join(
         f"  {code:<2} {name}" for name, code in rows)
+
+
+def _positive(kind):
+    """argparse type: a finite number above 0 (a usage error, exit 2, otherwise)."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+        return value
+    return convert
+
+
+def _port(text: str) -> int:
+    value = _positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -83,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
                                                       "builder's index proxy; not copied into the image)")
     b.add_argument("--ca-bundle-in-image", action="store_true",
                    help="also add the --ca-bundle CAs to the image's trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE)")
-    b.add_argument("--timeout", type=float, default=300.0, help="wall-clock build timeout in seconds (default 300)")
+    b.add_argument("--timeout", type=_positive(float), default=300.0, help="wall-clock build timeout in seconds (default 300)")
     b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime; the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
                                                               "(off by default: it may hold secrets)")
@@ -95,11 +117,11 @@ def parser() -> argparse.ArgumentParser:
                    help="with --push: write the image's ECS RegisterTaskDefinition request to FILE "
                         "(options: see 'ECS task definition')")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
-    b.add_argument("--max-entries", type=int, default=DEFAULT_LIMITS.max_entries,
+    b.add_argument("--max-entries", type=_positive(int), default=DEFAULT_LIMITS.max_entries,
                    help=f"most entries a package may hold (default {DEFAULT_LIMITS.max_entries})")
-    b.add_argument("--max-total-bytes", type=int, default=DEFAULT_LIMITS.max_total_bytes,
+    b.add_argument("--max-total-bytes", type=_positive(int), default=DEFAULT_LIMITS.max_total_bytes,
                    help=f"most bytes a package may expand to (default {DEFAULT_LIMITS.max_total_bytes})")
-    b.add_argument("--max-ratio", type=int, default=DEFAULT_LIMITS.max_ratio,
+    b.add_argument("--max-ratio", type=_positive(int), default=DEFAULT_LIMITS.max_ratio,
                    help=f"highest compression ratio of an entry over 1 MiB (default {DEFAULT_LIMITS.max_ratio})")
     _add_common(b)
     _add_ecs(b)
@@ -121,8 +143,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
-    run.add_argument("--port", type=int, default=8080, help="host port on 127.0.0.1 (default 8080)")
-    run.add_argument("--wait", type=float, default=30.0, help="seconds to wait for /health (default 30)")
+    run.add_argument("--port", type=_port, default=8080, help="host port on 127.0.0.1 (default 8080)")
+    run.add_argument("--wait", type=_positive(float), default=30.0, help="seconds to wait for /health (default 30)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
     run.add_argument("--name", help="container name")
     _add_common(run)
@@ -329,37 +351,78 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _progress(args):
+    """A live progress view for `build` when a person watches stderr; None everywhere else."""
+    if args.command != "build" or args.json or args.dry_run or not sys.stderr.isatty():
+        return None
+    from .progress import BuildProgress
+    return BuildProgress(verbose=args.verbose, pushing=args.push)
+
+
+def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int, int, str] | None:
+    """(image bytes, base bytes, base ref) for the summary; None when the engine cannot say."""
+    from .api import base_image_for
+    from .manifest import SUPPORTED_RUNTIMES
+    python = SUPPORTED_RUNTIMES.get(runtime or "")
+    base = args.base_image or (base_image_for(python) if python else None)
+    try:
+        engine = engine_factory()
+        image, base_image = engine.image(result["image_id"]), engine.image(base) if base else None
+    except PackageLoadError:
+        return None
+    return (image.size, base_image.size, base) if image and base_image else None
+
+
+def _report(err: PackageLoadError, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
+    else:
+        sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
+        for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
+            if value:
+                sys.stderr.write(f"  {label}: {value}\n")
+        if err.log_tail:
+            sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
+        if err.hint:
+            sys.stderr.write(f"hint: {err.hint}\n")
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    configure(json_output=True if args.json else None, verbose=args.verbose)
 
     def engine_factory():
         from .engine import Engine
         return Engine(args.engine)
 
     try:
-        out = COMMANDS[args.command](args, engine_factory)
+        signal.signal(signal.SIGTERM, _interrupt)
+        progress = _progress(args)
+        configure(json_output=True if args.json else None, verbose=args.verbose, progress=progress)
+        if progress:
+            # the result line waits for the summary: written mid-display it would be painted over
+            with progress, contextlib.redirect_stdout(io.StringIO()) as result_line:
+                out = COMMANDS[args.command](args, engine_factory)
+            progress.summary(out, _sizes(args, out, progress.runtime, engine_factory))
+            sys.stdout.write(result_line.getvalue())
+        else:
+            out = COMMANDS[args.command](args, engine_factory)
         if args.json:
             print(json.dumps(out, default=str))
         return 0
     except PackageLoadError as err:
-        if args.json:
-            print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
-        else:
-            sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
-            for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
-                if value:
-                    sys.stderr.write(f"  {label}: {value}\n")
-            if err.log_tail:
-                sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
-            if err.hint:
-                sys.stderr.write(f"hint: {err.hint}\n")
-        return err.exit_code
+        return _report(err, args.json)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as exc:  # anything else is our bug: one line and a traceback file, never a traceback
+        from .crash import internal_error
+        err = internal_error(exc, getattr(args, "cache_dir", None))
+        try:
+            return _report(err, args.json)
+        except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
+            return err.exit_code
 
 
 if __name__ == "__main__":

@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import jinja2
 
 from . import __version__
 from .errors import PackageValidationError
 from .manifest import ENV_KEY_RE, Manifest
+from .resources import resource
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-if not TEMPLATES.is_dir():  # installed as a wheel: templates ship inside the package
-    TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = resource("templates")
 
 # what pip inside the build sees; the proxy behind http_proxy serves it
 PIP_INDEX_HOST = "agent-image-index.invalid"
