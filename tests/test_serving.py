@@ -197,6 +197,17 @@ class TestLimitsAndErrors:
         assert any(ln.get("request_id") == "own-route-1" and ln["path"] == "/api/hello" for ln in logged)
 
 
+def test_the_image_records_its_drain_window(image, docker_client):
+    labels = docker_client.images.get(image[1]).labels
+    assert labels["io.pixell.agent.drain-seconds"] == "25"  # the task definition's stopTimeout must exceed it
+
+
+def test_an_agent_set_drain_window_is_the_label():
+    from builder.dockerfile import drain_seconds
+    assert drain_seconds({"AGENT_DRAIN_SECONDS": "40"}) == 40
+    assert drain_seconds({"AGENT_DRAIN_SECONDS": "${DRAIN}"}) == 25  # decided at deploy: the shim's default
+
+
 class TestBusy:
     def test_a_full_queue_is_503_busy_with_retry_after(self, image, docker_client):
         served = Served(docker_client, image[1], env={"AGENT_WORKERS": "1", "AGENT_QUEUE": "1"})
