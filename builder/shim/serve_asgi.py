@@ -95,7 +95,8 @@ class Shim:
                 sent["bytes"] += len(message.get("body", b""))
             await send(message)
 
-        state.in_flight += 1
+        counted = not state.draining  # the drain waits for requests that came before it
+        state.in_flight += counted
         try:
             reply = await self.own(scope, headers, guarded_receive(receive, rid), tagged_send, rid)
             if reply is not None:
@@ -103,7 +104,7 @@ class Shim:
         except Exception as exc:
             await self.failed(exc, rid, sent, tagged_send)
         finally:
-            state.in_flight -= 1
+            state.in_flight -= counted
             core.access(method, path, sent["status"], sent["bytes"], started, rid)
 
     async def own(self, scope, headers, receive, send, rid):

@@ -150,7 +150,9 @@ async def one_request(reader, writer, agent_loop) -> bool:
     except Refuse as refused:
         reply, rid, close = refused.reply, json.loads(refused.reply.body)["id"], True
     started = time.monotonic()
-    state.in_flight += 1
+    # the drain waits for requests that came before it; later ones get a quick 503
+    counted = not state.draining
+    state.in_flight += counted
     try:
         if head is not None:
             reply, rid, close, method, path = await answer_head(head, reader, writer, agent_loop)
@@ -159,7 +161,7 @@ async def one_request(reader, writer, agent_loop) -> bool:
         if close and reply.status >= 400:
             await linger(reader, writer)
     finally:
-        state.in_flight -= 1
+        state.in_flight -= counted
         core.access(method, path, reply.status, len(reply.body), started, rid)
     return not close
 
