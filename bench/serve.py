@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--idle", type=int, default=300)
     ap.add_argument("--paths", default="stdlib,fastapi")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes (default bench/serve-results.json)")
     args = ap.parse_args()
     args.seconds = min(max(args.seconds, 1.0), 120.0)
     args.clients = min(max(args.clients, 1), 200)
@@ -228,7 +229,7 @@ def main() -> None:
             for image in images:
                 client.images.remove(image, force=True)
     results["total_s"] = round(time.monotonic() - started)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 

@@ -173,7 +173,7 @@ async def answer_head(head: bytes, reader, writer, agent_loop):
     try:
         method, path, version, headers = parse_head(head)
         rid = core.request_id(headers.get("x-request-id"))
-        body = await read_body(reader, headers, rid, writer) if method in ("POST", "PUT", "PATCH") else b""
+        body = await read_body(reader, headers, rid, writer)  # any method: unread bytes would be the next "request"
         reply = await answer(method, path, body, rid, agent_loop)
     except Refuse as refused:
         return refused.reply, json.loads(refused.reply.body)["id"], True, method, path
