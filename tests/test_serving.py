@@ -228,6 +228,28 @@ class TestBusy:
             served.remove()
 
 
+class TestTimeouts:
+    def test_a_head_not_finished_in_time_is_closed(self, image, docker_client):
+        served = Served(docker_client, image[1], env={"AGENT_HEADER_TIMEOUT": "2"})
+        try:
+            with socket.create_connection(("127.0.0.1", served.port), timeout=20) as sock:
+                sock.sendall(b"POST /invoke HTTP/1.1\r\nHost: t\r\n")
+                started = time.monotonic()
+                answer = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+                took = time.monotonic() - started
+            assert 1.5 < took < 15, f"closed after {took:.1f} s"
+            if image[0] == "stdlib":  # uvicorn closes without an answer
+                assert answer.startswith(b"HTTP/1.1 408") and b'"header-timeout"' in answer
+            assert served.call("POST", "/invoke", {"x": 3})[0] == 200  # a whole request is unaffected
+        finally:
+            served.remove()
+
+
 class TestDrain:
     def test_sigterm_lets_five_slow_requests_finish_then_exits_0(self, image, docker_client):
         served = Served(docker_client, image[1])

@@ -149,6 +149,50 @@ class ShimServer:
         return Server(config)
 
 
+def with_head_timeout(protocol):
+    """uvicorn's HTTP protocol plus what it lacks: a connection that starts a
+    request head and does not finish it within AGENT_HEADER_TIMEOUT (or opens
+    and sends nothing within AGENT_IDLE_TIMEOUT) is closed. Reads uvicorn's
+    `cycle`, `transport` and `loop`, present in its h11 and httptools
+    protocols for years; without them the class is left as it is."""
+    class HeadTimeout(protocol):
+        _shim_timer = None
+        _shim_kind = None
+        _shim_cycle = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._shim_arm("idle", core.IDLE_TIMEOUT)
+
+        def data_received(self, data):
+            before = getattr(self, "cycle", None)
+            if self._shim_kind != "head" and (before is None or getattr(before, "response_complete", False)):
+                self._shim_arm("head", core.HEADER_TIMEOUT)  # the first bytes of a head
+            super().data_received(data)
+            if self._shim_kind == "head" and getattr(self, "cycle", None) is not self._shim_cycle:
+                self._shim_disarm()  # the head is complete: a request started
+
+        def connection_lost(self, exc):
+            self._shim_disarm()
+            super().connection_lost(exc)
+
+        def _shim_arm(self, kind: str, seconds: float) -> None:
+            self._shim_disarm()
+            self._shim_kind, self._shim_cycle = kind, getattr(self, "cycle", None)
+            self._shim_timer = self.loop.call_later(seconds, self._shim_expired)
+
+        def _shim_disarm(self) -> None:
+            if self._shim_timer is not None:
+                self._shim_timer.cancel()
+            self._shim_timer = self._shim_kind = None
+
+        def _shim_expired(self) -> None:
+            self._shim_timer = self._shim_kind = None
+            if getattr(self, "cycle", None) is self._shim_cycle and not self.transport.is_closing():
+                self.transport.close()
+    return HeadTimeout
+
+
 def uvicorn_config(uvicorn, app):
     """Only the options this uvicorn knows (the agent pins its own version)."""
     wanted = {"host": "0.0.0.0", "port": core.PORT, "log_level": "warning", "access_log": False,
@@ -159,7 +203,13 @@ def uvicorn_config(uvicorn, app):
 
 
 async def serve(app, uvicorn) -> int:
-    server = ShimServer.make(uvicorn, uvicorn_config(uvicorn, app))
+    config = uvicorn_config(uvicorn, app)
+    try:
+        config.load()
+        config.http_protocol_class = with_head_timeout(config.http_protocol_class)
+    except AttributeError:  # an older uvicorn: serve() loads it, without the head timeout
+        pass
+    server = ShimServer.make(uvicorn, config)
     loop = asyncio.get_running_loop()
     left = [0]
 

@@ -160,12 +160,12 @@ def meta() -> Reply:
 
 def contract(method: str, path: str, rid: str) -> Optional[Reply]:
     """The answer for the shim's own GET routes (and draining), or None."""
-    if path in HEALTH_PATHS or path == META_PATH:
-        if method not in ("GET", "HEAD"):
-            return error(405, "method-not-allowed", rid)
-        return health(rid) if path in HEALTH_PATHS else meta()
+    if path in HEALTH_PATHS and method in ("GET", "HEAD"):
+        return health(rid)  # 503 while draining too
     if state.draining:
         return error(503, "draining", rid, close=True)
+    if path in HEALTH_PATHS or path == META_PATH:
+        return meta() if method in ("GET", "HEAD") and path == META_PATH else error(405, "method-not-allowed", rid)
     if path == INVOKE_PATH and method != "POST":
         return error(405, "method-not-allowed", rid)
     return None
