@@ -68,6 +68,7 @@ HEALTH_PATHS = (f"{BASE}/health", f"{BASE}/agents/{APP_ID}/health")
 META_PATH = f"{BASE}/meta"
 INVOKE_PATH = f"{BASE}/invoke"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class State:
@@ -227,7 +228,7 @@ def check_length(value: Optional[str], rid: str) -> Tuple[int, Optional[Reply]]:
     """Content-Length against the cap, before a byte of the body is read."""
     if value is None:
         return 0, None
-    if not value.isdigit():
+    if not _DIGITS.fullmatch(value):  # not str.isdigit: it accepts "²", which int() refuses
         return 0, error(400, "bad-request", rid, close=True, reason="Content-Length is not a number")
     length = int(value)
     if length > MAX_BODY:
