@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from builder.api import BuildOptions, base_image_for, build_image  # noqa: E402
-from tests.conftest import fill_wheelhouse, make_agent, start_index, wait_http  # noqa: E402
+from tests.conftest import engine_tags, fill_wheelhouse, make_agent, start_index, wait_http  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "serve-results.json"
 REPO = "bench-serve"
@@ -211,14 +211,12 @@ def main() -> None:
                "machine": platform.platform(), "base": base_image_for("3.11"),
                "docker": client.version().get("Version"), "clients": args.clients, "seconds": args.seconds,
                "idle": args.idle, "entrypoint_ms": 50, "paths": {}}
-    images: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         tmp_path = Path(tmp)
         index = start_index(tmp_path / "index", fill_wheelhouse(tmp_path / "wheelhouse", tmp_path / "src"))
         try:
             for path in args.paths.split(","):
                 image = build(path, index.url_for("alice"), tmp_path / path)
-                images.append(image)
                 results["paths"][path] = bench_path(client, image, args)
                 print(path, json.dumps(results["paths"][path]), flush=True)
         finally:
@@ -226,8 +224,9 @@ def main() -> None:
             index.proc.wait(10)
             for c in client.containers.list(all=True, filters={"label": f"bench={REPO}"}):
                 c.remove(force=True)
-            for image in images:
-                client.images.remove(image, force=True)
+            for tag in engine_tags(client):  # NAME:VERSION and the build's in-<digest> tag
+                if tag.startswith(f"{REPO}/"):
+                    client.images.remove(tag, force=True)
     results["total_s"] = round(time.monotonic() - started)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from builder.api import BuildOptions, build_image
-from tests.conftest import make_agent
+from tests.conftest import engine_tags, make_agent
 from tests.test_ship import wait_for
 
 AGENT = """\
@@ -55,10 +55,12 @@ def image(request, index, tmp_path_factory, docker_client):
         (agent / "agent.yaml").write_text((agent / "agent.yaml").read_text() + "rest:\n  entry: src.rest:mount\n")
     result = build_image(agent, BuildOptions(index_url=index.url_for("alice"), repository=f"{REPO}-{path}"))
     yield path, result.image
-    try:
-        docker_client.images.remove(result.image, force=True)
-    except docker.errors.APIError:
-        pass
+    for tag in engine_tags(docker_client):  # NAME:VERSION and the build's in-<digest> tag
+        if tag.startswith(f"{REPO}-{path}:"):
+            try:
+                docker_client.images.remove(tag, force=True)
+            except docker.errors.APIError:
+                pass
 
 
 class Served:
