@@ -134,19 +134,16 @@ class Shim:
             await send_reply(send, reply)
 
 
-class ShimServer:
+def make_server(uvicorn, config):
     """uvicorn.Server with its signal handling off (ours drains first)."""
+    class Server(uvicorn.Server):
+        def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+            pass
 
-    @staticmethod
-    def make(uvicorn, config):
-        class Server(uvicorn.Server):
-            def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-                pass
-
-            @contextlib.contextmanager
-            def capture_signals(self):  # uvicorn >= 0.29
-                yield
-        return Server(config)
+        @contextlib.contextmanager
+        def capture_signals(self):  # uvicorn >= 0.29
+            yield
+    return Server(config)
 
 
 def with_head_timeout(protocol):
@@ -209,7 +206,7 @@ async def serve(app, uvicorn) -> int:
         config.http_protocol_class = with_head_timeout(config.http_protocol_class)
     except AttributeError:  # an older uvicorn: serve() loads it, without the head timeout
         pass
-    server = ShimServer.make(uvicorn, config)
+    server = make_server(uvicorn, config)
     loop = asyncio.get_running_loop()
     left = [0]
 
