@@ -29,8 +29,8 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
     from .api import base_image_for
     tag = tag or base_image_for(python)
     files = {"Dockerfile": DOCKERFILE_BASE.read_bytes()}
-    for name in ("serve.py", "healthcheck.py"):
-        files[f"shim/{name}"] = (HERE / "shim" / name).read_bytes()
+    for path in sorted((HERE / "shim").glob("*.py")):  # serve.py, its serve_*.py modules, healthcheck.py
+        files[f"shim/{path.name}"] = path.read_bytes()
     empty = HERE / "shim" / "__absent__"
     context = build_context(empty, files)
     log.info("Building base image", tag=tag, python_image=from_image)

@@ -23,6 +23,9 @@ TEMPLATES = resource("templates")
 PIP_INDEX_HOST = "agent-image-index.invalid"
 PIP_INDEX_URL = f"http://{PIP_INDEX_HOST}/simple/"
 INSTALLERS = ("pip", "uv")
+# the serving shim's SIGTERM drain window (serve_core.DRAIN_SECONDS), under
+# ECS's 30 s stopTimeout; recorded in a label for the task definition
+DRAIN_SECONDS = 25
 UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools with --installer uv
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -95,6 +98,13 @@ def parse_steps(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(steps), tuple(instructions)
 
 
+def drain_seconds(environment: dict[str, str]) -> int:
+    """The drain window the image will use: agent.yaml's AGENT_DRAIN_SECONDS when
+    it is a whole number the shim accepts, else the shim's default."""
+    value = str(environment.get("AGENT_DRAIN_SECONDS", "")).strip()
+    return int(value) if value.isdigit() and int(value) <= 3600 else DRAIN_SECONDS
+
+
 def render(
     manifest: Manifest,
     *,
@@ -135,6 +145,7 @@ def render(
         rest_entry=manifest.rest_entry or "",
         environment=manifest.environment,
         labels=manifest.labels,  # one LABEL instruction, not one engine step per label
+        drain_seconds=drain_seconds(manifest.environment),
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)
