@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("source", help=".apkg file or agent folder")
     b.add_argument("--repository", help="image repository (default agents/NAME, or REGISTRY/NAME)")
     b.add_argument("--registry", metavar="HOST[:PORT]/PREFIX", help="registry to tag for (and push to with --push)")
+    b.add_argument("--expect-name", metavar="NAME", help="the agent this upload is for: refuse a package whose "
+                                                         "agent.yaml names another (it picks the repository)")
+    b.add_argument("--expect-version", metavar="VERSION", help="refuse a package whose metadata.version differs "
+                                                               "(it picks the tag)")
     b.add_argument("--push", action="store_true", help="push REGISTRY/NAME:VERSION and report the digest")
     b.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
                                                "default: the Docker config's credentials")
@@ -131,6 +135,7 @@ def cmd_build(args, engine_factory) -> dict:
         ca_bundle_in_image=args.ca_bundle_in_image, timeout=args.timeout,
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
+        expect_name=args.expect_name, expect_version=args.expect_version,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         with open_package(args.source, opts.limits) as pkg:
@@ -219,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         from .engine import Engine
         return Engine(args.engine)
 
+    from .errors import redaction_scope
     try:
-        out = COMMANDS[args.command](args, engine_factory)
+        with redaction_scope():  # the command's credentials; each build adds its own, for itself
+            out = COMMANDS[args.command](args, engine_factory)
         if args.json:
             print(json.dumps(out, default=str))
         return 0
