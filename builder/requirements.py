@@ -101,7 +101,7 @@ def decode(data: bytes, file: str) -> str:
     """A requirements file as text, if pip would read the same text from it: UTF-8 only.
     pip honours a UTF-16/32 BOM or a `# coding:` line, and falls back to the
     locale; a check that read other characters than pip would be no check."""
-    first = Line(file, 1, "")
+    first = Line(file, 1, repr(data[:4]))
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)):
@@ -121,7 +121,8 @@ def decode(data: bytes, file: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _refuse(Line(file, data[:exc.start].count(b"\n") + 1, ""),
+        number = data[:exc.start].count(b"\n") + 1
+        raise _refuse(Line(file, number, data.split(b"\n")[number - 1].decode("utf-8", "replace")),
                       "is not UTF-8: pip would read it in the locale's encoding", "Save the file as UTF-8.") from None
 
 
@@ -232,13 +233,18 @@ def _requirement_targets(args: str) -> list[str]:
     """Every URL or path pip could read a requirement line as (pip's parse_req_from_line, conservatively)."""
     if _SCHEME.match(args):
         return [args.split("; ", 1)[0].strip()]  # a bare URL; pip splits its marker at '; '
+    from pip._internal.utils.filetypes import is_archive_file
+
+    def looks_like_path(text: str) -> bool:
+        return "/" in text or text.startswith(".") or is_archive_file(text)
+
     head = args.split(";", 1)[0].strip()
     out = []
-    if "@" in head:  # name @ URL (PEP 508): pip also reads 'x@y' this way when x is no path
-        out.append(head.split("@", 1)[1].strip())
+    name, at, url = head.partition("@")
+    if at:  # name @ URL (PEP 508): pip reads 'x@y' this way unless x looks like a path
+        out.append(url.strip())
     path = re.sub(r"\[[^\]]*\]$", "", head)  # extras: ./lib[extra]
-    from pip._internal.utils.filetypes import is_archive_file
-    if "/" in path or path.startswith(".") or is_archive_file(path):
+    if looks_like_path(path) and (not at or looks_like_path(name.strip())):
         out.append(path)
     return [t for t in out if t]
 
