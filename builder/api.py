@@ -168,12 +168,8 @@ def _kept_out(pkg: Package, options: BuildOptions) -> set[str]:
 
 def read_split(pkg: Package, options: BuildOptions) -> Split:
     """requirements.txt read, policed and split; no include may pull a kept-out file in."""
-    split = read_requirements(pkg.root, options.allow_index_hosts)
-    for rel in split.includes:
-        if is_env_path(rel) and not options.include_env:  # -r/-c .env would carry its secrets into the build
-            raise PackageValidationError(f"requirements.txt includes {rel} (-r/-c), which is kept out of the image",
-                                         field="requirements.txt", hint=f"Do not include {rel} from requirements.")
-    return split
+    # -r/-c .env (or a requirements.txt linking to it) would carry its secrets into the build
+    return read_requirements(pkg.root, options.allow_index_hosts, keep_out=None if options.include_env else is_env_path)
 
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,

@@ -297,7 +297,14 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
     return ("source" if "local" in kinds or "editables" in parsed.opts else "deps"), None
 
 
-def _resolve_include(root: Path, base_file: str, name: str, line: Line) -> tuple[str, str]:
+def _kept(rel: str, keep_out, line: Line) -> None:
+    if keep_out is not None and keep_out(rel):  # refused before a byte of it is read: it may hold secrets
+        raise PackageValidationError(f"{line.where}: requirements include {rel} (-r/-c, or a link), which is kept "
+                                     "out of the image", line=line.number, field=line.file,
+                                     hint=f"Do not include {rel} from requirements.")
+
+
+def _resolve_include(root: Path, base_file: str, name: str, line: Line, keep_out=None) -> tuple[str, str]:
     rel = (PurePosixPath(base_file).parent / name).as_posix()
     target = (root / rel).resolve()
     if root.resolve() not in target.parents:
@@ -309,12 +316,15 @@ def _resolve_include(root: Path, base_file: str, name: str, line: Line) -> tuple
             f"{line.where}: '{line.text}' names {rel}, which is not in the package", line=line.number,
             requirement=line.text, field=line.file, hint="Add the file to the package or remove the line.")
     inc_rel = target.relative_to(root.resolve()).as_posix()
+    _kept(rel, keep_out, line)
+    _kept(inc_rel, keep_out, line)
     return inc_rel, decode(target.read_bytes(), inc_rel)
 
 
 def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = frozenset(),
-                      file: str = "requirements.txt") -> Split:
-    """Read ROOT/requirements.txt (following -r/-c inside the package), police and split it."""
+                      file: str = "requirements.txt", keep_out=None) -> Split:
+    """Read ROOT/requirements.txt (following -r/-c inside the package), police and split it.
+    KEEP_OUT(rel) names files no include may read (the .env files)."""
     allowed = {h.lower() for h in allowed_hosts}
     deps: list[Line] = []
     source: list[Line] = []
@@ -335,7 +345,7 @@ def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = fro
                 raise PackageValidationError(f"{line.where}: requirements includes nest deeper than "
                                              f"{MAX_INCLUDE_DEPTH}", line=line.number, field=line.file)
             option, target = include
-            inc_rel, inc_text = _resolve_include(root, rel, target, line)
+            inc_rel, inc_text = _resolve_include(root, rel, target, line, keep_out)
             included.append(inc_rel)
             if option == "-r":
                 visit(inc_rel, inc_text, depth + 1)
@@ -350,6 +360,7 @@ def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = fro
         real_rel = path.resolve().relative_to(root.resolve()).as_posix() if root.resolve() in path.resolve().parents \
             else file
         if real_rel != file:  # requirements.txt is a link: what it points at is read (and checked) too
+            _kept(real_rel, keep_out, Line(file, 1, f"{file} -> {real_rel}"))
             included.append(real_rel)
         visit(file, decode(path.read_bytes(), file), 0)
     return Split(deps=deps, source=source, constraints=constraints, real_lines=real,

@@ -425,7 +425,7 @@ CASES += [
     Case("dotenv-nested-include", req("-r config/.env.local\n", {"config/.env.local": "requests\n"}), PVE,
          "config/.env.local", "requirements.txt"),
     Case("dotenv-requirements-link", folder_link("requirements.txt", ".env", {".env": "API_KEY=sk-live-x\n"}),
-         PVE, "includes .env", "requirements.txt"),
+         PVE, "include .env", "requirements.txt"),
 ]
 # (case id, requirements.txt, extra files, needle, field, options): every side door pip has
 SIDE_DOORS = [

@@ -135,7 +135,7 @@ def _apkg(tmp_path: Path, name: str) -> Path:
                "src/__init__.py": ("", 0o644), "src/main.py": (MAIN_PY, 0o644),
                "bin/run.sh": ("#!/bin/sh\necho ran\n", 0o4755),     # setuid: +x stays, s does not
                "bin/plain.sh": ("#!/bin/sh\n", 0o2644),             # setgid, no x
-               "data/shared.txt": ("x\n", 0o1777)}                  # sticky, world-writable
+               "data/shared.txt": ("x\n", 0o1666)}                  # sticky, world-writable
     entries.update({rel: (text, 0o644) for rel, text in ENV_FILES.items()})
     with zipfile.ZipFile(path, "w") as zf:
         for rel, (text, mode) in entries.items():
