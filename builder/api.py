@@ -241,7 +241,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         _learn_env_values(pkg, dotenv)
         check_identity(m, options)
         for rel in dotenv if options.include_env else ():
-            log.warning("Including a .env file in the image (--include-env): its values ship to whoever pulls it",
+            log.warning("Including .env in the image (--include-env): its values ship to whoever pulls it",
                         agent=m.name, path=rel)
         repo = _repository(m.name, options)
         ref = f"{repo}:{m.version}"

@@ -170,7 +170,7 @@ def test_folder_special_bits_dropped_and_include_env_logs_each_path(tmp_path, in
     os.chmod(agent / "bin" / "run.sh", 0o4755)
     with capture_logs() as logs:
         result = build_image(agent, BuildOptions(index_url=index_url, include_env=True))
-    logged = sorted(e["path"] for e in logs if e.get("event", "").startswith("Including a .env file"))
+    logged = sorted(e["path"] for e in logs if e.get("event", "").startswith("Including .env in the image"))
     assert logged == sorted(ENV_FILES.keys() - {".env.d/__init__.py"} | {".env.d"}), logged
     modes, env = _modes_and_env(docker_client, result.image_id)
     assert modes["/app/bin/run.sh"] == "755"
