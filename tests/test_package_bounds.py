@@ -232,3 +232,28 @@ def test_moving_tags_of_another_agent_are_not_a_layer_cache(agent_factory, index
     manifest = parse_manifest((owner / "agent.yaml").read_text())
     assert _own_previous(engine, f"{prefix}/owner", f"{prefix}/owner:9.9.9", manifest) == []
     assert _own_previous(engine, f"{prefix}/owner", result.image, manifest) == [result.image_id]
+
+
+def test_index_proxy_request_threads_redact_with_their_build(tmp_path):
+    """The proxy answers pip from its own threads; their log lines must use the build's redactor."""
+    from builder.indexproxy import DownloadCache, IndexProxy, Upstream
+    seen = []
+
+    def handle(handler, head=False):
+        seen.append(current_redactor())
+        handler.send_error(404)
+
+    with redaction_scope() as build:
+        proxy = IndexProxy(Upstream.parse("http://127.0.0.1:9/simple/"), DownloadCache(tmp_path / "cache"))
+        proxy._handle = handle
+        with proxy, pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{proxy.address}/simple/tinyreq/", timeout=10)
+    assert seen == [build]
+
+
+def test_an_option_pip_does_not_know_is_a_syntax_error_before_the_build(tmp_path):
+    from builder.errors import RequirementsSyntaxError
+    (tmp_path / "requirements.txt").write_text("requests\n--no-such-option x\n")
+    with pytest.raises(RequirementsSyntaxError) as caught:
+        read_requirements(tmp_path)
+    assert caught.value.line == 2 and "requirements.txt:2" in caught.value.message and caught.value.exit_code == 12
