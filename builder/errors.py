@@ -4,7 +4,8 @@ The root keeps the seed runtime's name, ``PackageLoadError``. Each class has
 a stable kebab-case ``reference`` and an ``exit_code``; ``EXIT_CODES`` below
 is the one table the CLI and the ``--json`` result read. Errors carry
 evidence (the step, the offending requirement or line, a bounded log tail),
-never secrets: messages are passed through ``redact`` on the way out.
+never secrets: messages are passed through ``redact`` (the current build's
+``Redactor``, see ``redaction_scope``) when made and again on the way out.
 
 This module imports nothing else of ours.
 """
