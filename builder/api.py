@@ -24,7 +24,8 @@ from .buildlog import Failure, classify, conflict_warnings, installed_packages, 
 from .context import build_context
 from .dockerfile import render
 from .engine import Engine
-from .errors import PackageLoadError, PackageValidationError, register_secret
+from .dotenv import env_paths, env_values, is_env_path
+from .errors import PackageLoadError, PackageValidationError, current_redactor, redaction_scope
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy
 from .logs import configure as configure_logs
@@ -66,6 +67,8 @@ class BuildOptions:
     installer: str = "pip"                  # "pip" | "uv" (uv in its own venv, outside the agent's)
     use_cache: bool = True                  # skip the build when the input digest exists
     env: dict[str, str] | None = None       # environment for index resolution (default os.environ)
+    expect_name: str | None = None          # the caller's agent: agent.yaml must name it (it picks the repository)
+    expect_version: str | None = None       # ... and this version (it picks the tag)
 
 
 @dataclass
@@ -101,6 +104,27 @@ def _repository(manifest_name: str, options: BuildOptions) -> str:
     return repo
 
 
+def check_identity(manifest, options: BuildOptions) -> None:
+    """The caller says which agent this upload is for; the package may not name another.
+
+    NAME picks the repository (REGISTRY/NAME) and VERSION the tag, so a package
+    naming another agent would push over that agent's images and its layer cache.
+    """
+    for field_name, have, want, option in (("name", manifest.name, options.expect_name, "--expect-name"),
+                                          ("metadata.version", manifest.version, options.expect_version,
+                                           "--expect-version")):
+        if want is not None and have != want:
+            raise PackageValidationError(
+                f"agent.yaml {field_name} is {have!r}, but this build is for {want!r} ({option})",
+                field=field_name, hint=f"Upload the package of {want!r}, or fix {field_name} in its agent.yaml.")
+
+
+def _same_agent(image, manifest) -> bool:
+    """Is IMAGE one of this agent's own images? The moving tags (:latest, :in-DIGEST)
+    are only trusted when their labels say so: a repository can hold anything."""
+    return image is not None and image.labels.get("io.pixell.agent.name") == manifest.name
+
+
 def _log_requirements(pkg: Package, split, venv: str) -> None:
     """The seed's log lines, so operators grepping for them still find them."""
     if pkg.requirements_path is None:
@@ -112,12 +136,14 @@ def _log_requirements(pkg: Package, split, venv: str) -> None:
         log.info("Found requirements.txt with dependencies", venv=venv, line_count=split.real_lines)
 
 
-def _dotenv_secrets(root: Path) -> None:
-    env = root / ".env"
-    if env.is_file():
-        for line in env.read_text(encoding="utf-8", errors="replace").splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                register_secret(line.split("=", 1)[1].strip().strip("'\""))
+def _learn_env_values(pkg: Package, paths: list[str]) -> None:
+    """This build's redactor hides the values of the package's .env files; a value
+    the package shows itself (agent.yaml, requirements, setup files) is no secret."""
+    public = "\n".join((pkg.root / rel).read_text(encoding="utf-8", errors="replace")
+                       for rel in ("agent.yaml", *PACKAGING_FILES) if (pkg.root / rel).is_file())
+    redactor = current_redactor()
+    for value in env_values(pkg.root, paths):
+        redactor.add_value(value, public)
 
 
 def read_ca_bundle(path: str | None) -> bytes:
@@ -149,24 +175,21 @@ def check_cache_dir(path: Path) -> None:
                  "or $AGENT_IMAGE_CACHE).") from None
 
 
-def _kept_out(options: BuildOptions) -> set[str]:
-    """Package files that never enter the build context."""
-    return set() if options.include_env else {".env"}
+def _kept_out(pkg: Package, options: BuildOptions) -> set[str]:
+    """Package paths that never enter the build context: every .env file (and .env folder)."""
+    return set() if options.include_env else set(env_paths(pkg.root))
 
 
 def read_split(pkg: Package, options: BuildOptions) -> Split:
     """requirements.txt read, policed and split; no include may pull a kept-out file in."""
-    split = read_requirements(pkg.root, options.allow_index_hosts)
-    for rel in split.includes:
-        if rel in _kept_out(options):  # -r/-c .env would carry its secrets into the build
-            raise PackageValidationError(f"requirements.txt includes {rel} (-r/-c), which is kept out of the image",
-                                         field="requirements.txt", hint=f"Do not include {rel} from requirements.")
-    return split
+    # -r/-c .env (or a requirements.txt linking to it) would carry its secrets into the build
+    return read_requirements(pkg.root, options.allow_index_hosts, keep_out=None if options.include_env else is_env_path)
 
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
             base_has_venv: bool = True, split: Split | None = None):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
+    check_identity(pkg.manifest, options)
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
@@ -177,8 +200,11 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     generated = {"Dockerfile": rendered.text.encode()}
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
+    kept_out = _kept_out(pkg, options)
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
+        if kept_out and is_env_path(rel):
+            continue
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
             generated[f".agent-image/meta/{rel}"] = path.read_bytes()
@@ -188,7 +214,7 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
         generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
         for name, text in split.constraints.items():
             generated[f".agent-image/deps/{name}"] = text.encode()
-    context = build_context(pkg.root, generated, exclude=_kept_out(options))
+    context = build_context(pkg.root, generated, exclude=kept_out)
     digest = hashlib.sha256(json.dumps(
         [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
     return split, rendered, context, digest
@@ -196,7 +222,24 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
 
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                 engine: Engine | None = None) -> BuildResult:
-    """Build the agent image for SOURCE. Returns a BuildResult or raises PackageLoadError."""
+    """Build the agent image for SOURCE. Returns a BuildResult or raises PackageLoadError.
+
+    Each build redacts with its own Redactor (its credentials, its .env values):
+    nothing it learns reaches the next build in this process.
+    """
+    with redaction_scope() as redactor:
+        if options is not None and options.registry_auth:
+            redactor.add_secret(options.registry_auth.get("password"))
+        try:
+            result = _build_image(source, options, engine)
+        except PackageLoadError as err:
+            raise err.redacted(redactor) from None
+        result.warnings = [redactor(w) for w in result.warnings]
+        result.installed = [redactor(p) for p in result.installed]
+        return result
+
+
+def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine: Engine | None) -> BuildResult:
     if not structlog.is_configured():
         # a library caller that set nothing up gets our redacting logs on stderr,
         # not structlog's default of every debug line on stdout
@@ -208,10 +251,12 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         venv = f"{m.name}-{m.version}"
         log.info("Opened agent package", agent=m.name, version=m.version, runtime=m.runtime,
                  source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
-        _dotenv_secrets(pkg.root)
-        if options.include_env and (pkg.root / ".env").is_file():
+        dotenv = env_paths(pkg.root)
+        _learn_env_values(pkg, dotenv)
+        check_identity(m, options)
+        for rel in dotenv if options.include_env else ():
             log.warning("Including .env in the image (--include-env): its values ship to whoever pulls it",
-                        agent=m.name)
+                        agent=m.name, path=rel)
         repo = _repository(m.name, options)
         ref = f"{repo}:{m.version}"
         upstream = resolve_index(options.index_url, options.env)
@@ -236,15 +281,15 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         if options.use_cache and not options.nocache:
             hit = engine.image(input_tag)
             if hit is None and _remote(repo):
-                hit, cache_from = _from_registry(engine, repo, input_tag, options)
-            if hit is not None and hit.labels.get(INPUT_LABEL) == digest:
+                hit, cache_from = _from_registry(engine, repo, input_tag, options, m)
+            if hit is not None and hit.labels.get(INPUT_LABEL) == digest and _same_agent(hit, m):
                 engine.tag(hit.id, ref)
                 log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options)
             if not cache_from:
-                cache_from = _own_previous(engine, repo, ref)
+                cache_from = _own_previous(engine, repo, ref, m)
 
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
         labels = {INPUT_LABEL: digest}
@@ -305,14 +350,14 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         return _maybe_push(result, engine, options)
 
 
-def _own_previous(engine: Engine, repo: str, ref: str) -> list[str]:
+def _own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
     """The agent's own last image as the layer cache. Without it the classic
     builder takes the newest local image matching each step, and the first
     steps are the same for every agent: one other agent's --no-cache build
     would then cost this agent a full dependency reinstall."""
     for candidate in (ref, f"{repo}:latest"):
         image = engine.image(candidate)
-        if image is not None:
+        if _same_agent(image, manifest):
             return [image.id]
     return []
 
@@ -323,7 +368,7 @@ def _remote(repo: str) -> bool:
     return "/" in repo and ("." in first or ":" in first or first == "localhost")
 
 
-def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions):
+def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions, manifest):
     """An ephemeral runner starts empty: take the exact image from the registry if it
     was built before, else the agent's last pushed image as a layer cache."""
     from .errors import EngineError, RegistryError
@@ -333,9 +378,13 @@ def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOpti
         log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
     try:
         last = f"{repo}:latest"
-        engine.pull(last, auth=options.registry_auth)
-        log.info("Using the last pushed image as a layer cache", cache_from=last)
-        return None, [last]
+        image = engine.pull(last, auth=options.registry_auth)
+        if not _same_agent(image, manifest):
+            log.warning("Not using the last pushed image as a layer cache: it is another agent's", image=last,
+                        labelled=image.labels.get("io.pixell.agent.name"), agent=manifest.name)
+            return None, []
+        log.info("Using the last pushed image as a layer cache", cache_from=last, image_id=image.id)
+        return None, [image.id]
     except (RegistryError, EngineError) as exc:
         log.debug("no previous image in the registry", image=f"{repo}:latest", reason=str(exc)[:200])
         return None, []

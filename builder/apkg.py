@@ -166,8 +166,19 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
                         raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit at entry "
                                    f"{info.filename!r}", info.filename)
                     out.write(chunk)
+            os.chmod(target, _file_mode(info))
             files.append(clean)
     return files
+
+
+def _file_mode(info: zipfile.ZipInfo) -> int:
+    """0o755 for an entry a Unix zip marks executable (by anyone), else 0o644.
+
+    Scripts keep +x; setuid, setgid, sticky and group/other write never reach
+    the staging folder, so never the build context (which maps modes the same way).
+    """
+    unix = info.create_system == 3
+    return 0o755 if unix and (info.external_attr >> 16) & 0o111 else 0o644
 
 
 def _entry_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo):

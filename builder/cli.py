@@ -93,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("source", help=".apkg file or agent folder")
     b.add_argument("--repository", help="image repository (default agents/NAME, or REGISTRY/NAME)")
     b.add_argument("--registry", metavar="HOST[:PORT]/PREFIX", help="registry to tag for (and push to with --push)")
+    b.add_argument("--expect-name", metavar="NAME", help="the agent this upload is for: refuse a package whose "
+                                                         "agent.yaml names another (it picks the repository)")
+    b.add_argument("--expect-version", metavar="VERSION", help="refuse a package whose metadata.version differs "
+                                                               "(it picks the tag)")
     b.add_argument("--push", action="store_true", help="push REGISTRY/NAME:VERSION and report the digest")
     b.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
                                                "default: the Docker config's credentials")
@@ -253,6 +257,7 @@ def cmd_build(args, engine_factory) -> dict:
         ca_bundle_in_image=args.ca_bundle_in_image, timeout=args.timeout,
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
+        expect_name=args.expect_name, expect_version=args.expect_version,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         with open_package(args.source, opts.limits) as pkg:
@@ -389,13 +394,21 @@ def _report(err: PackageLoadError, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logs import configure
     args = parser().parse_args(argv)
 
     def engine_factory():
         from .engine import Engine
         return Engine(args.engine)
 
+    from .errors import redaction_scope
+    # the command's credentials (registry password...) are hidden for its whole run,
+    # error reports and crash files included; each build adds its own, for itself
+    with redaction_scope():
+        return _run(args, engine_factory)
+
+
+def _run(args, engine_factory) -> int:
+    from .logs import configure
     try:
         signal.signal(signal.SIGTERM, _interrupt)
         progress = _progress(args)
@@ -423,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
             return _report(err, args.json)
         except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
             return err.exit_code
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -254,7 +254,9 @@ class Engine:
     def _consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:
         if "stream" in chunk:
             for line in chunk["stream"].splitlines():
-                line = redact(_ANSI.sub("", line).rstrip())
+                # kept as the engine wrote them: the classifiers read the log's own words,
+                # and every way out (log processor, errors, the result) redacts
+                line = _ANSI.sub("", line).rstrip()
                 if not line:
                     continue
                 outcome.lines.append(line)

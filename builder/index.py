@@ -37,6 +37,7 @@ def codeartifact_url(env: Mapping[str, str], client=None) -> str:
         token = client.get_authorization_token(domain=domain, domainOwner=env["AWS_ACCOUNT_ID"],
                                                durationSeconds=TOKEN_SECONDS)["authorizationToken"]
         register_secret(token)
+        register_secret(quote(token, safe=""))
         endpoint = client.get_repository_endpoint(domain=domain, domainOwner=env["AWS_ACCOUNT_ID"],
                                                   repository=repo, format="pypi")["repositoryEndpoint"]
     except Exception as exc:  # botocore ClientError, NoCredentialsError, EndpointConnectionError...

