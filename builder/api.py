@@ -26,6 +26,8 @@ from .engine import Engine
 from .errors import PackageLoadError, PackageValidationError, register_secret
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy
+from .sandbox import Sandbox
+from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from .logs import configure as configure_logs
 from .requirements import Split, logical_lines, read_requirements
 
@@ -60,6 +62,8 @@ class BuildOptions:
     include_env: bool = False
     cache_dir: Path = DEFAULT_CACHE_DIR
     cache_max_bytes: int = 2 * 1024 ** 3
+    index_page_max_bytes: int = DEFAULT_PAGE_BYTES  # the proxy refuses a bigger index page
+    download_max_bytes: int = DEFAULT_FILE_BYTES    # ... and a bigger file (not kept in the cache)
     limits: Limits = DEFAULT_LIMITS
     nocache: bool = False
     installer: str = "pip"                  # "pip" | "uv" (uv in its own venv, outside the agent's)
@@ -234,7 +238,11 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
         labels = {INPUT_LABEL: digest}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
-        with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
+        # the build's network (builder/sandbox.py): it starts in the background now
+        with Sandbox(engine, base_image) as sandbox, \
+                IndexProxy(upstream, cache, ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
+                           page_max_bytes=options.index_page_max_bytes, file_max_bytes=options.download_max_bytes,
+                           unix_path=sandbox.socket_path) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
                      venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
 
@@ -244,9 +252,10 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                     log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
                 log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
 
-            outcome = engine.build(context=context.data, buildargs={"http_proxy": proxy.address},
+            sandbox.wait(proxy.ready)
+            outcome = engine.build(context=context.data, buildargs={"http_proxy": sandbox.proxy_url(proxy)},
                                    labels=labels, timeout=options.timeout, nocache=options.nocache,
-                                   cache_from=cache_from,
+                                   cache_from=cache_from, network_mode=sandbox.network_mode,
                                    on_step=on_step, on_line=lambda line: log.debug("build", line=line))
             stats = proxy.stats
 
@@ -256,7 +265,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
             failure = Failure(step=step, lines=lines,
                               error=outcome.error or "", all_lines=outcome.lines, deps=split.deps,
                               requirements=_all_lines(pkg.root), auth_failures=stats.auth_failures,
-                              unreachable=stats.unreachable, not_found=stats.not_found,
+                              unreachable=stats.unreachable, not_found=stats.not_found, refused=stats.refused,
                               versions=stats.versions)
             err = classify(failure)
             log.error("Requirements installation failed" if step in ("deps", "requirements") else "Build failed",

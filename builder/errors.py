@@ -173,6 +173,12 @@ class CodeArtifactError(IndexAuthError):
     exit_code = 32
 
 
+class IndexResponseError(PackageLoadError):
+    """The index proxy refused an upstream answer: over a size cap, a bad redirect, a link-local address."""
+    reference = "index-response-refused"
+    exit_code = 33
+
+
 # --- the build and the engine -----------------------------------------------
 
 class BuildError(PackageLoadError):
@@ -205,6 +211,12 @@ class BaseImageMissingError(EngineError):
     exit_code = 51
 
 
+class SandboxError(EngineError):
+    """The build sandbox could not be set up, or a build reaches more than the index proxy."""
+    reference = "sandbox"
+    exit_code = 52
+
+
 class RegistryError(PackageLoadError):
     """Pushing to or pulling from the registry failed."""
     reference = "registry-error"
@@ -227,8 +239,8 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     PackageLoadError, PackageValidationError, IndexPolicyError, RequirementsSyntaxError,
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
-    IndexAuthError, CodeArtifactError, BuildError, BuildTimeoutError, BuildInterruptedError,
-    EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, RunError,
+    IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
+    EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, RunError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.
