@@ -95,6 +95,16 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(pull)
 
+    doc = sub.add_parser("doctor", help="check what a build step on this engine can reach (exit 0: the index "
+                                        "proxy and nothing else; else 52)")
+    doc.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
+                     help="an address a build must not reach (repeatable; replaces the defaults "
+                          "169.254.169.254:80, 169.254.170.2:80, pypi.org:443); listeners on every host "
+                          "address are always tried")
+    doc.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="base image to probe from")
+    doc.add_argument("--base-image", help="image to probe from (default the shared base for --python)")
+    _add_common(doc)
+
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
     run.add_argument("--port", type=int, default=8080, help="host port on 127.0.0.1 (default 8080)")
@@ -201,7 +211,27 @@ def cmd_run(args, engine_factory) -> dict:
     return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3)}
 
 
-COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run}
+def cmd_doctor(args, engine_factory) -> dict:
+    from .api import base_image_for
+    from .doctor import render, run_doctor
+    from .errors import SandboxError
+    engine = engine_factory()
+    base = args.base_image or base_image_for(args.python)
+    engine.require_image(base, hint=f"Run `agent-image base --python {args.python}` and retry.")
+    report = run_doctor(engine, base_image=base, targets=args.target or None)
+    if not args.json:
+        sys.stdout.write(render(report))
+    if not report["ok"]:
+        reached = [c["target"] for c in report["checks"] if c["reached"] != c["expected"]]
+        err = SandboxError(f"a build step on this engine is not confined to the index proxy: {', '.join(reached)}",
+                           hint="Builds must run in the sandbox (builder/sandbox.py); see README "
+                                "'What a build can reach'.")
+        err.result = report
+        raise err
+    return report
+
+
+COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "doctor": cmd_doctor}
 
 
 def _interrupt(signum, frame):
@@ -226,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except PackageLoadError as err:
         if args.json:
-            print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
+            print(json.dumps({"ok": False, **getattr(err, "result", {}), "error": err.to_dict()}, default=str))
         else:
             sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
             for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
