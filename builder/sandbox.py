@@ -184,7 +184,8 @@ class Sandbox:
             return
         deadline = time.monotonic() + self.ready_timeout
         next_check = time.monotonic() + 2.0
-        while not ready.wait(0.02):
+        # ready: the forwarder said hello, which can come before the engine's start call returns
+        while not (ready.wait(0.02) and not self._thread.is_alive()):
             if self._error is not None:
                 if isinstance(self._error, SandboxError):
                     raise self._error
