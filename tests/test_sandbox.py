@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,54 @@ def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse,
     assert result["index"]["denied"] >= 2 * (len(cfg["requests"]) - 2)
     # and the sandbox is gone with the build
     assert [c for c in docker_client.api.containers(all=True, filters={"label": f"{LABEL}.pid={proc.pid}"})] == []
+
+
+class SandboxWatch:
+    """Polls the engine for this process's sandboxes (engine events are a 256-entry ring
+    buffer that the other builds on a shared engine overrun)."""
+
+    def __init__(self, docker_client) -> None:
+        self.client, self.seen, self.stop = docker_client, set(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            found = self.client.api.containers(all=True, filters={"label": f"{LABEL}.pid={os.getpid()}"})
+            self.seen |= {c["Id"] for c in found}
+
+    def phase(self) -> set[str]:
+        """Sandboxes seen since the last call."""
+        time.sleep(0.2)
+        seen, self.seen = self.seen, set()
+        return seen
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_sandbox_lives_exactly_as_long_as_a_build(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
+    """Started for a build, removed after success, failure and timeout; never for a no-op build."""
+    from builder.api import BuildOptions, build_image
+    from builder.errors import BuildTimeoutError, DependencyError
+    cleanup_images("agents/sbx-life")
+    opts = dict(index_url=index_url, cache_dir=tmp_path / "c")
+    agent = agent_factory("sbx-life", requirements="tinyreq==1.0\n")
+    watch = SandboxWatch(docker_client)
+    try:
+        assert build_image(agent, BuildOptions(**opts)).ok
+        assert len(watch.phase()) == 1
+        assert build_image(agent, BuildOptions(**opts)).cached
+        assert watch.phase() == set()   # the no-op build started none
+        with pytest.raises(DependencyError):
+            build_image(agent_factory("sbx-life-bad", requirements="tinyreq==9.9\n"), BuildOptions(**opts))
+        assert len(watch.phase()) == 1
+        with pytest.raises(BuildTimeoutError):
+            build_image(agent_factory("sbx-life-slow", requirements="slowpkg==1.0\n"),
+                        BuildOptions(**opts, timeout=15))
+        assert len(watch.phase()) == 1
+    finally:
+        watch.close()
+    # each was removed with its build
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABEL}.pid={os.getpid()}"}) == []
