@@ -25,7 +25,7 @@ from .dockerfile import render
 from .engine import Engine
 from .errors import PackageLoadError, PackageValidationError, register_secret
 from .index import resolve_index
-from .indexproxy import DownloadCache, IndexProxy
+from .indexproxy import DownloadCache, IndexProxy, proxied_requirements
 from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from .logs import configure as configure_logs
@@ -168,17 +168,27 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
+    # index URLs on --allow-index-host hosts become proxy URLs in what the build reads (the sandbox reaches
+    # nothing else); without that option every file goes in as it is
+    proxied = {}
+    for rel in ("requirements.txt", *split.includes) if options.allow_index_hosts else ():
+        path = pkg.root / rel
+        if path.is_file() and not path.is_symlink():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if proxied_requirements(text, options.allow_index_hosts) != text:
+                proxied[rel] = proxied_requirements(text, options.allow_index_hosts).encode()
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
-            generated[f".agent-image/meta/{rel}"] = path.read_bytes()
+            generated[f".agent-image/meta/{rel}"] = proxied.get(rel) or path.read_bytes()
     if options.ca_bundle_in_image:
         generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
     if split.deps:
-        generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
+        hosts = options.allow_index_hosts
+        generated[".agent-image/deps/requirements-deps.txt"] = proxied_requirements(split.deps_text, hosts).encode()
         for name, text in split.constraints.items():
-            generated[f".agent-image/deps/{name}"] = text.encode()
-    context = build_context(pkg.root, generated, exclude=_kept_out(options))
+            generated[f".agent-image/deps/{name}"] = proxied_requirements(text, hosts).encode()
+    context = build_context(pkg.root, generated, exclude=_kept_out(options), replace=proxied)
     digest = hashlib.sha256(json.dumps(
         [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
     return split, rendered, context, digest

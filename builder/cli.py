@@ -20,6 +20,7 @@ import structlog
 from . import __version__
 from .apkg import DEFAULT_LIMITS, Limits
 from .errors import EXIT_CODES, PackageLoadError, RunError
+from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 
 log = structlog.get_logger("agent_image")
 
@@ -72,6 +73,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache")
     b.add_argument("--dry-run", action="store_true", help="print the rendered Dockerfile and stop")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
+    b.add_argument("--max-index-page-bytes", type=int, default=DEFAULT_PAGE_BYTES,
+                   help=f"largest index page the proxy passes to the build (default {DEFAULT_PAGE_BYTES})")
+    b.add_argument("--max-download-bytes", type=int, default=DEFAULT_FILE_BYTES,
+                   help=f"largest file the proxy downloads for the build (default {DEFAULT_FILE_BYTES}); "
+                        "a bigger one fails the build (exit 33) and is not kept")
     b.add_argument("--max-entries", type=int, default=DEFAULT_LIMITS.max_entries,
                    help=f"most entries a package may hold (default {DEFAULT_LIMITS.max_entries})")
     b.add_argument("--max-total-bytes", type=int, default=DEFAULT_LIMITS.max_total_bytes,
@@ -141,6 +147,7 @@ def cmd_build(args, engine_factory) -> dict:
         ca_bundle_in_image=args.ca_bundle_in_image, timeout=args.timeout,
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
+        index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         with open_package(args.source, opts.limits) as pkg:

@@ -407,6 +407,8 @@ class Engine:
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"removing container {container_id[:12]}") from None
 
     def logs(self, container_id: str, tail: int = 50) -> str:
         return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")

@@ -69,6 +69,25 @@ def proxy_url(url: str, *, find_links: bool = False) -> str:
     return f"http://{PIP_INDEX_HOST}/{'_l' if find_links else '_x'}/{token}/"
 
 
+_INDEX_OPTION = re.compile(r"(?P<opt>(?<!\S)(?:-i|--index-url|--extra-index-url|-f|--find-links))"
+                           r"(?P<sep>\s*=\s*|\s+|)(?P<url>https?://[^\s\\]+)")
+
+
+def proxied_requirements(text: str, allowed_hosts: frozenset[str]) -> str:
+    """requirements TEXT with each index / find-links URL on an allowed host turned into
+    its in-build proxy URL (the build reaches nothing else). Other text is unchanged;
+    lines naming a host that is not allowed were refused before (requirements.check_policy)."""
+    allowed = {h.lower() for h in allowed_hosts}
+
+    def swap(m: re.Match) -> str:
+        url = m.group("url")
+        if (urlsplit(url).hostname or "").lower() not in allowed:
+            return m.group(0)
+        return m.group("opt") + (m.group("sep") or " ") + proxy_url(url, find_links=m.group("opt") in ("-f", "--find-links"))
+
+    return _INDEX_OPTION.sub(swap, text) if allowed else text
+
+
 def _unb64(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode()).decode()

@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from .engine import Engine
-from .errors import SandboxError
+from .errors import EngineError, SandboxError
 
 log = structlog.get_logger("agent_image.sandbox")
 
@@ -213,5 +213,8 @@ class Sandbox:
         try:
             if self.container_id:
                 self.engine.remove_container(self.container_id)
+        except EngineError as err:  # the engine went away mid-build: that error is the one to report
+            log.warning("could not remove the build sandbox; the next build or doctor will",
+                        container=self.container_id[:12], reason=str(err)[:200])
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -286,3 +286,25 @@ def test_sandbox_lives_exactly_as_long_as_a_build(agent_factory, index_url, dock
         watch.close()
     # each was removed with its build
     assert docker_client.api.containers(all=True, filters={"label": f"{LABEL}.pid={os.getpid()}"}) == []
+
+
+def test_an_allowed_extra_index_is_served_through_the_proxy(
+        agent_factory, index_url, tmp_path, docker_client, cleanup_images):
+    """--allow-index-host HOST: requirements may name HOST's index, and the build still reaches only the proxy."""
+    from builder.api import BuildOptions, build_image
+    from tests.conftest import _start_pypiserver, build_wheel, make_project
+    house = tmp_path / "extra-packages"
+    build_wheel(make_project(tmp_path / "src", "extraonly", "3.1"), house)
+    url, proc = _start_pypiserver(house)
+    try:
+        extra = url.replace("127.0.0.1", "localhost")
+        cleanup_images("agents/sbx-extra")
+        agent = agent_factory("sbx-extra", requirements=f"--extra-index-url {extra}\nextraonly==3.1\ntinyreq==1.0\n")
+        result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c",
+                                                 allow_index_hosts=frozenset({"localhost"})))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert "extraonly-3.1" in result.installed and "tinyreq-1.0" in result.installed
+    assert "extraonly-3.1-py3-none-any.whl" in result.index["downloaded"]  # through the proxy
+    # (that the index's credential never goes to the extra host: test_indexproxy, with a recording server)
