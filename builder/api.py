@@ -242,8 +242,6 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options)
-            if not cache_from:
-                cache_from = _own_previous(engine, repo, ref)
 
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
         labels = {INPUT_LABEL: digest}
@@ -255,6 +253,8 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                            unix_path=sandbox.socket_path) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
                      venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
+            if options.use_cache and not options.nocache and not cache_from:  # while the sandbox starts
+                cache_from = _own_previous(engine, repo, ref)
 
             def on_step(n: int, total: int, instr: str) -> None:
                 name = rendered.step_name(n)

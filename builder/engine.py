@@ -374,10 +374,12 @@ class Engine:
                        binds: dict[str, str]) -> str:
         """Start IMAGE running COMMAND with no network but its own loopback
         (``--network none``), a read-only root, no capabilities, and the host
-        folders BINDS {host: container} mounted. Returns the container id."""
+        folders BINDS {host: container} mounted; the engine removes it once it
+        exits. Returns the container id."""
         try:
             host_config = self.api.create_host_config(
                 network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                auto_remove=True,  # a kill is the whole clean-up: the engine removes it
                 binds={src: {"bind": dst, "mode": "rw"} for src, dst in binds.items()})
             container = self.api.create_container(image, entrypoint=command[:1], command=command[1:],
                                                   user="0:0", labels=labels, host_config=host_config)
@@ -397,6 +399,16 @@ class Engine:
             raise _engine_error(exc, "listing containers") from None
         return [{"id": c["Id"], "labels": c.get("Labels") or {}, "running": c.get("State") == "running"}
                 for c in found]
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL; returns once sent (an auto-removed container then goes by itself)."""
+        try:
+            self.api.kill(container_id)
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or not running: either way it is on its way out
+                raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
 
     def remove_container(self, container_id: str) -> None:
         """Kill and remove; gone already is fine."""

@@ -172,7 +172,7 @@ class Sandbox:
             labels = {LABEL: "1", f"{LABEL}.pid": str(pid), f"{LABEL}.started": _started(pid),
                       f"{LABEL}.host": socket.gethostname()}
             self.container_id = self.engine.start_isolated(
-                self.image, command=["python3", "-c", FORWARDER, f"{MOUNT}/{SOCKET_NAME}", str(PORT)],
+                self.image, command=["python3", "-I", "-S", "-c", FORWARDER, f"{MOUNT}/{SOCKET_NAME}", str(PORT)],
                 labels=labels, binds={self._dir: MOUNT})
         except BaseException as exc:  # reported by wait()
             self._error = exc
@@ -212,7 +212,7 @@ class Sandbox:
             self._thread.join()
         try:
             if self.container_id:
-                self.engine.remove_container(self.container_id)
+                self.engine.kill(self.container_id)  # started with auto-remove: the engine deletes it
         except EngineError as err:  # the engine went away mid-build: that error is the one to report
             log.warning("could not remove the build sandbox; the next build or doctor will",
                         container=self.container_id[:12], reason=str(err)[:200])

@@ -234,7 +234,18 @@ def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse,
     # every trick but CONNECT (which http.server refuses itself) counted, from both runs at least
     assert result["index"]["denied"] >= 2 * (len(cfg["requests"]) - 2)
     # and the sandbox is gone with the build
-    assert [c for c in docker_client.api.containers(all=True, filters={"label": f"{LABEL}.pid={proc.pid}"})] == []
+    assert mine_gone(docker_client, proc.pid)
+
+
+def mine_gone(docker_client, pid: int | None = None, timeout: float = 10.0) -> bool:
+    """Wait until no sandbox of PID (default this process) is left: the builder kills it and
+    the engine removes it (auto-remove) a moment later."""
+    deadline = time.monotonic() + timeout
+    while docker_client.api.containers(all=True, filters={"label": f"{LABEL}.pid={pid or os.getpid()}"}):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 class SandboxWatch:
@@ -252,7 +263,8 @@ class SandboxWatch:
             self.seen |= {c["Id"] for c in found}
 
     def phase(self) -> set[str]:
-        """Sandboxes seen since the last call."""
+        """Sandboxes seen since the last call, once the engine has removed them all."""
+        assert mine_gone(self.client)
         time.sleep(0.2)
         seen, self.seen = self.seen, set()
         return seen
@@ -284,8 +296,7 @@ def test_sandbox_lives_exactly_as_long_as_a_build(agent_factory, index_url, dock
         assert len(watch.phase()) == 1
     finally:
         watch.close()
-    # each was removed with its build
-    assert docker_client.api.containers(all=True, filters={"label": f"{LABEL}.pid={os.getpid()}"}) == []
+    assert mine_gone(docker_client)  # each went with its build
 
 
 def test_an_allowed_extra_index_is_served_through_the_proxy(
