@@ -37,7 +37,7 @@ from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa:
 from .errors import redact
 from .requirements import normalise
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, PUBLIC_INDEX, SCHEMES, Fetcher,  # noqa: F401
-                       Refused, Unreachable, Upstream, UpstreamStatus, shown)
+                       Refused, Unreachable, Upstream, UpstreamStatus, is_loopback, shown)
 
 log = structlog.get_logger("agent_image.index")
 
@@ -181,7 +181,8 @@ class IndexProxy:
         self.upstream = upstream
         self.cache = cache
         self.stats = Stats()
-        self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries)
+        self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries,
+                               loopback_ok=is_loopback(urlsplit(upstream.url).hostname or ""))
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.page_max_bytes, self.file_max_bytes = page_max_bytes, file_max_bytes
         self.unix_path = unix_path

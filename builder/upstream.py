@@ -71,10 +71,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _forbidden_address(addr: str) -> bool:
+def _forbidden_address(addr: str, loopback_ok: bool) -> str | None:
+    """Why the proxy may not connect to ADDR, or None."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    return ip.is_link_local or ip in _METADATA or (ip.version == 6 and ip.ipv4_mapped is not None
-                                                   and ip.ipv4_mapped.is_link_local)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_link_local or ip in _METADATA:
+        return "a link-local (cloud metadata) address"
+    if (ip.is_loopback or ip.is_unspecified) and not loopback_ok:
+        return "the builder's own loopback (the index is not on loopback)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,10 @@ class Body:
 class Fetcher:
     """The builder's one HTTP client for index pages and files."""
 
-    def __init__(self, *, ca_bundle: str | None = None, timeout: float = 60.0, retries: int = 2) -> None:
+    def __init__(self, *, ca_bundle: str | None = None, timeout: float = 60.0, retries: int = 2,
+                 loopback_ok: bool = False) -> None:
+        """LOOPBACK_OK: the index itself is on loopback (a local test index), so its links may be too."""
+        self.loopback_ok = loopback_ok
         ctx = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
         self._retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=0, other=0,
                                     redirect=0, raise_on_redirect=False, raise_on_status=False,
@@ -170,7 +179,7 @@ class Fetcher:
         self.pool = urllib3.PoolManager(ssl_context=ctx, retries=self._retry, maxsize=8,
                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
         self.requests = 0
-        self._checked: dict[str, bool] = {}
+        self._checked: dict[str, str | None] = {}
 
     def _check(self, url: str) -> None:
         parts = urlsplit(url)
@@ -180,11 +189,13 @@ class Fetcher:
         if host not in self._checked:
             try:
                 infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
-                self._checked[host] = any(_forbidden_address(info[4][0]) for info in infos)
+                self._checked[host] = next(filter(None, (_forbidden_address(info[4][0], self.loopback_ok)
+                                                         for info in infos)), None)
             except (socket.gaierror, ValueError) as exc:
                 raise Unreachable(f"cannot resolve {host}: {exc}") from None
+        # (checked once per host and proxy: a name that re-resolves elsewhere later is not caught)
         if self._checked[host]:
-            raise Refused(url, "a link-local (cloud metadata) address")
+            raise Refused(url, self._checked[host])
 
     def open(self, url: str, *, auth: Upstream | None, max_bytes: int, accept: str | None = None,
              method: str = "GET") -> Body:

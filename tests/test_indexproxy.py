@@ -344,3 +344,14 @@ def test_unix_socket_and_allowed_extra_hosts(a, b, tmp_path):
         assert status == 200 and over_unix(links(body)[0]) == (200, b"found")
         assert over_unix(extra + "Foo/")[0] == 404
     assert all(h is None for _, _, h in b.seen)  # never the index's credential
+
+
+def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a, tmp_path):
+    """An index that is not on loopback cannot point the proxy at the builder's own services."""
+    from builder.upstream import Fetcher, Refused
+    fetcher = Fetcher(loopback_ok=False)
+    for url in (f"{a.base}/x", f"http://localhost:{a.port}/x", f"http://0.0.0.0:{a.port}/x",
+                f"http://[::ffff:127.0.0.1]:{a.port}/x"):
+        with pytest.raises(Refused, match="loopback"):
+            fetcher.open(url, auth=None, max_bytes=100)
+    assert a.seen == []
