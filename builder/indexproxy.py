@@ -36,8 +36,9 @@ import structlog
 from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa: F401 (re-exported)
 from .errors import redact
 from .requirements import normalise
-from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, PUBLIC_INDEX, SCHEMES, Fetcher,  # noqa: F401
-                       Refused, Unreachable, Upstream, UpstreamStatus, is_loopback, shown)
+from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
+from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
+                       UpstreamStatus, is_loopback)
 
 log = structlog.get_logger("agent_image.index")
 
