@@ -355,3 +355,17 @@ def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a,
         with pytest.raises(Refused, match="loopback"):
             fetcher.open(url, auth=None, max_bytes=100)
     assert a.seen == []
+
+
+def test_allowed_index_urls_in_requirements_become_proxy_urls():
+    from builder.indexproxy import proxied_requirements
+    text = ("tinyreq==1.0\n--extra-index-url https://extra.example/simple/\n-i https://EXTRA.example/x/simple/\n"
+            "--find-links=https://extra.example/links/\n-f https://other.example/links/\n"
+            "--trusted-host extra.example\nfoo @ https://extra.example/foo-1.whl\n")
+    out = proxied_requirements(text, frozenset({"extra.example"}))
+    assert f"--extra-index-url {proxy_url('https://extra.example/simple/')}\n" in out
+    assert f"-i {proxy_url('https://EXTRA.example/x/simple/')}\n" in out
+    assert f"--find-links={proxy_url('https://extra.example/links/', find_links=True)}\n" in out
+    assert "-f https://other.example/links/\n" in out          # not allowed: refused earlier, left alone here
+    assert "--trusted-host extra.example\n" in out and "foo @ https://extra.example/foo-1.whl" in out
+    assert proxied_requirements(text, frozenset()) == text

@@ -319,3 +319,15 @@ def test_an_allowed_extra_index_is_served_through_the_proxy(
     assert "extraonly-3.1" in result.installed and "tinyreq-1.0" in result.installed
     assert "extraonly-3.1-py3-none-any.whl" in result.index["downloaded"]  # through the proxy
     # (that the index's credential never goes to the extra host: test_indexproxy, with a recording server)
+
+
+def test_a_file_over_the_download_cap_fails_the_build_naming_it(agent_factory, index_url, tmp_path):
+    from builder.api import BuildOptions, build_image
+    from builder.errors import IndexResponseError
+    agent = agent_factory("sbx-cap", requirements="tinyreq==1.0\n")
+    with pytest.raises(IndexResponseError) as info:
+        build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c", download_max_bytes=100,
+                                        nocache=True))
+    assert info.value.exit_code == 33
+    assert "tinyreq-1.0-py3-none-any.whl" in str(info.value) and "cap of 100 bytes" in str(info.value)
+    assert not list((tmp_path / "c" / "downloads" / "v2" / "sha256").iterdir())  # not kept
