@@ -434,7 +434,10 @@ class Engine:
             pass
 
     def container_state(self, container_id: str) -> dict:
-        return self.api.inspect_container(container_id)["State"]
+        try:
+            return self.api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:  # an auto-removed container that exited
+            return {"Running": False, "Status": "removed"}
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

@@ -197,11 +197,10 @@ class Sandbox:
                                    hint="Run `agent-image doctor` to see what the engine does with it.")
             if now > next_check and self.container_id:
                 next_check = now + 1.0
-                state = self.engine.container_state(self.container_id)
-                if not state.get("Running"):
-                    tail = self.engine.logs(self.container_id, tail=5).strip()
-                    raise SandboxError(f"the build sandbox exited before it was ready: {tail[-300:]}",
-                                       hint=f"The sandbox runs python3 from {self.image}; it needs one.")
+                if not self.engine.container_state(self.container_id).get("Running"):
+                    raise SandboxError(f"the build sandbox (python3 in {self.image}) exited before it was ready",
+                                       hint=f"The sandbox runs python3 from {self.image}, the build's base "
+                                            "image: use a base that has it.")
         log.debug("build sandbox ready", container=(self.container_id or "")[:12],
                   start_s=round(self.started_s, 3))
 
