@@ -169,7 +169,10 @@ def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse,
     port = listeners[0].port  # the 0.0.0.0 listener: every host address answers on it
     targets = [f"{a}:{lst.port}" for lst in listeners for a in
                ([lst.address] if lst.address != "0.0.0.0" else [x.address for x in listeners[1:]])]
-    targets += ["151.101.0.223:443"]  # pypi.org's address, straight, skipping DNS and the proxy
+    try:  # pypi.org's address, resolved here, tried straight from the build (skipping DNS and the proxy)
+        targets.append(f"{socket.gethostbyname('pypi.org')}:443")
+    except OSError:
+        targets.append("151.101.0.223:443")
     cfg = {"env_name": "AGENT_IMAGE_CANARY", "canary_path": str(canary_path), "targets": targets,
            "requests": requests_to_try(str(canary_path), port)}
 
