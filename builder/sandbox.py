@@ -140,6 +140,7 @@ class Sandbox:
         self.started_s = 0.0
         self._dir: str | None = None
         self._thread: threading.Thread | None = None
+        self._sweep: threading.Thread | None = None
         self._error: BaseException | None = None
 
     @property
@@ -162,12 +163,20 @@ class Sandbox:
         self._dir = tempfile.mkdtemp(prefix="agent-image-sbx-")  # 0700: only root and the sandbox
         self._thread = threading.Thread(target=self._start, name="sandbox-start", daemon=True)
         self._thread.start()
+        # sweeping other builders' leftovers is off the build's path; joined at the end
+        self._sweep = threading.Thread(target=self._remove_stale, name="sandbox-sweep", daemon=True)
+        self._sweep.start()
         return self
+
+    def _remove_stale(self) -> None:
+        try:
+            remove_stale(self.engine)
+        except EngineError as err:
+            log.warning("could not sweep stale build sandboxes", reason=str(err)[:200])
 
     def _start(self) -> None:
         t0 = time.monotonic()
         try:
-            remove_stale(self.engine)
             pid = os.getpid()
             labels = {LABEL: "1", f"{LABEL}.pid": str(pid), f"{LABEL}.started": _started(pid),
                       f"{LABEL}.host": socket.gethostname()}
@@ -209,6 +218,7 @@ class Sandbox:
             return
         if self._thread is not None:
             self._thread.join()
+            self._sweep.join()
         try:
             if self.container_id:
                 self.engine.kill(self.container_id)  # started with auto-remove: the engine deletes it

@@ -334,3 +334,20 @@ def test_a_file_over_the_download_cap_fails_the_build_naming_it(agent_factory, i
     assert info.value.exit_code == 33
     assert "tinyreq-1.0-py3-none-any.whl" in str(info.value) and "cap of 100 bytes" in str(info.value)
     assert not list((tmp_path / "c" / "downloads" / "v2" / "sha256").iterdir())  # not kept
+
+
+def test_the_next_build_removes_a_dead_builders_sandbox(agent_factory, index_url, engine, docker_client,
+                                                        cleanup_images, tmp_path):
+    from builder.api import BuildOptions, build_image
+    from builder.api import base_image_for
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    labels = {LABEL: "1", f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1", f"{LABEL}.host": socket.gethostname()}
+    stale = engine.start_isolated(base_image_for("3.11"), command=["python3", "-c", "import time; time.sleep(300)"],
+                                  labels=labels, binds={})
+    try:
+        cleanup_images("agents/sbx-sweep")
+        assert build_image(agent_factory("sbx-sweep"), BuildOptions(index_url=index_url, cache_dir=tmp_path / "c")).ok
+        assert mine_gone(docker_client, gone.pid)
+    finally:
+        engine.remove_container(stale)
