@@ -160,7 +160,8 @@ def run_doctor(engine: Engine, *, base_image: str, targets: list[str] | None = N
             probe_targets = [f"{lst.address}:{lst.port}" if ":" not in lst.address
                              else f"[{lst.address}]:{lst.port}" for lst in listeners]
             probe_targets += [f"{a}:{anyaddr.port}" for a in host_addresses() if ":" not in a]
-            probe_targets += [resolved(t) for t in (targets if targets else DEFAULT_TARGETS)]
+            named = {resolved(t): t for t in (targets if targets else DEFAULT_TARGETS)}
+            probe_targets += list(named)
             context = probe_context(probe_targets, base_image)
             with tempfile.TemporaryDirectory() as tmp, Sandbox(engine, base_image) as sandbox, \
                     IndexProxy(Upstream.parse(PUBLIC_INDEX), DownloadCache(cache_dir or tmp),
@@ -177,7 +178,10 @@ def run_doctor(engine: Engine, *, base_image: str, targets: list[str] | None = N
                 lst.__exit__()
     for line in outcome.lines:
         if line.startswith(MARK):
-            checks.append(json.loads(line[len(MARK):]))
+            check = json.loads(line[len(MARK):])
+            if named.get(check["target"], check["target"]) != check["target"]:  # a name resolved here
+                check["target"] = f"{named[check['target']]} ({check['target']})"
+            checks.append(check)
     if not checks:
         raise SandboxError("the doctor's probe build produced no result: "
                            f"{outcome.error or (outcome.lines[-1] if outcome.lines else 'no output')}",

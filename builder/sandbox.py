@@ -208,8 +208,9 @@ class Sandbox:
                 next_check = now + 1.0
                 if not self.engine.container_state(self.container_id).get("Running"):
                     raise SandboxError(f"the build sandbox (python3 in {self.image}) exited before it was ready",
-                                       hint=f"The sandbox runs python3 from {self.image}, the build's base "
-                                            "image: use a base that has it.")
+                                       hint=f"The sandbox runs python3 from {self.image} (the build's base) and "
+                                            "mounts the proxy's socket from this host: it needs a base with "
+                                            "python3 and the engine on this machine (not a remote DOCKER_HOST).")
         log.debug("build sandbox ready", container=(self.container_id or "")[:12],
                   start_s=round(self.started_s, 3))
 
