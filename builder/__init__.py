@@ -3,8 +3,10 @@
 The pipeline, in the order data flows: ``apkg`` (open and check the
 package) -> ``manifest`` (agent.yaml) -> ``requirements`` (policy and layer
 split) -> ``dockerfile`` (render) -> ``context`` (deterministic tar) ->
-``indexproxy`` (credentials stay outside the build) -> ``engine`` (the one
-place that knows Docker) -> ``buildlog`` (log lines to an error class) ->
+``indexproxy`` (credentials stay outside the build; ``upstream`` is its one
+outbound client, ``downloadcache`` its files) -> ``sandbox`` (the build
+reaches that proxy and nothing else) -> ``engine`` (the one place that
+knows Docker) -> ``buildlog`` (log lines to an error class) ->
 ``registry`` (push/pull). ``api.build_image`` ties them together; ``cli``
 is the command line.
 """

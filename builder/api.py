@@ -27,7 +27,9 @@ from .engine import Engine
 from .dotenv import env_paths, env_values, is_env_path
 from .errors import PackageLoadError, PackageValidationError, current_redactor, redaction_scope
 from .index import resolve_index
-from .indexproxy import DownloadCache, IndexProxy
+from .indexproxy import DownloadCache, IndexProxy, proxied_requirements
+from .sandbox import Sandbox
+from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from .logs import configure as configure_logs
 from .requirements import Split, logical_lines, read_requirements
 
@@ -62,6 +64,8 @@ class BuildOptions:
     include_env: bool = False
     cache_dir: Path = DEFAULT_CACHE_DIR
     cache_max_bytes: int = 2 * 1024 ** 3
+    index_page_max_bytes: int = DEFAULT_PAGE_BYTES  # the proxy refuses a bigger index page
+    download_max_bytes: int = DEFAULT_FILE_BYTES    # ... and a bigger file (not kept in the cache)
     limits: Limits = DEFAULT_LIMITS
     nocache: bool = False
     installer: str = "pip"                  # "pip" | "uv" (uv in its own venv, outside the agent's)
@@ -202,19 +206,29 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     kept_out = _kept_out(pkg, options)
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
+    # index URLs on --allow-index-host hosts become proxy URLs in what the build reads (the sandbox reaches
+    # nothing else); without that option every file goes in as it is
+    proxied = {}
+    for rel in ("requirements.txt", *split.includes) if options.allow_index_hosts else ():
+        path = pkg.root / rel
+        if path.is_file() and not path.is_symlink():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if proxied_requirements(text, options.allow_index_hosts) != text:
+                proxied[rel] = proxied_requirements(text, options.allow_index_hosts).encode()
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
         if kept_out and is_env_path(rel):
             continue
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
-            generated[f".agent-image/meta/{rel}"] = path.read_bytes()
+            generated[f".agent-image/meta/{rel}"] = proxied.get(rel) or path.read_bytes()
     if options.ca_bundle_in_image:
         generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
     if split.deps:
-        generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
+        hosts = options.allow_index_hosts
+        generated[".agent-image/deps/requirements-deps.txt"] = proxied_requirements(split.deps_text, hosts).encode()
         for name, text in split.constraints.items():
-            generated[f".agent-image/deps/{name}"] = text.encode()
-    context = build_context(pkg.root, generated, exclude=kept_out)
+            generated[f".agent-image/deps/{name}"] = proxied_requirements(text, hosts).encode()
+    context = build_context(pkg.root, generated, exclude=kept_out, replace=proxied)
     digest = hashlib.sha256(json.dumps(
         [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
     return split, rendered, context, digest
@@ -288,15 +302,19 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options)
-            if not cache_from:
-                cache_from = _own_previous(engine, repo, ref, m)
 
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
         labels = {INPUT_LABEL: digest}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
-        with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
+        # the build's network (builder/sandbox.py): it starts in the background now
+        with Sandbox(engine, base_image) as sandbox, \
+                IndexProxy(upstream, cache, ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
+                           page_max_bytes=options.index_page_max_bytes, file_max_bytes=options.download_max_bytes,
+                           unix_path=sandbox.socket_path) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
                      venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
+            if options.use_cache and not options.nocache and not cache_from:  # while the sandbox starts
+                cache_from = _own_previous(engine, repo, ref, m)
 
             def on_step(n: int, total: int, instr: str) -> None:
                 name = rendered.step_name(n)
@@ -304,9 +322,10 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                     log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
                 log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
 
-            outcome = engine.build(context=context.data, buildargs={"http_proxy": proxy.address},
+            sandbox.wait(proxy.ready)
+            outcome = engine.build(context=context.data, buildargs={"http_proxy": sandbox.proxy_url(proxy)},
                                    labels=labels, timeout=options.timeout, nocache=options.nocache,
-                                   cache_from=cache_from,
+                                   cache_from=cache_from, network_mode=sandbox.network_mode,
                                    on_step=on_step, on_line=lambda line: log.debug("build", line=line))
             stats = proxy.stats
 
@@ -316,7 +335,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             failure = Failure(step=step, lines=lines,
                               error=outcome.error or "", all_lines=outcome.lines, deps=split.deps,
                               requirements=_all_lines(pkg.root), auth_failures=stats.auth_failures,
-                              unreachable=stats.unreachable, not_found=stats.not_found,
+                              unreachable=stats.unreachable, not_found=stats.not_found, refused=stats.refused,
                               versions=stats.versions)
             err = classify(failure)
             log.error("Requirements installation failed" if step in ("deps", "requirements") else "Build failed",

@@ -21,8 +21,8 @@ from functools import cached_property
 from typing import Callable, Mapping, Sequence
 
 from .errors import (BuildError, DependencyConflictError, DependencyError, DependencyNotFoundError,
-                     EditableInstallError, HashMismatchError, IndexAuthError, IndexUnreachableError,
-                     PackageLoadError, RequirementsSyntaxError, VersionNotFoundError, WheelBuildError)
+                     EditableInstallError, HashMismatchError, IndexAuthError, IndexResponseError,
+                     IndexUnreachableError, PackageLoadError, RequirementsSyntaxError, VersionNotFoundError, WheelBuildError)
 from .requirements import Line, normalise
 
 TAIL = 25
@@ -82,6 +82,7 @@ class Failure:
     requirements: Sequence[Line] = ()  # every logical line of requirements.txt
     auth_failures: Sequence[int] = ()  # from the index proxy
     unreachable: Sequence[str] = ()    # from the index proxy
+    refused: Sequence[str] = ()        # from the index proxy: upstream answers it would not pass on
     # from the index proxy: URLs the index answered 404 for; None = not known.
     # pip 20 says "Could not find a version that satisfies X" for both a missing
     # project and a missing version: only the index knows which.
@@ -178,6 +179,16 @@ def classify_auth(f: Failure) -> PackageLoadError | None:
                       "was refused: expired or lacks read permission",
                       hint="Refresh the token (or --index-url credentials) and check the repository's read "
                            "permission, then rebuild.")
+    return None
+
+
+def classify_refused(f: Failure) -> PackageLoadError | None:
+    # the proxy refused what the index sent (over a cap, a redirect to a refused place);
+    # pip only saw a 502, the proxy knows which URL and why
+    if f.refused:
+        return f.make(IndexResponseError, f"The index proxy refused an index response: {f.refused[0]}",
+                      hint="Raise --max-download-bytes / --max-index-page-bytes if the file is expected, "
+                           "or check what the index serves at that URL.")
     return None
 
 
@@ -470,7 +481,7 @@ def classify_generic_pip(f: Failure) -> PackageLoadError | None:
 
 
 CLASSIFIERS: list[Classifier] = [
-    classify_auth, classify_unreachable, classify_hash, classify_wheel_build, classify_conflict,
+    classify_auth, classify_refused, classify_unreachable, classify_hash, classify_wheel_build, classify_conflict,
     classify_not_found, classify_syntax, classify_editable, classify_generic_pip,
 ]
 

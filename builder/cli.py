@@ -22,6 +22,7 @@ import structlog
 from . import __version__
 from .apkg import DEFAULT_LIMITS, Limits
 from .errors import EXIT_CODES, PackageLoadError, RunError
+from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 
 log = structlog.get_logger("agent_image")
 
@@ -121,6 +122,11 @@ def parser() -> argparse.ArgumentParser:
                    help="with --push: write the image's ECS RegisterTaskDefinition request to FILE "
                         "(options: see 'ECS task definition')")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
+    b.add_argument("--max-index-page-bytes", type=_positive(int), default=DEFAULT_PAGE_BYTES,
+                   help=f"largest index page the proxy passes to the build (default {DEFAULT_PAGE_BYTES})")
+    b.add_argument("--max-download-bytes", type=_positive(int), default=DEFAULT_FILE_BYTES,
+                   help=f"largest file the proxy downloads for the build (default {DEFAULT_FILE_BYTES}); "
+                        "a bigger one fails the build (exit 33) and is not kept")
     b.add_argument("--max-entries", type=_positive(int), default=DEFAULT_LIMITS.max_entries,
                    help=f"most entries a package may hold (default {DEFAULT_LIMITS.max_entries})")
     b.add_argument("--max-total-bytes", type=_positive(int), default=DEFAULT_LIMITS.max_total_bytes,
@@ -144,6 +150,16 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("--expect-version", help="fail unless io.pixell.agent.version matches")
     pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(pull)
+
+    doc = sub.add_parser("doctor", help="check what a build step on this engine can reach (exit 0: the index "
+                                        "proxy and nothing else; else 52)")
+    doc.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
+                     help="an address a build must not reach (repeatable; replaces the defaults "
+                          "169.254.169.254:80, 169.254.170.2:80, pypi.org:443); listeners on every host "
+                          "address are always tried")
+    doc.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="base image to probe from")
+    doc.add_argument("--base-image", help="image to probe from (default the shared base for --python)")
+    _add_common(doc)
 
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
@@ -258,6 +274,7 @@ def cmd_build(args, engine_factory) -> dict:
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
+        index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         with open_package(args.source, opts.limits) as pkg:
@@ -348,7 +365,28 @@ def cmd_run(args, engine_factory) -> dict:
     return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3)}
 
 
-COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "ecs-task-def": cmd_ecs_task_def}
+def cmd_doctor(args, engine_factory) -> dict:
+    from .api import base_image_for
+    from .doctor import render, run_doctor
+    from .errors import SandboxError
+    engine = engine_factory()
+    base = args.base_image or base_image_for(args.python)
+    engine.require_image(base, hint=f"Run `agent-image base --python {args.python}` and retry.")
+    report = run_doctor(engine, base_image=base, targets=args.target or None)
+    if not args.json:
+        sys.stdout.write(render(report))
+    if not report["ok"]:
+        reached = [c["target"] for c in report["checks"] if c["reached"] != c["expected"]]
+        err = SandboxError(f"a build step on this engine is not confined to the index proxy: {', '.join(reached)}",
+                           hint="Builds must run in the sandbox (builder/sandbox.py); see README "
+                                "'What a build can reach'.")
+        err.result = report
+        raise err
+    return report
+
+
+COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "doctor": cmd_doctor,
+            "ecs-task-def": cmd_ecs_task_def}
 
 
 def _interrupt(signum, frame):
@@ -380,7 +418,8 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
 
 def _report(err: PackageLoadError, as_json: bool) -> int:
     if as_json:
-        print(json.dumps({"ok": False, "error": err.to_dict()}, default=str))
+        # a command may attach its partial result (doctor's checks) to the error
+        print(json.dumps({"ok": False, **getattr(err, "result", {}), "error": err.to_dict()}, default=str))
     else:
         sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
         for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):

@@ -48,8 +48,10 @@ def package_files(root: Path, exclude: set[str]) -> list[str]:
 
 
 def build_context(root: Path, generated: dict[str, bytes], *, exclude: set[str] = frozenset(),
-                  prefix: str = "app") -> Context:
-    """Tar ROOT's files under PREFIX/ plus GENERATED {path: bytes} at the top."""
+                  prefix: str = "app", replace: dict[str, bytes] | None = None) -> Context:
+    """Tar ROOT's files under PREFIX/ plus GENERATED {path: bytes} at the top;
+    REPLACE {relative path: bytes} stands in for those package files' content."""
+    replace = replace or {}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(generated):
@@ -66,6 +68,9 @@ def build_context(root: Path, generated: dict[str, bytes], *, exclude: set[str] 
                 tar.addfile(info)
                 continue
             mode = 0o755 if st.st_mode & 0o111 else 0o644
+            if rel in replace:
+                tar.addfile(_info(arc, len(replace[rel]), mode), io.BytesIO(replace[rel]))
+                continue
             with open(path, "rb") as fh:
                 tar.addfile(_info(arc, st.st_size, mode), fh)
     data = buf.getvalue()

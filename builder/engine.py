@@ -380,6 +380,58 @@ class Engine:
         except docker.errors.APIError as exc:
             raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
 
+    def start_isolated(self, image: str, *, command: list[str], labels: dict[str, str],
+                       binds: dict[str, str]) -> str:
+        """Start IMAGE running COMMAND with no network but its own loopback
+        (``--network none``), a read-only root, no capabilities, and the host
+        folders BINDS {host: container} mounted; the engine removes it once it
+        exits. Returns the container id."""
+        try:
+            host_config = self.api.create_host_config(
+                network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                auto_remove=True,  # a kill is the whole clean-up: the engine removes it
+                binds={src: {"bind": dst, "mode": "rw"} for src, dst in binds.items()})
+            container = self.api.create_container(image, entrypoint=command[:1], command=command[1:],
+                                                  user="0:0", labels=labels, host_config=host_config)
+            self.api.start(container["Id"])
+            return container["Id"]
+        except docker.errors.APIError as exc:
+            raise EngineError(f"starting a build sandbox from {image} failed: "
+                              f"{redact(exc.explanation or str(exc))}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, "starting a build sandbox") from None
+
+    def containers(self, *, label: str) -> list[dict]:
+        """Every container (running or not) carrying LABEL: [{"id", "labels", "running"}]."""
+        try:
+            found = self.api.containers(all=True, filters={"label": label})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "listing containers") from None
+        return [{"id": c["Id"], "labels": c.get("Labels") or {}, "running": c.get("State") == "running"}
+                for c in found]
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL; returns once sent (an auto-removed container then goes by itself)."""
+        try:
+            self.api.kill(container_id)
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or not running: either way it is on its way out
+                raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+
+    def remove_container(self, container_id: str) -> None:
+        """Kill and remove; gone already is fine."""
+        try:
+            self.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+
     def logs(self, container_id: str, tail: int = 50) -> str:
         return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
 
@@ -392,7 +444,10 @@ class Engine:
             pass
 
     def container_state(self, container_id: str) -> dict:
-        return self.api.inspect_container(container_id)["State"]
+        try:
+            return self.api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:  # an auto-removed container that exited
+            return {"Running": False, "Status": "removed"}
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

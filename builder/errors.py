@@ -265,6 +265,12 @@ class CodeArtifactError(IndexAuthError):
     exit_code = 32
 
 
+class IndexResponseError(PackageLoadError):
+    """The index proxy refused an upstream answer: over a size cap, a bad redirect, a link-local address."""
+    reference = "index-response-refused"
+    exit_code = 33
+
+
 # --- the build and the engine -----------------------------------------------
 
 class BuildError(PackageLoadError):
@@ -295,6 +301,12 @@ class BaseImageMissingError(EngineError):
     """The shared base image the agent builds FROM is not present."""
     reference = "base-image-missing"
     exit_code = 51
+
+
+class SandboxError(EngineError):
+    """The build sandbox could not be set up, or a build reaches more than the index proxy."""
+    reference = "sandbox"
+    exit_code = 52
 
 
 class RegistryError(PackageLoadError):
@@ -343,8 +355,8 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     PackageLoadError, PackageValidationError, IndexPolicyError, RequirementsSyntaxError,
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
-    IndexAuthError, CodeArtifactError, BuildError, BuildTimeoutError, BuildInterruptedError,
-    EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, RunError,
+    IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
+    EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, RunError,
     TaskDefinitionError, InternalError,
 )
 

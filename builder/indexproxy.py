@@ -1,13 +1,20 @@
-"""Serve the package index to a build without letting credentials into it.
+"""Serve the package index to a build, and nothing more, without letting credentials into it.
 
 pip inside the build is told ``--index-url http://agent-image-index.invalid/simple/``
-and ``http_proxy=http://127.0.0.1:PORT`` (a predefined build arg: kept out of
-``docker history`` and of the layer cache key). This proxy, on loopback in
-the builder's process, forwards to the real upstream index with the
-credentials, rewrites every file link on an index page to pass through
-itself, and keeps downloaded files in a content-addressed cache shared by
-every build on the host. So the token never enters the build, a new token
-does not invalidate any layer, and a file fetched once is not fetched again.
+and ``http_proxy`` (a predefined build arg: kept out of ``docker history``
+and of the layer cache key) points at this proxy: on a unix socket that the
+build's sandbox forwards its one loopback port to (builder/sandbox.py), or on
+the builder's loopback. It fetches from the real upstream index with the
+credentials (through builder/upstream.py, the one outbound client), rewrites
+every file link on an index page to an opaque ``/_f/<id>/<file>`` that only
+this proxy can map back, and keeps downloaded files in a content-addressed
+cache shared by every build on the host (builder/downloadcache.py).
+
+What a build may ask for is an allow-list: ``/simple/<PEP 503 normalised
+name>/`` of the configured index; ``/_f/<id>/<file>`` only for a link an index
+page served to this build; the indexes and find-links pages of hosts named by
+``--allow-index-host`` (``/_x/``, ``/_l/``, see ``proxy_url``), without the
+index's credentials. Everything else is a 4xx with a one-line reason.
 """
 
 from __future__ import annotations
@@ -18,13 +25,8 @@ import hashlib
 import html
 import os
 import re
-import socket
-import ssl
-import tempfile
+import socketserver
 import threading
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,42 +34,84 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import structlog
 
-from .errors import redact, register_secret
+from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa: F401 (re-exported)
+from .errors import redact
 from .requirements import normalise
+from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
+from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
+                       UpstreamStatus, is_loopback)
 
 log = structlog.get_logger("agent_image.index")
 
-PUBLIC_INDEX = "https://pypi.org/simple/"
-DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
-_HREF = re.compile(r'href="([^"]+)"')
+PIP_INDEX_HOST = "agent-image-index.invalid"   # what pip in the build sees (dockerfile.PIP_INDEX_URL)
+READY_PATH = "/_sandbox/ready"                 # the sandbox's forwarder says hello here once it listens
+_NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"            # a PEP 503 normalised project name, nothing else
+_ROUTES = [
+    ("page", re.compile(rf"/simple/({_NAME})/?")),
+    ("file", re.compile(r"/_f/([0-9a-f]{32})/([^/?#]+)")),
+    ("xpage", re.compile(rf"/_x/([A-Za-z0-9_-]+=*)/({_NAME})/?")),
+    ("links", re.compile(r"/_l/([A-Za-z0-9_-]+=*)/?")),
+]
+_ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
+_HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 _SHA = re.compile(r"sha256=([0-9a-f]{64})")
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """An index URL split into what may be shown and what may not."""
-    url: str                    # without credentials: safe to log and to put in a Dockerfile
-    auth_header: str | None     # "Basic ..." or None
+class Denied(Exception):
+    """A request from the build that the allow-list does not name."""
 
-    @classmethod
-    def parse(cls, raw: str) -> "Upstream":
-        parts = urlsplit(raw.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"index URL must be http(s)://host/...: {redact(raw)!r}")
-        auth = None
-        if parts.username is not None:
-            user, password = unquote(parts.username), unquote(parts.password or "")
-            register_secret(password)
-            register_secret(parts.password)
-            auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-            register_secret(auth.split(" ", 1)[1])
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        path = parts.path if parts.path.endswith("/") else parts.path + "/"
-        return cls(url=urlunsplit((parts.scheme, netloc, path, "", "")), auth_header=auth)
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+        super().__init__(reason)
 
-    @property
-    def netloc(self) -> str:
-        return urlsplit(self.url).netloc
+
+def proxy_url(url: str, *, find_links: bool = False) -> str:
+    """The in-build URL for an index (or find-links page) on an allowed host."""
+    token = base64.urlsafe_b64encode(url.encode()).decode()
+    return f"http://{PIP_INDEX_HOST}/{'_l' if find_links else '_x'}/{token}/"
+
+
+_INDEX_OPTION = re.compile(r"(?P<opt>(?<!\S)(?:-i|--index-url|--extra-index-url|-f|--find-links))"
+                           r"(?P<sep>\s*=\s*|\s+|)(?P<url>https?://[^\s\\]+)")
+
+
+def proxied_requirements(text: str, allowed_hosts: frozenset[str]) -> str:
+    """requirements TEXT with each index / find-links URL on an allowed host turned into
+    its in-build proxy URL (the build reaches nothing else). Other text is unchanged;
+    lines naming a host that is not allowed were refused before (requirements.check_policy)."""
+    allowed = {h.lower() for h in allowed_hosts}
+
+    def swap(m: re.Match) -> str:
+        url = m.group("url")
+        if (urlsplit(url).hostname or "").lower() not in allowed:
+            return m.group(0)
+        return m.group("opt") + (m.group("sep") or " ") + proxy_url(url, find_links=m.group("opt") in ("-f", "--find-links"))
+
+    return _INDEX_OPTION.sub(swap, text) if allowed else text
+
+
+def _unb64(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise Denied(404, "not an index URL this proxy issued") from None
+
+
+def route(target: str) -> tuple[str, tuple[str, ...]]:
+    """A request target -> (kind, groups). Absolute-form only for the index's own host."""
+    if not target.startswith("/"):
+        parts = urlsplit(target)
+        if parts.scheme != "http" or parts.hostname != PIP_INDEX_HOST or parts.port not in (None, 80):
+            raise Denied(403, "this proxy serves the package index only")
+        target = parts.path or "/"
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    if path == READY_PATH:
+        return "ready", ()
+    for kind, pattern in _ROUTES:
+        m = pattern.fullmatch(path)
+        if m:
+            return kind, m.groups()
+    raise Denied(404, "not an index path: only /simple/<normalised-name>/ and the files its pages link")
 
 
 def versions_on_page(project: str, hrefs: list[str]) -> list[str]:
@@ -88,6 +132,17 @@ def versions_on_page(project: str, hrefs: list[str]) -> list[str]:
     return seen
 
 
+@dataclass(frozen=True)
+class Link:
+    """A file an index page served to this build linked: the only files it may fetch."""
+    url: str                   # exact upstream URL, without fragment
+    name: str                  # file name as pip sees it
+    sha256: str | None         # from the page's #sha256= fragment
+    auth: Upstream | None      # whose credential may go with it (upstream.covers decides)
+    ident: str                 # download-cache identity of the page that linked it
+    metadata: bool = False     # the page offered <url>.metadata (PEP 658)
+
+
 @dataclass
 class Stats:
     """What one build asked of the index. Reported in the build result."""
@@ -98,6 +153,8 @@ class Stats:
     auth_failures: list[int] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)   # upstream answers not passed on (caps, redirects)
+    denied: int = 0                                     # requests from the build outside the allow-list
     # versions each project page listed (normalised name -> versions): uv names no
     # alternatives when a version is missing, so the error takes them from here
     versions: dict[str, list[str]] = field(default_factory=dict)
@@ -106,97 +163,36 @@ class Stats:
 
     def as_dict(self) -> dict:
         return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
-                "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes,
+                "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes, "denied": self.denied,
                 "downloaded": sorted(set(self.downloaded)), "reused": sorted(set(self.reused))}
 
 
-class DownloadCache:
-    """Content-addressed files on the build host, bounded, safe across processes.
-
-    blobs/<sha256> holds the bytes; urls/<sha256 of url> names the blob a URL
-    gave. Writes go to a temp file then os.replace, which is atomic, so two
-    builds fetching the same file at once both end with one good copy.
-    """
-
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.root = Path(root)
-        self.max_bytes = max_bytes
-        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
-        (self.root / "urls").mkdir(parents=True, exist_ok=True)
-
-    def _url_key(self, url: str) -> Path:
-        return self.root / "urls" / hashlib.sha256(url.encode()).hexdigest()
-
-    def lookup(self, url: str, sha256: str | None) -> Path | None:
-        if sha256:
-            blob = self.root / "blobs" / sha256
-            if blob.is_file():
-                os.utime(blob)
-                return blob
-        try:
-            digest = self._url_key(url).read_text().strip()
-        except OSError:
-            return None
-        blob = self.root / "blobs" / digest
-        if blob.is_file() and (not sha256 or sha256 == digest):
-            os.utime(blob)
-            return blob
-        return None
-
-    def store(self, url: str, tmp_path: Path, digest: str) -> Path:
-        blob = self.root / "blobs" / digest
-        os.replace(tmp_path, blob)
-        key = self._url_key(url)
-        fd, tmp = tempfile.mkstemp(dir=self.root / "urls")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(digest)
-        os.replace(tmp, key)
-        self.evict(keep=digest)
-        return blob
-
-    def evict(self, keep: str | None = None) -> None:
-        """Drop the least recently used blobs past max_bytes (never KEEP, never a
-        download still being written by another build)."""
-        blobs = []
-        for entry in os.scandir(self.root / "blobs"):
-            if entry.name.startswith(".part-"):
-                continue
-            try:
-                st = entry.stat()
-            except FileNotFoundError:
-                continue
-            blobs.append((st.st_mtime, st.st_size, entry.path))
-        total = sum(b[1] for b in blobs)
-        for _, size, path in sorted(blobs):  # oldest use first
-            if total <= self.max_bytes:
-                break
-            if os.path.basename(path) == keep:
-                continue
-            try:
-                os.unlink(path)
-                total -= size
-            except FileNotFoundError:
-                pass
-
-    def tmpfile(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self.root / "blobs", prefix=".part-")
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
 
 
 class IndexProxy:
-    """A loopback HTTP proxy in front of one upstream index. Use as a context manager."""
+    """An HTTP proxy in front of one upstream index. Use as a context manager.
+
+    Listens on UNIX_PATH when given (the sandbox's door), else on 127.0.0.1."""
 
     def __init__(self, upstream: Upstream, cache: DownloadCache, *, ca_bundle: str | None = None,
-                 timeout: float = 60.0, retries: int = 2) -> None:
+                 timeout: float = 60.0, retries: int = 2, allowed_hosts: frozenset[str] = frozenset(),
+                 page_max_bytes: int = DEFAULT_PAGE_BYTES, file_max_bytes: int = DEFAULT_FILE_BYTES,
+                 unix_path: str | None = None) -> None:
         self.upstream = upstream
         self.cache = cache
         self.stats = Stats()
-        self.timeout = timeout
-        self.retries = retries
-        self._ssl = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
-        self._hashes: dict[str, str] = {}  # clean file URL -> sha256 from the index page
-        self._hosts: set[str] = {upstream.netloc}  # only hosts an index page linked to are fetched
+        self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries,
+                               loopback_ok=is_loopback(urlsplit(upstream.url).hostname or ""))
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.page_max_bytes, self.file_max_bytes = page_max_bytes, file_max_bytes
+        self.unix_path = unix_path
+        self.ready = threading.Event()
+        self._ident = identity(upstream.url, upstream.auth_header)
+        self._links: dict[str, Link] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: socketserver.BaseServer | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> "IndexProxy":
@@ -206,7 +202,7 @@ class IndexProxy:
             protocol_version = "HTTP/1.1"
             # headers and body leave in separate writes; with Nagle on, each
             # keep-alive response waits out the client's delayed ACK (~40 ms)
-            disable_nagle_algorithm = True
+            disable_nagle_algorithm = proxy.unix_path is None
 
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 proxy._handle(self)
@@ -217,13 +213,19 @@ class IndexProxy:
             def log_message(self, fmt: str, *args) -> None:  # quiet: we log our own events
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        if self.unix_path:
+            self._server = _UnixHTTPServer(self.unix_path, Handler)
+            os.chmod(self.unix_path, 0o600)
+        else:
+            self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self._server.daemon_threads = True
         # each request thread runs in the build's context, so its log lines and
         # errors are redacted with this build's redactor (builder/errors.py)
         context, serve = contextvars.copy_context(), self._server.process_request_thread
         self._server.process_request_thread = lambda request, address: context.copy().run(serve, request, address)
-        threading.Thread(target=self._server.serve_forever, name="index-proxy", daemon=True).start()
+        # shutdown() waits for the loop's next poll: 0.5 s by default, paid by every build's end
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="index-proxy",
+                         daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -231,136 +233,146 @@ class IndexProxy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            self.stats.upstream_requests = self.fetcher.requests
 
     @property
     def address(self) -> str:
-        assert self._server is not None
+        assert self._server is not None and not self.unix_path
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    # -- upstream --------------------------------------------------------------
-    def _open(self, url: str, accept: str | None = None):
-        headers = {"User-Agent": "agent-image-index-proxy"}
-        if accept:
-            headers["Accept"] = accept
-        if urlsplit(url).netloc == self.upstream.netloc and self.upstream.auth_header:
-            headers["Authorization"] = self.upstream.auth_header
-        req = urllib.request.Request(url, headers=headers)
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                with self._lock:
-                    self.stats.upstream_requests += 1
-                return urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl)
-            except urllib.error.HTTPError:
-                raise
-            except (urllib.error.URLError, OSError) as exc:  # refused, DNS, TLS, reset
-                last = exc
-                time.sleep(0.2 * (attempt + 1))
-        assert last is not None
-        raise last
+    # -- pages -------------------------------------------------------------------
+    def _link(self, page_url: str, tag: str, auth: Upstream | None, ident: str) -> str:
+        """Register one anchor's target; return the tag pointing at the proxy (or at nothing)."""
+        m = _HREF.search(tag)
+        if not m:
+            return tag
+        parts = urlsplit(urljoin(page_url, html.unescape(m.group(1) or m.group(2) or "")))
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            return tag[:m.start()] + 'href=""' + tag[m.end():]  # file:, data:, ftp: ... lead nowhere
+        url = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
+        name = unquote(parts.path.rsplit("/", 1)[-1]) or "index"
+        sha = _SHA.search(parts.fragment)
+        meta = re.search(r"\bdata-(?:dist-info|core)-metadata\s*=\s*[\"'](?!false)", tag, re.I) is not None
+        key = hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
+        with self._lock:
+            self._links[key] = Link(url, name, sha.group(1) if sha else None, auth, ident, meta)
+        local = f"/_f/{key}/{quote(name)}" + (f"#{parts.fragment}" if parts.fragment else "")
+        return tag[:m.start()] + f'href="{html.escape(local)}"' + tag[m.end():]
 
-    def _map_link(self, page_url: str, href: str) -> str:
-        absolute = urljoin(page_url, html.unescape(href))
-        parts = urlsplit(absolute)
-        m = _SHA.search(parts.fragment)
-        clean = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
-        if m:
-            self._hashes[clean] = m.group(1)
-        self._hosts.add(parts.netloc)
-        local = f"/_f/{parts.scheme}/{parts.netloc}{quote(parts.path)}"
-        if parts.query:
-            local += "?" + parts.query
-        if parts.fragment:
-            local += "#" + parts.fragment
-        return local
+    def _serve_page(self, h, url: str, project: str | None, auth: Upstream | None, ident: str) -> None:
+        # ask for HTML (PEP 503) so there is one link format to rewrite
+        with self.fetcher.open(url, auth=auth, accept="text/html", max_bytes=self.page_max_bytes) as body:
+            data = body.read()
+            final = body.url
+        with self._lock:
+            self.stats.upstream_bytes += len(data)
+        text = data.decode("utf-8", "replace")
+        if project:
+            found = versions_on_page(project, [a or b for a, b in _HREF.findall(text)])
+            if found:
+                with self._lock:
+                    self.stats.versions[normalise(project)] = found
+        text = _ANCHOR.sub(lambda m: self._link(final, m.group(0), auth, ident), text)
+        self._send(h, 200, text.encode(), "text/html; charset=utf-8")
+
+    def _extra(self, token: str) -> str:
+        url = _unb64(token)
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES or (parts.hostname or "").lower() not in self.allowed_hosts \
+                or parts.username or parts.password:
+            raise Denied(403, "not an index on a host --allow-index-host names")
+        return url
 
     # -- request handling -------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
-        path = urlsplit(h.path).path if "://" in h.path else h.path.split("?")[0]
-        query = urlsplit(h.path).query
         try:
-            if path.startswith("/simple/") or path == "/simple":
-                self._serve_page(h, urljoin(self.upstream.url, path[len("/simple/"):]))
-            elif path.startswith("/_f/"):
-                scheme, _, rest = path[len("/_f/"):].partition("/")
-                url = f"{scheme}://{unquote(rest)}" + (f"?{query}" if query else "")
-                if urlsplit(url).netloc not in self._hosts:  # not an open proxy
-                    self._send(h, 403, b"host not linked from the index\n")
-                    return
-                self._serve_file(h, url, head)
+            kind, groups = route(h.path)
+            if kind == "ready":
+                self.ready.set()
+                self._send(h, 200, b"ok\n")
+            elif kind == "page":
+                self._serve_page(h, self.upstream.url + groups[0] + "/", groups[0], self.upstream, self._ident)
+            elif kind == "xpage":
+                base = self._extra(groups[0])
+                base = base if base.endswith("/") else base + "/"
+                self._serve_page(h, base + groups[1] + "/", groups[1], None, identity(base, None))
+            elif kind == "links":
+                url = self._extra(groups[0])
+                self._serve_page(h, url, None, None, identity(url, None))
             else:
-                self._send(h, 404, b"not an index path\n")
-        except urllib.error.HTTPError as exc:
-            target = redact(exc.url or "")
+                self._serve_file(h, groups[0], unquote(groups[1]), head)
+        except Denied as exc:
+            with self._lock:
+                self.stats.denied += 1
+            log.warning("index proxy refused a request from the build", status=exc.code, reason=exc.reason,
+                        request=redact(h.path[:200]))
+            self._send(h, exc.code, f"{exc.reason}\n".encode())
+        except UpstreamStatus as exc:
             if exc.code in (401, 403):
                 self.stats.auth_failures.append(exc.code)
-                log.warning("index refused credentials", status=exc.code, url=target)
+                log.warning("index refused credentials", status=exc.code, url=exc.url)
             elif exc.code == 404:
-                self.stats.not_found.append(target)
+                self.stats.not_found.append(exc.url)
             self._send(h, exc.code, f"upstream answered {exc.code}\n".encode())
-        except (urllib.error.URLError, OSError, socket.timeout) as exc:
-            reason = redact(str(getattr(exc, "reason", exc)))
+        except Refused as exc:
+            self.stats.refused.append(str(exc))
+            log.warning("index proxy refused an upstream answer", reason=exc.reason, url=exc.url)
+            self._send(h, 502, f"refused by the index proxy: {exc}\n".encode())
+        except (Unreachable, OSError) as exc:
+            reason = redact(str(exc))[:300]
             self.stats.unreachable.append(reason)
             log.warning("index unreachable", upstream=self.upstream.url, reason=reason)
-            try:
-                self._send(h, 502, b"upstream index unreachable\n")
-            except OSError:
-                pass
+            self._send(h, 502, b"upstream index unreachable\n")
 
-    def _serve_page(self, h: BaseHTTPRequestHandler, url: str) -> None:
-        # ask for HTML (PEP 503) so there is one link format to rewrite
-        with self._open(url, accept="text/html") as resp:
-            body = resp.read()
-            final = resp.geturl()
-        with self._lock:
-            self.stats.upstream_bytes += len(body)
-        text = body.decode("utf-8", "replace")
-        project = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
-        found = versions_on_page(project, _HREF.findall(text))
-        if found:
-            with self._lock:
-                self.stats.versions[normalise(project)] = found
-        text = _HREF.sub(lambda m: 'href="%s"' % html.escape(self._map_link(final, m.group(1))), text)
-        self._send(h, 200, text.encode(), "text/html; charset=utf-8")
-
-    def _serve_file(self, h: BaseHTTPRequestHandler, url: str, head: bool = False) -> None:
-        sha = self._hashes.get(url)
-        blob = self.cache.lookup(url, sha)
+    def _serve_file(self, h: BaseHTTPRequestHandler, key: str, name: str, head: bool = False) -> None:
+        link = self._links.get(key)
+        if link is not None and link.metadata and name == link.name + ".metadata":
+            with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=self.page_max_bytes) as b:
+                self._send(h, 200, b.read(), "application/octet-stream")
+            return
+        if link is None or name != link.name:
+            raise Denied(404, "not a file an index page served to this build linked")
+        blob = self.cache.lookup(link.url, link.sha256, link.ident)
         if blob is not None:
             if not head:  # a HEAD is followed by the GET: count the file once
                 with self._lock:
                     self.stats.cache_hits += 1
                     self.stats.cache_bytes += blob.stat().st_size
-                    self.stats.reused.append(url.rsplit("/", 1)[-1])
+                    self.stats.reused.append(link.name)
             self._send_file(h, blob, head)
             return
         fd, tmp = self.cache.tmpfile()
         digest = hashlib.sha256()
         size = 0
         try:
-            with self._open(url) as resp, os.fdopen(fd, "wb") as out:
-                while chunk := resp.read(1 << 16):
+            with self.fetcher.open(link.url, auth=link.auth, max_bytes=self.file_max_bytes) as body, \
+                    os.fdopen(fd, "wb") as out:
+                for chunk in body.chunks():
                     digest.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
             with self._lock:
                 self.stats.upstream_bytes += size
-                self.stats.downloaded.append(url.rsplit("/", 1)[-1])
-            blob = self.cache.store(url, Path(tmp), digest.hexdigest())
+                self.stats.downloaded.append(link.name)
+            blob = self.cache.store(link.url, Path(tmp), digest.hexdigest(), link.ident)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            Path(tmp).unlink(missing_ok=True)  # refused (over the cap) or failed: never kept
             raise
         self._send_file(h, blob, head)
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/plain") -> None:
-        h.send_response(code)
-        h.send_header("Content-Type", ctype)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(body)
+        try:
+            h.send_response(code)
+            h.send_header("Content-Type", ctype)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(body)
+        except OSError:  # the client went away
+            pass
 
     @staticmethod
     def _send_file(h: BaseHTTPRequestHandler, blob: Path, head: bool = False) -> None:

@@ -14,7 +14,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # 1. Debian packages
 need=()
-for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap; do
+for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap ip:iproute2; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

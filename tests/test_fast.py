@@ -76,9 +76,9 @@ def test_noop_and_cache_from_on_an_empty_runner(agent_factory, index_url, regist
 
 def assert_cache_intact(cache_dir) -> None:
     """The shared download cache holds whole files only, each under its own sha256."""
-    blobs = list((cache_dir / "downloads" / "blobs").iterdir())
+    blobs = list((cache_dir / "downloads" / "v2" / "sha256").iterdir())
     assert blobs, "the builds downloaded through the cache"
-    assert not [b for b in blobs if b.name.startswith(".part-")], "no partial downloads left behind"
+    assert not list((cache_dir / "downloads" / "v2" / "tmp").glob(".part-*")), "no partial downloads left behind"
     for blob in blobs:
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
 

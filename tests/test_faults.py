@@ -115,7 +115,7 @@ def test_index_down_mid_install_then_rerun(agent_factory, own_index, tmp_path, d
     start, state = own_index
     url = start()
     agent = agent_factory("index-drop", requirements="fastapi\nuvicorn\nwatchdog\nrequests==2.32.3\nstructlog\n")
-    blobs = tmp_path / "c" / "downloads" / "blobs"
+    blobs = tmp_path / "c" / "downloads" / "v2" / "sha256"
 
     def kill_after_first_file():  # the first file has been fetched: the index goes away
         deadline = time.monotonic() + 60

@@ -180,10 +180,12 @@ def test_upstream_splits_credentials():
 def test_proxy_rewrites_links_through_itself(tmp_path):
     proxy = IndexProxy(Upstream.parse("http://idx.test/simple/"), DownloadCache(tmp_path))
     page = "http://idx.test/simple/requests/"
-    assert proxy._map_link(page, "../../packages/requests-2.whl#sha256=" + "a" * 64) == \
-        "/_f/http/idx.test/packages/requests-2.whl#sha256=" + "a" * 64
-    assert proxy._map_link(page, "https://files.example/p/x.whl") == "/_f/https/files.example/p/x.whl"
-    assert proxy._hashes["http://idx.test/packages/requests-2.whl"] == "a" * 64
+    tag = proxy._link(page, '<a href="../../packages/requests-2.whl#sha256=' + "a" * 64 + '">', None, "id")
+    key = tag.split("/_f/", 1)[1].split("/", 1)[0]
+    assert tag == f'<a href="/_f/{key}/requests-2.whl#sha256=' + "a" * 64 + '">'
+    assert proxy._links[key].url == "http://idx.test/packages/requests-2.whl"
+    assert proxy._links[key].sha256 == "a" * 64
+    assert proxy._link(page, '<a href="file:///etc/passwd">', None, "id") == '<a href="">'
 
 
 def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):
@@ -194,16 +196,17 @@ def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):
         fd, tmp = cache.tmpfile()
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return cache.store(f"http://x/{i % 4}.whl", Path(tmp), hashlib.sha256(data).hexdigest())
+        return cache.store(f"http://x/{i % 4}.whl", Path(tmp), hashlib.sha256(data).hexdigest(), "me")
 
     with cf.ThreadPoolExecutor(8) as pool:
         list(pool.map(put, range(40)))
-    blobs = [p for p in (tmp_path / "blobs").iterdir() if not p.name.startswith(".part")]
+    blobs = list(cache.blobs.iterdir())
     assert sum(p.stat().st_size for p in blobs) <= 3000, "bounded"
     for blob in blobs:
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
-    hit = cache.lookup("http://x/3.whl", None)
+    hit = cache.lookup("http://x/3.whl", None, "me")
     assert hit is None or hit.read_bytes() == b"3" * 1000
+    assert cache.lookup("http://x/3.whl", None, "someone else") is None
 
 
 def test_engine_rejoins_lines_cut_across_stream_chunks():

@@ -1,0 +1,371 @@
+"""Issue 10: each rule of the index proxy, against real HTTP servers on loopback.
+
+Two upstreams: A plays the index (and records what it was asked, with which
+Authorization), B plays another origin. The proxy is driven with raw request
+lines, so absolute-form, CONNECT and unnormalised paths reach it as a
+hostile build would send them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from builder.downloadcache import DownloadCache, identity
+from builder.indexproxy import IndexProxy, proxy_url
+from builder.upstream import Upstream
+from tests.test_sandbox import link_local  # noqa: F401 (fixture)
+
+WHEEL = b"PK-fake-wheel-" * 100
+SHA = hashlib.sha256(WHEEL).hexdigest()
+
+
+class Server:
+    """A real HTTP server: ROUTES {path: (status, headers, body)}; SEEN [(method, path, auth)]."""
+
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        self.routes: dict[str, tuple[int, dict, bytes]] = {}
+        self.seen: list[tuple[str, str, str | None]] = []
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self, head: bool) -> None:
+                srv.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                status, headers, body = srv.routes.get(self.path, (404, {}, b"nope"))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Transfer-Encoding" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if head:
+                    return
+                if headers.get("Transfer-Encoding") == "chunked":
+                    for i in range(0, len(body), 1000):
+                        part = body[i:i + 1000]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                self._answer(False)
+
+            def do_HEAD(self):  # noqa: N802
+                self._answer(True)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer((address, 0), H)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://{address}:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def page(self, path: str, hrefs: list[str]) -> None:
+        body = "".join(f'<a href="{h}">{h.rsplit("/", 1)[-1]}</a>\n' for h in hrefs)
+        self.routes[path] = (200, {"Content-Type": "text/html"}, f"<html><body>{body}</body></html>".encode())
+
+    def file(self, path: str, body: bytes = WHEEL, **headers) -> None:
+        self.routes[path] = (200, headers, body)
+
+    def redirect(self, path: str, to: str, code: int = 302) -> None:
+        self.routes[path] = (code, {"Location": to}, b"")
+
+    def paths(self) -> list[str]:
+        return [p for _, p, _ in self.seen]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def a():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def b():
+    s = Server()
+    yield s
+    s.close()
+
+
+def ask(proxy: IndexProxy, target: str, method: str = "GET") -> tuple[int, bytes]:
+    """Send one raw request line to the proxy; return (status, body)."""
+    port = int(proxy.address.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(f"{method} {target} HTTP/1.1\r\nHost: agent-image-index.invalid\r\nConnection: close\r\n\r\n"
+                  .encode("latin-1"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def links(body: bytes) -> list[str]:
+    return re.findall(r'href="(/_f/[^"#]+)', body.decode())
+
+
+def make(index_url: str, tmp_path: Path, **kw) -> IndexProxy:
+    return IndexProxy(Upstream.parse(index_url), DownloadCache(tmp_path / "cache"), **kw)
+
+
+def test_only_normalised_project_pages_of_the_index(a, b, tmp_path):
+    a.page("/simple/foo-bar/", [])
+    with make(f"{a.base}/simple/", tmp_path) as proxy:
+        assert ask(proxy, "/simple/foo-bar/")[0] == 200
+        assert ask(proxy, "http://agent-image-index.invalid/simple/foo-bar/")[0] == 200
+        for target in ("/simple/Foo_Bar/", "/simple/foo.bar/", "/simple/../x/", "/simple/%2e%2e/%2e%2e/x/",
+                       "/simple/", "/", f"/simple/http://127.0.0.1:{b.port}/", "/simple/foo-bar/../../x/",
+                       "/packages/x.whl", "/simple/data:text/html,%3Ca%20href=%22file:///x%22%3E"):
+            assert ask(proxy, target)[0] == 404, target
+        # absolute-form to any other host, and CONNECT: not an open proxy
+        assert ask(proxy, f"{b.base}/")[0] == 403
+        assert ask(proxy, "http://agent-image-index.invalid:8080/simple/foo-bar/")[0] == 403
+        assert ask(proxy, f"127.0.0.1:{b.port}", method="CONNECT")[0] == 501
+        assert proxy.stats.denied == 12
+    assert a.paths() == ["/simple/foo-bar/", "/simple/foo-bar/"] and b.seen == []
+
+
+def test_other_schemes_lead_nowhere(a, tmp_path):
+    a.page("/simple/foo/", ["file:///etc/passwd", "data:text/plain,x", "ftp://example.test/foo-1.whl",
+                            "../../packages/foo-1.0-py3-none-any.whl"])
+    a.file("/packages/foo-1.0-py3-none-any.whl")
+    with make(f"{a.base}/simple/", tmp_path) as proxy:
+        status, body = ask(proxy, "/simple/foo/")
+        assert status == 200
+        assert not re.search(r'href="(file|data|ftp):', body.decode()), body
+        assert len(links(body)) == 1
+        assert ask(proxy, "/_f/file//etc/passwd")[0] == 404
+    for raw in ("file:///x/simple/", "ftp://h/simple/", "data:text/html,x", "gopher://h/"):
+        with pytest.raises(ValueError):
+            Upstream.parse(raw)
+
+
+def test_files_only_at_the_exact_urls_a_page_served_to_this_build_linked(a, b, tmp_path):
+    a.page("/simple/foo/", [f"../../packages/foo-1.0-py3-none-any.whl#sha256={SHA}", f"{b.base}/ext/foo-1.1.tar.gz"])
+    a.file("/packages/foo-1.0-py3-none-any.whl")
+    a.file("/packages/secret-1.0.whl", b"not linked")
+    b.file("/ext/foo-1.1.tar.gz", b"sdist-bytes")
+    with make(f"{a.base}/simple/", tmp_path) as proxy:
+        status, body = ask(proxy, "/simple/foo/")
+        wheel, sdist = links(body)
+        assert f"#sha256={SHA}" in body.decode()
+        assert ask(proxy, wheel) == (200, WHEEL)
+        assert ask(proxy, sdist) == (200, b"sdist-bytes")
+        key = wheel.split("/")[2]
+        assert ask(proxy, f"/_f/{key}/secret-1.0.whl")[0] == 404      # the id names one file only
+        assert ask(proxy, f"/_f/{'0' * 32}/foo-1.0-py3-none-any.whl")[0] == 404
+        assert ask(proxy, wheel, method="HEAD")[0] == 200
+    # another build's proxy has served no page yet: the same link means nothing to it
+    with make(f"{a.base}/simple/", tmp_path) as second:
+        assert ask(second, wheel)[0] == 404
+    assert "/packages/secret-1.0.whl" not in a.paths()
+
+
+def test_credentials_only_inside_the_index_scope(a, b, tmp_path):
+    index = f"http://alice:pw-1234@127.0.0.1:{a.port}/pypi/r/simple/"
+    a.page("/pypi/r/simple/foo/", ["/pypi/r/files/foo-1.whl", "/pypi/other/files/foo-2.whl",
+                                   "/pypi/r/../other/foo-3.whl", "/pypi/r/%2e%2e/other/foo-6.whl",
+                                   f"{b.base}/pypi/r/files/foo-4.whl",
+                                   f"http://localhost:{a.port}/pypi/r/files/foo-5.whl"])
+    for n in (1, 2, 5):
+        a.file(f"/pypi/{'other' if n == 2 else 'r'}/files/foo-{n}.whl", b"x%d" % n)
+    a.file("/pypi/other/foo-3.whl", b"x3")
+    a.file("/pypi/r/%2E%2E/other/foo-6.whl", b"x6")  # urllib3 upper-cases escapes
+    b.file("/pypi/r/files/foo-4.whl", b"x4")
+    with make(index, tmp_path) as proxy:
+        _, body = ask(proxy, "/simple/foo/")
+        for link in links(body):
+            assert ask(proxy, link)[0] == 200, link
+    auth = {p: h for _, p, h in a.seen + b.seen}
+    assert auth["/pypi/r/simple/foo/"] and auth["/pypi/r/files/foo-1.whl"]
+    for path in ("/pypi/other/files/foo-2.whl", "/pypi/other/foo-3.whl", "/pypi/r/%2E%2E/other/foo-6.whl",
+                 "/pypi/r/files/foo-4.whl"):
+        assert auth[path] is None, path
+    assert [h for _, p, h in a.seen if p == "/pypi/r/files/foo-5.whl"] == [None]  # localhost != 127.0.0.1
+    # plain http carries no credential except to a loopback index
+    with pytest.raises(ValueError, match="plain http"):
+        Upstream.parse("http://aws:tok-5678@example.test/pypi/r/simple/")
+    up = Upstream.parse("https://aws:tok-5678@example.test/pypi/r/simple/")
+    assert up.scope == "https://example.test/pypi/r/"
+    assert up.covers("https://example.test/pypi/r/x.whl")
+    assert not up.covers("http://example.test/pypi/r/x.whl")
+    assert not up.covers("https://example.test/pypi/rr/x.whl")
+    assert not up.covers("https://example.test:444/pypi/r/x.whl")
+    assert not up.covers("https://example.test/pypi/r/../../other/x.whl")
+    assert Upstream.parse("http://u:p@127.0.0.1:1/simple/").scope == "http://127.0.0.1:1/"
+
+
+def test_redirects_lose_credentials_once_they_leave_and_go_only_to_http(a, b, tmp_path):
+    index = f"http://alice:pw-1234@127.0.0.1:{a.port}/simple/"
+    names = ["out.whl", "within.whl", "outandback.whl", "tofile.whl", "loop.whl"]
+    a.page("/simple/foo/", [f"/packages/{n}" for n in names])
+    a.redirect("/packages/out.whl", f"{b.base}/landing.whl")
+    b.file("/landing.whl", b"landed")
+    a.redirect("/packages/within.whl", "/packages/real.whl")
+    a.file("/packages/real.whl", b"real")
+    a.redirect("/packages/outandback.whl", f"{b.base}/bounce")
+    b.redirect("/bounce", f"{a.base}/packages/back.whl")
+    a.file("/packages/back.whl", b"back")
+    a.redirect("/packages/tofile.whl", "file:///etc/passwd")
+    a.redirect("/packages/loop.whl", "/packages/loop.whl")
+    with make(index, tmp_path) as proxy:
+        _, body = ask(proxy, "/simple/foo/")
+        got = {link.rsplit("/", 1)[1]: ask(proxy, link) for link in links(body)}
+        assert got["out.whl"] == (200, b"landed")
+        assert got["within.whl"] == (200, b"real")
+        assert got["outandback.whl"] == (200, b"back")
+        assert got["tofile.whl"][0] == 502 and got["loop.whl"][0] == 502
+        assert any("file:///etc/passwd" in r for r in proxy.stats.refused), proxy.stats.refused
+        assert any("redirects" in r and "loop.whl" in r for r in proxy.stats.refused), proxy.stats.refused
+    auth = [(p, h) for _, p, h in a.seen + b.seen]
+    assert ("/landing.whl", None) in auth and ("/bounce", None) in auth
+    assert ("/packages/back.whl", None) in auth           # left once: never again
+    assert [h for p, h in auth if p == "/packages/real.whl"][0]  # stayed inside: kept
+
+
+def test_redirect_to_a_link_local_address_is_refused_before_connecting(a, link_local, tmp_path):  # noqa: F811
+    trap = Server(link_local)  # on this machine: proves no connection was made
+    try:
+        a.page("/simple/foo/", ["/packages/meta.whl"])
+        a.redirect("/packages/meta.whl", f"{trap.base}/latest/meta-data/")
+        with make(f"{a.base}/simple/", tmp_path) as proxy:
+            _, body = ask(proxy, "/simple/foo/")
+            assert ask(proxy, links(body)[0])[0] == 502
+            assert any("link-local" in r for r in proxy.stats.refused)
+        assert trap.seen == []
+    finally:
+        trap.close()
+
+
+def test_size_caps_refuse_and_keep_nothing(a, tmp_path):
+    a.routes["/simple/big/"] = (200, {"Content-Type": "text/html"}, b"<html>" + b"x" * 5000 + b"</html>")
+    a.page("/simple/foo/", ["/packages/declared.whl", "/packages/chunked.whl", "/packages/small.whl"])
+    a.file("/packages/declared.whl", b"d" * 5000)
+    a.file("/packages/chunked.whl", b"c" * 5000, **{"Transfer-Encoding": "chunked"})
+    a.file("/packages/small.whl", b"s" * 500)
+    with make(f"{a.base}/simple/", tmp_path, page_max_bytes=2000, file_max_bytes=1000) as proxy:
+        status, body = ask(proxy, "/simple/big/")
+        assert status == 502 and b"/simple/big/" in body
+        _, page = ask(proxy, "/simple/foo/")
+        got = {link.rsplit("/", 1)[1]: ask(proxy, link)[0] for link in links(page)}
+        assert got == {"declared.whl": 502, "chunked.whl": 502, "small.whl": 200}
+        refused = " ".join(proxy.stats.refused)
+        for name in ("/simple/big/", "/packages/declared.whl", "/packages/chunked.whl"):
+            assert name in refused, refused
+    blobs = list((tmp_path / "cache" / "v2" / "sha256").iterdir())
+    assert [p.read_bytes() for p in blobs] == [b"s" * 500]
+    assert list((tmp_path / "cache" / "v2" / "tmp").iterdir()) == []
+
+
+def test_a_file_without_a_hash_is_reused_only_for_the_same_index_and_credential(a, tmp_path):
+    a.page("/simple/foo/", ["/packages/nohash.whl", f"/packages/hashed.whl#sha256={SHA}"])
+    a.file("/packages/nohash.whl", b"first")
+    a.file("/packages/hashed.whl")
+    cache = DownloadCache(tmp_path / "cache")
+
+    def fetch(user: str) -> dict[str, bytes]:
+        with IndexProxy(Upstream.parse(f"http://{user}:pw-{user}@127.0.0.1:{a.port}/simple/"), cache) as proxy:
+            _, body = ask(proxy, "/simple/foo/")
+            return {link.rsplit("/", 1)[1]: ask(proxy, link)[1] for link in links(body)}
+
+    assert fetch("alice") == {"nohash.whl": b"first", "hashed.whl": WHEEL}
+    a.file("/packages/nohash.whl", b"second")
+    assert fetch("alice")["nohash.whl"] == b"first"   # same identity: reused
+    assert fetch("bob")["nohash.whl"] == b"second"    # another credential: fetched again
+    assert a.paths().count("/packages/hashed.whl") == 1  # a hash from the page is reused by anyone
+    assert b"pw-alice" not in b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert identity("u", "Basic x") != identity("u", "Basic y")
+
+
+def test_cache_discards_url_keyed_entries_and_cleans_crashed_parts(tmp_path):
+    root = tmp_path / "cache"
+    (root / "urls").mkdir(parents=True)
+    (root / "blobs").mkdir()
+    (root / "urls" / "k").write_text("0" * 64)
+    (root / "blobs" / ("0" * 64)).write_bytes(b"trusted by url")
+    (root / "v2" / "tmp").mkdir(parents=True)
+    dead = root / "v2" / "tmp" / ".part-999999999-abc"
+    live = root / "v2" / "tmp" / f".part-{os.getpid()}-live"
+    dead.write_bytes(b"x" * 10)
+    live.write_bytes(b"y" * 10)
+    cache = DownloadCache(root, max_bytes=15)
+    assert not (root / "urls").exists() and not (root / "blobs").exists()
+    assert not dead.exists() and live.exists() and cache.parts_removed == 1
+    # a download in flight counts toward the cap
+    (cache.blobs / ("1" * 64)).write_bytes(b"z" * 10)
+    cache.evict()
+    assert not (cache.blobs / ("1" * 64)).exists()
+
+
+def test_unix_socket_and_allowed_extra_hosts(a, b, tmp_path):
+    b.page("/extra/simple/foo/", [f"{b.base}/files/foo-9.whl"])
+    b.file("/files/foo-9.whl", b"extra")
+    b.page("/links/", ["foo-8.whl"])
+    b.file("/links/foo-8.whl", b"found")
+    sock = str(tmp_path / "p.sock")
+    with make(f"http://alice:pw-1234@127.0.0.1:{a.port}/simple/", tmp_path, unix_path=sock,
+              allowed_hosts=frozenset({"localhost"})) as proxy:
+        def over_unix(target: str) -> tuple[int, bytes]:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(sock)
+                s.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            return int(head.split()[1]), body
+
+        assert over_unix("/_sandbox/ready")[0] == 200 and proxy.ready.is_set()
+        # 127.0.0.1 is not an allowed host (localhost is): refused
+        assert over_unix(proxy_url(f"{b.base}/extra/simple/").split("invalid", 1)[1] + "foo/")[0] == 403
+        extra = proxy_url(f"http://localhost:{b.port}/extra/simple/").split("invalid", 1)[1]
+        status, body = over_unix(extra + "foo/")
+        assert status == 200
+        assert over_unix(links(body)[0]) == (200, b"extra")
+        status, body = over_unix(proxy_url(f"http://localhost:{b.port}/links/", find_links=True)
+                                 .split("invalid", 1)[1])
+        assert status == 200 and over_unix(links(body)[0]) == (200, b"found")
+        assert over_unix(extra + "Foo/")[0] == 404
+    assert all(h is None for _, _, h in b.seen)  # never the index's credential
+
+
+def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a, tmp_path):
+    """An index that is not on loopback cannot point the proxy at the builder's own services."""
+    from builder.upstream import Fetcher, Refused
+    fetcher = Fetcher(loopback_ok=False)
+    for url in (f"{a.base}/x", f"http://localhost:{a.port}/x", f"http://0.0.0.0:{a.port}/x",
+                f"http://[::ffff:127.0.0.1]:{a.port}/x"):
+        with pytest.raises(Refused, match="loopback"):
+            fetcher.open(url, auth=None, max_bytes=100)
+    assert a.seen == []
+
+
+def test_allowed_index_urls_in_requirements_become_proxy_urls():
+    from builder.indexproxy import proxied_requirements
+    text = ("tinyreq==1.0\n--extra-index-url https://extra.example/simple/\n-i https://EXTRA.example/x/simple/\n"
+            "--find-links=https://extra.example/links/\n-f https://other.example/links/\n"
+            "--trusted-host extra.example\nfoo @ https://extra.example/foo-1.whl\n")
+    out = proxied_requirements(text, frozenset({"extra.example"}))
+    assert f"--extra-index-url {proxy_url('https://extra.example/simple/')}\n" in out
+    assert f"-i {proxy_url('https://EXTRA.example/x/simple/')}\n" in out
+    assert f"--find-links={proxy_url('https://extra.example/links/', find_links=True)}\n" in out
+    assert "-f https://other.example/links/\n" in out          # not allowed: refused earlier, left alone here
+    assert "--trusted-host extra.example\n" in out and "foo @ https://extra.example/foo-1.whl" in out
+    assert proxied_requirements(text, frozenset()) == text
