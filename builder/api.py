@@ -20,10 +20,10 @@ import structlog
 from . import __version__
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
 from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
-from .context import build_context
+from .context import build_context, files_digest
 from .dockerfile import render
 from .engine import Engine
-from .errors import PackageLoadError, PackageValidationError, register_secret
+from .errors import PackageLoadError, PackageValidationError, TagExistsError, register_secret
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy
 from .logs import configure as configure_logs
@@ -36,6 +36,12 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cac
 # or a work tree that changes the base without touching the shared one)
 BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
+# what the image is made of, without what the runner adds (base image id, host):
+# equal on two runners for one package and options, so a retried push is recognised
+CONTENT_LABEL = "io.pixell.agent-image.content-digest"
+BASE_NAME_LABEL = "org.opencontainers.image.base.name"
+BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+TOP_LAYER_LABEL = "io.pixell.agent-image.base.top-layer"
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
@@ -65,6 +71,7 @@ class BuildOptions:
     installer: str = "pip"                  # "pip" | "uv" (uv in its own venv, outside the agent's)
     use_cache: bool = True                  # skip the build when the input digest exists
     env: dict[str, str] | None = None       # environment for index resolution (default os.environ)
+    overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
 
 
 @dataclass
@@ -82,6 +89,7 @@ class BuildResult:
     installed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     index: dict[str, Any] = field(default_factory=dict)
+    tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,17 +158,44 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
     return split
 
 
+def _render(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
+            base_has_venv: bool, base_labels: dict[str, str] | None):
+    return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
+                  deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
+                  installer=options.installer, ca_bundle=options.ca_bundle_in_image,
+                  base_has_venv=base_has_venv, require_hashes=split.hashed,
+                  source_requirements=bool(split.source), base_labels=base_labels or {})
+
+
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True, split: Split | None = None):
+            base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
-    rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
-                      deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
-                      installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                      base_has_venv=base_has_venv, require_hashes=split.hashed,
-                      source_requirements=bool(split.source))
-    generated = {"Dockerfile": rendered.text.encode()}
+    rendered = _render(pkg, options, upstream_url, split, base_image=base_image, base_has_venv=base_has_venv,
+                       base_labels=base_labels)
+    generated = _generated(pkg, options, split, rendered.text)
+    context = build_context(pkg.root, generated, exclude=_kept_out(options))
+    digest = hashlib.sha256(json.dumps(
+        [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
+    return split, rendered, context, digest
+
+
+def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
+                   base_has_venv: bool = True) -> str:
+    """The content identity: the input digest without the base image (its name, id and
+    labels are rendered as placeholders) and without anything of the runner. Two
+    runners building one package with one set of options agree on it; tag
+    immutability compares it, not image bytes."""
+    text = _render(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
+                   base_labels={}).text
+    files = files_digest(pkg.root, _generated(pkg, options, split, text), exclude=_kept_out(options))
+    return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()
+
+
+def _generated(pkg: Package, options: BuildOptions, split: Split, dockerfile: str) -> dict[str, bytes]:
+    """The files the builder adds to the context next to the package."""
+    generated = {"Dockerfile": dockerfile.encode()}
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
@@ -174,10 +209,7 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
         generated[".agent-image/deps/requirements-deps.txt"] = split.deps_text.encode()
         for name, text in split.constraints.items():
             generated[f".agent-image/deps/{name}"] = text.encode()
-    context = build_context(pkg.root, generated, exclude=_kept_out(options))
-    digest = hashlib.sha256(json.dumps(
-        [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
-    return split, rendered, context, digest
+    return generated
 
 
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
@@ -209,11 +241,11 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         engine = engine or Engine()
         engine.ping()
         base_image = options.base_image or base_image_for(m.python)
-        base = engine.require_image(base_image, hint=f"Run `agent-image base --python {m.python}` "
-                                                    "(scripts/setup.sh does it) and retry.")
-        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id,
-                                                   base_has_venv=base.labels.get(VENV_LABEL) == "/opt/venv",
-                                                   split=split)
+        base = _base(engine, base_image, options, m.python)
+        has_venv = base.labels.get(VENV_LABEL) == "/opt/venv"
+        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id, base_has_venv=has_venv,
+                                                   split=split, base_labels=base_labels(base_image, base))
+        content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv)
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
@@ -221,7 +253,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         if options.use_cache and not options.nocache:
             hit = engine.image(input_tag)
             if hit is None and _remote(repo):
-                hit, cache_from = _from_registry(engine, repo, input_tag, options)
+                hit, cache_from = _from_registry(engine, repo, input_tag, options, m.name)
             if hit is not None and hit.labels.get(INPUT_LABEL) == digest:
                 engine.tag(hit.id, ref)
                 log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
@@ -229,10 +261,10 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options)
             if not cache_from:
-                cache_from = _own_previous(engine, repo, ref)
+                cache_from = _own_previous(engine, repo, ref, m.name)
 
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
-        labels = {INPUT_LABEL: digest}
+        labels = {INPUT_LABEL: digest, CONTENT_LABEL: content}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
         with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
@@ -290,16 +322,40 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         return _maybe_push(result, engine, options)
 
 
-def _own_previous(engine: Engine, repo: str, ref: str) -> list[str]:
+def _own_previous(engine: Engine, repo: str, ref: str, name: str) -> list[str]:
     """The agent's own last image as the layer cache. Without it the classic
     builder takes the newest local image matching each step, and the first
     steps are the same for every agent: one other agent's --no-cache build
-    would then cost this agent a full dependency reinstall."""
+    would then cost this agent a full dependency reinstall. Only an image
+    whose labels name this agent is used."""
     for candidate in (ref, f"{repo}:latest"):
         image = engine.image(candidate)
-        if image is not None:
+        if image is not None and image.labels.get("io.pixell.agent.name") == name:
             return [image.id]
     return []
+
+
+def _base(engine: Engine, base_image: str, options: BuildOptions, python: str):
+    """The base image; one the engine lacks is pulled when it names a registry
+    (`agent-image base --push` puts it there), so empty runners share its bytes."""
+    from .engine import split_ref
+    base = engine.image(base_image)
+    if base is None and _remote(split_ref(base_image)[0].split("@")[0]):
+        from .registry import pull_base
+        pull_base(engine, base_image, auth=options.registry_auth)
+    return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
+                                                 "(scripts/setup.sh does it) and retry.")
+
+
+def base_labels(base_image: str, base) -> dict[str, str]:
+    """What the agent records of its base (OCI's base.name/base.digest, and CNB's
+    top layer), so `rebase` can tell the agent's own layers from the base's."""
+    name, _, digest = base_image.partition("@")
+    if not digest:
+        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+        digest = next((d.split("@", 1)[1] for d in base.digests if d.split("@", 1)[0] == repo), "")
+    return {BASE_NAME_LABEL: name, BASE_DIGEST_LABEL: digest,
+            TOP_LAYER_LABEL: base.layers[-1] if base.layers else ""}
 
 
 def _remote(repo: str) -> bool:
@@ -308,9 +364,10 @@ def _remote(repo: str) -> bool:
     return "/" in repo and ("." in first or ":" in first or first == "localhost")
 
 
-def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions):
+def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions, name: str):
     """An ephemeral runner starts empty: take the exact image from the registry if it
-    was built before, else the agent's last pushed image as a layer cache."""
+    was built before, else the agent's last pushed image as a layer cache (the tool's
+    own moving tags: used only when their labels name this agent)."""
     from .errors import EngineError, RegistryError
     try:
         return engine.pull(input_tag, auth=options.registry_auth), []
@@ -318,7 +375,11 @@ def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOpti
         log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
     try:
         last = f"{repo}:latest"
-        engine.pull(last, auth=options.registry_auth)
+        pulled = engine.pull(last, auth=options.registry_auth)
+        if pulled.labels.get("io.pixell.agent.name") != name:
+            log.warning("Not using the last pushed image as a layer cache: its labels name another agent",
+                        cache_from=last, labelled=pulled.labels.get("io.pixell.agent.name"), agent=name)
+            return None, []
         log.info("Using the last pushed image as a layer cache", cache_from=last)
         return None, [last]
     except (RegistryError, EngineError) as exc:
@@ -337,6 +398,31 @@ def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions) -> B
         if not options.registry and not options.repository:
             raise PackageValidationError("--push needs --registry (or --repository) to know where to push",
                                          field="--registry", hint="Add --registry HOST[:PORT]/PREFIX.")
+        if not options.overwrite:
+            held = _tag_holds(engine, result, options)
+            if held:
+                result.digest_ref, result.tag_kept = held, True
+                return result
         result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
                                        auth=options.registry_auth)
     return result
+
+
+def _tag_holds(engine: Engine, result: BuildResult, options: BuildOptions) -> str | None:
+    """Tags are immutable: when the registry's NAME:VERSION holds this content already,
+    its digest ref (nothing is pushed); when it holds other content, TagExistsError."""
+    from .registry import remote_image
+    held = remote_image(result.image, auth=options.registry_auth)
+    if held is None:
+        return None
+    digest_ref, labels = held
+    ours = (engine.image(result.image_id).labels if engine.image(result.image_id) else {}).get(CONTENT_LABEL)
+    theirs = labels.get(CONTENT_LABEL)
+    if ours and theirs == ours:
+        log.info("The registry's tag already holds this package: kept, nothing pushed", image=result.image,
+                 digest_ref=digest_ref, content_digest=ours)
+        return digest_ref
+    raise TagExistsError(
+        f"{result.image} already holds {digest_ref.split('@', 1)[1]} (content {theirs or 'unknown'}); this build is "
+        f"image {result.image_id} (content {ours}); version tags are immutable", field="metadata.version",
+        hint="Bump metadata.version in agent.yaml, or pass --overwrite to replace the tag on purpose.")

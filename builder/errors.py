@@ -217,6 +217,18 @@ class ImageVerificationError(RegistryError):
     exit_code = 61
 
 
+class TagExistsError(RegistryError):
+    """The registry already holds a different image under NAME:VERSION (tags are immutable)."""
+    reference = "tag-exists"
+    exit_code = 62
+
+
+class RebaseError(PackageLoadError):
+    """A rebase was refused: the image or the new base would not fit together."""
+    reference = "rebase-refused"
+    exit_code = 63
+
+
 class RunError(PackageLoadError):
     """A started agent container did not become healthy."""
     reference = "run-failed"
@@ -228,7 +240,8 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, BuildError, BuildTimeoutError, BuildInterruptedError,
-    EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, RunError,
+    EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, TagExistsError, RebaseError,
+    RunError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.

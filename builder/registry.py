@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import structlog
@@ -66,3 +67,34 @@ def pull_image(engine: Engine, ref: str, *, expect_name: str | None = None, expe
     verify_labels(image.labels, ref=ref, name=expect_name, version=expect_version)
     log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get("io.pixell.agent.name"))
     return image.id
+
+
+def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> str:
+    """Pull a base image the engine lacks (`build --base-image REGISTRY/...`)."""
+    for attempt in range(1, retries + 1):
+        try:
+            image = engine.pull(ref, auth=auth)
+            log.info("Pulled the base image", image=ref, image_id=image.id)
+            return image.id
+        except RegistryError as exc:
+            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def remote_image(ref: str, *, auth: dict | None = None) -> tuple[str, dict[str, str]] | None:
+    """(REPO@digest, config labels) of what the registry holds under REF, or None: read
+    through the registry's HTTP API, not the engine (whose copy may be stale)."""
+    from .registryapi import RegistryClient, parse_ref
+    r = parse_ref(ref)
+    client = RegistryClient(r.host, auth=auth)
+    found = client.manifest(r.repo, r.reference)
+    if found is None:
+        return None
+    data, _, digest = found
+    doc = json.loads(data)
+    if "config" not in doc:  # an index: its platforms' labels are not one image's
+        return f"{r.name}@{digest}", {}
+    config = json.loads(client.blob(r.repo, doc["config"]["digest"]))
+    return f"{r.name}@{digest}", dict((config.get("config") or {}).get("Labels") or {})
