@@ -23,10 +23,11 @@ from .buildlog import Failure, classify, conflict_warnings, installed_packages, 
 from .context import build_context, files_digest
 from .dockerfile import render
 from .engine import Engine
-from .errors import PackageLoadError, PackageValidationError, TagExistsError, register_secret
+from .errors import PackageLoadError, PackageValidationError, register_secret
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy
 from .logs import configure as configure_logs
+from .rebase import CONTENT_LABEL, base_labels
 from .requirements import Split, logical_lines, read_requirements
 
 log = structlog.get_logger("agent_image")
@@ -36,12 +37,6 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cac
 # or a work tree that changes the base without touching the shared one)
 BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
-# what the image is made of, without what the runner adds (base image id, host):
-# equal on two runners for one package and options, so a retried push is recognised
-CONTENT_LABEL = "io.pixell.agent-image.content-digest"
-BASE_NAME_LABEL = "org.opencontainers.image.base.name"
-BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
-TOP_LAYER_LABEL = "io.pixell.agent-image.base.top-layer"
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
@@ -244,7 +239,8 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         base = _base(engine, base_image, options, m.python)
         has_venv = base.labels.get(VENV_LABEL) == "/opt/venv"
         split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id, base_has_venv=has_venv,
-                                                   split=split, base_labels=base_labels(base_image, base))
+                                                   split=split, base_labels=base_labels(base_image, base.digests,
+                                                                                        base.layers))
         content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv)
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
@@ -255,11 +251,12 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
             if hit is None and _remote(repo):
                 hit, cache_from = _from_registry(engine, repo, input_tag, options, m.name)
             if hit is not None and hit.labels.get(INPUT_LABEL) == digest:
+                kept = _guard_tag(ref, hit.id, content, options)
                 engine.tag(hit.id, ref)
                 log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
-                return _maybe_push(result, engine, options)
+                return _maybe_push(result, engine, options, kept)
             if not cache_from:
                 cache_from = _own_previous(engine, repo, ref, m.name)
 
@@ -295,6 +292,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                       venv=venv, step=step, error_class=type(err).__name__, error=str(err))
             raise err
 
+        kept = _guard_tag(ref, outcome.image_id, content, options)  # before any tag moves
         engine.tag(outcome.image_id, ref)
         engine.tag(outcome.image_id, input_tag)
         # a step counts as cached when every instruction in it was
@@ -319,7 +317,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         log.info("Agent image ready", venv=venv, image=ref, image_id=outcome.image_id,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
-        return _maybe_push(result, engine, options)
+        return _maybe_push(result, engine, options, kept)
 
 
 def _own_previous(engine: Engine, repo: str, ref: str, name: str) -> list[str]:
@@ -345,17 +343,6 @@ def _base(engine: Engine, base_image: str, options: BuildOptions, python: str):
         pull_base(engine, base_image, auth=options.registry_auth)
     return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
                                                  "(scripts/setup.sh does it) and retry.")
-
-
-def base_labels(base_image: str, base) -> dict[str, str]:
-    """What the agent records of its base (OCI's base.name/base.digest, and CNB's
-    top layer), so `rebase` can tell the agent's own layers from the base's."""
-    name, _, digest = base_image.partition("@")
-    if not digest:
-        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
-        digest = next((d.split("@", 1)[1] for d in base.digests if d.split("@", 1)[0] == repo), "")
-    return {BASE_NAME_LABEL: name, BASE_DIGEST_LABEL: digest,
-            TOP_LAYER_LABEL: base.layers[-1] if base.layers else ""}
 
 
 def _remote(repo: str) -> bool:
@@ -392,37 +379,23 @@ def _all_lines(root: Path):
     return logical_lines(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
 
 
-def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions) -> BuildResult:
+def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept: str | None = None) -> BuildResult:
     if options.push:
         from .registry import push_image
         if not options.registry and not options.repository:
             raise PackageValidationError("--push needs --registry (or --repository) to know where to push",
                                          field="--registry", hint="Add --registry HOST[:PORT]/PREFIX.")
-        if not options.overwrite:
-            held = _tag_holds(engine, result, options)
-            if held:
-                result.digest_ref, result.tag_kept = held, True
-                return result
+        if kept:
+            result.digest_ref, result.tag_kept = kept, True
+            return result
         result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
                                        auth=options.registry_auth)
     return result
 
 
-def _tag_holds(engine: Engine, result: BuildResult, options: BuildOptions) -> str | None:
-    """Tags are immutable: when the registry's NAME:VERSION holds this content already,
-    its digest ref (nothing is pushed); when it holds other content, TagExistsError."""
-    from .registry import remote_image
-    held = remote_image(result.image, auth=options.registry_auth)
-    if held is None:
+def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
+    """Version tags are immutable (builder/registry.py guard_tag), checked before any tag moves."""
+    if not options.push or options.overwrite or not _remote(ref.rsplit(":", 1)[0]):
         return None
-    digest_ref, labels = held
-    ours = (engine.image(result.image_id).labels if engine.image(result.image_id) else {}).get(CONTENT_LABEL)
-    theirs = labels.get(CONTENT_LABEL)
-    if ours and theirs == ours:
-        log.info("The registry's tag already holds this package: kept, nothing pushed", image=result.image,
-                 digest_ref=digest_ref, content_digest=ours)
-        return digest_ref
-    raise TagExistsError(
-        f"{result.image} already holds {digest_ref.split('@', 1)[1]} (content {theirs or 'unknown'}); this build is "
-        f"image {result.image_id} (content {ours}); version tags are immutable", field="metadata.version",
-        hint="Bump metadata.version in agent.yaml, or pass --overwrite to replace the tag on purpose.")
+    from .registry import guard_tag
+    return guard_tag(ref, image_id=image_id, content=content, auth=options.registry_auth)

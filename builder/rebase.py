@@ -28,6 +28,9 @@ BUILDER_LABEL = "io.pixell.agent-image.builder"
 AGENT_NAME_LABEL = "io.pixell.agent.name"
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
 REBASED_FROM_LABEL = "io.pixell.agent-image.rebased-from"
+# what the image is made of, without what the runner adds (base image id, host):
+# equal on two runners for one package and options, so a retried push is recognised
+CONTENT_LABEL = "io.pixell.agent-image.content-digest"
 # ABI fields that must be equal for the agent's layers to run on the new base;
 # the rest (the versions the base seeds into the venv) may move, and are reported
 ABI_MUST_MATCH = ("distro", "python", "venv", "uid")
@@ -50,6 +53,16 @@ def abi_label(facts: dict[str, str]) -> str:
 
 def parse_abi(text: str | None) -> dict[str, str]:
     return dict(part.split("=", 1) for part in (text or "").split(";") if "=" in part)
+
+
+def base_labels(base_image: str, repo_digests: tuple[str, ...], layers: tuple[str, ...]) -> dict[str, str]:
+    """What an agent image records of its base at build time (OCI's base.name and
+    base.digest, CNB's top layer), so rebase can tell its own layers from the base's."""
+    name, _, digest = base_image.partition("@")
+    if not digest:  # the manifest digest the engine knows for that repository, if it was pushed or pulled
+        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+        digest = next((d.split("@", 1)[1] for d in repo_digests if d.split("@", 1)[0] == repo), "")
+    return {BASE_NAME_LABEL: name, BASE_DIGEST_LABEL: digest, TOP_LAYER_LABEL: layers[-1] if layers else ""}
 
 
 @dataclass(frozen=True)
@@ -103,13 +116,13 @@ def check(image: ImageDoc, new_base: ImageDoc, *, image_ref: str, base_ref: str)
                           f"{base_labels[ABI_LABEL]!r})", field=ABI_LABEL,
                           hint="Rebuild the image on a base made by `agent-image base`.")
     old_abi, new_abi = parse_abi(labels[ABI_LABEL]), parse_abi(base_labels[ABI_LABEL])
-    for key in ABI_MUST_MATCH:
-        if old_abi.get(key) != new_abi.get(key):
-            raise RebaseError(f"{image_ref} and the new base {base_ref} differ in their ABI: {key} is "
-                              f"{old_abi.get(key)!r} in the image, {new_abi.get(key)!r} in the new base",
-                              field=f"{ABI_LABEL}:{key}",
-                              hint="Rebase only onto a base of the same distro release, Python, venv and uid; "
-                                   "otherwise rebuild the agent on the new base.")
+    differ = [key for key in ABI_MUST_MATCH if old_abi.get(key) != new_abi.get(key)]
+    if differ:
+        raise RebaseError(f"{image_ref} and the new base {base_ref} differ in their ABI: " + "; ".join(
+                          f"{key} is {old_abi.get(key)!r} in the image, {new_abi.get(key)!r} in the new base"
+                          for key in differ), field=f"{ABI_LABEL}:{','.join(differ)}",
+                          hint="Rebase only onto a base of the same distro release, Python, venv and uid; "
+                               "otherwise rebuild the agent on the new base.")
     for doc, ref in ((image, image_ref), (new_base, base_ref)):
         if doc.manifest.get("mediaType", DOCKER_MANIFEST) not in MANIFEST_TYPES:
             raise RebaseError(f"{ref} is a {doc.manifest.get('mediaType')}, not a single-platform image manifest",

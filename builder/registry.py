@@ -8,7 +8,7 @@ import time
 import structlog
 
 from .engine import Engine, split_ref
-from .errors import EngineError, ImageVerificationError, RegistryError
+from .errors import EngineError, ImageVerificationError, RegistryError, TagExistsError
 
 log = structlog.get_logger("agent_image.registry")
 
@@ -98,3 +98,24 @@ def remote_image(ref: str, *, auth: dict | None = None) -> tuple[str, dict[str, 
         return f"{r.name}@{digest}", {}
     config = json.loads(client.blob(r.repo, doc["config"]["digest"]))
     return f"{r.name}@{digest}", dict((config.get("config") or {}).get("Labels") or {})
+
+
+def guard_tag(ref: str, *, image_id: str, content: str, auth: dict | None = None) -> str | None:
+    """Version tags are immutable: when the registry's REF already holds this content
+    (its content-digest label), return its digest ref and push nothing (a retry on
+    another runner, whose bytes differ, keeps what is there); when it holds other
+    content, TagExistsError. None: the tag is free."""
+    from .rebase import CONTENT_LABEL
+    held = remote_image(ref, auth=auth)
+    if held is None:
+        return None
+    digest_ref, labels = held
+    theirs = labels.get(CONTENT_LABEL)
+    if theirs == content:
+        log.info("The registry's tag already holds this package: kept, nothing pushed", image=ref,
+                 digest_ref=digest_ref, content_digest=content)
+        return digest_ref
+    raise TagExistsError(
+        f"{ref} already holds {digest_ref.split('@', 1)[1]} (content {theirs or 'unknown'}); this build is image "
+        f"{image_id} (content {content}); version tags are immutable", field="metadata.version",
+        hint="Bump metadata.version in agent.yaml, or pass --overwrite to replace the tag on purpose.")

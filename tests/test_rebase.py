@@ -1,0 +1,264 @@
+"""Issue 13: `agent-image rebase` swaps the base under agent images in a real registry.
+
+Everything is real: Debian's docker-registry on loopback, bases built and pushed
+by `agent-image base --push`, agents built and pushed by `agent-image build`.
+The registry is read over its HTTP API here (urllib, not the code under test).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import BIN, Registry, free_port, wait_http
+
+AGENT_IMAGE = str(BIN / "agent-image")
+PREFIX = "rebase-test"  # every local tag these tests make starts with it (or with the registry host)
+ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
+          "application/vnd.oci.image.manifest.v1+json")
+PATCH_FILE = "/etc/agent-image-patch"
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([AGENT_IMAGE, *args], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def manifest(host: str, repo: str, ref: str) -> tuple[str, dict]:
+    """(digest, manifest) of REPO:REF as the registry holds it."""
+    req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{ref}", headers={"Accept": ACCEPT})
+    with urllib.request.urlopen(req) as resp:
+        return resp.headers["Docker-Content-Digest"], json.loads(resp.read())
+
+
+def config(host: str, repo: str, man: dict) -> dict:
+    with urllib.request.urlopen(f"http://{host}/v2/{repo}/blobs/{man['config']['digest']}") as resp:
+        return json.loads(resp.read())
+
+
+def stored_files(reg: Registry) -> set[str]:
+    """Every file in the registry's storage: nothing pushed means this does not change."""
+    root = reg.root / "data"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def bases(registry, docker_client):
+    """The base pushed as REGISTRY/agent-image.base:py3.11, a patched one (a new file in
+    the Python image under it: new base layers, as a Debian update gives), and py3.9."""
+    made = []
+    old = cli("base", "--registry", registry.host, "--push").stdout.split()[-1]
+    made.append(f"{registry.host}/agent-image.base:py3.11")
+    docker_client.images.build(fileobj=_dockerfile(f"FROM agent-image/python:3.11\n"
+                                                   f"RUN echo CVE-2026-0001 fixed > {PATCH_FILE}\n"),
+                               tag=f"{PREFIX}/python-patched:3.11", rm=True)
+    new = cli("base", "--from", f"{PREFIX}/python-patched:3.11", "--tag", f"{PREFIX}/base-patched:py3.11",
+              "--registry", f"{registry.host}/patched", "--push").stdout.split()[-1]
+    made += [f"{PREFIX}/python-patched:3.11", f"{PREFIX}/base-patched:py3.11",
+             f"{registry.host}/patched/agent-image.base:py3.11"]
+    py39 = cli("base", "--python", "3.9", "--registry", f"{registry.host}/py39", "--push").stdout.split()[-1]
+    made.append(f"{registry.host}/py39/agent-image.base:py3.9")
+    yield {"old": old, "new": new, "py39": py39}
+    for tag in made:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except docker.errors.APIError:
+            pass
+
+
+def _dockerfile(text: str):
+    import io
+    return io.BytesIO(text.encode())
+
+
+def build_on(agent: Path, base: str, registry_prefix: str, index_url: str, *extra: str) -> dict:
+    out = cli("build", str(agent), "--json", "--index-url", index_url, "--base-image", base,
+              "--registry", registry_prefix, "--push", *extra)
+    return json.loads(out.stdout)
+
+
+def test_rebase_keeps_agent_layers_and_serves_on_the_new_base(bases, registry, agent_factory, index_url,
+                                                              docker_client, cleanup_images):
+    host, prefix = registry.host, f"{registry.host}/rb"
+    cleanup_images(prefix)
+    agents = [agent_factory(f"rb-agent-{i}", requirements="tinyreq==1.1\n") for i in range(2)]
+    built = [build_on(a, bases["old"], prefix, index_url) for a in agents]
+    before = {b["agent"]["name"]: manifest(host, f"rb/{b['agent']['name']}", "0.1.0") for b in built}
+    old_cfg = config(host, "rb/rb-agent-0", before["rb-agent-0"][1])
+    labels = old_cfg["config"]["Labels"]
+    # images know their base
+    assert labels["org.opencontainers.image.base.name"] == f"{host}/agent-image.base"
+    assert labels["org.opencontainers.image.base.digest"] == bases["old"].split("@")[1]
+    assert labels["io.pixell.agent-image.base.top-layer"] == old_cfg["rootfs"]["diff_ids"][2]
+    assert "python=3.11" in labels["io.pixell.agent-image.abi"] and "uid=10001" in labels["io.pixell.agent-image.abi"]
+
+    refs = [f"{prefix}/rb-agent-{i}:0.1.0" for i in range(2)]
+    dry = cli("rebase", *refs, "--base", bases["new"], "--dry-run")
+    assert "dry run: nothing pushed" in dry.stdout
+    assert all(manifest(host, f"rb/{n}", "0.1.0")[0] == d for n, (d, _) in before.items()), "dry run moved a tag"
+
+    proc = cli("rebase", *refs, "--base", bases["new"], "--json")
+    out = json.loads(proc.stdout)
+    assert out["ok"] and [r["image"] for r in out["results"]] == refs
+    _, new_base_man = manifest(host, "patched/agent-image.base", bases["new"].split("@")[1])
+    for result in out["results"]:
+        name = result["image"].split("/")[-1].split(":")[0]
+        old_digest, old_man = before[name]
+        new_digest, new_man = manifest(host, f"rb/{name}", "0.1.0")
+        # the tag moved to what the command printed; the input-digest tag did not
+        assert result["digest_ref"] == f"{prefix}/{name}@{new_digest}" != result["from"]
+        assert result["from"] == f"{prefix}/{name}@{old_digest}"
+        inputs = [b for b in built if b["agent"]["name"] == name][0]["input_digest"][:20]
+        assert manifest(host, f"rb/{name}", f"in-{inputs}")[0] == old_digest
+        # the agent's layers are the same blobs; under them, the new base's
+        kept = result["layers_kept"]
+        assert kept >= 2 and [x["digest"] for x in new_man["layers"][-kept:]] == \
+            [x["digest"] for x in old_man["layers"][-kept:]]
+        assert [x["digest"] for x in new_man["layers"][:-kept]] == [x["digest"] for x in new_base_man["layers"]]
+        assert result["bytes_uploaded"] < 20_000, result
+    # the runtime side: pull the new digest, run it, /health answers, the fix is there
+    ref = out["results"][0]["digest_ref"]
+    pulled = cli("pull", ref, "--expect-name", "rb-agent-0", "--expect-version", "0.1.0")
+    assert docker_client.containers.run(ref, ["cat", PATCH_FILE], remove=True).decode().strip() == "CVE-2026-0001 fixed"
+    rebased = docker_client.images.get(ref)
+    assert rebased.id == pulled.stdout.strip()
+    assert rebased.attrs["Config"]["User"] == "agent"
+    assert any(e.startswith("AGENT_NAME=rb-agent-0") for e in rebased.attrs["Config"]["Env"])
+    assert rebased.labels["io.pixell.agent-image.base.top-layer"] == rebased.attrs["RootFS"]["Layers"][-kept - 1]
+    port = free_port()
+    run = cli("run", ref, "--port", str(port), "--name", f"{PREFIX}-health")
+    try:
+        with urllib.request.urlopen(run.stdout.strip() + "/health", timeout=5) as resp:
+            assert json.loads(resp.read())["agent"] == "rb-agent-0"
+        with urllib.request.urlopen(urllib.request.Request(
+                run.stdout.strip() + "/invoke", data=b'{"imports": ["tinyreq"]}', method="POST",
+                headers={"Content-Type": "application/json"}), timeout=5) as resp:
+            assert json.loads(resp.read())["modules"] == {"tinyreq": "1.1"}
+    finally:
+        docker_client.containers.get(f"{PREFIX}-health").remove(force=True)
+    # once more onto the same base: nothing to do, nothing pushed
+    again = json.loads(cli("rebase", refs[0], "--base", bases["new"], "--json").stdout)["results"][0]
+    assert again["unchanged"] and again["bytes_uploaded"] == 0 and again["digest_ref"] == ref
+
+
+def test_each_refusal_names_the_field_and_pushes_nothing(bases, registry, agent_factory, index_url, docker_client,
+                                                         engine, cleanup_images):
+    host, prefix = registry.host, f"{registry.host}/refuse"
+    cleanup_images(prefix)
+    good = build_on(agent_factory("ok-agent", requirements=None), bases["old"], prefix, index_url)
+    ours = f"{prefix}/ok-agent:0.1.0"
+    # an image not built by agent-image (the base itself, in an app's repository)
+    foreign = f"{prefix}/foreign:1"
+    docker_client.images.get(bases["old"]).tag(foreign)
+    engine.push(foreign)
+    # one built by an older agent-image: its base is unknown
+    unknown = f"{prefix}/old-agent:1"
+    docker_client.images.build(fileobj=_dockerfile(
+        f"FROM {bases['old']}\nLABEL io.pixell.agent.name=old-agent io.pixell.agent-image.builder=0.0.1\n"),
+        tag=unknown, rm=True)
+    engine.push(unknown)
+    # a base without the ABI label: the plain Python image
+    noabi = f"{prefix}/python:3.11"
+    docker_client.images.get("agent-image/python:3.11").tag(noabi)
+    engine.push(noabi)
+
+    cases = [  # (refs, base, field, words the message must hold)
+        ([ours], bases["py39"], "io.pixell.agent-image.abi:distro,python",
+         ["python is '3.11' in the image, '3.9' in the new base", "'debian:12'", "'debian:11'"]),
+        ([foreign], bases["new"], "io.pixell.agent-image.builder", ["not built by agent-image"]),
+        ([unknown], bases["new"], "io.pixell.agent-image.base.top-layer", ["base is unknown"]),
+        ([ours], noabi, "io.pixell.agent-image.abi", ["has no io.pixell.agent-image.abi", "python=3.11"]),
+    ]
+    for refs, base, field, words in cases:
+        stored = stored_files(registry)
+        proc = cli("rebase", *refs, "--base", base, "--json", check=False)
+        out = json.loads(proc.stdout)
+        assert proc.returncode == 63, (field, proc.stdout, proc.stderr[-1000:])
+        err = out["error"]
+        assert err["class"] == "RebaseError" and err["field"] == field
+        assert all(w in err["message"] for w in words), err["message"]
+        assert stored_files(registry) == stored, f"{field}: a refusal wrote to the registry"
+    assert manifest(host, "refuse/ok-agent", "0.1.0")[0] == good["digest_ref"].split("@")[1]
+
+    # several refs: each on its own; the exit code is the first failure's
+    proc = cli("rebase", foreign, ours, "--base", bases["new"], "--json", check=False)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 63 and not out["ok"]
+    first, second = out["results"]
+    assert not first["ok"] and first["error"]["exit_code"] == 63
+    assert second["ok"] and manifest(host, "refuse/ok-agent", "0.1.0")[0] == second["digest_ref"].split("@")[1]
+
+
+class _Cutter(BaseHTTPRequestHandler):
+    """A loopback forwarder to the registry that stops the registry when the manifest
+    PUT (the write that moves the tag) arrives: a registry that goes away halfway."""
+    registry: Registry
+    seen: list
+
+    def _forward(self) -> None:
+        self.seen.append(f"{self.command} {self.path}")
+        if self.command == "PUT" and "/manifests/" in self.path:
+            self.registry.stop()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.registry.port, timeout=10)
+            conn.request(self.command, self.path, body=body,
+                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError:
+            self.close_connection = True  # no answer at all, as from a registry that died
+            return
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v.replace(f"127.0.0.1:{self.registry.port}", self.headers["Host"]))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_registry_stopped_halfway_leaves_the_old_tag(bases, registry, agent_factory, index_url, tmp_path,
+                                                       docker_client, engine, cleanup_images):
+    own = Registry(tmp_path, free_port())
+    own.start()
+    cleanup_images(f"{own.host}/")
+    try:
+        base = f"{own.host}/agent-image.base:py3.11"
+        docker_client.images.get(bases["new"]).tag(base)
+        new_base = f"{own.host}/agent-image.base@{engine.push(base)}"
+        built = build_on(agent_factory("halfway", requirements=None), bases["old"], f"{own.host}/hw", index_url)
+        old_digest = built["digest_ref"].split("@")[1]
+        handler = type("Cutter", (_Cutter,), {"registry": own, "seen": []})
+        server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        via = f"127.0.0.1:{server.server_address[1]}"
+        try:
+            proc = cli("rebase", f"{via}/hw/halfway:0.1.0", "--base", new_base.replace(own.host, via), "--json",
+                       check=False)
+        finally:
+            server.shutdown()
+        out = json.loads(proc.stdout)
+        assert proc.returncode == 60 and out["error"]["class"] == "RegistryError", proc.stdout
+        assert any(s.startswith("PUT /v2/hw/halfway/blobs/uploads/") for s in handler.seen), "the config went up first"
+        own.start()  # the same storage, back up: the tag still holds the old image
+        wait_http(f"http://{own.host}/v2/")
+        assert manifest(own.host, "hw/halfway", "0.1.0")[0] == old_digest
+    finally:
+        own.stop()
