@@ -262,3 +262,59 @@ def test_a_registry_stopped_halfway_leaves_the_old_tag(bases, registry, agent_fa
         assert manifest(own.host, "hw/halfway", "0.1.0")[0] == old_digest
     finally:
         own.stop()
+
+
+def test_basic_auth_from_options_and_from_the_docker_config(bases, agent_factory, index_url, tmp_path, docker_client,
+                                                            engine, cleanup_images):
+    """A registry that wants credentials (htpasswd, Basic): from --registry-username +
+    AGENT_IMAGE_REGISTRY_PASSWORD, or from the Docker config; never printed."""
+    import base64
+
+    from passlib.hash import bcrypt
+    password = "pw-Zebra-7781-not-for-logs"
+    (tmp_path / "htpasswd").write_text(f"ci:{bcrypt.using(rounds=4).hash(password)}\n")
+    own = Registry(tmp_path, free_port())
+    own.start()
+    (tmp_path / "config.yml").write_text((tmp_path / "config.yml").read_text() + (
+        f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp_path / 'htpasswd'}\n"))
+    own.stop()
+    exe = subprocess.run(["sh", "-c", "command -v docker-registry || echo /usr/bin/docker-registry"],
+                         capture_output=True, text=True).stdout.strip()
+    own.proc = subprocess.Popen([exe, "serve", str(tmp_path / "config.yml")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    cleanup_images(f"{own.host}/")
+    auth = {"username": "ci", "password": password}
+    try:
+        wait_http(f"http://{own.host}/v2/")
+        refs = {}
+        for key, repo in (("old", "agent-image.base"), ("new", "patched/agent-image.base")):
+            docker_client.images.get(bases[key]).tag(f"{own.host}/{repo}:py3.11")
+            refs[key] = f"{own.host}/{repo}@{engine.push(f'{own.host}/{repo}:py3.11', auth=auth)}"
+        env = {**os.environ, "AGENT_IMAGE_REGISTRY_PASSWORD": password}
+        agent = agent_factory("authed", requirements=None)
+        proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "--index-url", index_url, "--base-image",
+                               bases["old"], "--registry", f"{own.host}/auth", "--push", "--registry-username", "ci"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ref = f"{own.host}/auth/authed:0.1.0"
+
+        anon = subprocess.run([AGENT_IMAGE, "rebase", ref, "--base", refs["new"], "--json"], capture_output=True,
+                              text=True, env={**os.environ, "DOCKER_CONFIG": str(tmp_path / "none")})
+        assert anon.returncode == 60 and "HTTP 401" in json.loads(anon.stdout)["error"]["message"]
+
+        with_opts = subprocess.run([AGENT_IMAGE, "rebase", ref, "--base", refs["new"], "--json",
+                                    "--registry-username", "ci"], capture_output=True, text=True, env=env)
+        assert with_opts.returncode == 0, with_opts.stdout + with_opts.stderr[-2000:]
+        (tmp_path / "dockercfg").mkdir()
+        (tmp_path / "dockercfg" / "config.json").write_text(json.dumps(
+            {"auths": {own.host: {"auth": base64.b64encode(f"ci:{password}".encode()).decode()}}}))
+        from_config = subprocess.run([AGENT_IMAGE, "rebase", ref, "--base", refs["old"], "--json", "-v"],
+                                     capture_output=True, text=True,
+                                     env={**os.environ, "DOCKER_CONFIG": str(tmp_path / "dockercfg")})
+        assert from_config.returncode == 0, from_config.stdout + from_config.stderr[-2000:]
+        assert json.loads(from_config.stdout)["results"][0]["layers_kept"] >= 2
+        for p in (proc, anon, with_opts, from_config):
+            assert password not in p.stdout + p.stderr
+            assert base64.b64encode(f"ci:{password}".encode()).decode() not in p.stdout + p.stderr
+    finally:
+        own.stop()
