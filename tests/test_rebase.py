@@ -318,3 +318,46 @@ def test_basic_auth_from_options_and_from_the_docker_config(bases, agent_factory
             assert base64.b64encode(f"ci:{password}".encode()).decode() not in p.stdout + p.stderr
     finally:
         own.stop()
+
+
+def test_a_base_in_another_registry_is_copied(bases, registry, agent_factory, index_url, tmp_path, docker_client,
+                                              cleanup_images):
+    """No mount across registries: the new base's blobs travel, streamed, then the rebase is as usual."""
+    own = Registry(tmp_path, free_port())
+    own.start()
+    cleanup_images(f"{own.host}/")
+    try:
+        build_on(agent_factory("elsewhere", requirements=None), bases["old"], f"{own.host}/x", index_url)
+        proc = cli("rebase", f"{own.host}/x/elsewhere:0.1.0", "--base", bases["new"], "--json")
+        result = json.loads(proc.stdout)["results"][0]
+        _, base_man = manifest(registry.host, "patched/agent-image.base", bases["new"].split("@")[1])
+        copied = sum(x["size"] for x in base_man["layers"])
+        assert result["bytes_uploaded"] > copied * 0.5, result  # what the own registry lacked went up
+        ref = result["digest_ref"]
+        cli("pull", ref, "--expect-name", "elsewhere")
+        assert docker_client.containers.run(ref, ["cat", PATCH_FILE], remove=True).decode().strip() == \
+            "CVE-2026-0001 fixed"
+    finally:
+        own.stop()
+
+
+def test_build_pulls_a_base_the_engine_lacks(bases, registry, agent_factory, index_url, docker_client,
+                                             cleanup_images):
+    """An empty runner: `build --base-image REGISTRY/...@digest` pulls it, and the image records it."""
+    cleanup_images(f"{registry.host}/pulls")
+    name, digest = bases["new"].split("@")
+    for ref in (bases["new"], f"{name}:py3.11", f"{PREFIX}/base-patched:py3.11"):
+        try:
+            docker_client.images.remove(ref)  # our references only: the image may have other tags
+        except docker.errors.APIError:
+            pass
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(bases["new"])
+    proc = subprocess.run([AGENT_IMAGE, "build", str(agent_factory("pulls-base", requirements=None)), "--json",
+                           "--index-url", index_url, "--base-image", bases["new"],
+                           "--registry", f"{registry.host}/pulls"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Pulled the base image" in proc.stderr
+    labels = docker_client.images.get(json.loads(proc.stdout)["image_id"]).labels
+    assert labels["org.opencontainers.image.base.name"] == name
+    assert labels["org.opencontainers.image.base.digest"] == digest
