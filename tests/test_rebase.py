@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import threading
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -328,17 +329,28 @@ def test_a_base_in_another_registry_is_copied(bases, registry, agent_factory, in
     cleanup_images(f"{own.host}/")
     try:
         build_on(agent_factory("elsewhere", requirements=None), bases["old"], f"{own.host}/x", index_url)
+        _, base_man = manifest(registry.host, "patched/agent-image.base", bases["new"].split("@")[1])
+        missing = sum(x["size"] for x in base_man["layers"] if not _has_blob(own.host, "x/elsewhere", x["digest"]))
+        assert missing > 0, "the patched base has layers the other registry lacks"
         proc = cli("rebase", f"{own.host}/x/elsewhere:0.1.0", "--base", bases["new"], "--json")
         result = json.loads(proc.stdout)["results"][0]
-        _, base_man = manifest(registry.host, "patched/agent-image.base", bases["new"].split("@")[1])
-        copied = sum(x["size"] for x in base_man["layers"])
-        assert result["bytes_uploaded"] > copied * 0.5, result  # what the own registry lacked went up
+        assert missing <= result["bytes_uploaded"] < missing + 20_000, result  # what it lacked went up, no more
+        assert all(_has_blob(own.host, "x/elsewhere", x["digest"]) for x in base_man["layers"])
         ref = result["digest_ref"]
         cli("pull", ref, "--expect-name", "elsewhere")
         assert docker_client.containers.run(ref, ["cat", PATCH_FILE], remove=True).decode().strip() == \
             "CVE-2026-0001 fixed"
     finally:
         own.stop()
+
+
+def _has_blob(host: str, repo: str, digest: str) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"http://{host}/v2/{repo}/blobs/{digest}", method="HEAD")):
+            return True
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        return False
 
 
 def test_build_pulls_a_base_the_engine_lacks(bases, registry, agent_factory, index_url, docker_client,
