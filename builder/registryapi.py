@@ -329,7 +329,8 @@ class RegistryClient:
             detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)[:300]
         except (ValueError, AttributeError):
             pass
-        what = f"{method} {_clean(url)}: HTTP {resp.status}" + (f" ({detail})" if detail else "")
+        # "URL answered HTTP n": "URL: ..." would read as a "token: value" pair to redact
+        what = f"{method} {_clean(url)} answered HTTP {resp.status}" + (f" ({detail})" if detail else "")
         if resp.status in (401, 403):
             hint = ("The registry refused the credentials: pass --registry-username with AGENT_IMAGE_REGISTRY_PASSWORD, "
                     "or docker login.")

@@ -373,3 +373,99 @@ def test_build_pulls_a_base_the_engine_lacks(bases, registry, agent_factory, ind
     labels = docker_client.images.get(json.loads(proc.stdout)["image_id"]).labels
     assert labels["org.opencontainers.image.base.name"] == name
     assert labels["org.opencontainers.image.base.digest"] == digest
+
+
+class _TokenService(BaseHTTPRequestHandler):
+    """A real token service for docker-registry's `auth: token` (JWT, RS256, signed with
+    openssl): grants the requested scopes to the right Basic credentials, nothing to others."""
+    key: Path
+    cert_der: bytes
+    credentials: str
+    asked: list
+
+    def do_GET(self) -> None:
+        import base64
+        import time
+        from urllib.parse import parse_qs, urlsplit
+        query = parse_qs(urlsplit(self.path).query)
+        self.asked.append(query.get("scope", []))
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(self.credentials.encode()).decode():
+            self.send_response(401)
+            self.end_headers()
+            return
+        access = []
+        for scope in query.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+        claims = {"iss": "test-issuer", "sub": "ci", "aud": query["service"][0], "exp": now + 300, "nbf": now - 10,
+                  "iat": now - 10, "jti": os.urandom(8).hex(), "access": access}
+        signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing.encode(),
+                             capture_output=True, check=True).stdout
+        body = json.dumps({"token": f"{signing}.{b64(sig)}", "expires_in": 300}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_bearer_token_flow(bases, agent_factory, index_url, tmp_path, docker_client, engine, cleanup_images):
+    """A registry behind a token service (the Docker Hub / ECR-style challenge): the
+    client takes a token for exactly the scopes it needs, with the caller's credentials."""
+    password = "tok-Quokka-5531-not-for-logs"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem"), "-days", "1", "-subj", "/CN=token-issuer"],
+                   check=True, capture_output=True)
+    der = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "cert.pem"), "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    handler = type("Tokens", (_TokenService,), {"key": tmp_path / "key.pem", "cert_der": der,
+                                                "credentials": f"ci:{password}", "asked": []})
+    tokens = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=tokens.serve_forever, daemon=True).start()
+    own = Registry(tmp_path, free_port())
+    own.start()
+    own.stop()
+    (tmp_path / "config.yml").write_text((tmp_path / "config.yml").read_text() + (
+        f"auth:\n  token:\n    realm: http://127.0.0.1:{tokens.server_address[1]}/token\n"
+        f"    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {tmp_path / 'cert.pem'}\n"))
+    own.proc = subprocess.Popen([shutil_which("docker-registry"), "serve", str(tmp_path / "config.yml")],
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "registry.log", "ab"))
+    cleanup_images(f"{own.host}/")
+    auth = {"username": "ci", "password": password}
+    env = {**os.environ, "AGENT_IMAGE_REGISTRY_PASSWORD": password, "DOCKER_CONFIG": str(tmp_path / "none")}
+    try:
+        wait_http(f"http://{own.host}/v2/")
+        docker_client.images.get(bases["new"]).tag(f"{own.host}/agent-image.base:py3.11")
+        new_base = f"{own.host}/agent-image.base@{engine.push(f'{own.host}/agent-image.base:py3.11', auth=auth)}"
+        proc = subprocess.run([AGENT_IMAGE, "build", str(agent_factory("tokened", requirements=None)), "--json",
+                               "--index-url", index_url, "--base-image", bases["old"], "--registry", f"{own.host}/t",
+                               "--push", "--registry-username", "ci"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        handler.asked.clear()
+        rebased = subprocess.run([AGENT_IMAGE, "rebase", f"{own.host}/t/tokened:0.1.0", "--base", new_base, "--json",
+                                  "--registry-username", "ci", "-v"], capture_output=True, text=True, env=env)
+        assert rebased.returncode == 0, rebased.stdout + rebased.stderr[-2000:]
+        assert ["repository:t/tokened:pull,push", "repository:agent-image.base:pull"] in handler.asked  # the mount
+        wrong = subprocess.run([AGENT_IMAGE, "rebase", f"{own.host}/t/tokened:0.1.0", "--base", new_base, "--json",
+                                "--registry-username", "ci"], capture_output=True, text=True,
+                               env={**env, "AGENT_IMAGE_REGISTRY_PASSWORD": "wrong-password"})
+        assert wrong.returncode == 60 and "HTTP 401" in json.loads(wrong.stdout)["error"]["message"]
+        for p in (proc, rebased, wrong):
+            assert password not in p.stdout + p.stderr and ".eyJ" not in p.stdout + p.stderr  # nor a token
+    finally:
+        own.stop()
+        tokens.shutdown()
+
+
+def shutil_which(name: str) -> str:
+    import shutil
+    return shutil.which(name) or f"/usr/bin/{name}"
