@@ -81,3 +81,21 @@ def test_a_retry_on_another_runner_keeps_the_tag(agent_factory, index_url, regis
 
 def first_base(docker_client, result: dict) -> str:
     return docker_client.images.get(result["image_id"]).labels["org.opencontainers.image.base.name"]
+
+
+def test_latest_of_another_agent_is_not_a_layer_cache(agent_factory, index_url, registry, docker_client, engine,
+                                                     cleanup_images):
+    """`:latest` is the tool's own moving tag: used as a cache only when its labels name this agent."""
+    prefix = f"{registry.host}/latest-guard"
+    cleanup_images(prefix)
+    code, other, err = build(agent_factory("squatter", requirements=None), index_url, prefix)
+    assert code == 0, err[-2000:]
+    planted = f"{prefix}/victim:latest"
+    docker_client.images.get(other["image_id"]).tag(planted)
+    engine.push(planted)
+    docker_client.images.remove(planted)
+    code, out, err = build(agent_factory("victim", requirements=None), index_url, prefix)
+    assert code == 0, err[-2000:]
+    assert "its labels name another agent" in err and "Using the last pushed image as a layer cache" not in err
+    labels = docker_client.images.get(out["image_id"]).labels
+    assert labels["io.pixell.agent.name"] == "victim"
