@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,6 +139,19 @@ def read_ca_bundle(path: str | None) -> bytes:
     return data
 
 
+def check_cache_dir(path: Path) -> None:
+    """The cache folder must be a folder we can write, checked before any work."""
+    try:
+        (Path(path) / "downloads").mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=Path(path) / "downloads").close()
+    except OSError as exc:
+        reason = "it is a file" if Path(path).is_file() else exc.strerror or str(exc)
+        raise PackageValidationError(
+            f"The cache folder {path} is not a writable folder: {reason}.", field="--cache-dir",
+            hint="Pass --cache-dir with a folder you can write (default ~/.cache/agent-image, "
+                 "or $AGENT_IMAGE_CACHE).") from None
+
+
 def _kept_out(options: BuildOptions) -> set[str]:
     """Package files that never enter the build context."""
     return set() if options.include_env else {".env"}
@@ -230,6 +244,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
         upstream = resolve_index(options.index_url, options.env)
         if options.ca_bundle:
             read_ca_bundle(options.ca_bundle)
+        check_cache_dir(options.cache_dir)
 
         # everything the package itself can get wrong is reported before the engine is asked
         split = read_split(pkg, options)

@@ -10,11 +10,12 @@ from .context import build_context
 from .engine import Engine
 from .errors import BaseImageMissingError, RegistryError
 from .rebase import ABI_LABEL, abi_label
+from .resources import resource
 
 log = structlog.get_logger("agent_image.base")
 
 HERE = Path(__file__).resolve().parent
-DOCKERFILE_BASE = HERE.parent / "Dockerfile.base"
+DOCKERFILE_BASE = resource("Dockerfile.base")
 PYTHON_IMAGES = {"3.11": "agent-image/python:3.11", "3.9": "agent-image/python:3.9"}
 BASE_NAME = "agent-image.base"  # in a registry: REGISTRY/agent-image.base:pyX.Y (no agent name has a dot)
 # What the agent's layers depend on, read from the built base itself (a LABEL
@@ -43,8 +44,8 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
     from .api import base_image_for
     tag = tag or base_image_for(python)
     files = {"Dockerfile": DOCKERFILE_BASE.read_bytes()}
-    for name in ("serve.py", "healthcheck.py"):
-        files[f"shim/{name}"] = (HERE / "shim" / name).read_bytes()
+    for path in sorted((HERE / "shim").glob("*.py")):  # serve.py, its serve_*.py modules, healthcheck.py
+        files[f"shim/{path.name}"] = path.read_bytes()
     empty = HERE / "shim" / "__absent__"
     context = build_context(empty, files)
     log.info("Building base image", tag=tag, python_image=from_image)

@@ -7,6 +7,8 @@ usage error, every PackageLoadError subclass its own code (see --help).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -30,10 +32,50 @@ def _codes_epilog() -> str:
         f"  {code:<2} {name}" for name, code in rows)
 
 
+def _positive(kind):
+    """argparse type: a finite number above 0 (a usage error, exit 2, otherwise)."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+        return value
+    return convert
+
+
+def _port(text: str) -> int:
+    value = _positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout; logs are JSON too")
     p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
     p.add_argument("--engine", metavar="URL", help="Docker engine address (default: DOCKER_HOST or the local socket)")
+
+
+def _add_ecs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ECS task definition")
+    g.add_argument("--cpu", type=int, default=256, help="task CPU units (default 256; Fargate's pairs are checked)")
+    g.add_argument("--memory", type=int, default=512, help="task memory in MiB (default 512)")
+    g.add_argument("--launch-type", choices=["FARGATE", "EC2"], default="FARGATE", help="default FARGATE")
+    g.add_argument("--execution-role-arn", help="task execution role (needed for secrets, awslogs, ECR on Fargate)")
+    g.add_argument("--task-role-arn", help="the role the agent's own AWS calls use")
+    g.add_argument("--log-group", help="awslogs group (no logConfiguration without it)")
+    g.add_argument("--log-region", help="awslogs region (required with --log-group)")
+    g.add_argument("--log-stream-prefix", help="awslogs stream prefix (default: the agent name)")
+    g.add_argument("--secrets-prefix", metavar="ARN_PREFIX",
+                   help="valueFrom for each ${...} reference in agent.yaml's environment: ARN_PREFIX + NAME")
+    g.add_argument("--secret", action="append", default=[], metavar="NAME=ARN", help="valueFrom for one reference")
+    g.add_argument("--agent-app-id", help="AGENT_APP_ID for the task")
+    g.add_argument("--deployment-id", help="DEPLOYMENT_ID for the task")
+    g.add_argument("--base-path", help="BASE_PATH for the task (the image's default is /)")
+    g.add_argument("--env", dest="task_env", action="append", default=[], metavar="KEY=VALUE",
+                   help="another environment variable for the task (A2A_PORT, MULTIPLEXED, ...)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
                                                       "builder's index proxy; not copied into the image)")
     b.add_argument("--ca-bundle-in-image", action="store_true",
                    help="also add the --ca-bundle CAs to the image's trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE)")
-    b.add_argument("--timeout", type=float, default=300.0, help="wall-clock build timeout in seconds (default 300)")
+    b.add_argument("--timeout", type=_positive(float), default=300.0, help="wall-clock build timeout in seconds (default 300)")
     b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime; the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
                                                               "(off by default: it may hold secrets)")
@@ -74,14 +116,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true",
                    help="with --push, replace NAME:VERSION even when the registry holds other content under it "
                         "(refused by default: version tags are immutable, exit 62)")
+    b.add_argument("--ecs-task-def", metavar="FILE", type=Path,
+                   help="with --push: write the image's ECS RegisterTaskDefinition request to FILE "
+                        "(options: see 'ECS task definition')")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
-    b.add_argument("--max-entries", type=int, default=DEFAULT_LIMITS.max_entries,
+    b.add_argument("--max-entries", type=_positive(int), default=DEFAULT_LIMITS.max_entries,
                    help=f"most entries a package may hold (default {DEFAULT_LIMITS.max_entries})")
-    b.add_argument("--max-total-bytes", type=int, default=DEFAULT_LIMITS.max_total_bytes,
+    b.add_argument("--max-total-bytes", type=_positive(int), default=DEFAULT_LIMITS.max_total_bytes,
                    help=f"most bytes a package may expand to (default {DEFAULT_LIMITS.max_total_bytes})")
-    b.add_argument("--max-ratio", type=int, default=DEFAULT_LIMITS.max_ratio,
+    b.add_argument("--max-ratio", type=_positive(int), default=DEFAULT_LIMITS.max_ratio,
                    help=f"highest compression ratio of an entry over 1 MiB (default {DEFAULT_LIMITS.max_ratio})")
     _add_common(b)
+    _add_ecs(b)
 
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
     base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
@@ -115,11 +161,22 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
-    run.add_argument("--port", type=int, default=8080, help="host port on 127.0.0.1 (default 8080)")
-    run.add_argument("--wait", type=float, default=30.0, help="seconds to wait for /health (default 30)")
+    run.add_argument("--port", type=_port, default=8080, help="host port on 127.0.0.1 (default 8080)")
+    run.add_argument("--wait", type=_positive(float), default=30.0, help="seconds to wait for /health (default 30)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
     run.add_argument("--name", help="container name")
     _add_common(run)
+
+    ecs = sub.add_parser("ecs-task-def", help="print the ECS RegisterTaskDefinition request for a pushed image",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
+                         description="Derive the task definition from the image itself (labels, user, port, "
+                                     "HEALTHCHECK, architecture, registry digest); pulls REF when not local. "
+                                     "--json prints the request alone, for "
+                                     "`aws ecs register-task-definition --cli-input-json`.")
+    ecs.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:... (a pushed image)")
+    ecs.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    _add_common(ecs)
+    _add_ecs(ecs)
     return top
 
 
@@ -136,6 +193,71 @@ def _registry_auth(args) -> dict | None:
 
 def _limits(args) -> Limits:
     return Limits(max_entries=args.max_entries, max_total_bytes=args.max_total_bytes, max_ratio=args.max_ratio)
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    from .errors import TaskDefinitionError
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        raise TaskDefinitionError(f"{option} {bad[0]!r} is not KEY=VALUE.", field=option)
+    return dict(kv.split("=", 1) for kv in items)
+
+
+def _task_options(args):
+    from .ecs import TaskOptions, check_options
+    env = {k: v for k, v in (("AGENT_APP_ID", args.agent_app_id), ("DEPLOYMENT_ID", args.deployment_id),
+                             ("BASE_PATH", args.base_path)) if v is not None}
+    opts = TaskOptions(
+        cpu=args.cpu, memory=args.memory, launch_type=args.launch_type, execution_role_arn=args.execution_role_arn,
+        task_role_arn=args.task_role_arn, log_group=args.log_group, log_region=args.log_region,
+        log_stream_prefix=args.log_stream_prefix, secrets_prefix=args.secrets_prefix,
+        secrets=_pairs(args.secret, "--secret"), environment={**_pairs(args.task_env, "--env"), **env})
+    check_options(opts)
+    return opts
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: a reader never sees half a file."""
+    import tempfile
+    path = path.resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ecs_precheck(args):
+    """--ecs-task-def: every option and secret mapping checked before the build starts."""
+    from .apkg import open_package
+    from .ecs import secret_entries
+    from .errors import TaskDefinitionError
+    if not args.push:
+        raise TaskDefinitionError("--ecs-task-def needs --push: the task definition names the pushed image "
+                                  "by its registry digest.", field="--ecs-task-def", hint="Add --push --registry ....")
+    if not args.ecs_task_def.resolve().parent.is_dir():
+        raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder.", field="--ecs-task-def")
+    opts = _task_options(args)
+    with open_package(args.source, _limits(args)) as pkg:
+        secret_entries(pkg.manifest.environment_refs, opts)
+    return opts
+
+
+def cmd_ecs_task_def(args, engine_factory) -> dict:
+    from .ecs import digest_ref, task_definition
+    opts = _task_options(args)  # option errors come before the engine is asked
+    engine = engine_factory()
+    image = engine.image(args.ref) or engine.pull(args.ref, auth=_registry_auth(args))
+    request = task_definition(image, digest_ref(image, args.ref), opts)
+    if not args.json:
+        print(json.dumps(request, indent=2))
+    return request
 
 
 def cmd_build(args, engine_factory) -> dict:
@@ -157,10 +279,30 @@ def cmd_build(args, engine_factory) -> dict:
             if not args.json:
                 sys.stdout.write(rendered.text)
             return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size}
-    result = build_image(args.source, opts, engine=engine_factory())
+    task_opts = _ecs_precheck(args) if args.ecs_task_def else None
+    engine = engine_factory()
+    result = build_image(args.source, opts, engine=engine)
+    out = result.to_dict()
+    if task_opts is not None:
+        out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def))
     if not args.json:
         print(f"{result.image} {result.image_id}" + (f"\n{result.digest_ref}" if result.digest_ref else ""))
-    return result.to_dict()
+    return out
+
+
+def _write_task_def(engine, result, task_opts, path: Path) -> Path:
+    from .ecs import task_definition
+    from .errors import TaskDefinitionError
+    try:
+        request = task_definition(engine.image(result.image_id), result.digest_ref, task_opts)
+    except TaskDefinitionError as err:
+        pushed = (f"The image is pushed as {result.digest_ref}: "
+                  f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")
+        err.hint = " ".join(filter(None, (err.hint, pushed)))
+        raise
+    _write_atomically(path, json.dumps(request, indent=2) + "\n")
+    log.info("Wrote the ECS task definition", path=str(path), image=result.digest_ref)
+    return path
 
 
 def cmd_rebase(args, engine_factory) -> dict:
@@ -250,7 +392,8 @@ def cmd_run(args, engine_factory) -> dict:
     return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3)}
 
 
-COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "rebase": cmd_rebase}
+COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "ecs-task-def": cmd_ecs_task_def,
+            "rebase": cmd_rebase}
 
 
 def _interrupt(signum, frame):
@@ -258,38 +401,79 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _progress(args):
+    """A live progress view for `build` when a person watches stderr; None everywhere else."""
+    if args.command != "build" or args.json or args.dry_run or not sys.stderr.isatty():
+        return None
+    from .progress import BuildProgress
+    return BuildProgress(verbose=args.verbose, pushing=args.push)
+
+
+def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int, int, str] | None:
+    """(image bytes, base bytes, base ref) for the summary; None when the engine cannot say."""
+    from .api import base_image_for
+    from .manifest import SUPPORTED_RUNTIMES
+    python = SUPPORTED_RUNTIMES.get(runtime or "")
+    base = args.base_image or (base_image_for(python) if python else None)
+    try:
+        engine = engine_factory()
+        image, base_image = engine.image(result["image_id"]), engine.image(base) if base else None
+    except PackageLoadError:
+        return None
+    return (image.size, base_image.size, base) if image and base_image else None
+
+
+def _report(err: PackageLoadError, as_json: bool) -> int:
+    if as_json:  # rebase also reports each image's own outcome
+        print(json.dumps({"ok": False, "error": err.to_dict(),
+                          **({"results": err.results} if hasattr(err, "results") else {})}, default=str))
+    else:
+        sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
+        for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
+            if value:
+                sys.stderr.write(f"  {label}: {value}\n")
+        if err.log_tail:
+            sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
+        if err.hint:
+            sys.stderr.write(f"hint: {err.hint}\n")
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    configure(json_output=True if args.json else None, verbose=args.verbose)
 
     def engine_factory():
         from .engine import Engine
         return Engine(args.engine)
 
     try:
-        out = COMMANDS[args.command](args, engine_factory)
+        signal.signal(signal.SIGTERM, _interrupt)
+        progress = _progress(args)
+        configure(json_output=True if args.json else None, verbose=args.verbose, progress=progress)
+        if progress:
+            # the result line waits for the summary: written mid-display it would be painted over
+            with progress, contextlib.redirect_stdout(io.StringIO()) as result_line:
+                out = COMMANDS[args.command](args, engine_factory)
+            progress.summary(out, _sizes(args, out, progress.runtime, engine_factory))
+            sys.stdout.write(result_line.getvalue())
+        else:
+            out = COMMANDS[args.command](args, engine_factory)
         if args.json:
             print(json.dumps(out, default=str))
         return 0
     except PackageLoadError as err:
-        if args.json:
-            print(json.dumps({"ok": False, "error": err.to_dict(),
-                              **({"results": err.results} if hasattr(err, "results") else {})}, default=str))
-        else:
-            sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
-            for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
-                if value:
-                    sys.stderr.write(f"  {label}: {value}\n")
-            if err.log_tail:
-                sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
-            if err.hint:
-                sys.stderr.write(f"hint: {err.hint}\n")
-        return err.exit_code
+        return _report(err, args.json)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as exc:  # anything else is our bug: one line and a traceback file, never a traceback
+        from .crash import internal_error
+        err = internal_error(exc, getattr(args, "cache_dir", None))
+        try:
+            return _report(err, args.json)
+        except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
+            return err.exit_code
 
 
 if __name__ == "__main__":

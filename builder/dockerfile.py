@@ -9,22 +9,23 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import jinja2
 
 from . import __version__
 from .errors import PackageValidationError
 from .manifest import ENV_KEY_RE, Manifest
+from .resources import resource
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-if not TEMPLATES.is_dir():  # installed as a wheel: templates ship inside the package
-    TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = resource("templates")
 
 # what pip inside the build sees; the proxy behind http_proxy serves it
 PIP_INDEX_HOST = "agent-image-index.invalid"
 PIP_INDEX_URL = f"http://{PIP_INDEX_HOST}/simple/"
 INSTALLERS = ("pip", "uv")
+# the serving shim's SIGTERM drain window (serve_core.DRAIN_SECONDS), under
+# ECS's 30 s stopTimeout; recorded in a label for the task definition
+DRAIN_SECONDS = 25
 UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools with --installer uv
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -97,6 +98,13 @@ def parse_steps(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(steps), tuple(instructions)
 
 
+def drain_seconds(environment: dict[str, str]) -> int:
+    """The drain window the image will use: agent.yaml's AGENT_DRAIN_SECONDS when
+    it is a whole number the shim accepts, else the shim's default."""
+    value = str(environment.get("AGENT_DRAIN_SECONDS", "")).strip()
+    return int(value) if value.isdigit() and int(value) <= 3600 else DRAIN_SECONDS
+
+
 def render(
     manifest: Manifest,
     *,
@@ -139,6 +147,7 @@ def render(
         environment=manifest.environment,
         labels=manifest.labels,  # one LABEL instruction, not one engine step per label
         base_labels=base_labels or {},  # what the image records of its base (for rebase)
+        drain_seconds=drain_seconds(manifest.environment),
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)

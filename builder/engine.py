@@ -43,6 +43,10 @@ class Image:
     digests: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
     user: str = ""
+    exposed_ports: tuple[str, ...] = ()    # "8080/tcp"
+    healthcheck: dict | None = None        # Docker's {"Test", "Interval", ...}; durations in ns
+    architecture: str = ""
+    os: str = ""
 
 
 @dataclass
@@ -99,6 +103,10 @@ def _image(attrs: dict) -> Image:
         digests=tuple(attrs.get("RepoDigests") or ()),
         env=tuple(cfg.get("Env") or ()),
         user=cfg.get("User") or "",
+        exposed_ports=tuple(sorted(cfg.get("ExposedPorts") or {})),
+        healthcheck=dict(cfg["Healthcheck"]) if cfg.get("Healthcheck") else None,
+        architecture=attrs.get("Architecture") or "",
+        os=attrs.get("Os") or "",
     )
 
 

@@ -235,13 +235,37 @@ class RunError(PackageLoadError):
     exit_code = 70
 
 
+class TaskDefinitionError(PackageLoadError):
+    """An ECS task definition cannot be made for the image with these options."""
+    reference = "task-definition"
+    exit_code = 80
+
+
+# --- agent-image itself --------------------------------------------------------
+
+class InternalError(PackageLoadError):
+    """An unexpected exception: a bug in agent-image, not in the input.
+
+    ``traceback_file`` names where the full, redacted traceback was written.
+    """
+    reference = "internal-error"
+    exit_code = 99
+
+    def __init__(self, message: str, *, traceback_file: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.traceback_file = traceback_file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "traceback_file": self.traceback_file}
+
+
 ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     PackageLoadError, PackageValidationError, IndexPolicyError, RequirementsSyntaxError,
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, BuildError, BuildTimeoutError, BuildInterruptedError,
     EngineError, BaseImageMissingError, RegistryError, ImageVerificationError, TagExistsError, RebaseError,
-    RunError,
+    RunError, TaskDefinitionError, InternalError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.

@@ -43,8 +43,12 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
-def configure(*, json_output: bool | None = None, verbose: bool = False, stream=None) -> None:
-    """Logs go to stderr (stdout carries the result). JSON when not a TTY or when asked."""
+def configure(*, json_output: bool | None = None, verbose: bool = False, stream=None, progress=None) -> None:
+    """Logs go to stderr (stdout carries the result). JSON when not a TTY or when asked.
+
+    PROGRESS (a builder.progress.BuildProgress on a terminal) sees every event,
+    debug included, after redaction, and decides which ones reach the screen.
+    """
     stream = stream or _CurrentStderr()
     if json_output is None:
         json_output = not stream.isatty()
@@ -54,9 +58,11 @@ def configure(*, json_output: bool | None = None, verbose: bool = False, stream=
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
+            *([progress.processor] if progress else []),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose or progress else logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

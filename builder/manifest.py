@@ -72,6 +72,8 @@ class Manifest:
             "io.pixell.agent.entrypoint": self.entrypoint or "",
             "io.pixell.agent.runtime": self.runtime,
             "io.pixell.agent.rest-entry": self.rest_entry or "",
+            # names only (the values are the deploy's secrets): what an ECS task definition must map
+            "io.pixell.agent.env-refs": ",".join(self.environment_refs),
         }
 
 

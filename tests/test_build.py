@@ -27,6 +27,7 @@ AGENT_IMAGE = str(BIN / "agent-image")
 def cli_build(source: Path, *args: str, timeout: float = 600) -> tuple[int, dict, str]:
     proc = subprocess.run([AGENT_IMAGE, "build", str(source), "--json", *args], capture_output=True, text=True,
                           timeout=timeout)
+    assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, f"--json must print exactly one object on stdout, got: {proc.stdout!r}"
     return proc.returncode, json.loads(lines[0]), proc.stderr

@@ -127,7 +127,12 @@ def test_environment_literals_only_and_quoted():
     text = YAML + "environment:\n  GREETING: 'say \"hi\" for $5'\n  KEY: ${SECRET}\n  HOME_DIR: $HOME/x\n"
     r = _render(text)
     assert 'ENV GREETING="say \\"hi\\" for \\$5"' in r.instructions
-    assert not any("SECRET" in i or "HOME_DIR" in i for i in r.instructions), "references are left to deploy time"
+    envs = [i for i in r.instructions if i.startswith("ENV ")]
+    assert not any("SECRET" in i or "HOME_DIR" in i for i in envs), "references are left to deploy time"
+    # their names (only) are recorded for the ECS task definition's secrets
+    label = next(i for i in r.instructions if i.startswith("LABEL "))
+    assert 'io.pixell.agent.env-refs="KEY,HOME_DIR"' in label and "$" not in label.replace("\\$", "")
+    assert not any("SECRET" in i or "$HOME" in i for i in r.instructions if not i.startswith("#"))
 
 
 def test_injection_is_rejected_not_rendered():

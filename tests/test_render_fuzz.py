@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from builder import __version__
-from builder.dockerfile import parse_steps, render
+from builder.dockerfile import drain_seconds, parse_steps, render
 from builder.errors import PackageValidationError
 from builder.manifest import Manifest, parse_manifest
 
@@ -208,8 +208,9 @@ def check_rendering(m: Manifest, installer: str) -> None:
     config = pairs(next(i for i in got if i.startswith("ENV AGENT_NAME=")))
     assert config == {"AGENT_NAME": m.name, "AGENT_VERSION": m.version, "AGENT_ENTRYPOINT": m.entrypoint or "",
                       "AGENT_REST_ENTRY": m.rest_entry or "", "REST_PORT": "8080", "BASE_PATH": "/"}
-    assert pairs(next(i for i in got if i.startswith("LABEL "))) == {**m.labels,
-                                                                     "io.pixell.agent-image.builder": __version__}
+    assert pairs(next(i for i in got if i.startswith("LABEL "))) == {
+        **m.labels, "io.pixell.agent-image.builder": __version__,
+        "io.pixell.agent.drain-seconds": str(drain_seconds(m.environment))}
     env = {}
     for instr in value_env:
         env.update(pairs(instr))

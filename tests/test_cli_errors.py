@@ -1,0 +1,74 @@
+"""Issue 9: no traceback, ever. An unexpected exception is InternalError
+(exit 99) with its traceback in a redacted file; a bad option is a user error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder import cli
+from tests.conftest import BIN, ROOT
+
+HELLO = ROOT / "examples" / "hello-agent"
+SECRET = "hunter2-token-9f8e7d"
+
+
+def _explode(*args, **kwargs):
+    raise RuntimeError(f"fetching https://alice:{SECRET}@index.example/simple/ went wrong")
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_unexpected_exception_is_internal_error_with_a_redacted_traceback_file(as_json, tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.setattr("builder.api.build_image", _explode)
+    code = cli.main(["build", str(HELLO), "--cache-dir", str(tmp_path), *(["--json"] if as_json else [])])
+    out, err = capsys.readouterr()
+    assert code == 99
+    assert "Traceback" not in out + err and SECRET not in out + err
+    if as_json:
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        assert len(lines) == 1, out
+        error = json.loads(lines[0])["error"]
+        assert (error["class"], error["exit_code"]) == ("InternalError", 99)
+        where = error["traceback_file"]
+    else:
+        said = [ln for ln in err.splitlines() if ln.startswith("error[")]
+        assert len(said) == 1 and "bug in agent-image" in said[0] and "RuntimeError" in said[0], err
+        where = said[0].split("the full traceback is in ", 1)[1].split(". Please", 1)[0]
+    assert Path(where).parent == tmp_path / "crashes"
+    text = Path(where).read_text()
+    assert "Traceback" in text and "RuntimeError" in text and "_explode" in text
+    assert SECRET not in text and "alice:***@" not in text and "***@index.example" in text
+
+
+def test_traceback_file_falls_back_when_the_cache_dir_is_unusable(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("builder.api.build_image", _explode)
+    monkeypatch.setattr("builder.api.DEFAULT_CACHE_DIR", tmp_path / "default")
+    code = cli.main(["build", str(HELLO), "--cache-dir", "/etc/hostname", "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert code == 99 and Path(error["traceback_file"]).parent == tmp_path / "default" / "crashes"
+
+
+@pytest.mark.parametrize("cache_dir", ["/etc/hostname", "/etc/hostname/sub", "/proc/no-such-folder"])
+def test_unusable_cache_dir_is_a_user_error_naming_the_option(cache_dir):
+    proc = subprocess.run([str(BIN / "agent-image"), "build", str(HELLO), "--cache-dir", cache_dir, "--no-cache",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr
+    error = json.loads(proc.stdout)["error"]
+    assert proc.returncode == 10 and error["field"] == "--cache-dir", error
+    assert cache_dir in error["message"] and "--cache-dir" in error["message"]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["build", str(HELLO), "--timeout", "-1"], "--timeout: '-1' must be a number above 0"),
+    (["build", str(HELLO), "--timeout", "nan"], "--timeout: 'nan' must be a number above 0"),
+    (["run", "x", "--port", "99999"], "--port: '99999' is not a TCP port"),
+    (["build", str(HELLO), "--max-entries", "0"], "--max-entries: '0' must be a number above 0"),
+])
+def test_out_of_range_numbers_are_usage_errors(argv, said, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
