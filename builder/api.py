@@ -21,7 +21,7 @@ import structlog
 from . import __version__
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
 from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
-from .context import build_context
+from .context import build_context, files_digest
 from .dockerfile import render
 from .engine import Engine
 from .dotenv import env_paths, env_values, is_env_path
@@ -31,6 +31,7 @@ from .indexproxy import DownloadCache, IndexProxy, proxied_requirements
 from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from .logs import configure as configure_logs
+from .rebase import CONTENT_LABEL, base_labels
 from .requirements import Split, logical_lines, read_requirements
 
 log = structlog.get_logger("agent_image")
@@ -73,6 +74,7 @@ class BuildOptions:
     env: dict[str, str] | None = None       # environment for index resolution (default os.environ)
     expect_name: str | None = None          # the caller's agent: agent.yaml must name it (it picks the repository)
     expect_version: str | None = None       # ... and this version (it picks the tag)
+    overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
 
 
 @dataclass
@@ -90,6 +92,7 @@ class BuildResult:
     installed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     index: dict[str, Any] = field(default_factory=dict)
+    tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,18 +193,48 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
     return read_requirements(pkg.root, options.allow_index_hosts, keep_out=None if options.include_env else is_env_path)
 
 
+def _render(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
+            base_has_venv: bool, base_labels: dict[str, str] | None):
+    return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
+                  deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
+                  installer=options.installer, ca_bundle=options.ca_bundle_in_image,
+                  base_has_venv=base_has_venv, require_hashes=split.hashed,
+                  source_requirements=bool(split.source), base_labels=base_labels or {})
+
+
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True, split: Split | None = None):
+            base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     check_identity(pkg.manifest, options)
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
-    rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
-                      deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
-                      installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                      base_has_venv=base_has_venv, require_hashes=split.hashed,
-                      source_requirements=bool(split.source))
-    generated = {"Dockerfile": rendered.text.encode()}
+    rendered = _render(pkg, options, upstream_url, split, base_image=base_image, base_has_venv=base_has_venv,
+                       base_labels=base_labels)
+    generated, replace = _generated(pkg, options, split, rendered.text)
+    context = build_context(pkg.root, generated, exclude=_kept_out(pkg, options), replace=replace)
+    digest = hashlib.sha256(json.dumps(
+        [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
+    return split, rendered, context, digest
+
+
+def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
+                   base_has_venv: bool = True) -> str:
+    """The content identity: the input digest without the base image (its name, id and
+    labels are rendered as placeholders) and without anything of the runner. Two
+    runners building one package with one set of options agree on it; tag
+    immutability compares it, not image bytes."""
+    text = _render(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
+                   base_labels={}).text
+    # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
+    files = files_digest(pkg.root, _generated(pkg, options, split, text)[0], exclude=_kept_out(pkg, options))
+    return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()
+
+
+def _generated(pkg: Package, options: BuildOptions, split: Split,
+               dockerfile: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The files the builder adds to the context next to the package, and the package
+    files whose content it replaces (index URLs rewritten to the proxy)."""
+    generated = {"Dockerfile": dockerfile.encode()}
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     kept_out = _kept_out(pkg, options)
@@ -213,8 +246,9 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
             text = path.read_text(encoding="utf-8", errors="replace")
-            if proxied_requirements(text, options.allow_index_hosts) != text:
-                proxied[rel] = proxied_requirements(text, options.allow_index_hosts).encode()
+            rewritten = proxied_requirements(text, options.allow_index_hosts)
+            if rewritten != text:
+                proxied[rel] = rewritten.encode()
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
         if kept_out and is_env_path(rel):
             continue
@@ -228,10 +262,7 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
         generated[".agent-image/deps/requirements-deps.txt"] = proxied_requirements(split.deps_text, hosts).encode()
         for name, text in split.constraints.items():
             generated[f".agent-image/deps/{name}"] = proxied_requirements(text, hosts).encode()
-    context = build_context(pkg.root, generated, exclude=kept_out, replace=proxied)
-    digest = hashlib.sha256(json.dumps(
-        [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
-    return split, rendered, context, digest
+    return generated, proxied
 
 
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
@@ -283,11 +314,12 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         engine = engine or Engine()
         engine.ping()
         base_image = options.base_image or base_image_for(m.python)
-        base = engine.require_image(base_image, hint=f"Run `agent-image base --python {m.python}` "
-                                                    "(scripts/setup.sh does it) and retry.")
-        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id,
-                                                   base_has_venv=base.labels.get(VENV_LABEL) == "/opt/venv",
-                                                   split=split)
+        base = _base(engine, base_image, options, m.python)
+        has_venv = base.labels.get(VENV_LABEL) == "/opt/venv"
+        split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id, base_has_venv=has_venv,
+                                                   split=split, base_labels=base_labels(base_image, base.digests,
+                                                                                        base.layers))
+        content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv)
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
@@ -297,14 +329,15 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             if hit is None and _remote(repo):
                 hit, cache_from = _from_registry(engine, repo, input_tag, options, m)
             if hit is not None and hit.labels.get(INPUT_LABEL) == digest and _same_agent(hit, m):
+                kept = _guard_tag(ref, hit.id, content, options)
                 engine.tag(hit.id, ref)
                 log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
-                return _maybe_push(result, engine, options)
+                return _maybe_push(result, engine, options, kept)
 
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
-        labels = {INPUT_LABEL: digest}
+        labels = {INPUT_LABEL: digest, CONTENT_LABEL: content}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
         # the build's network (builder/sandbox.py): it starts in the background now
         with Sandbox(engine, base_image) as sandbox, \
@@ -342,6 +375,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                       venv=venv, step=step, error_class=type(err).__name__, error=str(err))
             raise err
 
+        kept = _guard_tag(ref, outcome.image_id, content, options)  # before any tag moves
         engine.tag(outcome.image_id, ref)
         engine.tag(outcome.image_id, input_tag)
         # a step counts as cached when every instruction in it was
@@ -366,19 +400,32 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         log.info("Agent image ready", venv=venv, image=ref, image_id=outcome.image_id,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
-        return _maybe_push(result, engine, options)
+        return _maybe_push(result, engine, options, kept)
 
 
 def _own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
     """The agent's own last image as the layer cache. Without it the classic
     builder takes the newest local image matching each step, and the first
     steps are the same for every agent: one other agent's --no-cache build
-    would then cost this agent a full dependency reinstall."""
+    would then cost this agent a full dependency reinstall. Only an image
+    whose labels name this agent is used."""
     for candidate in (ref, f"{repo}:latest"):
         image = engine.image(candidate)
         if _same_agent(image, manifest):
             return [image.id]
     return []
+
+
+def _base(engine: Engine, base_image: str, options: BuildOptions, python: str):
+    """The base image; one the engine lacks is pulled when it names a registry
+    (`agent-image base --push` puts it there), so empty runners share its bytes."""
+    from .engine import split_ref
+    base = engine.image(base_image)
+    if base is None and _remote(split_ref(base_image)[0].split("@")[0]):
+        from .registry import pull_base
+        pull_base(engine, base_image, auth=options.registry_auth)
+    return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
+                                                 "(scripts/setup.sh does it) and retry.")
 
 
 def _remote(repo: str) -> bool:
@@ -389,7 +436,8 @@ def _remote(repo: str) -> bool:
 
 def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions, manifest):
     """An ephemeral runner starts empty: take the exact image from the registry if it
-    was built before, else the agent's last pushed image as a layer cache."""
+    was built before, else the agent's last pushed image as a layer cache (the tool's
+    own moving tags: used only when their labels name this agent)."""
     from .errors import EngineError, RegistryError
     try:
         return engine.pull(input_tag, auth=options.registry_auth), []
@@ -414,12 +462,23 @@ def _all_lines(root: Path):
     return logical_lines(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
 
 
-def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions) -> BuildResult:
+def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept: str | None = None) -> BuildResult:
     if options.push:
         from .registry import push_image
         if not options.registry and not options.repository:
             raise PackageValidationError("--push needs --registry (or --repository) to know where to push",
                                          field="--registry", hint="Add --registry HOST[:PORT]/PREFIX.")
+        if kept:
+            result.digest_ref, result.tag_kept = kept, True
+            return result
         result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
                                        auth=options.registry_auth)
     return result
+
+
+def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
+    """Version tags are immutable (builder/registry.py guard_tag), checked before any tag moves."""
+    if not options.push or options.overwrite or not _remote(ref.rsplit(":", 1)[0]):
+        return None
+    from .registry import guard_tag
+    return guard_tag(ref, image_id=image_id, content=content, auth=options.registry_auth)

@@ -118,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
                    help="what installs the requirements (default pip; uv runs from its own venv in the image)")
     b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache")
     b.add_argument("--dry-run", action="store_true", help="print the rendered Dockerfile and stop")
+    b.add_argument("--overwrite", action="store_true",
+                   help="with --push, replace NAME:VERSION even when the registry holds other content under it "
+                        "(refused by default: version tags are immutable, exit 62)")
     b.add_argument("--ecs-task-def", metavar="FILE", type=Path,
                    help="with --push: write the image's ECS RegisterTaskDefinition request to FILE "
                         "(options: see 'ECS task definition')")
@@ -142,7 +145,22 @@ def parser() -> argparse.ArgumentParser:
                                                         "(default agent-image/python:X.Y from scripts/setup.sh)")
     base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
                                     "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
+    base.add_argument("--registry", metavar="HOST[:PORT]/PREFIX",
+                      help="with --push: push the base as REGISTRY/agent-image.base:pyX.Y")
+    base.add_argument("--push", action="store_true", help="push the base and print its digest reference")
+    base.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(base)
+
+    rb = sub.add_parser("rebase", help="move agent images onto a new base in the registry, without rebuilding",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
+                        description="Replace the base layers of each REF (in its registry) with BASE's, keep the "
+                                    "agent's own layers byte for byte, and move REF's tag to the result.")
+    rb.add_argument("refs", nargs="+", metavar="REF", help="REGISTRY/NAME:TAG of an agent image")
+    rb.add_argument("--base", required=True, metavar="BASE_REF", help="the new base, e.g. REGISTRY/agent-image.base@sha256:...")
+    rb.add_argument("--dry-run", action="store_true", help="show what would change; push nothing")
+    rb.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
+                                                "default: the Docker config's credentials")
+    _add_common(rb)
 
     pull = sub.add_parser("pull", help="pull an agent image and verify its labels")
     pull.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
@@ -274,7 +292,7 @@ def cmd_build(args, engine_factory) -> dict:
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
         limits=_limits(args), registry_auth=_registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
-        index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes,
+        index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         with open_package(args.source, opts.limits) as pkg:
@@ -309,14 +327,45 @@ def _write_task_def(engine, result, task_opts, path: Path) -> Path:
     return path
 
 
+def cmd_rebase(args, engine_factory) -> dict:
+    from .rebasing import rebase_refs
+    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run)
+    failed = next((o for o in outcomes if not o.ok), None)
+    if not args.json:
+        for o in outcomes:
+            if not o.ok:
+                continue
+            note = " (unchanged: already on this base)" if o.unchanged else " (dry run: nothing pushed)" if args.dry_run else ""
+            print(f"{o.from_ref} -> {o.digest_ref}{note}")
+            if args.dry_run:
+                for key, (old, new) in o.changes.items():
+                    print(f"    {key}: {old or '-'} -> {new}")
+                print(f"    agent layers kept: {o.layers_kept}")
+    if failed is not None:
+        # each image was done or refused on its own; the exit code is the first failure's
+        failed.error.result = {"results": [o.to_dict() for o in outcomes]}
+        for o in outcomes:
+            if not o.ok and o is not failed and not args.json:
+                sys.stderr.write(f"\nerror[{o.error.reference}]: {o.image}: {o.error}\n")
+        raise failed.error
+    return {"ok": True, "results": [o.to_dict() for o in outcomes]}
+
+
 def cmd_base(args, engine_factory) -> dict:
-    from .base import build_base
-    image_id = build_base(engine_factory(), python=args.python, from_image=args.from_image, tag=args.tag)
+    from .base import build_base, push_base
+    from .errors import PackageValidationError
+    if args.push and not args.registry:
+        raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
+                                     hint="Add --registry HOST[:PORT]/PREFIX.")
+    engine = engine_factory()
+    image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=args.tag)
     from .api import base_image_for
     tag = args.tag or base_image_for(args.python)
+    pinned = push_base(engine, image_id, registry=args.registry, python=args.python,
+                       auth=_registry_auth(args)) if args.push else None
     if not args.json:
-        print(f"{tag} {image_id}")
-    return {"ok": True, "image": tag, "image_id": image_id}
+        print(f"{tag} {image_id}" + (f"\n{pinned}" if pinned else ""))
+    return {"ok": True, "image": tag, "image_id": image_id, "digest_ref": pinned}
 
 
 def cmd_pull(args, engine_factory) -> dict:
@@ -386,7 +435,7 @@ def cmd_doctor(args, engine_factory) -> dict:
 
 
 COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "doctor": cmd_doctor,
-            "ecs-task-def": cmd_ecs_task_def}
+            "ecs-task-def": cmd_ecs_task_def, "rebase": cmd_rebase}
 
 
 def _interrupt(signum, frame):
@@ -418,7 +467,7 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
 
 def _report(err: PackageLoadError, as_json: bool) -> int:
     if as_json:
-        # a command may attach its partial result (doctor's checks) to the error
+        # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error
         print(json.dumps({"ok": False, **getattr(err, "result", {}), "error": err.to_dict()}, default=str))
     else:
         sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")

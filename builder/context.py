@@ -75,3 +75,24 @@ def build_context(root: Path, generated: dict[str, bytes], *, exclude: set[str] 
                 tar.addfile(_info(arc, st.st_size, mode), fh)
     data = buf.getvalue()
     return Context(data=data, digest="sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def files_digest(root: Path, generated: dict[str, bytes], *, exclude: set[str] = frozenset(),
+                 prefix: str = "app") -> str:
+    """sha256 over what build_context would pack (names, modes, link targets, contents),
+    streamed file by file: the package's content identity needs no second tar in memory."""
+    h = hashlib.sha256()
+    for name in sorted(generated):
+        h.update(f"{name}\0{len(generated[name])}\0".encode() + hashlib.sha256(generated[name]).digest())
+    for rel in package_files(root, set(exclude)) if root.is_dir() else []:
+        path = root / rel
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            h.update(f"{prefix}/{rel}\0link\0{os.readlink(path)}\0".encode())
+            continue
+        fh_hash = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                fh_hash.update(chunk)
+        h.update(f"{prefix}/{rel}\0{0o755 if st.st_mode & 0o111 else 0o644:o}\0".encode() + fh_hash.digest())
+    return "sha256:" + h.hexdigest()

@@ -118,6 +118,7 @@ def render(
     base_has_venv: bool = True,
     require_hashes: bool = False,
     source_requirements: bool = False,
+    base_labels: dict[str, str] | None = None,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
@@ -145,6 +146,7 @@ def render(
         rest_entry=manifest.rest_entry or "",
         environment=manifest.environment,
         labels=manifest.labels,  # one LABEL instruction, not one engine step per label
+        base_labels=base_labels or {},  # what the image records of its base (for rebase)
         drain_seconds=drain_seconds(manifest.environment),
     )
     steps, instructions = parse_steps(text)

@@ -432,6 +432,23 @@ class Engine:
         except requests.exceptions.RequestException as exc:
             raise _engine_error(exc, f"removing container {container_id[:12]}") from None
 
+    def run_once(self, image: str, command: list[str], *, timeout: float = 60.0) -> str:
+        """Run COMMAND in IMAGE (no network) to completion; return its output; remove the container."""
+        try:
+            cid = self.api.create_container(image, command=command, entrypoint=[], user="0",
+                                            host_config=self.api.create_host_config(network_mode="none"))["Id"]
+            try:
+                self.api.start(cid)
+                code = self.api.wait(cid, timeout=timeout).get("StatusCode")
+                out = self.api.logs(cid).decode("utf-8", "replace")
+            finally:
+                self.api.remove_container(cid, force=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"running a command in {image}") from None
+        if code != 0:
+            raise EngineError(f"{command[0]} in {image} exited {code}: {redact(out)[-300:]}")
+        return out
+
     def logs(self, container_id: str, tail: int = 50) -> str:
         return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
 

@@ -321,6 +321,18 @@ class ImageVerificationError(RegistryError):
     exit_code = 61
 
 
+class TagExistsError(RegistryError):
+    """The registry already holds a different image under NAME:VERSION (tags are immutable)."""
+    reference = "tag-exists"
+    exit_code = 62
+
+
+class RebaseError(PackageLoadError):
+    """A rebase was refused: the image or the new base would not fit together."""
+    reference = "rebase-refused"
+    exit_code = 63
+
+
 class RunError(PackageLoadError):
     """A started agent container did not become healthy."""
     reference = "run-failed"
@@ -356,8 +368,8 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
-    EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, RunError,
-    TaskDefinitionError, InternalError,
+    EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, TagExistsError,
+    RebaseError, RunError, TaskDefinitionError, InternalError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.

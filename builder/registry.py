@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import structlog
 
 from .engine import Engine, split_ref
-from .errors import EngineError, ImageVerificationError, RegistryError
+from .errors import EngineError, ImageVerificationError, RegistryError, TagExistsError
 
 log = structlog.get_logger("agent_image.registry")
 
@@ -66,3 +67,55 @@ def pull_image(engine: Engine, ref: str, *, expect_name: str | None = None, expe
     verify_labels(image.labels, ref=ref, name=expect_name, version=expect_version)
     log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get("io.pixell.agent.name"))
     return image.id
+
+
+def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> str:
+    """Pull a base image the engine lacks (`build --base-image REGISTRY/...`)."""
+    for attempt in range(1, retries + 1):
+        try:
+            image = engine.pull(ref, auth=auth)
+            log.info("Pulled the base image", image=ref, image_id=image.id)
+            return image.id
+        except RegistryError as exc:
+            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def remote_image(ref: str, *, auth: dict | None = None) -> tuple[str, dict[str, str]] | None:
+    """(REPO@digest, config labels) of what the registry holds under REF, or None: read
+    through the registry's HTTP API, not the engine (whose copy may be stale)."""
+    from .registryapi import RegistryClient, parse_ref
+    r = parse_ref(ref)
+    client = RegistryClient(r.host, auth=auth)
+    found = client.manifest(r.repo, r.reference)
+    if found is None:
+        return None
+    data, _, digest = found
+    doc = json.loads(data)
+    if "config" not in doc:  # an index: its platforms' labels are not one image's
+        return f"{r.name}@{digest}", {}
+    config = json.loads(client.blob(r.repo, doc["config"]["digest"]))
+    return f"{r.name}@{digest}", dict((config.get("config") or {}).get("Labels") or {})
+
+
+def guard_tag(ref: str, *, image_id: str, content: str, auth: dict | None = None) -> str | None:
+    """Version tags are immutable: when the registry's REF already holds this content
+    (its content-digest label), return its digest ref and push nothing (a retry on
+    another runner, whose bytes differ, keeps what is there); when it holds other
+    content, TagExistsError. None: the tag is free."""
+    from .rebase import CONTENT_LABEL
+    held = remote_image(ref, auth=auth)
+    if held is None:
+        return None
+    digest_ref, labels = held
+    theirs = labels.get(CONTENT_LABEL)
+    if theirs == content:
+        log.info("The registry's tag already holds this package: kept, nothing pushed", image=ref,
+                 digest_ref=digest_ref, content_digest=content)
+        return digest_ref
+    raise TagExistsError(
+        f"{ref} already holds {digest_ref.split('@', 1)[1]} (content {theirs or 'unknown'}); this build is image "
+        f"{image_id} (content {content}); version tags are immutable", field="metadata.version",
+        hint="Bump metadata.version in agent.yaml, or pass --overwrite to replace the tag on purpose.")

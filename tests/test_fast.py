@@ -7,6 +7,7 @@ mechanisms: which layers were reused, what was skipped, what was fetched.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -69,7 +70,8 @@ def test_noop_and_cache_from_on_an_empty_runner(agent_factory, index_url, regist
     # a fresh runner with a code change: the last pushed image is the layer cache
     _drop_local(docker_client, repo)
     (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nY = 2\n")
-    changed = build_image(agent, opts)
+    # (same version, new code: an intended overwrite of the immutable version tag)
+    changed = build_image(agent, dataclasses.replace(opts, overwrite=True))
     assert not changed.cached and "deps" in changed.steps_cached, changed.steps_cached
     assert changed.index.get("downloaded") == [], "nothing re-downloaded for a code-only change"
 

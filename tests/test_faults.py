@@ -230,7 +230,9 @@ def second_engine(docker_client):
     root = Path(tempfile.mkdtemp(prefix="ai-dockerd-", dir="/tmp"))  # short path: unix socket length limit
     eng = SecondEngine(root)
     eng.start()
-    image = b"".join(docker_client.images.get(base_image_for("3.11")).save(named=True))
+    # named=True would name it by the image's first tag, which is another one when the
+    # base also carries a registry tag (agent-image base --push): name it as the builds ask
+    image = b"".join(docker_client.images.get(base_image_for("3.11")).save(named=base_image_for("3.11")))
     docker.DockerClient(base_url=eng.sock).images.load(image)
     yield eng
     eng.close()
