@@ -151,14 +151,14 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
 
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True, split: Split | None = None):
+            base_has_venv: bool = True, split: Split | None = None, base_has_uv: bool = False):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                       deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                       installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                      base_has_venv=base_has_venv, require_hashes=split.hashed,
+                      base_has_venv=base_has_venv, base_has_uv=base_has_uv, require_hashes=split.hashed,
                       source_requirements=bool(split.source))
     generated = {"Dockerfile": rendered.text.encode()}
     # the packaging files, for the install pass that runs before the code is copied;
@@ -213,7 +213,7 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                                                     "(scripts/setup.sh does it) and retry.")
         split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id,
                                                    base_has_venv=base.labels.get(VENV_LABEL) == "/opt/venv",
-                                                   split=split)
+                                                   split=split, base_has_uv=_base_has_uv(base.labels))
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
@@ -288,6 +288,13 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options)
+
+
+def _base_has_uv(labels: dict[str, str]) -> bool:
+    """Our base carries uv in /opt/agent-image/tools: an agent image then adds none."""
+    from .base import UV_LABEL
+    from .dockerfile import UV_VERSION
+    return labels.get(UV_LABEL) == UV_VERSION
 
 
 def _own_previous(engine: Engine, repo: str, ref: str) -> list[str]:

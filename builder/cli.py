@@ -86,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
                                                         "(default agent-image/python:X.Y from scripts/setup.sh)")
     base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
                                     "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
+    base.add_argument("--index-url", help="index the base's uv (for --installer uv) comes from "
+                                          "(default as for build)")
+    base.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching that index")
     _add_common(base)
 
     pull = sub.add_parser("pull", help="pull an agent image and verify its labels")
@@ -147,7 +150,8 @@ def cmd_build(args, engine_factory) -> dict:
 
 def cmd_base(args, engine_factory) -> dict:
     from .base import build_base
-    image_id = build_base(engine_factory(), python=args.python, from_image=args.from_image, tag=args.tag)
+    image_id = build_base(engine_factory(), python=args.python, from_image=args.from_image, tag=args.tag,
+                          index_url=args.index_url, ca_bundle=args.ca_bundle)
     from .api import base_image_for
     tag = args.tag or base_image_for(args.python)
     if not args.json:
