@@ -149,7 +149,8 @@ def breakdown(timeline: list[tuple[float, str]]) -> list[tuple[str, float]]:
         if running is not None:
             rows.append(("    container create+start (Step -> Running in)", running - t))
         if out and removing is not None:
-            rows.append(("    process exit + layer commit (last output -> Removing)", removing - out[-1][0]))
+            rows.append(("    after the last output line: bytecode (compileall) + exit + layer commit",
+                         removing - out[-1][0]))
         first = lambda pat: next((lt for lt, ln in out if re.search(pat, ln)), None)  # noqa: E731
         last = lambda pat: next((lt for lt, ln in reversed(out) if re.search(pat, ln)), None)  # noqa: E731
         coll0, coll1 = first(r"^Collecting |^Obtaining "), last(r"^Collecting |^Obtaining ")
@@ -293,6 +294,18 @@ class Bench:
                              text=True, check=True).stdout.split()
         return int(out[0]), int(out[1])
 
+    @staticmethod
+    def compile_cost(image: str) -> dict[str, float]:
+        """Seconds to compile the venv's bytecode from scratch in IMAGE: one process
+        (what pip does while it installs) against compileall -j 0 (what C does now)."""
+        out = {}
+        for jobs in ("1", "0"):
+            t = time.monotonic()
+            subprocess.run(["docker", "run", "--rm", "--user", "0", image, "python", "-m", "compileall", "-qq", "-f",
+                            "-j", jobs, "/opt/venv/lib"], capture_output=True)
+            out[f"j{jobs}"] = round(time.monotonic() - t, 2)
+        return out
+
     def size(self, ref: str) -> int:
         img = self.engine.image(ref)
         return img.size if img else 0
@@ -364,6 +377,8 @@ class Bench:
                         notes["sizes"][way] = {"image_mib": round(self.size(ref) / 2 ** 20, 1),
                                                "over_base_mib": round((self.size(ref) - base) / 2 ** 20, 1)}
                         notes["bytecode"][way] = self.missing_bytecode(ref)
+                if "C" in self.ways:
+                    notes["compile"] = self.compile_cost(f"{PREFIX}-c/{one.name}:0.1.0")
                 for way in ("C", "C-uv"):
                     if way in self.ways:
                         ref = f"{PREFIX}-c{'' if way == 'C' else '-uv'}/{one.name}:0.1.0"
@@ -399,6 +414,9 @@ def report(which: str, ways: list[str], res: dict, load: tuple, total: float, re
         out.append(f"image {way}: {s['image_mib']} MiB, {s['over_base_mib']} MiB over the base; "
                    f".py without bytecode in the venv: {miss} of {total_py}")
     out.append(f"C steps the layer cache served: {res['steps_cached']}")
+    if res.get("compile"):
+        out.append(f"bytecode for C's venv from scratch (docker run, start included): one process "
+                   f"{res['compile']['j1']} s, compileall -j 0 {res['compile']['j0']} s")
     for way, rows_ in res["breakdown"].items():
         out.append(f"\ncold build {way}, from its log (seconds):")
         out += [f"  {name:<78} {secs:6.2f}" for name, secs in rows_]

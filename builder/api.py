@@ -36,6 +36,8 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cac
 # or a work tree that changes the base without touching the shared one)
 BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
+# what shapes the dependency layer; images that share it are that layer's cache
+DEPS_LABEL = "io.pixell.agent-image.deps-key"
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
@@ -231,8 +233,11 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
             if not cache_from:
                 cache_from = _own_previous(engine, repo, ref)
 
+        key = deps_key(rendered.text, split, base.id)
+        if key and not options.nocache:
+            cache_from += [i for i in engine.images_labelled(DEPS_LABEL, key) if i not in cache_from]
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
-        labels = {INPUT_LABEL: digest}
+        labels = {INPUT_LABEL: digest, **({DEPS_LABEL: key} if key else {})}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
         with IndexProxy(upstream, cache, ca_bundle=options.ca_bundle) as proxy:
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
@@ -288,6 +293,20 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options)
+
+
+def deps_key(dockerfile: str, split: Split, base_id: str) -> str | None:
+    """Identity of the dependency layer: the base, the Dockerfile up to that layer
+    (index identity, installer) and the dependency lines with their constraints.
+    Agents that share it pass each other's images as cache_from: the classic
+    builder with cache_from trusts only the images listed, so without them a
+    second agent with the same lines reinstalls everything."""
+    if not split.deps:
+        return None
+    head = dockerfile.split("#> step config", 1)[0]
+    head = head[head.find("#> step base"):]  # the first line names the agent
+    return hashlib.sha256(json.dumps([base_id, head, split.deps_text, split.constraints, __version__],
+                                     sort_keys=True).encode()).hexdigest()
 
 
 def _base_has_uv(labels: dict[str, str]) -> bool:

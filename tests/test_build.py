@@ -295,3 +295,22 @@ def test_image_ships_bytecode_and_no_installer(installer, agent_factory, index_u
     history = docker_client.api.history(result.image)  # newest first; the base's entries last
     own = history[:len(history) - len(docker_client.api.history(base_image_for("3.11")))]
     assert not any(" uv==" in (h.get("CreatedBy") or "") for h in own), "the agent image installed uv itself"
+
+
+def test_agents_with_the_same_dependency_lines_share_the_layer(agent_factory, index_url, cleanup_images, tmp_path,
+                                                               docker_client):
+    """An agent whose lines equal another agent's reuses that agent's dependency layer,
+    even when it has an image of its own from other lines (the classic builder with
+    cache_from trusts only the images listed)."""
+    cleanup_images("agents/share-one")
+    cleanup_images("agents/share-two")
+    first = build_image(agent_factory("share-one", requirements="tinyreq==1.1\nrequests==2.32.3\n"),
+                        opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
+    two = agent_factory("share-two", requirements="tinyreq==1.0\n")
+    build_image(two, opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
+    (two / "requirements.txt").write_text("tinyreq==1.1\nrequests==2.32.3\n")  # switched to the first's lines
+    again = build_image(two, opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
+    assert "deps" in again.steps_cached, again.steps_cached
+    layers = lambda ref: docker_client.images.get(ref).attrs["RootFS"]["Layers"]  # noqa: E731
+    upto_deps = len(layers(base_image_for("3.11"))) + 2  # COPY deps, RUN install: the same layers, stored once
+    assert layers(again.image)[:upto_deps] == layers(first.image)[:upto_deps]
