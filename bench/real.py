@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from builder.api import BuildOptions, base_image_for, build_image  # noqa: E402
 from builder.engine import Engine  # noqa: E402
 from run import remove_tree, tar_context, wait_health  # noqa: E402
-from tests.conftest import free_port, make_agent  # noqa: E402
+from tests.conftest import Registry, free_port, make_agent  # noqa: E402
 
 PYPI = "https://pypi.org/simple/"
 CA = os.environ.get("BENCH_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
@@ -306,6 +306,28 @@ class Bench:
             out[f"j{jobs}"] = round(time.monotonic() - t, 2)
         return out
 
+    def empty_runner_pull(self, image: str) -> dict:
+        """What an empty runner would pay to get a dependency image from the registry:
+        IMAGE (C's, whose layers above the base are the dependency layers plus a few
+        KB of code) pushed to a registry on loopback, every image of ours removed,
+        then pulled onto an engine that holds only the base."""
+        reg = Registry(self.tmp / "registry", free_port())
+        (self.tmp / "registry").mkdir()
+        reg.start()
+        try:
+            target = f"{reg.host}/{PREFIX}/deps:1"
+            self.engine.tag(self.engine.image(image).id, target)
+            self.engine.push(target)
+            self.remove_ours()
+            self.engine.api.remove_image(target, force=True)
+            t = time.monotonic()
+            self.engine.pull(target)
+            pulled = time.monotonic() - t
+            self.engine.api.remove_image(target, force=True)
+            return {"pull_s": round(pulled, 2)}
+        finally:
+            reg.stop()
+
     def size(self, ref: str) -> int:
         img = self.engine.image(ref)
         return img.size if img else 0
@@ -386,6 +408,9 @@ class Bench:
                         notes["ready"].append({"way": way, "ready_s": round(ready, 2), "floor_s": round(floor, 2),
                                                "import_s": round(imp, 2)})
                         say(f"    ready {way}: {ready:.2f} s, floor {floor:.2f} s (import alone {imp:.2f} s)")
+        if "C" in self.ways:
+            notes["empty_runner"] = self.empty_runner_pull(f"{PREFIX}-c/{one.name}:0.1.0")
+            say(f"    empty runner pulls C's image: {notes['empty_runner']['pull_s']} s")
         return {"rows": rows, **notes}
 
 
@@ -414,6 +439,9 @@ def report(which: str, ways: list[str], res: dict, load: tuple, total: float, re
         out.append(f"image {way}: {s['image_mib']} MiB, {s['over_base_mib']} MiB over the base; "
                    f".py without bytecode in the venv: {miss} of {total_py}")
     out.append(f"C steps the layer cache served: {res['steps_cached']}")
+    if res.get("empty_runner"):
+        out.append(f"empty runner, only the base local: pulling C's image from a loopback registry took "
+                   f"{res['empty_runner']['pull_s']} s (the dependency image of the design note would cost the same)")
     if res.get("compile"):
         out.append(f"bytecode for C's venv from scratch (docker run, start included): one process "
                    f"{res['compile']['j1']} s, compileall -j 0 {res['compile']['j0']} s")
