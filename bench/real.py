@@ -369,6 +369,10 @@ class Bench:
                     secs, res = self.c(one, installer, nocache=True)
                     add("cold", way, secs)
                     notes["breakdown"][way] = breakdown(res["timeline"])
+                    notes.setdefault("timeline", {})[f"{way} r{rep}"] = [(round(t, 2), ln[:160])
+                                                                        for t, ln in res["timeline"]]
+                    notes.setdefault("index", {})[way] = {k: v for k, v in res["index"].items()
+                                                          if k in ("upstream_requests", "upstream_bytes")}
             say(f"[{rep + 1}/{reps}] code-only change")
             self.change_code(one, 100 + rep)
             for way in order:
@@ -439,6 +443,9 @@ def report(which: str, ways: list[str], res: dict, load: tuple, total: float, re
         out.append(f"image {way}: {s['image_mib']} MiB, {s['over_base_mib']} MiB over the base; "
                    f".py without bytecode in the venv: {miss} of {total_py}")
     out.append(f"C steps the layer cache served: {res['steps_cached']}")
+    if res.get("index"):
+        out.append(f"C's index proxy upstream requests, cold: {res['index']} (each opens a new connection "
+                   f"and resolves DNS anew)")
     if res.get("empty_runner"):
         out.append(f"empty runner, only the base local: pulling C's image from a loopback registry took "
                    f"{res['empty_runner']['pull_s']} s (the dependency image of the design note would cost the same)")
