@@ -307,9 +307,10 @@ def test_agents_with_the_same_dependency_lines_share_the_layer(agent_factory, in
     first = build_image(agent_factory("share-one", requirements="tinyreq==1.1\nrequests==2.32.3\n"),
                         opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
     two = agent_factory("share-two", requirements="tinyreq==1.0\n")
-    build_image(two, opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
+    # (use_cache on, as in the CLI: a rebuild passes the agent's own previous image as cache_from)
+    build_image(two, opts(index_url, cache_dir=tmp_path / "c"))
     (two / "requirements.txt").write_text("tinyreq==1.1\nrequests==2.32.3\n")  # switched to the first's lines
-    again = build_image(two, opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
+    again = build_image(two, opts(index_url, cache_dir=tmp_path / "c"))
     assert "deps" in again.steps_cached, again.steps_cached
     layers = lambda ref: docker_client.images.get(ref).attrs["RootFS"]["Layers"]  # noqa: E731
     upto_deps = len(layers(base_image_for("3.11"))) + 2  # COPY deps, RUN install: the same layers, stored once
