@@ -153,7 +153,7 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
 
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True, split: Split | None = None, base_has_uv: bool = False):
+            base_has_venv: bool = True, split: Split | None = None, base_has_uv: bool = True):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
