@@ -41,6 +41,8 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cac
 # or a work tree that changes the base without touching the shared one)
 BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
+# what shapes the dependency layer; images that share it are that layer's cache
+DEPS_LABEL = "io.pixell.agent-image.deps-key"
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
@@ -194,22 +196,23 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
 
 
 def _render(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
-            base_has_venv: bool, base_labels: dict[str, str] | None):
+            base_has_venv: bool, base_labels: dict[str, str] | None, base_has_uv: bool = True):
     return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                   deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                   installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                  base_has_venv=base_has_venv, require_hashes=split.hashed,
+                  base_has_venv=base_has_venv, base_has_uv=base_has_uv, require_hashes=split.hashed,
                   source_requirements=bool(split.source), base_labels=base_labels or {})
 
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None):
+            base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None,
+            base_has_uv: bool = True):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     check_identity(pkg.manifest, options)
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = _render(pkg, options, upstream_url, split, base_image=base_image, base_has_venv=base_has_venv,
-                       base_labels=base_labels)
+                       base_labels=base_labels, base_has_uv=base_has_uv)
     generated, replace = _generated(pkg, options, split, rendered.text)
     context = build_context(pkg.root, generated, exclude=_kept_out(pkg, options), replace=replace)
     digest = hashlib.sha256(json.dumps(
@@ -218,13 +221,13 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
 
 
 def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
-                   base_has_venv: bool = True) -> str:
+                   base_has_venv: bool = True, base_has_uv: bool = True) -> str:
     """The content identity: the input digest without the base image (its name, id and
     labels are rendered as placeholders) and without anything of the runner. Two
     runners building one package with one set of options agree on it; tag
     immutability compares it, not image bytes."""
     text = _render(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
-                   base_labels={}).text
+                   base_labels={}, base_has_uv=base_has_uv).text
     # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
     files = files_digest(pkg.root, _generated(pkg, options, split, text)[0], exclude=_kept_out(pkg, options))
     return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()
@@ -315,11 +318,12 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         engine.ping()
         base_image = options.base_image or base_image_for(m.python)
         base = _base(engine, base_image, options, m.python)
-        has_venv = base.labels.get(VENV_LABEL) == "/opt/venv"
+        has_venv, has_uv = base.labels.get(VENV_LABEL) == "/opt/venv", _base_has_uv(base.labels)
         split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id, base_has_venv=has_venv,
                                                    split=split, base_labels=base_labels(base_image, base.digests,
-                                                                                        base.layers))
-        content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv)
+                                                                                        base.layers),
+                                                   base_has_uv=has_uv)
+        content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv, base_has_uv=has_uv)
         _log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
@@ -336,8 +340,11 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options, kept)
 
+        key = deps_key(rendered.text, split, base.id)
+        if key and not options.nocache:
+            cache_from += [i for i in engine.images_labelled(DEPS_LABEL, key) if i not in cache_from]
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
-        labels = {INPUT_LABEL: digest, CONTENT_LABEL: content}
+        labels = {INPUT_LABEL: digest, CONTENT_LABEL: content, **({DEPS_LABEL: key} if key else {})}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
         # the build's network (builder/sandbox.py): it starts in the background now
         with Sandbox(engine, base_image) as sandbox, \
@@ -401,6 +408,27 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options, kept)
+
+
+def deps_key(dockerfile: str, split: Split, base_id: str) -> str | None:
+    """Identity of the dependency layer: the base, the Dockerfile up to that layer
+    (index identity, installer) and the dependency lines with their constraints.
+    Agents that share it pass each other's images as cache_from: the classic
+    builder with cache_from trusts only the images listed, so without them a
+    second agent with the same lines reinstalls everything."""
+    if not split.deps:
+        return None
+    head = dockerfile.split("#> step config", 1)[0]
+    head = head[head.find("#> step base"):]  # the first line names the agent
+    return hashlib.sha256(json.dumps([base_id, head, split.deps_text, split.constraints, __version__],
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def _base_has_uv(labels: dict[str, str]) -> bool:
+    """Our base carries uv in /opt/agent-image/tools: an agent image then adds none."""
+    from .base import UV_LABEL
+    from .dockerfile import UV_VERSION
+    return labels.get(UV_LABEL) == UV_VERSION
 
 
 def _own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:

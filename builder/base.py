@@ -31,35 +31,60 @@ for name in ("pip", "setuptools"):
     except m.PackageNotFoundError:
         pass
 EOF"""
+UV_LABEL = "io.pixell.agent-image.uv"  # on our base: the uv version in /opt/agent-image/tools
 
 
 def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None = None,
-               tag: str | None = None) -> str:
-    """Build Dockerfile.base FROM a Python image; return the image id."""
+               tag: str | None = None, index_url: str | None = None, ca_bundle: str | None = None,
+               cache_dir: Path | None = None) -> str:
+    """Build Dockerfile.base FROM a Python image; return the image id.
+
+    uv goes into the base from the package index, through the same loopback
+    proxy an agent build uses (so credentials stay out of the base too)."""
     from_image = from_image or PYTHON_IMAGES.get(python)
     if not from_image:
         raise BaseImageMissingError(f"no default Python image for {python}", hint="Pass --from IMAGE.")
     engine.require_image(from_image, hint="Run scripts/setup.sh (debootstrap + docker import) or pass "
                                           "--from with a Python image the engine has.")
-    from .api import base_image_for
+    from .api import DEFAULT_CACHE_DIR, base_image_for
+    from .dockerfile import PIP_INDEX_HOST, PIP_INDEX_URL, UV_VERSION
+    from .index import resolve_index
+    from .indexproxy import DownloadCache, IndexProxy
+    from .sandbox import Sandbox
     tag = tag or base_image_for(python)
     files = {"Dockerfile": DOCKERFILE_BASE.read_bytes()}
     for path in sorted((HERE / "shim").glob("*.py")):  # serve.py, its serve_*.py modules, healthcheck.py
         files[f"shim/{path.name}"] = path.read_bytes()
     empty = HERE / "shim" / "__absent__"
     context = build_context(empty, files)
-    log.info("Building base image", tag=tag, python_image=from_image)
-    outcome = engine.build(context=context.data, buildargs={"PYTHON_IMAGE": from_image}, network_mode="default",
-                           on_step=lambda n, m, instr: log.info("build step", step=f"{n}/{m}", instruction=instr[:100]))
-    if outcome.image_id is None:
-        raise BaseImageMissingError(f"building the base image failed: {outcome.error}", log_tail=outcome.lines[-20:])
-    venv = engine.image(outcome.image_id).labels.get("io.pixell.agent-image.venv", "/opt/venv")
-    facts = dict(line.split("=", 1) for line in engine.run_once(
-        outcome.image_id, ["sh", "-c", _PROBE, "probe", venv]).splitlines() if "=" in line)
-    abi = abi_label(facts)
-    # the same build again (every step cached) with the label the engine appends
-    labelled = engine.build(context=context.data, buildargs={"PYTHON_IMAGE": from_image}, network_mode="default",
-                            labels={ABI_LABEL: abi})
+    upstream = resolve_index(index_url)
+    log.info("Building base image", tag=tag, python_image=from_image, index=upstream.url, uv=UV_VERSION)
+    cache = DownloadCache(Path(cache_dir or DEFAULT_CACHE_DIR) / "downloads")
+    args = {"PYTHON_IMAGE": from_image, "UV_VERSION": UV_VERSION, "PIP_INDEX_URL": PIP_INDEX_URL,
+            "PIP_TRUSTED_HOST": PIP_INDEX_HOST}
+    # the base's build steps get the network an agent build gets (builder/sandbox.py):
+    # the index proxy and nothing else
+    with Sandbox(engine, from_image) as sandbox, \
+            IndexProxy(upstream, cache, ca_bundle=ca_bundle, unix_path=sandbox.socket_path) as proxy:
+        sandbox.wait(proxy.ready)
+
+        def build(labels: dict[str, str] | None = None):
+            return engine.build(context=context.data, network_mode=sandbox.network_mode, labels=labels,
+                                buildargs={**args, "http_proxy": sandbox.proxy_url(proxy)},
+                                on_step=lambda n, m, instr: log.info("build step", step=f"{n}/{m}",
+                                                                     instruction=instr[:100]))
+        outcome = build()
+        if outcome.image_id is None:
+            raise BaseImageMissingError(f"building the base image failed: {outcome.error}",
+                                        log_tail=outcome.lines[-20:],
+                                        hint=f"The base installs uv=={UV_VERSION} from {upstream.url}: check that "
+                                             "the index is reachable (--index-url, --ca-bundle).")
+        venv = engine.image(outcome.image_id).labels.get("io.pixell.agent-image.venv", "/opt/venv")
+        facts = dict(line.split("=", 1) for line in engine.run_once(
+            outcome.image_id, ["sh", "-c", _PROBE, "probe", venv]).splitlines() if "=" in line)
+        abi = abi_label(facts)
+        # the same build again (every step cached: the same args) with the label the engine appends
+        labelled = build({ABI_LABEL: abi})
     if labelled.image_id is None:
         raise BaseImageMissingError(f"labelling the base image failed: {labelled.error}",
                                     log_tail=labelled.lines[-20:])

@@ -149,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
                       help="with --push: push the base as REGISTRY/agent-image.base:pyX.Y")
     base.add_argument("--push", action="store_true", help="push the base and print its digest reference")
     base.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    base.add_argument("--index-url", help="index the base's uv (for --installer uv) comes from "
+                                          "(default as for build)")
+    base.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching that index")
     _add_common(base)
 
     rb = sub.add_parser("rebase", help="move agent images onto a new base in the registry, without rebuilding",
@@ -359,6 +362,9 @@ def cmd_base(args, engine_factory) -> dict:
                                      hint="Add --registry HOST[:PORT]/PREFIX.")
     engine = engine_factory()
     image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=args.tag)
+    from .base import build_base
+    image_id = build_base(engine_factory(), python=args.python, from_image=args.from_image, tag=args.tag,
+                          index_url=args.index_url, ca_bundle=args.ca_bundle)
     from .api import base_image_for
     tag = args.tag or base_image_for(args.python)
     pinned = push_base(engine, image_id, registry=args.registry, python=args.python,

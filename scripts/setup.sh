@@ -63,7 +63,8 @@ for pair in 3.11:bookworm 3.9:bullseye; do
   docker import -c 'CMD ["python3"]' "$tarball" "$image" >/dev/null
 done
 
-# 5. the shared base images (docker's layer cache makes a rerun instant)
+# 5. the shared base images (docker's layer cache makes a rerun instant; a first build
+#    fetches uv for --installer uv from the index: PIP_INDEX_URL, else PyPI)
 for py in 3.11 3.9; do
   .venv/bin/agent-image base --python "$py" >/dev/null 2>>"$CACHE/setup.log"
 done

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.api import BuildOptions, build_image
+from builder.api import BuildOptions, base_image_for, build_image
 from builder.errors import EXIT_CODES, BuildTimeoutError, DependencyNotFoundError, EngineError
 from tests.conftest import BIN, engine_containers, engine_tags, make_project, run_in_image
 
@@ -271,3 +271,48 @@ def test_api_raises_the_class(agent_factory, index_url):
     with pytest.raises(DependencyNotFoundError) as info:
         build_image(agent, opts(index_url))
     assert info.value.requirement == "nope-not-here==1.0" and info.value.line == 1
+
+
+# --- issue 14: bytecode at build, the installer in the base --------------------------------
+
+_MISSING_PYC = ("import importlib.util, pathlib, sys; fs = list(pathlib.Path(sys.prefix, 'lib').rglob('*.py')); "
+                "print(sum(not pathlib.Path(importlib.util.cache_from_source(str(f))).exists() for f in fs), len(fs))")
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_image_ships_bytecode_and_no_installer(installer, agent_factory, index_url, docker_client, cleanup_images, tmp_path,
+                                                engine):
+    """Every installed .py has its .pyc in the image (a start compiles nothing: the image
+    runs with PYTHONDONTWRITEBYTECODE), and uv comes from the base, not the agent's layers."""
+    name = f"pyc-agent-{installer}"
+    cleanup_images(f"agents/{name}")
+    agent = agent_factory(name, requirements="requests==2.32.3\ntinyreq==1.1\n", install_requires=["structlog"])
+    result = build_image(agent, opts(index_url, installer=installer, use_cache=False, cache_dir=tmp_path / "cache"))
+    missing, total = map(int, py(docker_client, result.image, _MISSING_PYC).split())
+    assert total > 100 and missing == 0, f"{missing} of {total} .py files have no bytecode"
+    # the installer is the base's: the agent's layers hold its packages and code only
+    added = docker_client.images.get(result.image).attrs["Size"] - engine.image(base_image_for("3.11")).size
+    assert added < 10 * 1024 ** 2, f"the agent adds {added / 1024 ** 2:.1f} MiB over the base"
+    history = docker_client.api.history(result.image)  # newest first; the base's entries last
+    own = history[:len(history) - len(docker_client.api.history(base_image_for("3.11")))]
+    assert not any(" uv==" in (h.get("CreatedBy") or "") for h in own), "the agent image installed uv itself"
+
+
+def test_agents_with_the_same_dependency_lines_share_the_layer(agent_factory, index_url, cleanup_images, tmp_path,
+                                                               docker_client):
+    """An agent whose lines equal another agent's reuses that agent's dependency layer,
+    even when it has an image of its own from other lines (the classic builder with
+    cache_from trusts only the images listed)."""
+    cleanup_images("agents/share-one")
+    cleanup_images("agents/share-two")
+    first = build_image(agent_factory("share-one", requirements="tinyreq==1.1\nrequests==2.32.3\n"),
+                        opts(index_url, use_cache=False, cache_dir=tmp_path / "c"))
+    two = agent_factory("share-two", requirements="tinyreq==1.0\n")
+    # (use_cache on, as in the CLI: a rebuild passes the agent's own previous image as cache_from)
+    build_image(two, opts(index_url, cache_dir=tmp_path / "c"))
+    (two / "requirements.txt").write_text("tinyreq==1.1\nrequests==2.32.3\n")  # switched to the first's lines
+    again = build_image(two, opts(index_url, cache_dir=tmp_path / "c"))
+    assert "deps" in again.steps_cached, again.steps_cached
+    layers = lambda ref: docker_client.images.get(ref).attrs["RootFS"]["Layers"]  # noqa: E731
+    upto_deps = len(layers(base_image_for("3.11"))) + 2  # COPY deps, RUN install: the same layers, stored once
+    assert layers(again.image)[:upto_deps] == layers(first.image)[:upto_deps]

@@ -79,11 +79,17 @@ def _render(manifest_text=YAML, **kw):
 def test_render_order_and_step_names():
     r = _render()
     runs = [i for i in r.instructions if i.startswith("RUN")]
-    assert runs[0] == "RUN pip install -r /opt/agent-image/deps/requirements-deps.txt"
-    # the seed's order, first from the packaging files alone, then (only if that could not work) after the code
-    assert "pip install -e /app && pip install -r /app/requirements.txt" in runs[1]
+    # bytecode in parallel after pip, which compiles one file at a time
+    compile_ = " && { python -m compileall -qq -j 0 /opt/venv/lib || :; }"
+    assert runs[0] == "RUN pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + compile_
+    # one pass for package and requirements; the seed's order when that pass refuses (pins against
+    # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
+    assert runs[1].startswith("RUN if pip install --no-compile -e /app -r /app/requirements.txt || {")
+    assert "pip install --no-compile -e /app && pip install --no-compile -r /app/requirements.txt; }" in runs[1]
+    assert runs[1].endswith(compile_)
     assert runs[2].startswith("RUN if [ -e /opt/agent-image/installed-after-code ]")
-    assert runs[2].index("pip install -e /app") < runs[2].index("pip install -r /app/requirements.txt")
+    assert runs[2].index("pip install --no-compile -e /app") < runs[2].index("pip install --no-compile -r /app/req")
+    assert runs[2].endswith(compile_ + "; fi"), "a code-only change must not scan the venv"
     assert r.step_name(r.instructions.index(runs[1]) + 1) == "package"
     assert r.steps[r.instructions.index("COPY .agent-image/meta/ /app/")] == "package"
     assert r.instructions[0] == "FROM agent-image/base:py3.11"
@@ -100,7 +106,8 @@ def test_requirements_that_need_the_code_install_after_it():
     r = _render(source_requirements=True)
     runs = [i for i in r.instructions if i.startswith("RUN")]
     assert "pip install -r /app/requirements.txt" not in runs[1], "the early pass cannot read -e ./lib lines"
-    assert runs[2].endswith("pip install -r /app/requirements.txt")
+    assert runs[2].endswith("pip install --no-compile -r /app/requirements.txt"
+                            " && { python -m compileall -qq -j 0 /opt/venv/lib || :; }")
 
 
 def test_a_marked_step_names_the_install_that_failed():
@@ -116,6 +123,16 @@ def test_render_creates_the_venv_when_the_base_has_none():
     assert "RUN python3 -m venv /opt/venv" not in _render().instructions
     r = _render(base_has_venv=False)
     assert r.instructions[2] == "RUN python3 -m venv /opt/venv" and r.steps[2] == "venv"
+
+
+def test_render_uv_from_the_base():
+    """uv is the base's when it carries it (io.pixell.agent-image.uv); another base gets it per image."""
+    assert not [i for i in _render(installer="uv", base_has_uv=True).instructions if "install -q uv==" in i]
+    r = _render(installer="uv", base_has_uv=False)
+    assert [r.steps[n] for n, i in enumerate(r.instructions) if "install -q uv==" in i] == ["tools"]
+    # hash-checked lines keep the seed's two passes: -e /app has no hash
+    hashed = [i for i in _render(installer="uv", require_hashes=True).instructions if i.startswith("RUN if")]
+    assert "-e /app -r" not in hashed[0] and "--require-hashes -r /app/requirements.txt" in hashed[0]
 
 
 def test_render_skips_what_the_package_lacks():
