@@ -468,21 +468,34 @@ def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOpti
     own moving tags: used only when their labels name this agent)."""
     from .errors import EngineError, RegistryError
     try:
-        return engine.pull(input_tag, auth=options.registry_auth), []
+        hit = engine.pull(input_tag, auth=options.registry_auth)
+        if _same_agent(hit, manifest):
+            return hit, []
+        _drop_foreign(engine, input_tag, hit, manifest)
     except (RegistryError, EngineError) as exc:
         log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
     try:
         last = f"{repo}:latest"
         image = engine.pull(last, auth=options.registry_auth)
         if not _same_agent(image, manifest):
-            log.warning("Not using the last pushed image as a layer cache: it is another agent's", image=last,
-                        labelled=image.labels.get("io.pixell.agent.name"), agent=manifest.name)
+            _drop_foreign(engine, last, image, manifest)
             return None, []
         log.info("Using the last pushed image as a layer cache", cache_from=last, image_id=image.id)
         return None, [image.id]
     except (RegistryError, EngineError) as exc:
         log.debug("no previous image in the registry", image=f"{repo}:latest", reason=str(exc)[:200])
         return None, []
+
+
+def _drop_foreign(engine: Engine, ref: str, image, manifest) -> None:
+    """Another agent's image under this agent's moving tag: not used, and not kept
+    either, so no other route (the shared dependency layer's label) takes it as a cache."""
+    log.warning("Not using the last pushed image as a layer cache: it is another agent's", image=ref,
+                labelled=image.labels.get("io.pixell.agent.name"), agent=manifest.name)
+    try:
+        engine.remove_image(ref)
+    except PackageLoadError as exc:  # in use: it stays, unused by this build
+        log.debug("could not remove the foreign image", image=ref, reason=str(exc)[:200])
 
 
 def _all_lines(root: Path):

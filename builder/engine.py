@@ -331,6 +331,8 @@ class Engine:
             self.api.remove_image(ref, force=force, noprune=False)
         except docker.errors.ImageNotFound:
             pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"removing {ref}") from None
 
     def push(self, ref: str, *, auth: dict | None = None, on_line: Callable[[str], None] | None = None) -> str:
         """Push REF; return the manifest digest. Scans the stream: docker-py

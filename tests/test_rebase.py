@@ -101,7 +101,10 @@ def test_rebase_keeps_agent_layers_and_serves_on_the_new_base(bases, registry, a
     # images know their base
     assert labels["org.opencontainers.image.base.name"] == f"{host}/agent-image.base"
     assert labels["org.opencontainers.image.base.digest"] == bases["old"].split("@")[1]
-    assert labels["io.pixell.agent-image.base.top-layer"] == old_cfg["rootfs"]["diff_ids"][2]
+    base_cfg = config(host, "agent-image.base", manifest(host, "agent-image.base", bases["old"].split("@")[1])[1])
+    base_layers = base_cfg["rootfs"]["diff_ids"]
+    assert old_cfg["rootfs"]["diff_ids"][:len(base_layers)] == base_layers
+    assert labels["io.pixell.agent-image.base.top-layer"] == base_layers[-1]
     assert "python=3.11" in labels["io.pixell.agent-image.abi"] and "uid=10001" in labels["io.pixell.agent-image.abi"]
 
     refs = [f"{prefix}/rb-agent-{i}:0.1.0" for i in range(2)]
