@@ -30,6 +30,7 @@ from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy, proxied_requirements
 from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
+from .layercache import deps_key, from_registry, own_previous, remote, same_agent
 from .logs import configure as configure_logs
 from .rebase import CONTENT_LABEL, base_labels
 from .requirements import Split, logical_lines, read_requirements
@@ -126,12 +127,6 @@ def check_identity(manifest, options: BuildOptions) -> None:
             raise PackageValidationError(
                 f"agent.yaml {field_name} is {have!r}, but this build is for {want!r} ({option})",
                 field=field_name, hint=f"Upload the package of {want!r}, or fix {field_name} in its agent.yaml.")
-
-
-def _same_agent(image, manifest) -> bool:
-    """Is IMAGE one of this agent's own images? The moving tags (:latest, :in-DIGEST)
-    are only trusted when their labels say so: a repository can hold anything."""
-    return image is not None and image.labels.get("io.pixell.agent.name") == manifest.name
 
 
 def _log_requirements(pkg: Package, split, venv: str) -> None:
@@ -330,9 +325,9 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         cache_from: list[str] = []
         if options.use_cache and not options.nocache:
             hit = engine.image(input_tag)
-            if hit is None and _remote(repo):
-                hit, cache_from = _from_registry(engine, repo, input_tag, options, m)
-            if hit is not None and hit.labels.get(INPUT_LABEL) == digest and _same_agent(hit, m):
+            if hit is None and remote(repo):
+                hit, cache_from = from_registry(engine, repo, input_tag, options.registry_auth, m)
+            if hit is not None and hit.labels.get(INPUT_LABEL) == digest and same_agent(hit, m):
                 kept = _guard_tag(ref, hit.id, content, options)
                 engine.tag(hit.id, ref)
                 log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
@@ -354,7 +349,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
                      venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
             if options.use_cache and not options.nocache and not cache_from:  # while the sandbox starts
-                cache_from = _own_previous(engine, repo, ref, m)
+                cache_from = own_previous(engine, repo, ref, m)
 
             def on_step(n: int, total: int, instr: str) -> None:
                 name = rendered.step_name(n)
@@ -410,20 +405,6 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         return _maybe_push(result, engine, options, kept)
 
 
-def deps_key(dockerfile: str, split: Split, base_id: str) -> str | None:
-    """Identity of the dependency layer: the base, the Dockerfile up to that layer
-    (index identity, installer) and the dependency lines with their constraints.
-    Agents that share it pass each other's images as cache_from: the classic
-    builder with cache_from trusts only the images listed, so without them a
-    second agent with the same lines reinstalls everything."""
-    if not split.deps:
-        return None
-    head = dockerfile.split("#> step config", 1)[0]
-    head = head[head.find("#> step base"):]  # the first line names the agent
-    return hashlib.sha256(json.dumps([base_id, head, split.deps_text, split.constraints, __version__],
-                                     sort_keys=True).encode()).hexdigest()
-
-
 def _base_has_uv(labels: dict[str, str]) -> bool:
     """Our base carries uv in /opt/agent-image/tools: an agent image then adds none."""
     from .base import UV_LABEL
@@ -431,71 +412,16 @@ def _base_has_uv(labels: dict[str, str]) -> bool:
     return labels.get(UV_LABEL) == UV_VERSION
 
 
-def _own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
-    """The agent's own last image as the layer cache. Without it the classic
-    builder takes the newest local image matching each step, and the first
-    steps are the same for every agent: one other agent's --no-cache build
-    would then cost this agent a full dependency reinstall. Only an image
-    whose labels name this agent is used."""
-    for candidate in (ref, f"{repo}:latest"):
-        image = engine.image(candidate)
-        if _same_agent(image, manifest):
-            return [image.id]
-    return []
-
-
 def _base(engine: Engine, base_image: str, options: BuildOptions, python: str):
     """The base image; one the engine lacks is pulled when it names a registry
     (`agent-image base --push` puts it there), so empty runners share its bytes."""
     from .engine import split_ref
     base = engine.image(base_image)
-    if base is None and _remote(split_ref(base_image)[0].split("@")[0]):
+    if base is None and remote(split_ref(base_image)[0].split("@")[0]):
         from .registry import pull_base
         pull_base(engine, base_image, auth=options.registry_auth)
     return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
                                                  "(scripts/setup.sh does it) and retry.")
-
-
-def _remote(repo: str) -> bool:
-    """Does REPO name a registry host (host.domain or host:port first)?"""
-    first = repo.split("/", 1)[0]
-    return "/" in repo and ("." in first or ":" in first or first == "localhost")
-
-
-def _from_registry(engine: Engine, repo: str, input_tag: str, options: BuildOptions, manifest):
-    """An ephemeral runner starts empty: take the exact image from the registry if it
-    was built before, else the agent's last pushed image as a layer cache (the tool's
-    own moving tags: used only when their labels name this agent)."""
-    from .errors import EngineError, RegistryError
-    try:
-        hit = engine.pull(input_tag, auth=options.registry_auth)
-        if _same_agent(hit, manifest):
-            return hit, []
-        _drop_foreign(engine, input_tag, hit, manifest)
-    except (RegistryError, EngineError) as exc:
-        log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
-    try:
-        last = f"{repo}:latest"
-        image = engine.pull(last, auth=options.registry_auth)
-        if not _same_agent(image, manifest):
-            _drop_foreign(engine, last, image, manifest)
-            return None, []
-        log.info("Using the last pushed image as a layer cache", cache_from=last, image_id=image.id)
-        return None, [image.id]
-    except (RegistryError, EngineError) as exc:
-        log.debug("no previous image in the registry", image=f"{repo}:latest", reason=str(exc)[:200])
-        return None, []
-
-
-def _drop_foreign(engine: Engine, ref: str, image, manifest) -> None:
-    """Another agent's image under this agent's moving tag: not used, and not kept
-    either, so no other route (the shared dependency layer's label) takes it as a cache."""
-    log.warning("Not using the last pushed image as a layer cache: it is another agent's", image=ref,
-                labelled=image.labels.get("io.pixell.agent.name"), agent=manifest.name)
-    try:
-        engine.remove_image(ref)
-    except PackageLoadError as exc:  # in use: it stays, unused by this build
-        log.debug("could not remove the foreign image", image=ref, reason=str(exc)[:200])
 
 
 def _all_lines(root: Path):
@@ -519,7 +445,7 @@ def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept
 
 def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
     """Version tags are immutable (builder/registry.py guard_tag), checked before any tag moves."""
-    if not options.push or options.overwrite or not _remote(ref.rsplit(":", 1)[0]):
+    if not options.push or options.overwrite or not remote(ref.rsplit(":", 1)[0]):
         return None
     from .registry import guard_tag
     return guard_tag(ref, image_id=image_id, content=content, auth=options.registry_auth)

@@ -9,12 +9,11 @@ in agent-image imports docker-py. Engine failures become ``EngineError`` or
 from __future__ import annotations
 
 import io
-import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import docker
 import docker.errors
@@ -22,12 +21,11 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.api.client import APIClient
 
+from .buildstream import BuildOutcome, consume, rejoin_lines
 from .errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
                      RegistryError, redact)
 
 DEFAULT_TIMEOUT = 300.0
-# the classic builder paints a RUN step's stderr red; the log parser wants plain text
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # what a cut or dropped engine connection raises mid-stream
 _STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
                   urllib3.exceptions.HTTPError, OSError)
@@ -47,17 +45,6 @@ class Image:
     healthcheck: dict | None = None        # Docker's {"Test", "Interval", ...}; durations in ns
     architecture: str = ""
     os: str = ""
-
-
-@dataclass
-class BuildOutcome:
-    image_id: str | None
-    lines: list[str] = field(default_factory=list)
-    error: str | None = None
-    failed_step: int | None = None
-    cached: set[int] = field(default_factory=set)  # step numbers the layer cache served
-    total_steps: int = 0
-    duration_s: float = 0.0
 
 
 class _CancellableAPIClient(APIClient):
@@ -155,9 +142,6 @@ class Engine:
             raise _engine_error(exc, "listing images") from None
         return [i["Id"] for i in sorted(found, key=lambda i: i.get("Created", 0), reverse=True)][:limit]
 
-    def history(self, ref: str) -> list[dict]:
-        return self.api.history(ref)
-
     def require_image(self, ref: str, hint: str) -> Image:
         img = self.image(ref)
         if img is None:
@@ -209,8 +193,8 @@ class Engine:
             state["response"] = self.api.current_response()
             if fired.is_set() and state["response"] is not None:
                 _shutdown(state["response"])
-            for chunk in self._chunks(stream):
-                self._consume(chunk, outcome, on_line, on_step)
+            for chunk in rejoin_lines(stream):
+                consume(chunk, outcome, on_line, on_step)
         except KeyboardInterrupt:
             cut()
             self._settle()
@@ -240,85 +224,10 @@ class Engine:
         return outcome
 
     @staticmethod
-    def _chunks(stream: Iterator[dict]) -> Iterator[dict]:
-        """Re-cut the build stream at newlines. A RUN's output reaches us in
-        whatever pieces the process wrote (uv writes one line in several
-        writes), and the classifiers read whole lines."""
-        partial = ""
-        for chunk in stream:
-            if "stream" in chunk:
-                whole, newline, partial = (partial + chunk["stream"]).rpartition("\n")
-                if newline:
-                    yield {"stream": whole + "\n"}
-                continue
-            if partial:
-                yield {"stream": partial}
-                partial = ""
-            yield chunk
-        if partial:
-            yield {"stream": partial}
-
-    @staticmethod
-    def _consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:
-        if "stream" in chunk:
-            for line in chunk["stream"].splitlines():
-                # kept as the engine wrote them: the classifiers read the log's own words,
-                # and every way out (log processor, errors, the result) redacts
-                line = _ANSI.sub("", line).rstrip()
-                if not line:
-                    continue
-                outcome.lines.append(line)
-                if line.startswith("Step ") and "/" in line.split(" : ")[0]:
-                    head, _, instr = line.partition(" : ")
-                    n, _, m = head[5:].partition("/")
-                    if n.isdigit() and m.isdigit():
-                        outcome.failed_step, outcome.total_steps = int(n), int(m)
-                        if on_step:
-                            on_step(int(n), int(m), instr)
-                elif line.strip() == "---> Using cache" and outcome.failed_step:
-                    outcome.cached.add(outcome.failed_step)
-                if on_line:
-                    on_line(line)
-        elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-            outcome.image_id = chunk["aux"]["ID"]
-        elif "error" in chunk:
-            outcome.error = redact(chunk.get("error") or str(chunk.get("errorDetail")))
-            outcome.image_id = None
-        if outcome.image_id:
-            outcome.failed_step = None if outcome.error is None else outcome.failed_step
-
-    @staticmethod
     def _settle() -> None:
         # the engine cancels asynchronously once the stream is cut; give it a moment
         time.sleep(0.5)
 
-    def build_dockerfile(self, *, path: str, dockerfile: str, tag: str, buildargs: dict[str, str] | None = None,
-                         network_mode: str = "host", on_line: Callable[[str], None] | None = None) -> str:
-        """Build a plain Dockerfile from a folder and tag it (used for the shared base)."""
-        image_id = None
-        try:
-            for chunk in self.api.build(path=path, dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
-                                        buildargs=buildargs or {}, network_mode=network_mode, decode=True):
-                if "stream" in chunk and on_line:
-                    for line in chunk["stream"].splitlines():
-                        if line.strip():
-                            on_line(line.rstrip())
-                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    image_id = chunk["aux"]["ID"]
-                if "error" in chunk:
-                    raise EngineError(f"building {tag} failed: {redact(chunk['error'])}")
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, f"building {tag}") from None
-        if image_id is None:
-            raise EngineError(f"building {tag} gave no image")
-        return image_id
-
-    def import_rootfs(self, *, tar_path: str, repository: str, tag: str) -> str:
-        with open(tar_path, "rb") as fh:
-            out = self.api.import_image_from_data(fh, repository=repository, tag=tag)
-        return str(out)
-
-    # -- tags, registry ------------------------------------------------------------
     def tag(self, image_id: str, ref: str) -> None:
         repo, tag = split_ref(ref)
         try:

@@ -8,7 +8,6 @@ closer look (the redactor's rules, the lines the parser keeps).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
@@ -20,9 +19,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from builder.api import BuildOptions, _own_previous, build_image
-from builder.apkg import open_package
-from builder.engine import Engine
+from builder.api import BuildOptions, build_image
+from builder.layercache import own_previous
 from builder.errors import (EXIT_CODES, PackageValidationError, Redactor, current_redactor, redact,
                             redaction_scope)
 from builder.manifest import parse_manifest
@@ -230,8 +228,8 @@ def test_moving_tags_of_another_agent_are_not_a_layer_cache(agent_factory, index
     assert "deps" not in result.steps_cached, "the impostor's layers were not used"
     # locally too: a :latest labelled for another agent is not this agent's previous image
     manifest = parse_manifest((owner / "agent.yaml").read_text())
-    assert _own_previous(engine, f"{prefix}/owner", f"{prefix}/owner:9.9.9", manifest) == []
-    assert _own_previous(engine, f"{prefix}/owner", result.image, manifest) == [result.image_id]
+    assert own_previous(engine, f"{prefix}/owner", f"{prefix}/owner:9.9.9", manifest) == []
+    assert own_previous(engine, f"{prefix}/owner", result.image, manifest) == [result.image_id]
 
 
 def test_index_proxy_request_threads_redact_with_their_build(tmp_path):

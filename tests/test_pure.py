@@ -228,14 +228,14 @@ def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):
 
 def test_engine_rejoins_lines_cut_across_stream_chunks():
     """uv writes a line in several writes; the classifiers must see it whole."""
-    from builder.engine import Engine
+    from builder.buildstream import rejoin_lines
     chunks = [{"stream": "Step 3/9 : RUN x\n"}, {"stream": "error"}, {"stream": ": No solution found"},
               {"stream": " when resolving\n + tiny"}, {"stream": "req==2.0\n"}, {"aux": {"ID": "sha256:1"}},
               {"stream": "tail without newline"}]
-    text = "".join(c.get("stream", "") for c in Engine._chunks(iter(chunks)))
+    text = "".join(c.get("stream", "") for c in rejoin_lines(iter(chunks)))
     assert text.splitlines() == ["Step 3/9 : RUN x", "error: No solution found when resolving",
                                  " + tinyreq==2.0", "tail without newline"]
-    assert {"aux": {"ID": "sha256:1"}} in list(Engine._chunks(iter(chunks)))
+    assert {"aux": {"ID": "sha256:1"}} in list(rejoin_lines(iter(chunks)))
 
 
 def test_versions_on_an_index_page():

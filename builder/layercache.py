@@ -1,0 +1,95 @@
+"""Which earlier images a build may reuse, and how it finds them.
+
+The exact image of the same inputs (the ``in-DIGEST`` tag), the agent's own
+previous image (its layer cache), and the dependency layer of any agent with
+the same dependency lines (``deps_key``). The tool's moving tags are trusted
+only when their labels name this agent: a repository can hold anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import structlog
+
+from . import __version__
+from .engine import Engine
+from .errors import EngineError, PackageLoadError, RegistryError
+from .requirements import Split
+
+log = structlog.get_logger("agent_image")
+
+
+def same_agent(image, manifest) -> bool:
+    """Is IMAGE one of this agent's own images? The moving tags (:latest, :in-DIGEST)
+    are only trusted when their labels say so: a repository can hold anything."""
+    return image is not None and image.labels.get("io.pixell.agent.name") == manifest.name
+
+
+def deps_key(dockerfile: str, split: Split, base_id: str) -> str | None:
+    """Identity of the dependency layer: the base, the Dockerfile up to that layer
+    (index identity, installer) and the dependency lines with their constraints.
+    Agents that share it pass each other's images as cache_from: the classic
+    builder with cache_from trusts only the images listed, so without them a
+    second agent with the same lines reinstalls everything."""
+    if not split.deps:
+        return None
+    head = dockerfile.split("#> step config", 1)[0]
+    head = head[head.find("#> step base"):]  # the first line names the agent
+    return hashlib.sha256(json.dumps([base_id, head, split.deps_text, split.constraints, __version__],
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
+    """The agent's own last image as the layer cache. Without it the classic
+    builder takes the newest local image matching each step, and the first
+    steps are the same for every agent: one other agent's --no-cache build
+    would then cost this agent a full dependency reinstall. Only an image
+    whose labels name this agent is used."""
+    for candidate in (ref, f"{repo}:latest"):
+        image = engine.image(candidate)
+        if same_agent(image, manifest):
+            return [image.id]
+    return []
+
+
+def remote(repo: str) -> bool:
+    """Does REPO name a registry host (host.domain or host:port first)?"""
+    first = repo.split("/", 1)[0]
+    return "/" in repo and ("." in first or ":" in first or first == "localhost")
+
+
+def from_registry(engine: Engine, repo: str, input_tag: str, auth: dict | None, manifest):
+    """An ephemeral runner starts empty: take the exact image from the registry if it
+    was built before, else the agent's last pushed image as a layer cache (the tool's
+    own moving tags: used only when their labels name this agent)."""
+    try:
+        hit = engine.pull(input_tag, auth=auth)
+        if same_agent(hit, manifest):
+            return hit, []
+        drop_foreign(engine, input_tag, hit, manifest)
+    except (RegistryError, EngineError) as exc:
+        log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
+    try:
+        last = f"{repo}:latest"
+        image = engine.pull(last, auth=auth)
+        if not same_agent(image, manifest):
+            drop_foreign(engine, last, image, manifest)
+            return None, []
+        log.info("Using the last pushed image as a layer cache", cache_from=last, image_id=image.id)
+        return None, [image.id]
+    except (RegistryError, EngineError) as exc:
+        log.debug("no previous image in the registry", image=f"{repo}:latest", reason=str(exc)[:200])
+        return None, []
+
+
+def drop_foreign(engine: Engine, ref: str, image, manifest) -> None:
+    """Another agent's image under this agent's moving tag: not used, and not kept
+    either, so no other route (the shared dependency layer's label) takes it as a cache."""
+    log.warning("Not using the last pushed image as a layer cache: it is another agent's", image=ref,
+                labelled=image.labels.get("io.pixell.agent.name"), agent=manifest.name)
+    try:
+        engine.remove_image(ref)
+    except PackageLoadError as exc:  # in use: it stays, unused by this build
+        log.debug("could not remove the foreign image", image=ref, reason=str(exc)[:200])
