@@ -49,6 +49,24 @@ VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there alr
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 
 
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+
+
+def check_image_ref(ref: str, option: str) -> str:
+    """REPOSITORY[:TAG][@sha256:DIGEST] or an image id, checked before the engine is
+    asked: a malformed one would come back from the engine as a 400, told as
+    'engine unreachable'."""
+    name, _, digest = ref.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    repo, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, None)
+    if _DIGEST_RE.match(ref) or (_REF_RE.match(repo) and (tag is None or _TAG_RE.match(tag))
+                                  and (not digest or _DIGEST_RE.match(digest))):
+        return ref
+    raise PackageValidationError(f"{ref!r} is not a valid image reference", field=option,
+                                 hint="Use REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST, e.g. agent-image/base:py3.11.")
+
+
 def base_image_for(python: str) -> str:
     return f"{BASE_REPOSITORY}:py{python}"
 
@@ -309,6 +327,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
 
         # everything the package itself can get wrong is reported before the engine is asked
         split = read_split(pkg, options)
+        if options.base_image:
+            check_image_ref(options.base_image, "--base-image")
         engine = engine or Engine()
         engine.ping()
         base_image = options.base_image or base_image_for(m.python)

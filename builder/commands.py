@@ -179,13 +179,11 @@ def cmd_base(args, engine_factory) -> dict:
     if args.push and not args.registry:
         raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
                                      hint="Add --registry HOST[:PORT]/PREFIX.")
+    from .api import base_image_for, check_image_ref
+    tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python)
     engine = engine_factory()
-    image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=args.tag)
-    from .base import build_base
-    image_id = build_base(engine_factory(), python=args.python, from_image=args.from_image, tag=args.tag,
+    image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=tag,
                           index_url=args.index_url, ca_bundle=args.ca_bundle)
-    from .api import base_image_for
-    tag = args.tag or base_image_for(args.python)
     pinned = push_base(engine, image_id, registry=args.registry, python=args.python,
                        auth=_registry_auth(args)) if args.push else None
     if not args.json:

@@ -72,3 +72,23 @@ def test_out_of_range_numbers_are_usage_errors(argv, said, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["build", str(HELLO), "--base-image", "Not A Ref!"], "--base-image"),
+    (["build", str(HELLO), "--base-image", "agent-image/base:py3.11@sha256:short"], "--base-image"),
+    (["base", "--tag", "agent-image/BASE:py3.11"], "--tag"),
+])
+def test_malformed_image_reference_is_a_user_error_naming_the_option(argv, option, capsys):
+    """Found while trying issue 9: the engine answered these with a 400 that read as 'engine unreachable'."""
+    code = cli.main([*argv, "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (code, error["class"], error["field"]) == (10, "PackageValidationError", option), error
+    assert argv[-1] in error["message"] and "REPOSITORY[:TAG]" in error["message"]
+
+
+def test_well_formed_image_references_pass():
+    from builder.api import check_image_ref
+    for ref in ("agent-image/base:py3.11", "127.0.0.1:5000/agent-image.base:py3.11", "python",
+                "r.example.com/a/b@sha256:" + "0" * 64, "sha256:" + "a" * 64):
+        assert check_image_ref(ref, "--base-image") == ref
