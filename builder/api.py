@@ -24,7 +24,7 @@ from .buildlog import Failure, classify, conflict_warnings, installed_packages, 
 from .context import build_context, files_digest
 from .dockerfile import render
 from .engine import Engine
-from .dotenv import env_paths, env_values, is_env_path
+from .dotenv import env_values, is_env_path
 from .errors import PackageLoadError, PackageValidationError, current_redactor, redaction_scope
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy, proxied_requirements
@@ -199,7 +199,7 @@ def check_cache_dir(path: Path) -> None:
 
 def _kept_out(pkg: Package, options: BuildOptions) -> set[str]:
     """Package paths that never enter the build context: every .env file (and .env folder)."""
-    return set() if options.include_env else set(env_paths(pkg.root))
+    return set() if options.include_env else set(pkg.env_paths)
 
 
 def read_split(pkg: Package, options: BuildOptions) -> Split:
@@ -253,7 +253,6 @@ def _generated(pkg: Package, options: BuildOptions, split: Split,
     generated = {"Dockerfile": dockerfile.encode()}
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
-    kept_out = _kept_out(pkg, options)
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
     # index URLs on --allow-index-host hosts become proxy URLs in what the build reads (the sandbox reaches
     # nothing else); without that option every file goes in as it is
@@ -266,7 +265,7 @@ def _generated(pkg: Package, options: BuildOptions, split: Split,
             if rewritten != text:
                 proxied[rel] = rewritten.encode()
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
-        if kept_out and is_env_path(rel):
+        if not options.include_env and is_env_path(rel):
             continue
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
@@ -312,7 +311,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         venv = f"{m.name}-{m.version}"
         log.info("Opened agent package", agent=m.name, version=m.version, runtime=m.runtime,
                  source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
-        dotenv = env_paths(pkg.root)
+        dotenv = pkg.env_paths
         _learn_env_values(pkg, dotenv)
         check_identity(m, options)
         for rel in dotenv if options.include_env else ():

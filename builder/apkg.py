@@ -15,8 +15,10 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+from .dotenv import env_paths
 from .errors import PackageValidationError
 from .manifest import Manifest, parse_manifest
 
@@ -49,6 +51,11 @@ class Package:
     source_kind: str  # "apkg" | "folder"
     files: list[str] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
+
+    @cached_property
+    def env_paths(self) -> list[str]:
+        """Every .env file or folder in the package (one walk, whatever asks)."""
+        return env_paths(self.root)
 
     @property
     def has_setup(self) -> bool:
