@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,22 +17,24 @@ from typing import Any
 
 import structlog
 
-from . import __version__
+from . import __version__, depsimage
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
 from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
-from .context import build_context, files_digest
-from .dockerfile import render
+from .context import build_context
+from .dockerfile import Rendered
 from .engine import Engine
-from .dotenv import env_values, is_env_path
+from .dotenv import env_values
 from .errors import PackageLoadError, PackageValidationError, current_redactor, redaction_scope
 from .index import resolve_index
-from .indexproxy import DownloadCache, IndexProxy, proxied_requirements
+from .indexproxy import DownloadCache, IndexProxy
 from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
-from .layercache import deps_key, from_registry, own_previous, remote, same_agent
+from .layercache import from_registry, own_previous, remote, same_agent
 from .logs import configure as configure_logs
+from .plan import (PACKAGING_FILES, check_cache_dir, content_digest, generated_files, kept_out,  # noqa: F401
+                   read_ca_bundle, read_split, render_agent)
 from .rebase import CONTENT_LABEL, base_labels
-from .requirements import Split, logical_lines, read_requirements
+from .requirements import Split, logical_lines
 
 log = structlog.get_logger("agent_image")
 
@@ -42,9 +43,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cac
 # or a work tree that changes the base without touching the shared one)
 BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
-# what shapes the dependency layer; images that share it are that layer's cache
-DEPS_LABEL = "io.pixell.agent-image.deps-key"
-PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
+DEPS_LABEL = depsimage.KEY_LABEL  # what shapes the dependency layer (builder/depsimage.py)
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
 _REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 
@@ -114,6 +113,8 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     index: dict[str, Any] = field(default_factory=dict)
     tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
+    deps_image: str = ""    # the dependency image it was built FROM (builder/depsimage.py)
+    deps_origin: str = ""   # "local" | "pulled" | "built"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,55 +169,6 @@ def _learn_env_values(pkg: Package, paths: list[str]) -> None:
         redactor.add_value(value, public)
 
 
-def read_ca_bundle(path: str | None) -> bytes:
-    """The --ca-bundle file, checked before any work: a wrong path fails here, not mid-build."""
-    if not path:
-        raise PackageValidationError("--ca-bundle-in-image needs --ca-bundle PEM.", field="--ca-bundle",
-                                     hint="Name the PEM file with --ca-bundle.")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise PackageValidationError(f"Cannot read the CA bundle {path}: {exc.strerror}.", field="--ca-bundle",
-                                     hint="Pass a readable PEM file.") from None
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise PackageValidationError(f"The CA bundle {path} holds no PEM certificate.", field="--ca-bundle",
-                                     hint="Pass a file with one or more '-----BEGIN CERTIFICATE-----' blocks.")
-    return data
-
-
-def check_cache_dir(path: Path) -> None:
-    """The cache folder must be a folder we can write, checked before any work."""
-    try:
-        (Path(path) / "downloads").mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=Path(path) / "downloads").close()
-    except OSError as exc:
-        reason = "it is a file" if Path(path).is_file() else exc.strerror or str(exc)
-        raise PackageValidationError(
-            f"The cache folder {path} is not a writable folder: {reason}.", field="--cache-dir",
-            hint="Pass --cache-dir with a folder you can write (default ~/.cache/agent-image, "
-                 "or $AGENT_IMAGE_CACHE).") from None
-
-
-def _kept_out(pkg: Package, options: BuildOptions) -> set[str]:
-    """Package paths that never enter the build context: every .env file (and .env folder)."""
-    return set() if options.include_env else set(pkg.env_paths)
-
-
-def read_split(pkg: Package, options: BuildOptions) -> Split:
-    """requirements.txt read, policed and split; no include may pull a kept-out file in."""
-    # -r/-c .env (or a requirements.txt linking to it) would carry its secrets into the build
-    return read_requirements(pkg.root, options.allow_index_hosts, keep_out=None if options.include_env else is_env_path)
-
-
-def _render(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
-            base_has_venv: bool, base_labels: dict[str, str] | None, base_has_uv: bool = True):
-    return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
-                  deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
-                  installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                  base_has_venv=base_has_venv, base_has_uv=base_has_uv, require_hashes=split.hashed,
-                  source_requirements=bool(split.source), base_labels=base_labels or {})
-
-
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
             base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None,
             base_has_uv: bool = True):
@@ -224,60 +176,15 @@ def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str
     check_identity(pkg.manifest, options)
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
-    rendered = _render(pkg, options, upstream_url, split, base_image=base_image, base_has_venv=base_has_venv,
+    rendered = render_agent(pkg, options, upstream_url, split, base_image=base_image, base_has_venv=base_has_venv,
                        base_labels=base_labels, base_has_uv=base_has_uv)
-    generated, replace = _generated(pkg, options, split, rendered.text)
-    context = build_context(pkg.root, generated, exclude=_kept_out(pkg, options), replace=replace)
+    generated, replace = generated_files(pkg, options, split, rendered.text)
+    context = build_context(pkg.root, generated, exclude=kept_out(pkg, options), replace=replace)
     digest = hashlib.sha256(json.dumps(
         [context.digest, base_id, upstream_url, __version__], sort_keys=True).encode()).hexdigest()
     return split, rendered, context, digest
 
 
-def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
-                   base_has_venv: bool = True, base_has_uv: bool = True) -> str:
-    """The content identity: the input digest without the base image (its name, id and
-    labels are rendered as placeholders) and without anything of the runner. Two
-    runners building one package with one set of options agree on it; tag
-    immutability compares it, not image bytes."""
-    text = _render(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
-                   base_labels={}, base_has_uv=base_has_uv).text
-    # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
-    files = files_digest(pkg.root, _generated(pkg, options, split, text)[0], exclude=_kept_out(pkg, options))
-    return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()
-
-
-def _generated(pkg: Package, options: BuildOptions, split: Split,
-               dockerfile: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """The files the builder adds to the context next to the package, and the package
-    files whose content it replaces (index URLs rewritten to the proxy)."""
-    generated = {"Dockerfile": dockerfile.encode()}
-    # the packaging files, for the install pass that runs before the code is copied;
-    # package __init__.py files too, so setup(packages=[...]) finds its folders
-    inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
-    # index URLs on --allow-index-host hosts become proxy URLs in what the build reads (the sandbox reaches
-    # nothing else); without that option every file goes in as it is
-    proxied = {}
-    for rel in ("requirements.txt", *split.includes) if options.allow_index_hosts else ():
-        path = pkg.root / rel
-        if path.is_file() and not path.is_symlink():
-            text = path.read_text(encoding="utf-8", errors="replace")
-            rewritten = proxied_requirements(text, options.allow_index_hosts)
-            if rewritten != text:
-                proxied[rel] = rewritten.encode()
-    for rel in (*PACKAGING_FILES, *split.includes, *inits):
-        if not options.include_env and is_env_path(rel):
-            continue
-        path = pkg.root / rel
-        if path.is_file() and not path.is_symlink():
-            generated[f".agent-image/meta/{rel}"] = proxied.get(rel) or path.read_bytes()
-    if options.ca_bundle_in_image:
-        generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
-    if split.deps:
-        hosts = options.allow_index_hosts
-        generated[".agent-image/deps/requirements-deps.txt"] = proxied_requirements(split.deps_text, hosts).encode()
-        for name, text in split.constraints.items():
-            generated[f".agent-image/deps/{name}"] = proxied_requirements(text, hosts).encode()
-    return generated, proxied
 
 
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
@@ -354,12 +261,15 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options, kept)
 
-        key = deps_key(rendered.text, split, base.id)
-        if key and not options.nocache:
-            cache_from += [i for i in engine.images_labelled(DEPS_LABEL, key) if i not in cache_from]
+        deps = depsimage.plan(rendered, split, base, repo, options.registry, upstream.auth_header)
+        if deps and not options.nocache:  # a local image with this key, else the registry's
+            deps.image, deps.origin = depsimage.find(engine, deps.ref, deps.key, base, deps.layers,
+                                                     auth=options.registry_auth, remote=remote(deps.repo))
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
-        labels = {INPUT_LABEL: digest, CONTENT_LABEL: content, **({DEPS_LABEL: key} if key else {})}
+        # (the deps-key label comes with the dependency image: one LABEL step fewer per build)
+        labels = {INPUT_LABEL: digest, CONTENT_LABEL: content}
         cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
+        deadline = time.monotonic() + options.timeout  # both builds share --timeout
         # the build's network (builder/sandbox.py): it starts in the background now
         with Sandbox(engine, base_image) as sandbox, \
                 IndexProxy(upstream, cache, ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
@@ -369,23 +279,49 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                      venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
             if options.use_cache and not options.nocache and not cache_from:  # while the sandbox starts
                 cache_from = own_previous(engine, repo, ref, m)
-
-            def on_step(n: int, total: int, instr: str) -> None:
-                name = rendered.step_name(n)
-                if name == "package" and instr.startswith("RUN"):
-                    log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
-                log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
-
             sandbox.wait(proxy.ready)
-            outcome = engine.build(context=context.data, buildargs={"http_proxy": sandbox.proxy_url(proxy)},
-                                   labels=labels, timeout=options.timeout, nocache=options.nocache,
-                                   cache_from=cache_from, network_mode=sandbox.network_mode,
-                                   on_step=on_step, on_line=lambda line: log.debug("build", line=line))
+
+            def build(ctx, plan: Rendered, build_labels: dict[str, str], cache: list[str] | None):
+                def on_step(n: int, total: int, instr: str) -> None:
+                    name = plan.step_name(n)
+                    if name == "package" and instr.startswith("RUN"):
+                        log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
+                    log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
+                return engine.build(context=ctx.data, buildargs={"http_proxy": sandbox.proxy_url(proxy)},
+                                    labels=build_labels, timeout=max(1.0, deadline - time.monotonic()),
+                                    nocache=options.nocache, cache_from=cache, network_mode=sandbox.network_mode,
+                                    on_step=on_step, on_line=lambda line: log.debug("build", line=line))
+
+            failed, deps_lines = None, []
+            if deps and deps.image is None:
+                log.info("Building the dependency image", image=deps.ref, deps_key=deps.key, venv=venv)
+                generated = generated_files(pkg, options, split, rendered.text)[0]
+                # no cache_from: the engine's own layer cache (same base, same lines) is this image's
+                outcome = build(depsimage.context(deps.dockerfile, generated), deps.dockerfile,
+                                {DEPS_LABEL: deps.key}, None)
+                if outcome.error is None and outcome.image_id is not None:
+                    engine.tag(outcome.image_id, deps.ref)
+                    deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"
+                    deps.cached, deps_lines = _cached_steps(deps.dockerfile, outcome), outcome.lines
+                else:
+                    failed = (outcome, deps.dockerfile)
+            if failed is None:
+                if deps:  # FROM the dependency image: the agent's own steps only
+                    rendered = render_agent(pkg, options, upstream.url, split, base_image=base_image,
+                                            base_has_venv=has_venv, base_labels=base_labels(
+                                                base_image, base.digests, base.layers),
+                                            base_has_uv=has_uv, deps_image=deps.image.id)
+                    generated, replace = generated_files(pkg, options, split, rendered.text)
+                    context = build_context(pkg.root, generated, exclude=kept_out(pkg, options), replace=replace)
+                outcome = build(context, rendered, labels, cache_from)
+                if outcome.error is not None or outcome.image_id is None:
+                    failed = (outcome, rendered)
             stats = proxy.stats
 
-        if outcome.error is not None or outcome.image_id is None:
+        if failed is not None:
+            outcome, plan = failed
             step, lines = marked_step(step_lines(outcome.lines, outcome.failed_step),
-                                      rendered.step_name(outcome.failed_step or 0))
+                                      plan.step_name(outcome.failed_step or 0))
             failure = Failure(step=step, lines=lines,
                               error=outcome.error or "", all_lines=outcome.lines, deps=split.deps,
                               requirements=_all_lines(pkg.root), auth_failures=stats.auth_failures,
@@ -400,13 +336,13 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         engine.tag(outcome.image_id, ref)
         engine.tag(outcome.image_id, input_tag)
         # a step counts as cached when every instruction in it was
-        cached_names = sorted({name for name in rendered.steps
-                               if all(n in outcome.cached for n, other in enumerate(rendered.steps, 1)
-                                      if other == name and n > 1)} - {"base"})
+        cached_names = _cached_steps(rendered, outcome)
+        if deps and (deps.origin != "built" or "deps" in deps.cached):  # the dependency image's steps
+            cached_names = sorted({*cached_names, *(n for n in deps.dockerfile.steps if n != "base")})
         if "deps" in cached_names:
             log.info("Dependency layer reused from cache", venv=venv)
-        installed = installed_packages(outcome.lines)
-        warnings = conflict_warnings(outcome.lines)
+        installed = installed_packages(deps_lines + outcome.lines)
+        warnings = conflict_warnings(deps_lines + outcome.lines)
         for w in warnings:
             log.warning("Dependency conflict resolved in favour of requirements.txt", venv=venv, detail=w)
         if split.real_lines:
@@ -417,11 +353,19 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             ok=True, image=ref, image_id=outcome.image_id, agent={"name": m.name, "version": m.version},
             duration_s=round(time.monotonic() - started, 3), input_digest=digest,
             steps_cached=cached_names, steps_total=outcome.total_steps, installed=installed,
-            warnings=warnings, index={"url": upstream.url, **stats.as_dict()})
+            warnings=warnings, index={"url": upstream.url, **stats.as_dict()},
+            deps_image=deps.ref if deps else "", deps_origin=deps.origin if deps else "")
         log.info("Agent image ready", venv=venv, image=ref, image_id=outcome.image_id,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options, kept)
+
+
+def _cached_steps(rendered: Rendered, outcome) -> list[str]:
+    """The build steps the layer cache served: a step counts when every instruction in it did."""
+    return sorted({name for name in rendered.steps
+                   if all(n in outcome.cached for n, other in enumerate(rendered.steps, 1)
+                          if other == name and n > 1)} - {"base"})
 
 
 def _base_has_uv(labels: dict[str, str]) -> bool:
@@ -456,9 +400,12 @@ def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept
                                          field="--registry", hint="Add --registry HOST[:PORT]/PREFIX.")
         if kept:
             result.digest_ref, result.tag_kept = kept, True
-            return result
-        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
-                                       auth=options.registry_auth)
+        else:
+            result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
+                                           auth=options.registry_auth)
+        # after the agent: its layers are there now, so this is a manifest, for the next runner to find
+        if result.deps_image and result.deps_origin != "pulled" and remote(depsimage.split_ref(result.deps_image)[0]):
+            depsimage.push(engine, result.deps_image, auth=options.registry_auth)
     return result
 
 

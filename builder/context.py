@@ -47,18 +47,20 @@ def package_files(root: Path, exclude: set[str]) -> list[str]:
     return sorted(out)
 
 
-def build_context(root: Path, generated: dict[str, bytes], *, exclude: set[str] = frozenset(),
+def build_context(root: Path | None, generated: dict[str, bytes], *, exclude: set[str] = frozenset(),
                   prefix: str = "app", replace: dict[str, bytes] | None = None) -> Context:
     """Tar ROOT's files under PREFIX/ plus GENERATED {path: bytes} at the top;
-    REPLACE {relative path: bytes} stands in for those package files' content."""
+    REPLACE {relative path: bytes} stands in for those package files' content.
+    ROOT None: GENERATED alone (the dependency image sees no package file)."""
     replace = replace or {}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(generated):
             data = generated[name]
             tar.addfile(_info(name, len(data)), io.BytesIO(data))
-        tar.addfile(_info(f"{prefix}/", mode=0o755, kind=tarfile.DIRTYPE))
-        for rel in package_files(root, set(exclude)) if root.is_dir() else []:
+        if root is not None:
+            tar.addfile(_info(f"{prefix}/", mode=0o755, kind=tarfile.DIRTYPE))
+        for rel in package_files(root, set(exclude)) if root is not None and root.is_dir() else []:
             path = root / rel
             st = path.lstat()
             arc = f"{prefix}/{rel}"

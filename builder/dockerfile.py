@@ -120,9 +120,12 @@ def render(
     require_hashes: bool = False,
     source_requirements: bool = False,
     base_labels: dict[str, str] | None = None,
+    deps_image: str = "",
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
-    """Render the agent Dockerfile. ``index_identity`` must carry no credentials."""
+    """Render the agent Dockerfile. ``index_identity`` must carry no credentials.
+    With ``deps_image`` the Dockerfile starts FROM it and leaves out what it holds
+    (the venv, uv and the dependency layer)."""
     if installer not in INSTALLERS:
         raise PackageValidationError(f"unknown installer {installer!r}", field="--installer",
                                      hint=f"Use one of: {', '.join(INSTALLERS)}.")
@@ -150,6 +153,19 @@ def render(
         labels=manifest.labels,  # one LABEL instruction, not one engine step per label
         base_labels=base_labels or {},  # what the image records of its base (for rebase)
         drain_seconds=drain_seconds(manifest.environment),
+        deps_image=deps_image,
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)
+
+
+def deps_dockerfile(agent_dockerfile: str) -> Rendered:
+    """The dependency image's Dockerfile: the agent Dockerfile (rendered without
+    ``deps_image``) from its FROM up to the agent's own steps. Nothing in it names
+    the agent, so every agent with the same lines renders the same text."""
+    head = agent_dockerfile.split("#> step config", 1)[0]
+    head = head[head.find("#> step base"):]
+    steps, instructions = parse_steps(head)
+    if "deps" not in steps:
+        raise ValueError("the Dockerfile has no dependency step")
+    return Rendered(text=head, steps=steps, instructions=instructions)

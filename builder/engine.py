@@ -134,14 +134,6 @@ class Engine:
         except requests.exceptions.RequestException as exc:
             raise _engine_error(exc, f"inspecting {ref}") from None
 
-    def images_labelled(self, key: str, value: str, *, limit: int = 3) -> list[str]:
-        """Ids of local images labelled KEY=VALUE, newest first (at most LIMIT)."""
-        try:
-            found = self.api.images(filters={"label": f"{key}={value}"})
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, "listing images") from None
-        return [i["Id"] for i in sorted(found, key=lambda i: i.get("Created", 0), reverse=True)][:limit]
-
     def require_image(self, ref: str, hint: str) -> Image:
         img = self.image(ref)
         if img is None:

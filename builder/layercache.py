@@ -1,22 +1,18 @@
 """Which earlier images a build may reuse, and how it finds them.
 
-The exact image of the same inputs (the ``in-DIGEST`` tag), the agent's own
-previous image (its layer cache), and the dependency layer of any agent with
-the same dependency lines (``deps_key``). The tool's moving tags are trusted
+The exact image of the same inputs (the ``in-DIGEST`` tag) and the agent's own
+previous image (its layer cache); the dependency layer shared by agents with
+the same lines is the dependency image's (``depsimage.py``). The tool's moving tags are trusted
 only when their labels name this agent: a repository can hold anything.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import structlog
 
-from . import __version__
 from .engine import Engine
 from .errors import EngineError, PackageLoadError, RegistryError
-from .requirements import Split
 
 log = structlog.get_logger("agent_image")
 
@@ -25,20 +21,6 @@ def same_agent(image, manifest) -> bool:
     """Is IMAGE one of this agent's own images? The moving tags (:latest, :in-DIGEST)
     are only trusted when their labels say so: a repository can hold anything."""
     return image is not None and image.labels.get("io.pixell.agent.name") == manifest.name
-
-
-def deps_key(dockerfile: str, split: Split, base_id: str) -> str | None:
-    """Identity of the dependency layer: the base, the Dockerfile up to that layer
-    (index identity, installer) and the dependency lines with their constraints.
-    Agents that share it pass each other's images as cache_from: the classic
-    builder with cache_from trusts only the images listed, so without them a
-    second agent with the same lines reinstalls everything."""
-    if not split.deps:
-        return None
-    head = dockerfile.split("#> step config", 1)[0]
-    head = head[head.find("#> step base"):]  # the first line names the agent
-    return hashlib.sha256(json.dumps([base_id, head, split.deps_text, split.constraints, __version__],
-                                     sort_keys=True).encode()).hexdigest()
 
 
 def own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
