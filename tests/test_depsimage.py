@@ -1,0 +1,175 @@
+"""Issue 14: the dependency image. Agents with the same dependency lines build FROM
+one image, pushed once: an empty runner pulls it instead of installing, and the
+registry stores the dependency layers once for every such agent."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from structlog.testing import capture_logs
+
+from builder import depsimage
+from builder.api import BuildOptions, base_image_for, build_image
+from builder.dockerfile import Rendered, deps_dockerfile, render
+from builder.engine import Image
+from builder.manifest import parse_manifest
+from builder.requirements import read_requirements
+from tests.conftest import engine_tags, make_agent
+
+# a line no other test has, so this test's dependency image is its own
+REQS = 'tinyreq==1.0 ; platform_release != "issue14-deps-image"\n'
+
+
+def _layers(registry, repo: str, tag: str) -> list[str]:
+    req = urllib.request.Request(f"http://{registry.host}/v2/{repo}/manifests/{tag}", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(req) as resp:
+        return [layer["digest"] for layer in json.load(resp)["layers"]]
+
+
+def _drop(docker_client, prefix: str) -> None:
+    """An empty runner: no tag under PREFIX (agents, dependency images) on this engine."""
+    for tag in engine_tags(docker_client):
+        if tag.startswith(prefix):
+            docker_client.images.remove(tag, force=True)
+
+
+def test_an_empty_runner_pulls_the_dependency_image_and_the_registry_stores_it_once(
+        agent_factory, index_url, registry, docker_client, cleanup_images, tmp_path):
+    prefix = f"{registry.host}/depsimg"
+    cleanup_images(prefix)
+    first = build_image(agent_factory("deps-one", requirements=REQS),
+                        BuildOptions(index_url=index_url, registry=prefix, push=True, cache_dir=tmp_path / "c1"))
+    assert first.deps_origin in ("built", "local") and first.deps_image.startswith(f"{prefix}/agent-image.deps:")
+    assert any(p.startswith("tinyreq-1.0") for p in first.installed), first.installed
+
+    _drop(docker_client, prefix)  # another runner: no local image, an empty download cache
+    second = build_image(agent_factory("deps-two", requirements=REQS),
+                         BuildOptions(index_url=index_url, registry=prefix, push=True, cache_dir=tmp_path / "c2"))
+    assert second.deps_image == first.deps_image and second.deps_origin == "pulled", second
+    assert "deps" in second.steps_cached, second.steps_cached
+    assert not any(p.startswith("tinyreq") for p in second.installed), second.installed
+    assert not any(f.startswith("tinyreq") for f in second.index["downloaded"]), second.index
+
+    # the two agents share the dependency image's layers in the registry: stored once, pulled once
+    deps_repo, deps_tag = first.deps_image.rsplit(":", 1)
+    shared = _layers(registry, deps_repo.split("/", 1)[1], deps_tag)
+    base_layers = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"])
+    assert len(shared) == base_layers + 2  # COPY the lines, RUN the install
+    for agent in ("deps-one", "deps-two"):
+        assert _layers(registry, f"depsimg/{agent}", "0.1.0")[:len(shared)] == shared
+    # and it runs
+    out = docker_client.containers.run(second.image_id, ["python", "-c", "import tinyreq, src.main; print('ok')"],
+                                       remove=True).decode().strip()
+    assert out == "ok"
+
+
+def test_the_dependency_image_holds_no_agent_file_and_names_no_agent(agent_factory, index_url, docker_client,
+                                                                      cleanup_images, tmp_path):
+    cleanup_images("agents/deps-secretive")
+    agent = agent_factory("deps-secretive", requirements=REQS)
+    (agent / "src" / "marker_7f3a.py").write_text("X = 1\n")
+    result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c"))
+    deps = docker_client.images.get(result.deps_image)
+    assert "io.pixell.agent.name" not in deps.labels and deps.labels[depsimage.KEY_LABEL]
+    history = " ".join(h.get("CreatedBy") or "" for h in docker_client.api.history(result.deps_image))
+    assert "COPY app/" not in history and ".agent-image/meta" not in history and "deps-secretive" not in history
+    out = docker_client.containers.run(result.deps_image, ["sh", "-c", "find / -xdev -name 'marker_7f3a*' | wc -l"],
+                                       remove=True).decode().strip()
+    assert out == "0"
+    # the agent's image is FROM it: every dependency-image layer is the agent's too
+    agent_layers = docker_client.images.get(result.image_id).attrs["RootFS"]["Layers"]
+    assert agent_layers[:len(deps.attrs["RootFS"]["Layers"])] == deps.attrs["RootFS"]["Layers"]
+
+
+def test_an_agent_image_under_the_dependency_tag_is_refused(agent_factory, index_url, registry, docker_client,
+                                                           cleanup_images, tmp_path):
+    """The registry can hold anything under a tag: an agent's image pushed as the
+    dependency image (its deps-key label copied, its own code on top) is not used."""
+    prefix = f"{registry.host}/depspoison"
+    cleanup_images(prefix)
+    honest = build_image(agent_factory("deps-honest", requirements=REQS),
+                         BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
+    _drop(docker_client, f"{prefix}/agent-image.deps")
+    intruder = make_agent(tmp_path / "x", "deps-intruder", requirements=REQS)
+    (intruder / "src" / "main.py").write_text("OWNED = True\n")
+    bad = build_image(intruder, BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
+    docker_client.images.get(bad.image_id).tag(*honest.deps_image.rsplit(":", 1))  # it carries the key label
+    docker_client.images.push(*honest.deps_image.rsplit(":", 1))
+    over_deps = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"]) + 2
+    intruder_layers = docker_client.images.get(bad.image_id).attrs["RootFS"]["Layers"][over_deps:]  # its own code
+    _drop(docker_client, prefix)
+    with capture_logs() as logs:
+        again = build_image(agent_factory("deps-honest", requirements=REQS),
+                            BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
+    assert any(e["event"] == "Not using the dependency image from the registry" and "agent's image" in e["reason"]
+               for e in logs), [e["event"] for e in logs]
+    assert again.deps_origin == "built"
+    layers = set(docker_client.images.get(again.image_id).attrs["RootFS"]["Layers"])
+    assert not layers & set(intruder_layers)
+
+
+# --- pure: the key and the checks -------------------------------------------------------------
+
+def _plan(tmp_path, reqs: str, *, index: str = "https://pypi.example/simple/", installer: str = "pip") -> Rendered:
+    agent = make_agent(tmp_path / "k", "keyed", requirements=reqs)
+    manifest = parse_manifest((agent / "agent.yaml").read_text())
+    return render(manifest, base_image="agent-image/base:py3.11", index_identity=index, deps=True, editable=True,
+                  requirements=True, installer=installer, base_has_uv=True)
+
+
+def test_the_key_separates_what_shapes_the_layer_and_who_reads_it(tmp_path):
+    split = read_requirements(make_agent(tmp_path / "s", "s", requirements="tinyreq==1.0\n"), frozenset())
+    head = deps_dockerfile(_plan(tmp_path, "tinyreq==1.0\n").text)
+    base = "sha256:" + "a" * 64
+    k = depsimage.key(head, split, base, reader="alice", repo="r.example/t1/agent-image.deps")
+    assert k == depsimage.key(head, split, base, reader="alice", repo="r.example/t1/agent-image.deps")
+    others = [
+        depsimage.key(head, split, base, reader="bob", repo="r.example/t1/agent-image.deps"),     # another account
+        depsimage.key(head, split, base, reader="alice", repo="r.example/t2/agent-image.deps"),   # another tenant
+        depsimage.key(head, split, "sha256:" + "b" * 64, reader="alice", repo="r.example/t1/agent-image.deps"),
+        depsimage.key(deps_dockerfile(_plan(tmp_path, "tinyreq==1.0\n", index="https://other.example/simple/").text),
+                      split, base, reader="alice", repo="r.example/t1/agent-image.deps"),
+        depsimage.key(deps_dockerfile(_plan(tmp_path, "tinyreq==1.0\n", installer="uv").text),
+                      split, base, reader="alice", repo="r.example/t1/agent-image.deps"),
+    ]
+    assert k not in others and len(set(others)) == len(others)
+    # the token is not part of it (a rotation keeps the image); the user is
+    basic = lambda user, token: "Basic " + __import__("base64").b64encode(f"{user}:{token}".encode()).decode()  # noqa
+    assert depsimage.index_user(basic("alice", "t1")) == depsimage.index_user(basic("alice", "t2")) == "alice"
+    assert depsimage.index_user(None) == ""
+
+
+def test_the_dependency_dockerfile_names_no_agent_and_adds_two_layers(tmp_path):
+    text = _plan(tmp_path, "tinyreq==1.0\n").text
+    head = deps_dockerfile(text)
+    assert "keyed" not in head.text and "COPY app/" not in head.text and ".agent-image/meta" not in head.text
+    assert head.steps[0] == "base" and head.steps[-1] == "deps" and depsimage.layer_count(head) == 2
+    with pytest.raises(ValueError):
+        deps_dockerfile(text.replace("#> step deps", "#> step other"))
+
+
+def test_an_image_with_the_key_but_not_the_shape_is_refused():
+    base = Image(id="b", tags=(), labels={}, size=0, layers=("l1", "l2"))
+    ok = Image(id="d", tags=(), labels={depsimage.KEY_LABEL: "k"}, size=0, layers=("l1", "l2", "d1", "d2"))
+    assert depsimage.refusal(ok, "k", base, 2) is None
+    cases = {
+        "its deps-key label differs": ok.__class__(**{**ok.__dict__, "labels": {depsimage.KEY_LABEL: "other"}}),
+        "agent's image": ok.__class__(**{**ok.__dict__, "labels": {depsimage.KEY_LABEL: "k",
+                                                                   "io.pixell.agent.name": "x"}}),
+        "not built on this base": ok.__class__(**{**ok.__dict__, "layers": ("l0", "l2", "d1", "d2")}),
+        "adds 3 layers": ok.__class__(**{**ok.__dict__, "layers": ("l1", "l2", "d1", "d2", "code")}),
+    }
+    for why, image in cases.items():
+        assert why in (depsimage.refusal(image, "k", base, 2) or ""), why
+
+
+def test_the_dependency_repository_is_no_agent_name():
+    assert depsimage.repository("reg:5000/t1/my-agent", "reg:5000/t1") == "reg:5000/t1/agent-image.deps"
+    assert depsimage.repository("agents/my-agent", None) == "agents/agent-image.deps"
+    assert depsimage.repository("solo", None) == "agent-image.deps"
+    from builder.manifest import NAME_RE
+    assert not NAME_RE.match(depsimage.REPOSITORY_NAME)
+    assert depsimage.ref("r/agent-image.deps", "f" * 64) == "r/agent-image.deps:deps-" + "f" * 48
