@@ -23,6 +23,7 @@ reachable the bench says so and exits 0 without measuring. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -242,26 +243,32 @@ class Bench:
             out[f"j{jobs}"] = round(time.monotonic() - t, 2)
         return out
 
-    def empty_runner_pull(self, image: str) -> dict:
-        """What an empty runner would pay to get a dependency image from the registry:
-        IMAGE (C's, whose layers above the base are the dependency layers plus a few
-        KB of code) pushed to a registry on loopback, every image of ours removed,
-        then pulled onto an engine that holds only the base."""
+    def empty_runner(self) -> dict:
+        """The issue's empty runner: one runner builds and pushes an agent (untimed);
+        then every image of ours and C's download cache are removed, as on a fresh CI
+        runner (only the base stays: K's empty runner needs it as much), and a new
+        agent with the same lines is built (timed). Its dependency image comes from
+        the registry; the registry holds its layers once for both agents."""
         reg = Registry(self.tmp / "registry", free_port())
         (self.tmp / "registry").mkdir()
         reg.start()
         try:
-            target = f"{reg.host}/{PREFIX}/deps:1"
-            self.engine.tag(self.engine.image(image).id, target)
-            self.engine.push(target)
-            self.remove_ours()  # removing C's images by id drops TARGET's tag too
-            if self.engine.image(target) is not None:
-                self.engine.api.remove_image(target, force=True)
+            prefix = f"{reg.host}/{PREFIX}-er"
+            opts = BuildOptions(registry=prefix, push=True, index_url=PYPI, ca_bundle=CA, timeout=1200,
+                                cache_dir=self.c_cache("pip"), base_image=self.base)
+            first = build_image(self.agent("er-one"), opts, engine=self.engine)
+            self.remove_ours()
+            empty = self.tmp / "er-empty-cache"
             t = time.monotonic()
-            self.engine.pull(target)
-            pulled = time.monotonic() - t
-            self.engine.api.remove_image(target, force=True)
-            return {"pull_s": round(pulled, 2)}
+            second = build_image(self.agent("er-two"), dataclasses.replace(opts, push=False, cache_dir=empty),
+                                 engine=self.engine)
+            took = time.monotonic() - t
+            reg_layers = lambda name: _manifest_layers(reg.host, f"{PREFIX}-er/{name}")  # noqa: E731
+            self.engine.push(second.image)  # (after the clock) to compare the two manifests
+            one, two = reg_layers("er-one"), reg_layers("er-two")
+            return {"seconds": round(took, 2), "deps_origin": second.deps_origin, "first_deps": first.deps_origin,
+                    "steps_cached": second.steps_cached, "downloaded": second.index.get("downloaded"),
+                    "layers_shared": len([1 for x, y in zip(one, two) if x == y]), "layers": len(two)}
         finally:
             reg.stop()
 
@@ -271,8 +278,7 @@ class Bench:
 
     def remove_ours(self) -> None:
         for img in self.engine.api.images():
-            if any(t.startswith(f"{PREFIX}-") and not t.startswith(f"{PREFIX}-base/")
-                   for t in img.get("RepoTags") or []):
+            if any(_ours(t) for t in img.get("RepoTags") or []):
                 try:
                     self.engine.api.remove_image(img["Id"], force=True)
                 except Exception:  # noqa: BLE001 gone with another's parents
@@ -349,13 +355,31 @@ class Bench:
                         notes["ready"].append({"way": way, "ready_s": round(ready, 2), "floor_s": round(floor, 2),
                                                "import_s": round(imp, 2)})
                         say(f"    ready {way}: {ready:.2f} s, floor {floor:.2f} s (import alone {imp:.2f} s)")
-        if "C" in self.ways:
-            try:
-                notes["empty_runner"] = self.empty_runner_pull(f"{PREFIX}-c/{one.name}:0.1.0")
-                say(f"    empty runner pulls C's image: {notes['empty_runner']['pull_s']} s")
-            except Exception as exc:  # noqa: BLE001 an extra: never lose the table for it
-                say(f"    empty runner pull failed: {exc}")
+            if "C" in self.ways:
+                say(f"[{rep + 1}/{reps}] empty runner: a new agent with a pushed agent's lines")
+                try:
+                    er = self.empty_runner()
+                    notes.setdefault("empty_runner", []).append(er)
+                    add("empty runner", "C", er["seconds"])
+                    if "K" in rows.get("cold", {}):  # K on an empty runner: no layers, an empty cache mount
+                        rows.setdefault("empty runner", {}).setdefault("K", []).append(rows["cold"]["K"][-1])
+                except Exception as exc:  # noqa: BLE001 an extra: never lose the table for it
+                    say(f"    empty runner failed: {exc}")
         return {"rows": rows, **notes}
+
+
+def _ours(tag: str) -> bool:
+    """A tag this bench made: under PREFIX-, on the engine or a registry (not the base's)."""
+    first, _, rest = tag.partition("/")
+    path = rest if rest and (":" in first or "." in first) else tag
+    return path.startswith(f"{PREFIX}-") and not path.startswith(f"{PREFIX}-base/")
+
+
+def _manifest_layers(host: str, repo: str, tag: str = "0.1.0") -> list[str]:
+    req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{tag}", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return [layer["digest"] for layer in json.load(resp)["layers"]]
 
 
 def median(xs: list[float]) -> float:
@@ -386,9 +410,10 @@ def report(which: str, ways: list[str], res: dict, load: tuple, total: float, re
     if res.get("index"):
         out.append(f"C's index proxy upstream requests, cold: {res['index']} (each opens a new connection "
                    f"and resolves DNS anew)")
-    if res.get("empty_runner"):
-        out.append(f"empty runner, only the base local: pulling C's image from a loopback registry took "
-                   f"{res['empty_runner']['pull_s']} s (the dependency image of the design note would cost the same)")
+    for er in res.get("empty_runner", []):
+        out.append(f"empty runner (K: its cold build): C's dependency image {er['deps_origin']}, steps cached "
+                   f"{er['steps_cached']}, downloaded {er['downloaded']}; registry layers shared by the two "
+                   f"agents: {er['layers_shared']} of {er['layers']}")
     if res.get("compile"):
         out.append(f"bytecode for C's venv from scratch (docker run, start included): one process "
                    f"{res['compile']['j1']} s, compileall -j 0 {res['compile']['j0']} s")

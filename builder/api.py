@@ -26,10 +26,10 @@ from .engine import Engine
 from .dotenv import env_values
 from .errors import PackageLoadError, PackageValidationError, current_redactor, redaction_scope
 from .index import resolve_index
-from .indexproxy import DownloadCache, IndexProxy
+from .indexproxy import DownloadCache, IndexProxy, Stats
 from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
-from .layercache import from_registry, own_previous, remote, same_agent
+from .layercache import fence, from_registry, only_code_changed, own_previous, remember_fence, remote, same_agent
 from .logs import configure as configure_logs
 from .plan import (PACKAGING_FILES, check_cache_dir, content_digest, generated_files, kept_out,  # noqa: F401
                    read_ca_bundle, read_split, render_agent)
@@ -265,58 +265,79 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         if deps and not options.nocache:  # a local image with this key, else the registry's
             deps.image, deps.origin = depsimage.find(engine, deps.ref, deps.key, base, deps.layers,
                                                      auth=options.registry_auth, remote=remote(deps.repo))
+            if deps.image is not None:
+                log.info("Dependency image reused", image=deps.ref, origin=deps.origin, venv=venv)
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
         # (the deps-key label comes with the dependency image: one LABEL step fewer per build)
         labels = {INPUT_LABEL: digest, CONTENT_LABEL: content}
-        cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
-        deadline = time.monotonic() + options.timeout  # both builds share --timeout
-        # the build's network (builder/sandbox.py): it starts in the background now
-        with Sandbox(engine, base_image) as sandbox, \
-                IndexProxy(upstream, cache, ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
-                           page_max_bytes=options.index_page_max_bytes, file_max_bytes=options.download_max_bytes,
-                           unix_path=sandbox.socket_path) as proxy:
-            log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
-                     venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
-            if options.use_cache and not options.nocache and not cache_from:  # while the sandbox starts
-                cache_from = own_previous(engine, repo, ref, m)
-            sandbox.wait(proxy.ready)
+        deadline = time.monotonic() + options.timeout  # every build of this call shares --timeout
+        if options.use_cache and not options.nocache and not cache_from:
+            cache_from = own_previous(engine, repo, ref, m)
+        log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
+                 venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
 
-            def build(ctx, plan: Rendered, build_labels: dict[str, str], cache: list[str] | None):
-                def on_step(n: int, total: int, instr: str) -> None:
-                    name = plan.step_name(n)
-                    if name == "package" and instr.startswith("RUN"):
-                        log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
-                    log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
-                return engine.build(context=ctx.data, buildargs={"http_proxy": sandbox.proxy_url(proxy)},
-                                    labels=build_labels, timeout=max(1.0, deadline - time.monotonic()),
-                                    nocache=options.nocache, cache_from=cache, network_mode=sandbox.network_mode,
-                                    on_step=on_step, on_line=lambda line: log.debug("build", line=line))
+        def agent_plan():
+            """FROM the dependency image: the Dockerfile of the agent's own steps, its context and fence."""
+            plan = render_agent(pkg, options, upstream.url, split, base_image=base_image, base_has_venv=has_venv,
+                                base_labels=base_labels(base_image, base.digests, base.layers), base_has_uv=has_uv,
+                                deps_image=deps.image.id)
+            generated, replace = generated_files(pkg, options, split, plan.text)
+            ctx = build_context(pkg.root, generated, exclude=kept_out(pkg, options), replace=replace)
+            return plan, ctx, fence(plan.text, generated)
 
-            failed, deps_lines = None, []
-            if deps and deps.image is None:
-                log.info("Building the dependency image", image=deps.ref, deps_key=deps.key, venv=venv)
-                generated = generated_files(pkg, options, split, rendered.text)[0]
-                # no cache_from: the engine's own layer cache (same base, same lines) is this image's
-                outcome = build(depsimage.context(deps.dockerfile, generated), deps.dockerfile,
-                                {DEPS_LABEL: deps.key}, None)
-                if outcome.error is None and outcome.image_id is not None:
-                    engine.tag(outcome.image_id, deps.ref)
-                    deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"
-                    deps.cached, deps_lines = _cached_steps(deps.dockerfile, outcome), outcome.lines
-                else:
-                    failed = (outcome, deps.dockerfile)
-            if failed is None:
-                if deps:  # FROM the dependency image: the agent's own steps only
-                    rendered = render_agent(pkg, options, upstream.url, split, base_image=base_image,
-                                            base_has_venv=has_venv, base_labels=base_labels(
-                                                base_image, base.digests, base.layers),
-                                            base_has_uv=has_uv, deps_image=deps.image.id)
-                    generated, replace = generated_files(pkg, options, split, rendered.text)
-                    context = build_context(pkg.root, generated, exclude=kept_out(pkg, options), replace=replace)
-                outcome = build(context, rendered, labels, cache_from)
-                if outcome.error is not None or outcome.image_id is None:
-                    failed = (outcome, rendered)
-            stats = proxy.stats
+        def build(ctx, plan: Rendered, build_labels: dict[str, str], cache: list[str] | None, network: str,
+                  buildargs: dict[str, str] | None = None):
+            def on_step(n: int, total: int, instr: str) -> None:
+                name = plan.step_name(n)
+                if name == "package" and instr.startswith("RUN"):
+                    log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
+                log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
+            return engine.build(context=ctx.data, buildargs=buildargs, labels=build_labels,
+                                timeout=max(1.0, deadline - time.monotonic()), nocache=options.nocache,
+                                cache_from=cache, network_mode=network, on_step=on_step,
+                                on_line=lambda line: log.debug("build", line=line))
+
+        fenced = None
+        if deps and deps.image is not None:
+            rendered, context, fenced = agent_plan()
+        elif not deps:
+            fenced = fence(rendered.text, generated_files(pkg, options, split, rendered.text)[0])
+        outcome, failed, deps_lines, stats = None, None, [], Stats()
+        if cache_from and fenced and not split.source and only_code_changed(options.cache_dir, cache_from[0], fenced):
+            # only the code changed since the agent's last image: every step before the code is
+            # cached and none after it needs the index, so no sandbox and no proxy: no network at all
+            log.info("Only the code changed: building without a network", previous=cache_from[0])
+            outcome = build(context, rendered, labels, cache_from, "none")
+            if outcome.error is not None or outcome.image_id is None:
+                log.info("A step needs the index after all: building in the sandbox", error=(outcome.error or "")[:200])
+                outcome = None
+        if outcome is None:
+            # the build's network (builder/sandbox.py): it starts in the background now
+            with Sandbox(engine, base_image) as sandbox, \
+                    IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
+                               ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
+                               page_max_bytes=options.index_page_max_bytes,
+                               file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path) as proxy:
+                sandbox.wait(proxy.ready)
+                args = {"http_proxy": sandbox.proxy_url(proxy)}
+                if deps and deps.image is None:
+                    log.info("Building the dependency image", image=deps.ref, deps_key=deps.key, venv=venv)
+                    generated = generated_files(pkg, options, split, rendered.text)[0]
+                    # no cache_from: the engine's own layer cache (same base, same lines) is this image's
+                    outcome = build(depsimage.context(deps.dockerfile, generated), deps.dockerfile,
+                                    {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
+                    if outcome.error is None and outcome.image_id is not None:
+                        engine.tag(outcome.image_id, deps.ref)
+                        deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"
+                        deps.cached, deps_lines = _cached_steps(deps.dockerfile, outcome), outcome.lines
+                        rendered, context, fenced = agent_plan()
+                    else:
+                        failed = (outcome, deps.dockerfile)
+                if failed is None:
+                    outcome = build(context, rendered, labels, cache_from, sandbox.network_mode, args)
+                    if outcome.error is not None or outcome.image_id is None:
+                        failed = (outcome, rendered)
+                stats = proxy.stats
 
         if failed is not None:
             outcome, plan = failed
@@ -335,6 +356,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         kept = _guard_tag(ref, outcome.image_id, content, options)  # before any tag moves
         engine.tag(outcome.image_id, ref)
         engine.tag(outcome.image_id, input_tag)
+        if fenced:
+            remember_fence(options.cache_dir, outcome.image_id, fenced, outcome.lines)
         # a step counts as cached when every instruction in it was
         cached_names = _cached_steps(rendered, outcome)
         if deps and (deps.origin != "built" or "deps" in deps.cached):  # the dependency image's steps

@@ -8,6 +8,9 @@ only when their labels name this agent: a repository can hold anything.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 
 import structlog
 
@@ -75,3 +78,50 @@ def drop_foreign(engine: Engine, ref: str, image, manifest) -> None:
         engine.remove_image(ref)
     except PackageLoadError as exc:  # in use: it stays, unused by this build
         log.debug("could not remove the foreign image", image=ref, reason=str(exc)[:200])
+
+
+# -- code-only rebuilds: no sandbox, no network ------------------------------------------------
+# what the template prints when the installs run after the code (not the "Step" lines that quote it)
+LATE_INSTALL = ("agent-image: this package needs its code to install", "--- agent-image step:")
+
+
+def fence(dockerfile: str, generated: dict[str, bytes]) -> str:
+    """What every step before the code depends on: the Dockerfile up to the code's
+    COPY (its FROM names the dependency image or the base by id) and the packaging
+    and dependency files the build adds."""
+    head = dockerfile.split("#> step source", 1)[0]
+    h = hashlib.sha256(head.encode())
+    for name in sorted(n for n in generated if n != "Dockerfile"):
+        h.update(f"\0{name}\0{len(generated[name])}\0".encode() + hashlib.sha256(generated[name]).digest())
+    return h.hexdigest()
+
+
+def _fence_file(cache_dir: Path, image_id: str) -> Path:
+    return Path(cache_dir) / "fences" / image_id.split(":", 1)[-1]
+
+
+def remember_fence(cache_dir: Path, image_id: str, value: str, lines: list[str]) -> None:
+    """After a build: IMAGE_ID was built from FENCE, and installed nothing after its code
+    (a package that needs its code to install needs the index after it, every time)."""
+    if any(line.lstrip().startswith(LATE_INSTALL) for line in lines if not line.startswith("Step ")):
+        return
+    path = _fence_file(cache_dir, image_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(value)
+        tmp.replace(path)
+        old = sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime)
+        for stale in old[:max(0, len(old) - 1000)]:  # one small file per image: keep the newest 1000
+            stale.unlink(missing_ok=True)
+    except OSError as exc:  # a cache: a build never fails for it
+        log.debug("could not record the image's fence", reason=str(exc))
+
+
+def only_code_changed(cache_dir: Path, previous_id: str, value: str) -> bool:
+    """Is PREVIOUS_ID (the agent's last image, the layer cache) built from the same
+    fence? Then every step before the code is cached and none after it needs the index."""
+    try:
+        return _fence_file(cache_dir, previous_id).read_text() == value
+    except OSError:
+        return False

@@ -120,6 +120,11 @@ class BuildProgress:
             self.phase = "inputs unchanged: reusing the image"
         elif event in ("Installing dependencies from requirements.txt", "Building agent image"):
             self.phase = "starting the build"
+        elif event == "Dependency image reused":  # its steps are not in this build: one line for them
+            self.console.print(Text.assemble(("✔ ", "green"), f"deps: {event_dict.get('image')} "
+                                             f"({event_dict.get('origin')}) ", ("cached", "cyan")), soft_wrap=True)
+        elif event == "Building the dependency image":
+            self.phase = "building the dependency image"
         elif event == "Agent image ready":
             self._finish_step(None)
             self.phase = "pushing to the registry" if self.pushing else "done"

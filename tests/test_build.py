@@ -207,7 +207,9 @@ def test_failure_classes(case, installer, agent_factory, index_url, docker_clien
 
 
 def test_index_auth_refused(agent_factory, index):
-    agent = agent_factory("auth-fail", requirements="tinyreq==1.0\n")
+    # (lines no other build has: a dependency image alice's valid token built would answer them
+    # without asking the index, as an unchanged rebuild does; the key holds the user, not the token)
+    agent = agent_factory("auth-fail", requirements='tinyreq==1.0 ; platform_release != "auth-fail"\n')
     bad = index.url.replace("http://", "http://alice:wrong-password-7777@")
     code, out, logs = cli_build(agent, "--index-url", bad)
     assert out["error"]["class"] == "IndexAuthError" and code == EXIT_CODES["IndexAuthError"]

@@ -12,6 +12,8 @@ import hashlib
 import json
 import subprocess
 
+from structlog.testing import capture_logs
+
 from builder.api import BuildOptions, build_image
 from builder.engine import Engine
 from tests.conftest import BIN, engine_tags
@@ -144,3 +146,30 @@ def test_package_that_needs_its_code_to_install_still_installs(agent_factory, in
                                                         "print(m.version('needs-code'))"],
                                        working_dir="/", remove=True).decode().strip()
     assert out == "3.1.4"
+    # a code change re-runs the installs (they need the code): no attempt without the index first
+    (agent / "src" / "VERSION").write_text("3.1.5\n")
+    with capture_logs() as logs:
+        again = build_image(agent, BuildOptions(index_url=index_url))
+    assert not any(e["event"].startswith("Only the code changed") for e in logs), [e["event"] for e in logs]
+    assert "needs-code-3.1.5" in again.installed, again.installed
+
+
+def test_a_code_only_rebuild_runs_without_a_network(agent_factory, index_url, docker_client, cleanup_images):
+    """Nothing before the code changed: the build needs no index, so it gets no sandbox,
+    no proxy and no network; a packaging change goes through the sandbox again."""
+    cleanup_images("agents/offline")
+    agent = agent_factory("offline", requirements="tinyreq==1.0\n")
+    build_image(agent, BuildOptions(index_url=index_url))
+    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nZ = 3\n")
+    with capture_logs() as logs:
+        quick = build_image(agent, BuildOptions(index_url=index_url))
+    assert any(e["event"] == "Only the code changed: building without a network" for e in logs), logs
+    assert quick.index["upstream_requests"] == 0 and {"deps", "package"} <= set(quick.steps_cached)
+    out = docker_client.containers.run(quick.image_id, ["python", "-c", "import src.main; print(src.main.Z)"],
+                                       working_dir="/", remove=True).decode().strip()
+    assert out == "3"
+    (agent / "setup.py").write_text((agent / "setup.py").read_text() + "\n# packaging changed\n")
+    with capture_logs() as logs:
+        full = build_image(agent, BuildOptions(index_url=index_url))
+    assert not any(e["event"].startswith("Only the code changed") for e in logs)
+    assert "package" not in full.steps_cached

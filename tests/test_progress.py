@@ -84,7 +84,9 @@ def test_build_on_a_tty_shows_steps_a_live_line_and_a_summary(agent_factory, ind
     code, raw, stdout = run_on_tty(["build", str(agent), "--index-url", index_url, "-v"])
     shown = frames(raw)
     assert code == 0, "\n".join(shown[-30:])
-    assert any(re.match(r"✔ \[\d+/\d+\] deps: pip install .* cached$", ln) for ln in shown), shown
+    # (the dependency layer is the dependency image's: one line says which, and that it was reused)
+    assert any(re.match(r"✔ deps: agents/agent-image\.deps:deps-[0-9a-f]{48} \(local\) cached$", ln)
+               for ln in shown), shown
     assert re.search(r"cached +[1-9]\d*/\d+ steps \([a-z, ]*deps", "\n".join(shown))
     # -v: every log line, debug build lines included, above the progress
     assert any("[info" in ln and "Opened agent package" in ln for ln in shown), shown
