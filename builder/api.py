@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,8 +30,9 @@ from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from .layercache import fence, from_registry, only_code_changed, own_previous, remember_fence, remote, same_agent
 from .logs import configure as configure_logs
-from .plan import (PACKAGING_FILES, check_cache_dir, content_digest, generated_files, kept_out,  # noqa: F401
-                   read_ca_bundle, read_split, render_agent)
+from .plan import (_REF_RE, PACKAGING_FILES, check_cache_dir, check_identity, check_image_ref,  # noqa: F401
+                   content_digest, generated_files, kept_out, log_requirements, read_ca_bundle, read_split,
+                   render_agent)
 from .rebase import CONTENT_LABEL, base_labels
 from .requirements import Split, logical_lines
 
@@ -45,25 +45,6 @@ BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/bas
 INPUT_LABEL = "io.pixell.agent-image.input-digest"
 DEPS_LABEL = depsimage.KEY_LABEL  # what shapes the dependency layer (builder/depsimage.py)
 VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
-_REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
-
-
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
-
-
-def check_image_ref(ref: str, option: str) -> str:
-    """REPOSITORY[:TAG][@sha256:DIGEST] or an image id, checked before the engine is
-    asked: a malformed one would come back from the engine as a 400, told as
-    'engine unreachable'."""
-    name, _, digest = ref.partition("@")
-    slash, colon = name.rfind("/"), name.rfind(":")
-    repo, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, None)
-    if _DIGEST_RE.match(ref) or (_REF_RE.match(repo) and (tag is None or _TAG_RE.match(tag))
-                                  and (not digest or _DIGEST_RE.match(digest))):
-        return ref
-    raise PackageValidationError(f"{ref!r} is not a valid image reference", field=option,
-                                 hint="Use REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST, e.g. agent-image/base:py3.11.")
 
 
 def base_image_for(python: str) -> str:
@@ -131,32 +112,6 @@ def _repository(manifest_name: str, options: BuildOptions) -> str:
         raise PackageValidationError(f"{repo!r} is not a valid image repository", field="--repository",
                                      hint="Use lowercase host[:port]/path components.")
     return repo
-
-
-def check_identity(manifest, options: BuildOptions) -> None:
-    """The caller says which agent this upload is for; the package may not name another.
-
-    NAME picks the repository (REGISTRY/NAME) and VERSION the tag, so a package
-    naming another agent would push over that agent's images and its layer cache.
-    """
-    for field_name, have, want, option in (("name", manifest.name, options.expect_name, "--expect-name"),
-                                          ("metadata.version", manifest.version, options.expect_version,
-                                           "--expect-version")):
-        if want is not None and have != want:
-            raise PackageValidationError(
-                f"agent.yaml {field_name} is {have!r}, but this build is for {want!r} ({option})",
-                field=field_name, hint=f"Upload the package of {want!r}, or fix {field_name} in its agent.yaml.")
-
-
-def _log_requirements(pkg: Package, split, venv: str) -> None:
-    """The seed's log lines, so operators grepping for them still find them."""
-    if pkg.requirements_path is None:
-        log.info("No requirements.txt found, skipping dependency installation", venv=venv,
-                 package_path=str(pkg.source))
-    elif split.real_lines == 0:
-        log.info("requirements.txt is empty, skipping dependency installation", venv=venv)
-    else:
-        log.info("Found requirements.txt with dependencies", venv=venv, line_count=split.real_lines)
 
 
 def _learn_env_values(pkg: Package, paths: list[str]) -> None:
@@ -245,7 +200,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                                                                         base.layers),
                                                    base_has_uv=has_uv)
         content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv, base_has_uv=has_uv)
-        _log_requirements(pkg, split, venv)
+        log_requirements(pkg, split, venv)
         input_tag = f"{repo}:in-{digest[:20]}"
 
         cache_from: list[str] = []

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import structlog
 
 from .apkg import Package
 from .context import files_digest
@@ -21,7 +24,54 @@ from .requirements import Split, read_requirements
 if TYPE_CHECKING:
     from .api import BuildOptions
 
+log = structlog.get_logger("agent_image")
+
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
+_REF_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+
+
+def check_image_ref(ref: str, option: str) -> str:
+    """REPOSITORY[:TAG][@sha256:DIGEST] or an image id, checked before the engine is
+    asked: a malformed one would come back from the engine as a 400, told as
+    'engine unreachable'."""
+    name, _, digest = ref.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    repo, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, None)
+    if _DIGEST_RE.match(ref) or (_REF_RE.match(repo) and (tag is None or _TAG_RE.match(tag))
+                                  and (not digest or _DIGEST_RE.match(digest))):
+        return ref
+    raise PackageValidationError(f"{ref!r} is not a valid image reference", field=option,
+                                 hint="Use REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST, e.g. agent-image/base:py3.11.")
+
+
+def check_identity(manifest, options: BuildOptions) -> None:
+    """The caller says which agent this upload is for; the package may not name another.
+
+    NAME picks the repository (REGISTRY/NAME) and VERSION the tag, so a package
+    naming another agent would push over that agent's images and its layer cache.
+    """
+    for field_name, have, want, option in (("name", manifest.name, options.expect_name, "--expect-name"),
+                                          ("metadata.version", manifest.version, options.expect_version,
+                                           "--expect-version")):
+        if want is not None and have != want:
+            raise PackageValidationError(
+                f"agent.yaml {field_name} is {have!r}, but this build is for {want!r} ({option})",
+                field=field_name, hint=f"Upload the package of {want!r}, or fix {field_name} in its agent.yaml.")
+
+
+def log_requirements(pkg: Package, split, venv: str) -> None:
+    """The seed's log lines, so operators grepping for them still find them."""
+    if pkg.requirements_path is None:
+        log.info("No requirements.txt found, skipping dependency installation", venv=venv,
+                 package_path=str(pkg.source))
+    elif split.real_lines == 0:
+        log.info("requirements.txt is empty, skipping dependency installation", venv=venv)
+    else:
+        log.info("Found requirements.txt with dependencies", venv=venv, line_count=split.real_lines)
+
+
 
 
 def read_ca_bundle(path: str | None) -> bytes:
