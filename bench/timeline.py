@@ -15,6 +15,9 @@ class TimedEngine(Engine):
 
     def build(self, **kw):
         self.timeline: list[tuple[float, str]] = []
+        # every build of one build_image call (the dependency image's, then the agent's)
+        self.timelines: list[list[tuple[float, str]]] = getattr(self, "timelines", [])
+        self.timelines.append(self.timeline)
         t0 = time.monotonic()
         inner = kw.get("on_line")
 

@@ -91,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
                                    "tagged REPOSITORY:VERSION (default agents/NAME:VERSION).")
     b.add_argument("source", help=".apkg file or agent folder")
     b.add_argument("--repository", help="image repository (default agents/NAME, or REGISTRY/NAME)")
-    b.add_argument("--registry", metavar="HOST[:PORT]/PREFIX", help="registry to tag for (and push to with --push)")
+    b.add_argument("--registry", metavar="HOST[:PORT]/PREFIX", help="registry to tag for (and push to with --push); "
+                   "the dependency image shared by agents with the same lines is PREFIX/agent-image.deps")
     b.add_argument("--expect-name", metavar="NAME", help="the agent this upload is for: refuse a package whose "
                                                          "agent.yaml names another (it picks the repository)")
     b.add_argument("--expect-version", metavar="VERSION", help="refuse a package whose metadata.version differs "
@@ -114,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
                                                               "(off by default: it may hold secrets)")
     b.add_argument("--installer", choices=["pip", "uv"], default="pip",
                    help="what installs the requirements (default pip; uv runs from its own venv in the image)")
-    b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache")
+    b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache, and "
+                   "rebuild the dependency image (PREFIX/agent-image.deps) too")
     b.add_argument("--dry-run", action="store_true", help="print the rendered Dockerfile and stop")
     b.add_argument("--overwrite", action="store_true",
                    help="with --push, replace NAME:VERSION even when the registry holds other content under it "
