@@ -146,6 +146,11 @@ def test_package_that_needs_its_code_to_install_still_installs(agent_factory, in
                                                         "print(m.version('needs-code'))"],
                                        working_dir="/", remove=True).decode().strip()
     assert out == "3.1.4"
+    # what the install after the code wrote has its bytecode too (that step compiles only its own files)
+    out = docker_client.containers.run(first.image_id, ["python", "-c", "import importlib.util as u, pathlib, tinydep; "
+                                                        "print(pathlib.Path(u.cache_from_source(tinydep.__file__))"
+                                                        ".exists())"], remove=True).decode().strip()
+    assert out == "True"
     # a code change re-runs the installs (they need the code): no attempt without the index first
     (agent / "src" / "VERSION").write_text("3.1.5\n")
     with capture_logs() as logs:

@@ -84,12 +84,16 @@ def test_render_order_and_step_names():
     assert runs[0] == "RUN pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + compile_
     # one pass for package and requirements; the seed's order when that pass refuses (pins against
     # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
-    assert runs[1].startswith("RUN if pip install --no-compile -e /app -r /app/requirements.txt || {")
+    # after the dependency layer, each step compiles only the files it wrote (newer than its stamp)
+    stamp = "RUN touch /tmp/.agent-image-stamp && "
+    new = (" && { find /opt/venv/lib -name '*.py' -newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 "
+           "python -m compileall -qq || :; } && rm -f /tmp/.agent-image-stamp")
+    assert runs[1].startswith(stamp + "if pip install --no-compile -e /app -r /app/requirements.txt || {")
     assert "pip install --no-compile -e /app && pip install --no-compile -r /app/requirements.txt; }" in runs[1]
-    assert runs[1].endswith(compile_)
-    assert runs[2].startswith("RUN if [ -e /opt/agent-image/installed-after-code ]")
+    assert runs[1].endswith(new)
+    assert runs[2].startswith("RUN if [ -e /opt/agent-image/installed-after-code ]; then touch /tmp/.agent-image-stamp")
     assert runs[2].index("pip install --no-compile -e /app") < runs[2].index("pip install --no-compile -r /app/req")
-    assert runs[2].endswith(compile_ + "; fi"), "a code-only change must not scan the venv"
+    assert runs[2].endswith(new + "; fi"), "a code-only change must not scan the venv"
     assert r.step_name(r.instructions.index(runs[1]) + 1) == "package"
     assert r.steps[r.instructions.index("COPY .agent-image/meta/ /app/")] == "package"
     assert r.instructions[0] == "FROM agent-image/base:py3.11"
@@ -106,8 +110,9 @@ def test_requirements_that_need_the_code_install_after_it():
     r = _render(source_requirements=True)
     runs = [i for i in r.instructions if i.startswith("RUN")]
     assert "pip install -r /app/requirements.txt" not in runs[1], "the early pass cannot read -e ./lib lines"
-    assert runs[2].endswith("pip install --no-compile -r /app/requirements.txt"
-                            " && { python -m compileall -qq -j 0 /opt/venv/lib || :; }")
+    assert runs[2].endswith("pip install --no-compile -r /app/requirements.txt && { find /opt/venv/lib -name '*.py' "
+                            "-newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 python -m compileall "
+                            "-qq || :; } && rm -f /tmp/.agent-image-stamp")
 
 
 def test_a_marked_step_names_the_install_that_failed():
