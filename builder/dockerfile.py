@@ -121,11 +121,13 @@ def render(
     source_requirements: bool = False,
     base_labels: dict[str, str] | None = None,
     deps_image: str = "",
+    pip_report: bool = False,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials.
     With ``deps_image`` the Dockerfile starts FROM it and leaves out what it holds
-    (the venv, uv and the dependency layer)."""
+    (the venv, uv and the dependency layer). ``pip_report``: the base's pip has
+    ``--report``, so the seed's second pass can be skipped when it would change nothing."""
     if installer not in INSTALLERS:
         raise PackageValidationError(f"unknown installer {installer!r}", field="--installer",
                                      hint=f"Use one of: {', '.join(INSTALLERS)}.")
@@ -154,6 +156,7 @@ def render(
         base_labels=base_labels or {},  # what the image records of its base (for rebase)
         drain_seconds=drain_seconds(manifest.environment),
         deps_image=deps_image,
+        pip_report=pip_report,  # the base's pip writes --report (22.2+)
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)
@@ -169,3 +172,12 @@ def deps_dockerfile(agent_dockerfile: str) -> Rendered:
     if "deps" not in steps:
         raise ValueError("the Dockerfile has no dependency step")
     return Rendered(text=head, steps=steps, instructions=instructions)
+
+
+def pip_reports(base_labels: dict[str, str]) -> bool:
+    """Does the base's pip (its ABI label) write ``--report`` (pip 22.2+)?"""
+    abi = dict(part.split("=", 1) for part in base_labels.get("io.pixell.agent-image.abi", "").split(";") if "=" in part)
+    try:
+        return tuple(int(x) for x in abi.get("pip", "0").split(".")[:2]) >= (22, 2)
+    except ValueError:
+        return False

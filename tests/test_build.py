@@ -45,7 +45,8 @@ def py(docker_client, image: str, code: str) -> str:
 
 def test_requirements_are_installed_and_importable(agent_factory, index_url, docker_client, cleanup_images):
     cleanup_images("agents/req-agent")
-    agent = agent_factory("req-agent", requirements="requests==2.32.3\nstructlog\n")
+    # (a marker no other test's lines have: their dependency image would leave nothing to install)
+    agent = agent_factory("req-agent", requirements='requests==2.32.3 ; platform_release != "req-agent"\nstructlog\n')
     code, out, logs = cli_build(agent, "--index-url", index_url)
     assert code == 0, logs
     assert out["ok"] is True and out["image"] == "agents/req-agent:0.1.0"

@@ -274,3 +274,23 @@ def test_requirements_cannot_pull_dotenv_into_the_build(tmp_path, option):
     with open_package(agent) as pkg, pytest.raises(PackageValidationError) as info:
         prepare(pkg, BuildOptions(), "https://pypi.org/simple/", "sha256:base")
     assert info.value.field == "requirements.txt" and ".env" in str(info.value)
+
+
+def test_with_a_pip_that_reports_the_second_pass_runs_only_when_the_first_changed_something():
+    """The seed's order (package, then requirements.txt so its pins win); the second pass is
+    skipped when the first installed nothing but the package: the lines are then as the
+    dependency layer left them. pip 20 (the py3.9 base) has no --report: the one pass stays."""
+    from builder.dockerfile import pip_reports
+    runs = [i for i in _render(pip_report=True).instructions if i.startswith("RUN")]
+    first = runs[1].index("pip install --no-compile -e /app --report /tmp/.agent-image-report.json")
+    check = runs[1].index("sys.exit(any(i['download_info']['url'] != 'file:///app'")
+    assert first < check < runs[1].index("|| pip install --no-compile -r /app/requirements.txt; }")
+    assert "-e /app -r /app/requirements.txt" not in runs[1]
+    uv = [i for i in _render(pip_report=True, installer="uv", base_has_uv=True).instructions if i.startswith("RUN")]
+    assert "--report" not in uv[1], "uv has no --report: its one pass stays"
+    hashed = [i for i in _render(pip_report=True, require_hashes=True).instructions if i.startswith("RUN")]
+    assert "--report" not in hashed[1]
+    abi = "distro=debian:12;python=3.11;venv=/opt/venv;uid=10001;pip={};setuptools=66.1.1"
+    label = "io.pixell.agent-image.abi"
+    assert pip_reports({label: abi.format("23.0.1")}) and pip_reports({label: abi.format("22.2")})
+    assert not pip_reports({label: abi.format("20.3.4")}) and not pip_reports({}) and not pip_reports({label: "pip=x"})
