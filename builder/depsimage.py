@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -135,6 +136,7 @@ def find(engine: Engine, image_ref: str, deps_key: str, base: Image, added: int,
         return None, ""
     if not remote:
         return None, ""
+    started = time.monotonic()
     try:
         image = engine.pull(image_ref, auth=auth)
     except (RegistryError, EngineError) as exc:
@@ -142,7 +144,8 @@ def find(engine: Engine, image_ref: str, deps_key: str, base: Image, added: int,
         return None, ""
     why = refusal(image, deps_key, base, added)
     if why is None:
-        log.info("Using the dependency image from the registry", image=image_ref, image_id=image.id)
+        log.info("Using the dependency image from the registry", image=image_ref, image_id=image.id,
+                 pull_s=round(time.monotonic() - started, 2))
         return image, "pulled"
     log.warning("Not using the dependency image from the registry", image=image_ref, reason=why)
     try:  # not kept either: nothing else may take it for this key
