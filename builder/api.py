@@ -23,7 +23,8 @@ from .context import build_context
 from .dockerfile import Rendered, pip_reports
 from .engine import Engine
 from .dotenv import env_values
-from .errors import PackageLoadError, PackageValidationError, current_redactor, redaction_scope
+from .errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,
+                     redaction_scope)
 from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy, Stats
 from .sandbox import Sandbox
@@ -384,7 +385,14 @@ def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept
                                            auth=options.registry_auth)
         # after the agent: its layers are there now, so this is a manifest, for the next runner to find
         if result.deps_image and result.deps_origin != "pulled" and remote(depsimage.split_ref(result.deps_image)[0]):
-            depsimage.push(engine, result.deps_image, auth=options.registry_auth)
+            try:
+                depsimage.push(engine, result.deps_image, auth=options.registry_auth)
+            except (RegistryError, EngineError) as exc:  # the agent is pushed: sharing is an optimisation
+                why = (f"the dependency image {result.deps_image} was not pushed ({str(exc)[:160]}); other runners "
+                       f"will build it again. Create the repository {result.deps_image.rsplit(':', 1)[0]} (ECR: "
+                       "repositories must exist before a push) or grant push to it.")
+                log.warning("Dependency image not pushed", image=result.deps_image, reason=str(exc)[:300])
+                result.warnings.append(why)
     return result
 
 

@@ -173,3 +173,20 @@ def test_the_dependency_repository_is_no_agent_name():
     from builder.manifest import NAME_RE
     assert not NAME_RE.match(depsimage.REPOSITORY_NAME)
     assert depsimage.ref("r/agent-image.deps", "f" * 64) == "r/agent-image.deps:deps-" + "f" * 48
+
+
+def test_a_dependency_image_the_registry_refuses_is_a_warning_not_a_failure(agent_factory, index_url, registry,
+                                                                            cleanup_images, tmp_path):
+    """The agent is pushed; a registry that refuses the dependency image's repository (ECR
+    before the repository is created) costs other runners a rebuild, not this upload."""
+    from tests.conftest import free_port
+    nowhere = f"127.0.0.1:{free_port()}/tenant"  # nothing listens: every push there fails
+    repo = f"{registry.host}/depswarn/deps-warned"
+    cleanup_images(repo)
+    cleanup_images(nowhere)
+    result = build_image(agent_factory("deps-warned", requirements=REQS),
+                         BuildOptions(index_url=index_url, repository=repo, registry=nowhere, push=True,
+                                      cache_dir=tmp_path / "c"))
+    assert result.digest_ref and result.digest_ref.startswith(repo + "@sha256:")
+    assert result.deps_image.startswith(f"{nowhere}/agent-image.deps:")
+    assert any("was not pushed" in w and "Create the repository" in w for w in result.warnings), result.warnings
