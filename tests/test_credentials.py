@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import json
 import subprocess
 from pathlib import Path
@@ -42,20 +44,39 @@ def test_token_appears_nowhere(agent_factory, index, docker_client, cleanup_imag
     assert image_holds(docker_client, ref, [password.encode(), b"alice:"]) == []
 
 
-def test_token_rotation_reuses_the_dependency_layer(agent_factory, index, docker_client, cleanup_images, tmp_path):
-    cleanup_images("agents/rotating")
-    agent = agent_factory("rotating", requirements="requests==2.32.3\ntinyreq==1.1\n")
-    first = build_image(agent, BuildOptions(index_url=index.url_for("alice"), cache_dir=tmp_path / "c"))
-    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\n# code change\n")
-    second = build_image(agent, BuildOptions(index_url=index.url_for("bob"), cache_dir=tmp_path / "c"))
-    assert not second.cached and second.image_id != first.image_id
-    assert "deps" in second.steps_cached, second.steps_cached
-    assert second.index["upstream_bytes"] == 0 or not second.index["downloaded"]
-    layers1 = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]
-    layers2 = docker_client.images.get(second.image_id).attrs["RootFS"]["Layers"]
-    # base + venv + deps layers are shared; only the code layers differ
-    shared = [a for a, b in zip(layers1, layers2) if a == b]
-    assert len(shared) >= len(layers1) - 3, (layers1, layers2)
+def test_token_rotation_reuses_the_dependency_layer(agent_factory, wheelhouse, docker_client, cleanup_images,
+                                                    tmp_path):
+    """A rotated token (same index user) keeps the dependency image; another account of the
+    same index never gets it (the key holds the user, never the token)."""
+    from passlib.apache import HtpasswdFile
+    from tests.conftest import start_index
+    idx = start_index(tmp_path / "own-index", wheelhouse)  # its own, so its tokens can rotate
+    try:
+        cleanup_images("agents/rotating")
+        agent = agent_factory("rotating", requirements='requests==2.32.3\ntinyreq==1.1 ; platform_release != "rot"\n')
+        first = build_image(agent, BuildOptions(index_url=idx.url_for("alice"), cache_dir=tmp_path / "c"))
+        ht = HtpasswdFile(str(tmp_path / "own-index" / "htpasswd"))
+        ht.set_password("alice", "s3cret-token-ROTATED-3333")
+        time.sleep(1.1)  # pypiserver reloads the file when its mtime moves
+        ht.save()
+        idx.users["alice"] = "s3cret-token-ROTATED-3333"
+        (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\n# code change\n")
+        second = build_image(agent, BuildOptions(index_url=idx.url_for("alice"), cache_dir=tmp_path / "c"))
+        assert not second.cached and second.image_id != first.image_id
+        assert "deps" in second.steps_cached and second.deps_image == first.deps_image, second
+        assert second.index["upstream_bytes"] == 0 or not second.index["downloaded"]
+        layers1 = docker_client.images.get(first.image_id).attrs["RootFS"]["Layers"]
+        layers2 = docker_client.images.get(second.image_id).attrs["RootFS"]["Layers"]
+        # base + deps layers are shared; only the code layers differ
+        shared = [a for a, b in zip(layers1, layers2) if a == b]
+        assert len(shared) >= len(layers1) - 3, (layers1, layers2)
+        third = build_image(agent_factory("rotating-bob", requirements=(agent / "requirements.txt").read_text()),
+                            BuildOptions(index_url=idx.url_for("bob"), cache_dir=tmp_path / "c"))
+        assert third.deps_image != first.deps_image and third.deps_origin == "built", third
+        cleanup_images("agents/rotating-bob")
+    finally:
+        idx.proc.terminate()
+        idx.proc.wait(5)
 
 
 def test_second_agent_downloads_no_shared_file(agent_factory, index_url, tmp_path, cleanup_images):

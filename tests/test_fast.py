@@ -51,9 +51,10 @@ def test_code_only_change_rebuilds_only_code_layers(agent_factory, index_url, do
 
 def test_requirements_change_invalidates_deps(agent_factory, index_url, cleanup_images):
     cleanup_images("agents/reqchange")
-    agent = agent_factory("reqchange", requirements="tinyreq==1.0\n")
+    # (markers no other test's lines have: their dependency images would answer these lines)
+    agent = agent_factory("reqchange", requirements='tinyreq==1.0 ; platform_release != "reqchange"\n')
     build_image(agent, BuildOptions(index_url=index_url))
-    (agent / "requirements.txt").write_text("tinyreq==1.1\n")
+    (agent / "requirements.txt").write_text('tinyreq==1.1 ; platform_release != "reqchange"\n')
     second = build_image(agent, BuildOptions(index_url=index_url))
     assert "deps" not in second.steps_cached
     assert any(p.startswith("tinyreq-1.1") for p in second.installed)
@@ -90,7 +91,9 @@ def assert_cache_intact(cache_dir) -> None:
 def test_concurrent_builds(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
     """Four different agents and one agent twice, at once, sharing the engine and the download cache."""
     cleanup_images("agents/par-")
-    agents = [agent_factory(f"par-{i}", requirements=f"tinyreq==1.{i % 2}\nrequests==2.32.3\n") for i in range(4)]
+    # (lines no other test has: their dependency images would leave nothing to download)
+    agents = [agent_factory(f"par-{i}", requirements=f"tinyreq==1.{i % 2}\nrequests==2.32.3 ; platform_release != "
+                                                      f"\"par\"\n") for i in range(4)]
     jobs = agents + [agents[0]]
     engine = Engine()
     opts = BuildOptions(index_url=index_url, cache_dir=tmp_path / "shared-cache", use_cache=False)
