@@ -1,0 +1,134 @@
+"""Does the index proxy's tee (issue 14) make downloads through it faster? Side by side, one run.
+
+    .venv/bin/python bench/proxy_stream.py [--rounds N] [--before REF] [--uv]
+
+Runs pip (`pip download`, this venv's pip, with deps) for the seed set through
+an IndexProxy on 127.0.0.1 in front of the real PyPI, empty download cache
+and no pip cache each time: "before" is builder/ at REF (default: where this
+branch left main), "after" is this checkout's builder/. Each proxy runs in its
+own process (two versions of one package cannot share one). Rounds alternate
+the order. With --uv it also times `uv pip install --target` (uv from a temp
+venv: the host has none). Prints SKIPPED and exits 0 when PyPI is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPI = "https://pypi.org/simple/"
+CA = "/etc/ssl/certs/ca-certificates.crt"
+SEED = ["langchain-openai==0.3.28", "fastapi", "uvicorn", "structlog", "requests"]
+
+# runs in the proxy's own process: builder/ from SRC, address on stdout, stats when stdin closes
+WORKER = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from builder.downloadcache import DownloadCache
+from builder.indexproxy import IndexProxy
+from builder.upstream import Upstream
+ca = sys.argv[3] if len(sys.argv) > 3 else None
+with IndexProxy(Upstream.parse(sys.argv[4] if len(sys.argv) > 4 else "https://pypi.org/simple/"),
+                DownloadCache(Path(sys.argv[2])), ca_bundle=ca or None) as proxy:
+    print(proxy.address, flush=True)
+    sys.stdin.read()
+s = proxy.stats
+print(json.dumps({"upstream_bytes": s.upstream_bytes, "files": len(set(s.downloaded)),
+                  "refused": s.refused, "unreachable": s.unreachable}), flush=True)
+"""
+
+
+def reachable() -> bool:
+    ctx = ssl.create_default_context(cafile=CA if os.path.exists(CA) else None)
+    try:
+        with urllib.request.urlopen(PYPI + "pip/", timeout=10, context=ctx) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def export(ref: str, into: Path) -> Path:
+    """builder/ as it was at REF."""
+    into.mkdir(parents=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "builder"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
+
+
+def once(src: Path, tmp: Path, client: list[str]) -> tuple[float, dict]:
+    """Seconds CLIENT (with {index} and {dest} filled in) takes through a fresh proxy from SRC."""
+    work = Path(tempfile.mkdtemp(dir=tmp))
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(src), str(work / "cache"), CA],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        index = worker.stdout.readline().strip() + "/simple/"
+        cmd = [a.format(index=index, dest=str(work / "dest")) for a in client]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+        started = time.monotonic()
+        run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        took = time.monotonic() - started
+        if run.returncode:
+            sys.exit(f"{cmd[0]} failed through the proxy:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+    finally:
+        worker.stdin.close()
+        stats = json.loads(worker.stdout.readline() or "{}")
+        worker.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
+    return took, stats
+
+
+def uv_binary(tmp: Path) -> str:
+    venv = tmp / "uv-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "uv"], check=True)
+    return str(venv / "bin" / "uv")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--before", default=None, help="git ref for 'before' (default: merge-base with main)")
+    ap.add_argument("--uv", action="store_true")
+    args = ap.parse_args()
+    if not reachable():
+        print("SKIPPED: https://pypi.org/simple/ is unreachable from this host")
+        return
+    before = args.before or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
+                                           capture_output=True, text=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="agent-image-bench-proxy-"))
+    try:
+        srcs = {"before": export(before, tmp / "before"), "after": ROOT}
+        clients = {"pip": [sys.executable, "-m", "pip", "download", "--isolated", "--no-cache-dir", "-q",
+                           "--index-url", "{index}", "-d", "{dest}", *SEED]}
+        if args.uv:
+            clients["uv"] = [uv_binary(tmp), "pip", "install", "--no-cache", "-q", "--python", sys.executable,
+                             "--index-url", "{index}", "--target", "{dest}", *SEED]
+        print(f"seed: {' '.join(SEED)}; before = {before[:10]}, after = this checkout; {args.rounds} rounds")
+        for name, client in clients.items():
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            for r in range(args.rounds):
+                for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                    took, stats = once(srcs[side], tmp, client)
+                    times[side].append(took)
+                    print(f"  {name} round {r + 1} {side:6} {took:6.2f} s  {stats.get('files')} files "
+                          f"{stats.get('upstream_bytes', 0) / 2 ** 20:.1f} MiB", flush=True)
+            b, a = statistics.median(times["before"]), statistics.median(times["after"])
+            print(f"{name}: median before {b:.2f} s, after {a:.2f} s, after/before {a / b:.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
