@@ -47,15 +47,20 @@ def send(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/p
 
 
 def send_file(h: BaseHTTPRequestHandler, blob: Path, head: bool = False) -> None:
-    h.send_response(200)
-    h.send_header("Content-Type", "application/octet-stream")
-    h.send_header("Content-Length", str(blob.stat().st_size))
-    h.end_headers()
-    if head:
-        return
-    with open(blob, "rb") as fh:
-        while chunk := fh.read(1 << 16):
-            h.wfile.write(chunk)
+    try:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(blob.stat().st_size))
+        h.end_headers()
+        if head:
+            return
+        with open(blob, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                h.wfile.write(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        # the client hung up (uv drops a download it no longer needs): not the index's
+        # failure, so neither "index unreachable" in the log nor in the build's stats
+        h.close_connection = True
 
 
 class Tee:
@@ -112,7 +117,7 @@ class Tee:
             elif data:
                 h.wfile.write(data)
         except OSError:
-            # the client went away: finish the download anyway, so its retry is a cache hit
+            # the client hung up: finish the download anyway, so a retry is a cache hit
             self.stream = False
             h.close_connection = True
             setattr(h, STARTED, True)

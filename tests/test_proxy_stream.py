@@ -286,3 +286,32 @@ def test_pip_downloads_through_the_tee_and_fails_on_a_cut(up, tmp_path, mode, ok
     else:
         assert not (dest / "pkg-1.0-py3-none-any.whl").exists()
         assert cached(tmp_path) == []
+
+
+def hang_up_after_first_bytes(proxy: IndexProxy, target: str) -> None:
+    port = int(proxy.address.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close = reset
+    s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    s.close()
+
+
+def test_a_client_that_hangs_up_is_not_the_index_failing(up, tmp_path):
+    # uv drops downloads it no longer needs; that was logged (and reported) as "index unreachable"
+    data = blob(8 * PIECE, b"hang")
+    up.file("hang-1.0.tar.gz", data, "length", pause=0.1)
+    with proxy_for(up, tmp_path) as proxy:
+        target = file_links(proxy)["hang-1.0.tar.gz"]
+        hang_up_after_first_bytes(proxy, target)          # while downloading: the download goes on
+        deadline = time.monotonic() + 10
+        v2 = tmp_path / "cache" / "v2"
+        while (list((v2 / "tmp").iterdir()) or not list((v2 / "sha256").iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cached(tmp_path) == [data]
+        for _ in range(3):
+            hang_up_after_first_bytes(proxy, target)      # a cache hit
+        time.sleep(0.3)
+        assert client_get(proxy, target) == data
+        assert proxy.stats.unreachable == [] and proxy.stats.refused == []
+    assert up.gets == ["hang-1.0.tar.gz"]
