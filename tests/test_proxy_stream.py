@@ -315,3 +315,44 @@ def test_a_client_that_hangs_up_is_not_the_index_failing(up, tmp_path):
         assert client_get(proxy, target) == data
         assert proxy.stats.unreachable == [] and proxy.stats.refused == []
     assert up.gets == ["hang-1.0.tar.gz"]
+
+
+def test_head_answers_with_the_size_and_an_http10_client_gets_a_length(up, tmp_path):
+    data = blob(4 * PIECE, b"head")
+    up.file("head-1.0.tar.gz", data, "chunked", pause=0.05)
+    up.file("old-1.0.tar.gz", data + b"old", "chunked", pause=0.05)
+    with proxy_for(up, tmp_path) as proxy:
+        targets = file_links(proxy)
+        port = int(proxy.address.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        conn.request("HEAD", targets["head-1.0.tar.gz"])   # uv asks sizes first
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Length") == str(len(data))
+        resp.read()
+        conn.close()
+        assert client_get(proxy, targets["head-1.0.tar.gz"]) == data
+        assert proxy.stats.cache_hits == 1 and up.gets == ["head-1.0.tar.gz"]
+        # chunked is HTTP/1.1: an HTTP/1.0 client waits for the checked file and its length
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(f"GET {targets['old-1.0.tar.gz']} HTTP/1.0\r\n\r\n".encode())
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert f"Content-Length: {len(data) + 3}".encode() in head and body == data + b"old"
+
+
+def test_a_failed_download_names_no_credential(up, tmp_path, capsys):
+    up.file("cut-1.0.tar.gz", blob(4 * PIECE), "short", pause=0.05)
+    up.file("wrong-1.0.tar.gz", blob(4 * PIECE), "length", pause=0.05, sha="1" * 64)
+    up.file("tiny-1.0.tar.gz", b"tiny", sha="2" * 64)
+    upstream = Upstream.parse(f"http://agent:s3cret-pw@{up.base.split('//')[1]}/simple/")
+    with IndexProxy(upstream, DownloadCache(tmp_path / "cache")) as proxy:
+        bodies = [raw_get(proxy, t)[1] for t in file_links(proxy).values()]
+        problems = proxy.stats.refused + proxy.stats.unreachable
+    out = capsys.readouterr()
+    assert len(problems) == 3 and "sha256" in out.out + out.err   # the failures were logged
+    secret = upstream.auth_header.split()[1]
+    for text in [*problems, out.out, out.err, *(b.decode("latin-1") for b in bodies)]:
+        assert "s3cret-pw" not in text and secret not in text
+    assert cached(tmp_path) == []
