@@ -43,13 +43,20 @@ class Slow:
         self.hashes: dict[str, str] = {}
         self.done: dict[str, float] = {}
         self.gets: list[str] = []
+        self.connections = 0
+        self.page_pause = 0.0
         srv = self
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self):
+                srv.connections += 1
+                super().setup()
+
             def do_GET(self):  # noqa: N802
                 if self.path == "/simple/pkg/":
+                    time.sleep(srv.page_pause)
                     page = "".join(srv.anchor(n, b) for n, (b, _, _) in srv.files.items())
                     body = f"<html><body>{page}</body></html>".encode()
                     self.send_response(200)
@@ -252,8 +259,16 @@ def test_parallel_fetches_are_not_served_one_after_another(up, tmp_path):
         for t in threads:
             t.join()
         took = time.monotonic() - start
+        # and the upstream connections those opened stay pooled for the next burst
+        opened, up.page_pause = up.connections, 0.3
+        pages = [threading.Thread(target=file_links, args=(proxy,)) for _ in range(30)]
+        for t in pages:
+            t.start()
+        for t in pages:
+            t.join()
     assert len(got) == 40 and all(got[f"p{i}-1.0.tar.gz"] == blob(1000, str(i).encode()) for i in range(40))
     assert took < 6, took
+    assert up.connections - opened <= 5, (opened, up.connections)
 
 
 def wheel(name: str, extra: int) -> bytes:
@@ -356,3 +371,17 @@ def test_a_failed_download_names_no_credential(up, tmp_path, capsys):
     for text in [*problems, out.out, out.err, *(b.decode("latin-1") for b in bodies)]:
         assert "s3cret-pw" not in text and secret not in text
     assert cached(tmp_path) == []
+
+
+def test_upstream_connections_are_reused(up, tmp_path):
+    # a new connection per request paid DNS + TLS each time (bench/README, the real-index run)
+    for i in range(10):
+        up.file(f"r{i}-1.0.tar.gz", blob(PIECE + i, str(i).encode()), "length")
+    with proxy_for(up, tmp_path) as proxy:
+        targets = file_links(proxy)
+        for _ in range(2):
+            for name, target in targets.items():
+                assert client_get(proxy, target) == up.files[name][0]
+        for _ in range(3):
+            file_links(proxy)
+    assert up.connections == 1 and len(up.gets) == 10
