@@ -384,8 +384,7 @@ def report(which: str, ways: list[str], res: dict, load: tuple, total: float, re
                    f".py without bytecode in the venv: {miss} of {total_py}")
     out.append(f"C steps the layer cache served: {res['steps_cached']}")
     if res.get("index"):
-        out.append(f"C's index proxy upstream requests, cold: {res['index']} (each opens a new connection "
-                   f"and resolves DNS anew)")
+        out.append(f"C's index proxy upstream requests, cold: {res['index']} (pooled per host since issue 10)")
     if res.get("empty_runner"):
         out.append(f"empty runner, only the base local: pulling C's image from a loopback registry took "
                    f"{res['empty_runner']['pull_s']} s (the dependency image of the design note would cost the same)")

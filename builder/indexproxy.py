@@ -359,7 +359,8 @@ class IndexProxy:
             with self.fetcher.open(link.url, auth=link.auth, max_bytes=self.file_max_bytes) as body, \
                     os.fdopen(fd, "wb") as out:
                 tee = Tee(h, body, out, stream=not head)  # a HEAD answers once the file is cached
-                tee.pump()
+                tee.pump(lambda offset: self.fetcher.open(link.url, auth=link.auth, start=offset,
+                                                          max_bytes=self.file_max_bytes - offset))
             with self._lock:
                 self.stats.upstream_bytes += tee.size
             digest = tee.digest.hexdigest()

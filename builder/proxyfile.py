@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .upstream import Body, Unreachable
 
+RESUMES = 2                       # Range requests after upstream cut a file short
 STARTED = "_agent_image_started"  # handler attribute: this request's response is under way
 
 
@@ -79,8 +80,33 @@ class Tee:
         self.size = 0
         self._held = b""
 
-    def pump(self) -> None:
-        for chunk in self.body.chunks():
+    def pump(self, resume: Callable[[int], Body] | None = None) -> None:
+        """RESUME(offset): the rest of the file from OFFSET. Once bytes went to the client, a
+        cut upstream can no longer be a 502 that pip retries, so the tee asks for the rest
+        (a Range request; only from a server that answers 206 with that range)."""
+        body, total = self.body, self.body.length
+        for attempt in range(RESUMES + 1):
+            try:
+                self._copy(body)
+                break
+            except Unreachable:
+                if resume is None or total is None or attempt == RESUMES:
+                    raise
+            if body is not self.body:
+                body.close()
+            body = resume(self.size)
+            if body.status != 206 or not body.content_range.startswith(f"bytes {self.size}-{total - 1}/") \
+                    or body.length != total - self.size:
+                body.close()
+                raise Unreachable(f"upstream cut the file at {self.size} of {total} bytes and cannot resume")
+        if body is not self.body:
+            body.close()
+        self.out.flush()
+        if total is not None and self.size != total:
+            raise Unreachable(f"upstream sent {self.size} of {total} bytes")
+
+    def _copy(self, body: Body) -> None:
+        for chunk in body.chunks():
             self.digest.update(chunk)
             self.size += len(chunk)
             self.out.write(chunk)
@@ -88,9 +114,6 @@ class Tee:
                 if self._held:
                     self._emit(self._held)
                 self._held = chunk
-        self.out.flush()
-        if self.body.length is not None and self.size != self.body.length:
-            raise Unreachable(f"upstream sent {self.size} of {self.body.length} bytes")
 
     def finish(self) -> bool:
         if not getattr(self.h, STARTED, False):

@@ -137,6 +137,7 @@ class Body:
     def __init__(self, url: str, resp: urllib3.BaseHTTPResponse, max_bytes: int) -> None:
         self.url, self._resp, self.max_bytes = url, resp, max_bytes
         self.content_type = resp.headers.get("Content-Type", "")
+        self.status, self.content_range = resp.status, resp.headers.get("Content-Range", "")
         # the length of what chunks() yields: urllib3 decodes a Content-Encoding, so then it is unknown
         declared = resp.headers.get("Content-Length", "")
         coded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
@@ -206,9 +207,10 @@ class Fetcher:
             raise Refused(url, self._checked[host])
 
     def open(self, url: str, *, auth: Upstream | None, max_bytes: int, accept: str | None = None,
-             method: str = "GET") -> Body:
+             method: str = "GET", start: int = 0) -> Body:
         """Open URL, following redirects by hand. AUTH's credential goes only
-        where AUTH.covers() and only until a hop leaves that scope."""
+        where AUTH.covers() and only until a hop leaves that scope. START: ask
+        for the bytes from there on (Body.status 206 when the server did so)."""
         creds = auth is not None and auth.auth_header is not None
         for _ in range(MAX_REDIRECTS + 1):
             self._check(url)
@@ -218,6 +220,8 @@ class Fetcher:
                 headers["Accept"] = accept
             if creds:
                 headers["Authorization"] = auth.auth_header
+            if start:
+                headers["Range"] = f"bytes={start}-"
             with self._count:  # request threads run this at once: += is not atomic
                 self.requests += 1
             try:

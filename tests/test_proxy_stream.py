@@ -35,7 +35,7 @@ PIECE = 64 * 1024
 class Slow:
     """Upstream: FILES {name: (body, mode, pause)}; mode 'length' (Content-Length), 'chunked',
     'close' (HTTP/1.0 style: body ends with the connection), 'short' (announces the whole
-    length, sends half, closes). HASHES {name: sha256 put on the page}. DONE {name: time the
+    length, sends half, closes; ignores Range), 'flaky' (short, then answers Range requests). HASHES {name: sha256 put on the page}. DONE {name: time the
     last byte left}."""
 
     def __init__(self) -> None:
@@ -44,6 +44,7 @@ class Slow:
         self.done: dict[str, float] = {}
         self.gets: list[str] = []
         self.connections = 0
+        self.ranges: list[int] = []
         self.page_pause = 0.0
         srv = self
 
@@ -68,6 +69,18 @@ class Slow:
                 name = self.path.rsplit("/", 1)[-1]
                 srv.gets.append(name)
                 body, mode, pause = srv.files[name]
+                ranged = self.headers.get("Range", "")
+                if mode == "flaky" and ranged:   # the rest, as a CDN sends it
+                    start = int(ranged.split("=")[1].rstrip("-"))
+                    srv.ranges.append(start)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    self.send_header("Content-Length", str(len(body) - start))
+                    self.end_headers()
+                    self.wfile.write(body[start:])
+                    return
+                if mode == "flaky":   # the first answer is cut short
+                    mode = "short"
                 self.send_response(200)
                 if mode in ("length", "short"):
                     self.send_header("Content-Length", str(len(body)))
@@ -385,3 +398,14 @@ def test_upstream_connections_are_reused(up, tmp_path):
         for _ in range(3):
             file_links(proxy)
     assert up.connections == 1 and len(up.gets) == 10
+
+
+def test_a_cut_upstream_is_resumed_with_a_range_request(up, tmp_path):
+    # once bytes went to pip a cut can no longer be a 502 that pip retries: the proxy asks for the rest
+    data = blob(6 * PIECE, b"flaky")
+    up.file("flaky-1.0.tar.gz", data, "flaky", pause=0.05)
+    with proxy_for(up, tmp_path) as proxy:
+        target = file_links(proxy)["flaky-1.0.tar.gz"]
+        assert client_get(proxy, target) == data
+        assert proxy.stats.unreachable == [] and proxy.stats.downloaded == ["flaky-1.0.tar.gz"]
+    assert up.ranges == [3 * PIECE] and cached(tmp_path) == [data]
