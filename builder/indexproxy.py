@@ -8,7 +8,8 @@ the builder's loopback. It fetches from the real upstream index with the
 credentials (through builder/upstream.py, the one outbound client), rewrites
 every file link on an index page to an opaque ``/_f/<id>/<file>`` that only
 this proxy can map back, and keeps downloaded files in a content-addressed
-cache shared by every build on the host (builder/downloadcache.py).
+cache shared by every build on the host (builder/downloadcache.py), passing
+each on to the build while it downloads (builder/proxyfile.py).
 
 What a build may ask for is an allow-list: ``/simple/<PEP 503 normalised
 name>/`` of the configured index; ``/_f/<id>/<file>`` only for a link an index
