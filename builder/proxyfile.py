@@ -85,22 +85,23 @@ class Tee:
         cut upstream can no longer be a 502 that pip retries, so the tee asks for the rest
         (a Range request; only from a server that answers 206 with that range)."""
         body, total = self.body, self.body.length
-        for attempt in range(RESUMES + 1):
-            try:
-                self._copy(body)
-                break
-            except Unreachable:
-                if resume is None or total is None or attempt == RESUMES:
-                    raise
+        try:
+            for attempt in range(RESUMES + 1):
+                try:
+                    self._copy(body)
+                    break
+                except Unreachable:
+                    if resume is None or total is None or attempt == RESUMES:
+                        raise
+                if body is not self.body:  # the caller closes the first one
+                    body.close()
+                body = resume(self.size)
+                if body.status != 206 or not body.content_range.startswith(f"bytes {self.size}-{total - 1}/") \
+                        or body.length != total - self.size:
+                    raise Unreachable(f"upstream cut the file at {self.size} of {total} bytes and cannot resume")
+        finally:
             if body is not self.body:
                 body.close()
-            body = resume(self.size)
-            if body.status != 206 or not body.content_range.startswith(f"bytes {self.size}-{total - 1}/") \
-                    or body.length != total - self.size:
-                body.close()
-                raise Unreachable(f"upstream cut the file at {self.size} of {total} bytes and cannot resume")
-        if body is not self.body:
-            body.close()
         self.out.flush()
         if total is not None and self.size != total:
             raise Unreachable(f"upstream sent {self.size} of {total} bytes")
