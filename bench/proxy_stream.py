@@ -102,7 +102,8 @@ def once(src: Path, tmp: Path, client: list[str], warm: bool = False, image: str
             from builder.sandbox import PORT
             index = PIP_INDEX_URL
             # timed inside the container: docker run's own start is no part of it
-            prefix = ["docker", "run", "--rm", "--network", box.network_mode, "-e", f"http_proxy=http://127.0.0.1:{PORT}",
+            prefix = ["docker", "run", "--rm", "--network", box.network_mode,
+                      "-e", f"http_proxy=http://127.0.0.1:{PORT}",
                       image, "python3", "-c", TIMER]
         else:
             index, prefix = address + "/simple/", []
@@ -160,7 +161,8 @@ def main() -> None:
             from builder.logs import configure
             configure(stream=sys.stderr)  # info and up: not the sandbox's debug line per run
             image = base_image_for("3.11")
-            clients = {"pip": ["/opt/venv/bin/pip", "download", "--no-cache-dir", "-q", "--trusted-host", PIP_INDEX_HOST, "--index-url", "{index}",
+            clients = {"pip": ["/opt/venv/bin/pip", "download", "--no-cache-dir", "-q",
+                               "--trusted-host", PIP_INDEX_HOST, "--index-url", "{index}",
                                "-d", "{dest}", *SEED]}
             if args.uv:
                 clients["uv"] = ["/opt/agent-image/tools/bin/uv", "pip", "install", "--no-cache", "-q", "--python",
@@ -183,7 +185,8 @@ def main() -> None:
                           f"{stats.get('upstream_bytes', 0) / 2 ** 20:.1f} MiB", flush=True)
             b, a = statistics.median(times["before"]), statistics.median(times["after"])
             # the floor: every file already in the proxy's cache, so no upstream wait at all
-            floor = statistics.median(once(srcs["after"], tmp, client, warm=True, image=image)[0] for _ in range(args.rounds))
+            floor = statistics.median(once(srcs["after"], tmp, client, warm=True, image=image)[0]
+                                      for _ in range(args.rounds))
             # the engine and cores are shared: a round's pair ran back to back, so its ratio is the steadier number
             paired = statistics.median(x / y for x, y in zip(times["after"], times["before"]))
             print(f"{name}: median before {b:.2f} s, after {a:.2f} s, after/before {a / b:.2f} "

@@ -35,8 +35,8 @@ PIECE = 64 * 1024
 class Slow:
     """Upstream: FILES {name: (body, mode, pause)}; mode 'length' (Content-Length), 'chunked',
     'close' (HTTP/1.0 style: body ends with the connection), 'short' (announces the whole
-    length, sends half, closes; ignores Range), 'flaky' (short, then answers Range requests). HASHES {name: sha256 put on the page}. DONE {name: time the
-    last byte left}."""
+    length, sends half, closes; ignores Range), 'flaky' (short, then answers Range requests).
+    HASHES {name: sha256 put on the page}. DONE {name: time the last byte left}."""
 
     def __init__(self) -> None:
         self.files: dict[str, tuple[bytes, str, float]] = {}
