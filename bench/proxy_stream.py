@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--sandbox", action="store_true", help="clients in a build sandbox (the build's own path)")
     args = ap.parse_args()
     if not reachable():
-        print("SKIPPED: https://pypi.org/simple/ is unreachable from this host")
+        print(f"SKIPPED: {PYPI} is unreachable from this host")
         return
     before = args.before or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                            capture_output=True, text=True).stdout.strip()
