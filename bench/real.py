@@ -410,8 +410,7 @@ def report(which: str, ways: list[str], res: dict, load: tuple, total: float, re
                    f".py without bytecode in the venv: {miss} of {total_py}")
     out.append(f"C steps the layer cache served: {res['steps_cached']}")
     if res.get("index"):
-        out.append(f"C's index proxy upstream requests, cold: {res['index']} (each opens a new connection "
-                   f"and resolves DNS anew)")
+        out.append(f"C's index proxy upstream requests, cold: {res['index']} (pooled per host since issue 10)")
     for er in res.get("empty_runner", []):
         out.append(f"empty runner (K: its cold build): C's dependency image {er['deps_origin']}, steps cached "
                    f"{er['steps_cached']}, downloaded {er['downloaded']}; registry layers shared by the two "

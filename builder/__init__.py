@@ -2,9 +2,13 @@
 
 The pipeline, in the order data flows: ``apkg`` (open and check the
 package) -> ``manifest`` (agent.yaml) -> ``requirements`` (policy and layer
-split) -> ``dockerfile`` (render) -> ``context`` (deterministic tar) ->
+split) -> ``dockerfile`` (render) -> ``plan`` (what one build sends the
+engine) -> ``context`` (deterministic tar) -> ``layercache`` (earlier images to
+reuse) -> ``depsimage`` (the dependency image agents with the same lines
+share) ->
 ``indexproxy`` (credentials stay outside the build; ``upstream`` is its one
-outbound client, ``downloadcache`` its files) -> ``sandbox`` (the build
+outbound client, ``downloadcache`` its files, ``proxyfile`` the tee that
+sends a file on while it downloads) -> ``sandbox`` (the build
 reaches that proxy and nothing else) -> ``engine`` (the one place that
 knows Docker) -> ``buildlog`` (log lines to an error class) ->
 ``registry`` (push/pull). ``api.build_image`` ties them together; ``cli``

@@ -8,7 +8,8 @@ the builder's loopback. It fetches from the real upstream index with the
 credentials (through builder/upstream.py, the one outbound client), rewrites
 every file link on an index page to an opaque ``/_f/<id>/<file>`` that only
 this proxy can map back, and keeps downloaded files in a content-addressed
-cache shared by every build on the host (builder/downloadcache.py).
+cache shared by every build on the host (builder/downloadcache.py), passing
+each on to the build while it downloads (builder/proxyfile.py).
 
 What a build may ask for is an allow-list: ``/simple/<PEP 503 normalised
 name>/`` of the configured index; ``/_f/<id>/<file>`` only for a link an index
@@ -36,6 +37,7 @@ import structlog
 
 from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa: F401 (re-exported)
 from .errors import redact
+from .proxyfile import Tee, begin, send, send_file
 from .requirements import normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
@@ -169,6 +171,14 @@ class Stats:
 
 class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128  # uv opens ~50 connections at once
+
+
+class _TCPHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # the default backlog of 5 overflows when uv opens ~50 connections at once,
+    # and a dropped SYN is retried only after a second
+    request_queue_size = 128
 
 
 class IndexProxy:
@@ -217,8 +227,7 @@ class IndexProxy:
             self._server = _UnixHTTPServer(self.unix_path, Handler)
             os.chmod(self.unix_path, 0o600)
         else:
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-            self._server.daemon_threads = True
+            self._server = _TCPHTTPServer(("127.0.0.1", 0), Handler)
         # each request thread runs in the build's context, so its log lines and
         # errors are redacted with this build's redactor (builder/errors.py)
         context, serve = contextvars.copy_context(), self._server.process_request_thread
@@ -287,6 +296,7 @@ class IndexProxy:
 
     # -- request handling -------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
+        begin(h)
         try:
             kind, groups = route(h.path)
             if kind == "ready":
@@ -343,45 +353,28 @@ class IndexProxy:
                     self.stats.reused.append(link.name)
             self._send_file(h, blob, head)
             return
+        # a second request for the same file while this one runs downloads on its
+        # own: its own temp file, and os.replace leaves one good copy either way
         fd, tmp = self.cache.tmpfile()
-        digest = hashlib.sha256()
-        size = 0
         try:
             with self.fetcher.open(link.url, auth=link.auth, max_bytes=self.file_max_bytes) as body, \
                     os.fdopen(fd, "wb") as out:
-                for chunk in body.chunks():
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+                tee = Tee(h, body, out, stream=not head)  # a HEAD answers once the file is cached
+                tee.pump(lambda offset: self.fetcher.open(link.url, auth=link.auth, start=offset,
+                                                          max_bytes=self.file_max_bytes - offset))
             with self._lock:
-                self.stats.upstream_bytes += size
+                self.stats.upstream_bytes += tee.size
+            digest = tee.digest.hexdigest()
+            if link.sha256 and digest != link.sha256:
+                raise Refused(link.url, f"sha256 {digest} is not the {link.sha256} its index page gave")
+            with self._lock:
                 self.stats.downloaded.append(link.name)
-            blob = self.cache.store(link.url, Path(tmp), digest.hexdigest(), link.ident)
+            blob = self.cache.store(link.url, Path(tmp), digest, link.ident)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)  # refused (over the cap) or failed: never kept
+            Path(tmp).unlink(missing_ok=True)  # refused (over the cap, wrong hash) or failed: never kept
             raise
-        self._send_file(h, blob, head)
+        if not tee.finish():
+            self._send_file(h, blob, head)
 
-    @staticmethod
-    def _send(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/plain") -> None:
-        try:
-            h.send_response(code)
-            h.send_header("Content-Type", ctype)
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            if h.command != "HEAD":
-                h.wfile.write(body)
-        except OSError:  # the client went away
-            pass
-
-    @staticmethod
-    def _send_file(h: BaseHTTPRequestHandler, blob: Path, head: bool = False) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(blob.stat().st_size))
-        h.end_headers()
-        if head:
-            return
-        with open(blob, "rb") as fh:
-            while chunk := fh.read(1 << 16):
-                h.wfile.write(chunk)
+    _send = staticmethod(send)
+    _send_file = staticmethod(send_file)

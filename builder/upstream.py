@@ -16,6 +16,7 @@ import base64
 import ipaddress
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
@@ -136,6 +137,11 @@ class Body:
     def __init__(self, url: str, resp: urllib3.BaseHTTPResponse, max_bytes: int) -> None:
         self.url, self._resp, self.max_bytes = url, resp, max_bytes
         self.content_type = resp.headers.get("Content-Type", "")
+        self.status, self.content_range = resp.status, resp.headers.get("Content-Range", "")
+        # the length of what chunks() yields: urllib3 decodes a Content-Encoding, so then it is unknown
+        declared = resp.headers.get("Content-Length", "")
+        coded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+        self.length = int(declared) if declared.isdigit() and not coded else None
         self._done = False
 
     def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
@@ -176,9 +182,12 @@ class Fetcher:
         self._retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=0, other=0,
                                     redirect=0, raise_on_redirect=False, raise_on_status=False,
                                     backoff_factor=0.2)
-        self.pool = urllib3.PoolManager(ssl_context=ctx, retries=self._retry, maxsize=8,
+        # uv fetches ~50 files at once: a smaller pool would not block them, but each
+        # connection past it is closed after one use and the next pays a new TLS handshake
+        self.pool = urllib3.PoolManager(ssl_context=ctx, retries=self._retry, maxsize=64,
                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
         self.requests = 0
+        self._count = threading.Lock()
         self._checked: dict[str, str | None] = {}
 
     def _check(self, url: str) -> None:
@@ -198,9 +207,10 @@ class Fetcher:
             raise Refused(url, self._checked[host])
 
     def open(self, url: str, *, auth: Upstream | None, max_bytes: int, accept: str | None = None,
-             method: str = "GET") -> Body:
+             method: str = "GET", start: int = 0) -> Body:
         """Open URL, following redirects by hand. AUTH's credential goes only
-        where AUTH.covers() and only until a hop leaves that scope."""
+        where AUTH.covers() and only until a hop leaves that scope. START: ask
+        for the bytes from there on (Body.status 206 when the server did so)."""
         creds = auth is not None and auth.auth_header is not None
         for _ in range(MAX_REDIRECTS + 1):
             self._check(url)
@@ -210,7 +220,10 @@ class Fetcher:
                 headers["Accept"] = accept
             if creds:
                 headers["Authorization"] = auth.auth_header
-            self.requests += 1
+            if start:
+                headers["Range"] = f"bytes={start}-"
+            with self._count:  # request threads run this at once: += is not atomic
+                self.requests += 1
             try:
                 resp = self.pool.urlopen(method, url, headers=headers, redirect=False, retries=self._retry,
                                          preload_content=False)
