@@ -47,7 +47,7 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
     engine.require_image(from_image, hint="Run scripts/setup.sh (debootstrap + docker import) or pass "
                                           "--from with a Python image the engine has.")
     from .api import DEFAULT_CACHE_DIR, base_image_for
-    from .dockerfile import PIP_INDEX_HOST, PIP_INDEX_URL, UV_VERSION
+    from .dockerfile import PIP_INDEX_HOST, PIP_INDEX_URL, UV_VERSION, tool_pip_version
     from .index import resolve_index
     from .indexproxy import DownloadCache, IndexProxy
     from .sandbox import Sandbox
@@ -61,7 +61,7 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
     log.info("Building base image", tag=tag, python_image=from_image, index=upstream.url, uv=UV_VERSION)
     cache = DownloadCache(Path(cache_dir or DEFAULT_CACHE_DIR) / "downloads")
     args = {"PYTHON_IMAGE": from_image, "UV_VERSION": UV_VERSION, "PIP_INDEX_URL": PIP_INDEX_URL,
-            "PIP_TRUSTED_HOST": PIP_INDEX_HOST}
+            "PIP_TRUSTED_HOST": PIP_INDEX_HOST, "TOOL_PIP_VERSION": tool_pip_version(python)}
     # the base's build steps get the network an agent build gets (builder/sandbox.py):
     # the index proxy and nothing else
     with Sandbox(engine, from_image) as sandbox, \
@@ -77,7 +77,8 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
         if outcome.image_id is None:
             raise BaseImageMissingError(f"building the base image failed: {outcome.error}",
                                         log_tail=outcome.lines[-20:],
-                                        hint=f"The base installs uv=={UV_VERSION} from {upstream.url}: check that "
+                                        hint=f"The base installs uv=={UV_VERSION} and pip=="
+                                             f"{tool_pip_version(python) or '(none)'} from {upstream.url}: check that "
                                              "the index is reachable (--index-url, --ca-bundle).")
         venv = engine.image(outcome.image_id).labels.get("io.pixell.agent-image.venv", "/opt/venv")
         facts = dict(line.split("=", 1) for line in engine.run_once(

@@ -262,7 +262,8 @@ def classify_wheel_build(f: Failure) -> PackageLoadError | None:
     if f.step == "package":
         return None  # the agent's own package: classify_editable says it better
     m = (re.search(r"Failed to build `([^`]+)`", text)                       # uv
-         or re.search(rf"Failed to build ({_NAME})", text)                    # pip 23 summary
+         or re.search(rf"Failed to build (?!installable wheels)({_NAME})", text)  # pip 23+ summary
+         or re.search(rf"Failed to build installable wheels.*\n\W*({_NAME})", text)  # pip 25+: "╰─> name"
          or re.search(rf"Failed building wheel for ({_NAME})", text)
          or re.search(rf"Running setup\.py install for ({_NAME})", text)      # pip 20/23 legacy install
          or re.search(r"Discarding \S*/([A-Za-z0-9][\w.]*?)-\d[^/\s]*?\.(?:tar\.gz|zip|tar\.bz2)", text)  # pip 20
@@ -434,7 +435,9 @@ def classify_syntax(f: Failure) -> PackageLoadError | None:
             line = next((ln for ln in f.requirements if bad in ln.text), None)
         bad = bad or (line.text if line else "?")
     else:
-        m = re.search(r"Invalid requirement: '?(.+?)'?(?: \(from line (\d+) of (\S+)\))?$", text, re.M)
+        # pip 25+: "Invalid requirement: 'LINE': WHY", the line echoed, then "^ (from line N of FILE)"
+        m = re.search(r"Invalid requirement: '(.+?)': .*\n(?:.*\n)*?.*\^ \(from line (\d+) of (\S+)\)$", text, re.M) \
+            or re.search(r"Invalid requirement: '?(.+?)'?(?: \(from line (\d+) of (\S+)\))?$", text, re.M)
         if not m:
             m = re.search(r"(?:Invalid requirement|no such option|Invalid URL|Could not parse) ?:? ?(.+)$", text, re.M)
             if not m or "pip install" in m.group(0):

@@ -27,6 +27,18 @@ INSTALLERS = ("pip", "uv")
 # ECS's 30 s stopTimeout; recorded in a label for the task definition
 DRAIN_SECONDS = 25
 UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools with --installer uv
+# A current pip for the dependency layer, in the base under /opt/agent-image/tools/pip (the venv's own
+# pip, which the agent's editable install and the runtime use, stays as `python -m venv` made it):
+# pip 26 resolves and fetches a real agent's tree in 4.3 s where Debian 12's pip 23.0.1 takes 7.4
+# (bench/proxy_stream.py --sandbox). pip 26 needs Python 3.10+; 25.3 is the last for 3.9.
+TOOL_PIP_LABEL = "io.pixell.agent-image.pip"
+TOOL_PIP_DIR = "/opt/agent-image/tools/pip"
+
+
+def tool_pip_version(python: str) -> str:
+    """The pip the base carries for PYTHON ("major.minor"); "" for one older than 3.9."""
+    major, minor = (int(x) for x in python.split(".")[:2])
+    return "26.3" if (major, minor) >= (3, 10) else "25.3" if (major, minor) == (3, 9) else ""
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -122,6 +134,7 @@ def render(
     base_labels: dict[str, str] | None = None,
     deps_image: str = "",
     pip_report: bool = False,
+    tool_pip: bool = False,
     template: str = "agent.Dockerfile.j2",
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials.
@@ -157,6 +170,8 @@ def render(
         drain_seconds=drain_seconds(manifest.environment),
         deps_image=deps_image,
         pip_report=pip_report,  # the base's pip writes --report (22.2+)
+        tool_pip=tool_pip and installer == "pip",  # the base carries a current pip for the dependency layer
+        tool_pip_dir=TOOL_PIP_DIR,
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)

@@ -116,23 +116,23 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
 
 def render_agent(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
                  base_has_venv: bool, base_labels: dict[str, str] | None, base_has_uv: bool = True,
-                 deps_image: str = "", pip_report: bool = False):
+                 deps_image: str = "", pip_report: bool = False, tool_pip: bool = False):
     return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                   deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                   installer=options.installer, ca_bundle=options.ca_bundle_in_image,
                   base_has_venv=base_has_venv, base_has_uv=base_has_uv, require_hashes=split.hashed,
                   source_requirements=bool(split.source), base_labels=base_labels or {},
-                  deps_image=deps_image, pip_report=pip_report)
+                  deps_image=deps_image, pip_report=pip_report, tool_pip=tool_pip)
 
 
 def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
-                   base_has_venv: bool = True, base_has_uv: bool = True) -> str:
+                   base_has_venv: bool = True, base_has_uv: bool = True, tool_pip: bool = False) -> str:
     """The content identity: the input digest without the base image (its name, id and
     labels are rendered as placeholders) and without anything of the runner. Two
     runners building one package with one set of options agree on it; tag
     immutability compares it, not image bytes."""
     text = render_agent(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
-                   base_labels={}, base_has_uv=base_has_uv).text
+                   base_labels={}, base_has_uv=base_has_uv, tool_pip=tool_pip).text
     # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
     files = files_digest(pkg.root, generated_files(pkg, options, split, text)[0], exclude=kept_out(pkg, options))
     return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()

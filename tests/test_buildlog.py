@@ -86,7 +86,7 @@ SUCCEEDS_WITH = {("uv", "hash_missing"), ("uv-linebuffered", "hash_missing")}
 
 
 def test_every_variant_and_case_was_recorded():
-    assert set(VARIANTS) == {"pip23-py311", "pip20-py39", "uv", "uv-linebuffered"}
+    assert set(VARIANTS) == {"pip23-py311", "pip20-py39", "pip26-py311", "pip25-py39", "uv", "uv-linebuffered"}
     for variant in VARIANTS:
         names = {p.stem for p in (DATA / variant).glob("*.json")}
         assert set(EXPECT) - {"no_wheel_for_python", "unreachable_tools"} | {"success"} <= names, variant
@@ -94,6 +94,9 @@ def test_every_variant_and_case_was_recorded():
             assert p.with_suffix(".log").is_file()
     assert "pip 23" in json.loads((DATA / "pip23-py311" / "hash.json").read_text())["installer"]
     assert "pip 20.3" in json.loads((DATA / "pip20-py39" / "hash.json").read_text())["installer"]
+    # the base's own pip for the dependency layer (builder/dockerfile.py TOOL_PIP_DIR), the venv's for the package
+    assert json.loads((DATA / "pip26-py311" / "hash.json").read_text())["installer"].startswith("pip 26.3 (dep")
+    assert json.loads((DATA / "pip25-py39" / "hash.json").read_text())["installer"].startswith("pip 25.3 (dep")
 
 
 @pytest.mark.parametrize("sidecar", FAILED, ids=_id)
@@ -225,8 +228,8 @@ def test_installed_packages(variant):
     # the requirements pin (tinyreq 2.0) is installed last and wins over install_requires' tinyreq<2
     assert by_name["tinyreq"] == "2.0"
     assert by_name["sharedlib"] == "1.0" and by_name["structlog"] == "24.4.0" and by_name["tinydep"] == "1.0"
-    # the agent itself: pip 20 prints no version for an editable install
-    assert by_name["bl-success"] == (None if variant == "pip20-py39" else "0.1.0")
+    # the agent itself: pip 20 (the py3.9 venv's, which the package step uses) prints no version for an editable
+    assert by_name["bl-success"] == (None if variant in ("pip20-py39", "pip25-py39") else "0.1.0")
     assert len(got) == len(by_name) == 5, got
 
 

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from builder.api import BuildOptions, base_image_for, prepare  # noqa: E402
 from builder.apkg import open_package  # noqa: E402
-from builder.dockerfile import UV_VERSION  # noqa: E402
+from builder.buildlog import marked_step, step_lines  # noqa: E402
+from builder.dockerfile import TOOL_PIP_DIR, TOOL_PIP_LABEL, UV_VERSION  # noqa: E402
 from builder.engine import Engine  # noqa: E402
 from builder.index import resolve_index  # noqa: E402
 from builder.indexproxy import DownloadCache, IndexProxy  # noqa: E402
@@ -42,14 +43,17 @@ from tests.conftest import (BIN, CACHE, _start_pypiserver, fill_wheelhouse, free
                             start_index)
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = {  # folder -> (agent.yaml runtime, installer, whole lines?)
-    "pip23-py311": ("python3.11", "pip", False),
-    "pip20-py39": ("python3.9", "pip", False),
+VARIANTS = {  # folder -> (agent.yaml runtime, installer, whole lines?, the base's tools pip for the deps step?)
+    "pip23-py311": ("python3.11", "pip", False, False),
+    "pip20-py39": ("python3.9", "pip", False, False),
+    # the dependency layer with the base's current pip (/opt/agent-image/tools/pip), the package step with the venv's
+    "pip26-py311": ("python3.11", "pip", False, True),
+    "pip25-py39": ("python3.9", "pip", False, True),
     # uv writes one line in several write()s. Engine re-cuts the stream at newlines
     # ("uv-linebuffered", what builds see); "uv" keeps the raw chunks, as an older
     # Engine read them, so buildlog.rejoin stays tested on lines cut in pieces.
-    "uv": ("python3.11", "uv", False),
-    "uv-linebuffered": ("python3.11", "uv", True),
+    "uv": ("python3.11", "uv", False, False),
+    "uv-linebuffered": ("python3.11", "uv", True, False),
 }
 ZERO_HASH = "sha256:" + "0" * 64
 BROKEN_SETUP = "raise SystemExit('setup.py is broken on purpose')\n"
@@ -104,23 +108,29 @@ class RawChunkEngine(Engine):
         yield from stream
 
 
-def installer_version(engine: Engine, runtime: str, installer: str) -> str:
+def installer_version(engine: Engine, runtime: str, installer: str, tool_pip: bool = False) -> str:
     if installer == "uv":
         return f"uv {UV_VERSION}"
     base = base_image_for(runtime.removeprefix("python"))
-    out = subprocess.run(["docker", "run", "--rm", base, "python3", "-m", "pip", "--version"],
+    out = subprocess.run(["docker", "run", "--rm", base, "/opt/venv/bin/python", "-m", "pip", "--version"],
                          capture_output=True, text=True)
-    return " ".join(out.stdout.split()[:2]) or "pip ?"
+    venv_pip = " ".join(out.stdout.split()[:2]) or "pip ?"
+    if not tool_pip:
+        return venv_pip
+    out = subprocess.run(["docker", "run", "--rm", "-e", f"PYTHONPATH={TOOL_PIP_DIR}", base, "/opt/venv/bin/python",
+                          "-m", "pip", "--version"], capture_output=True, text=True)
+    return f"{' '.join(out.stdout.split()[:2]) or 'pip ?'} (dependency layer), {venv_pip} (package)"
 
 
 def build_once(engine: Engine, agent: Path, index_url: str, installer: str, cache_dir: Path,
-               nocache: bool = False):
+               nocache: bool = False, tool_pip: bool = False):
     """One build through the real pipeline; returns (outcome, rendered, split, proxy stats)."""
     options = BuildOptions(index_url=index_url, installer=installer, use_cache=False)
     with open_package(agent) as pkg:
         upstream = resolve_index(index_url, {})
         base = engine.require_image(base_image_for(pkg.manifest.python), hint="run scripts/setup.sh")
-        split, rendered, context, _ = prepare(pkg, options, upstream.url, base.id)
+        split, rendered, context, _ = prepare(pkg, options, upstream.url, base.id,
+                                              tool_pip=tool_pip and bool(base.labels.get(TOOL_PIP_LABEL)))
         with IndexProxy(upstream, DownloadCache(cache_dir)) as proxy:
             outcome = engine.build(context=context.data, buildargs={"http_proxy": proxy.address},
                                    timeout=300, nocache=nocache)
@@ -129,7 +139,7 @@ def build_once(engine: Engine, agent: Path, index_url: str, installer: str, cach
 
 
 def run_case(engine: Engine, agent: Path, index, which: str, runtime: str, installer: str, work: Path,
-             built: list[str]):
+             built: list[str], tool_pip: bool = False):
     """Point the build at the index WHICH describes and build AGENT once."""
     work.mkdir(parents=True)
     good = index.url_for("alice")
@@ -159,17 +169,17 @@ def run_case(engine: Engine, agent: Path, index, which: str, runtime: str, insta
     # a healthy index: build every step, so a success logs its installs even when an
     # earlier variant built the same layers (the failing cases need uv's tools layer cached)
     outcome, rendered, split, stats = build_once(engine, agent, url, installer, work / "cache",
-                                                 nocache=which == "ok")
+                                                 nocache=which == "ok", tool_pip=tool_pip)
     return outcome, rendered, split, stats, url, time.monotonic() - started
 
 
 def record(variant: str, names: list[str], engine: Engine, index, work: Path, built: list[str]) -> None:
-    runtime, installer, whole_lines = VARIANTS[variant]
+    runtime, installer, whole_lines, tool_pip = VARIANTS[variant]
     if not whole_lines:
         engine = RawChunkEngine()
     out_dir = HERE / variant
     out_dir.mkdir(exist_ok=True)
-    version = installer_version(engine, runtime, installer)
+    version = installer_version(engine, runtime, installer, tool_pip)
     cases = {**CASES, **(UV_ONLY if installer == "uv" else {}), **(PY39_ONLY if runtime == "python3.9" else {})}
     sha = hashlib.sha256(next(index.root.glob("tinyreq-1.0-*.whl")).read_bytes()).hexdigest()
     for name in names or list(cases):
@@ -184,8 +194,10 @@ def record(variant: str, names: list[str], engine: Engine, index, work: Path, bu
         which = case.get("index", "ok")
         for attempt in range(3):
             outcome, rendered, split, stats, url, took = run_case(engine, agent, index, which, runtime, installer,
-                                                                  work / f"{variant}-{name}-{attempt}", built)
+                                                                  work / f"{variant}-{name}-{attempt}", built, tool_pip)
             step = rendered.step_name(outcome.failed_step or 0) if outcome.error else None
+            if step:  # as builder.api names it: the install after the code says which of the seed's installs failed
+                step = marked_step(step_lines(outcome.lines, outcome.failed_step), step)[0]
             # uv's tools layer was not cached after all (someone pruned the engine): again
             if not (installer == "uv" and which != "nothing" and step == "tools"):
                 break
