@@ -117,7 +117,9 @@ def parser() -> argparse.ArgumentParser:
                    help="what installs the requirements (default pip; uv runs from its own venv in the image)")
     b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache, and "
                    "rebuild the dependency image (PREFIX/agent-image.deps) too")
-    b.add_argument("--dry-run", action="store_true", help="print the rendered Dockerfile and stop")
+    b.add_argument("--dry-run", action="store_true", help="print the Dockerfile and stop (rendered without the "
+                   "engine, as one file FROM the base: a build splits it at the dependency image and uses the "
+                   "base's own pip and uv when it has them)")
     b.add_argument("--overwrite", action="store_true",
                    help="with --push, replace NAME:VERSION even when the registry holds other content under it "
                         "(refused by default: version tags are immutable, exit 62)")

@@ -34,9 +34,11 @@ def _mib(n: int) -> str:
 
 
 def _instruction(text: str) -> str:
-    """'RUN pip install ...' reads as 'pip install ...'; other instructions keep their keyword."""
+    """'RUN pip install ...' reads as 'pip install ...'; other instructions keep their keyword.
+    The base's own pip (PYTHONPATH=... python -m pip) reads as pip too: the line has room for the rest."""
     text = " ".join(text.split())
-    return text[4:] if text.startswith("RUN ") else text
+    text = text[4:] if text.startswith("RUN ") else text
+    return re.sub(r"^PYTHONPATH=\S+ python -m (pip )", r"\1", text)
 
 
 class BuildProgress:

@@ -82,9 +82,11 @@ def test_token_rotation_reuses_the_dependency_layer(agent_factory, wheelhouse, d
 def test_second_agent_downloads_no_shared_file(agent_factory, index_url, tmp_path, cleanup_images):
     cleanup_images("agents/share-")
     cache = tmp_path / "downloads"
-    a = build_image(agent_factory("share-one", requirements="requests==2.32.3\n"),
+    # (markers no other test's lines have: their dependency images would leave nothing to download)
+    a = build_image(agent_factory("share-one", requirements='requests==2.32.3 ; platform_release != "s1"\n'),
                     BuildOptions(index_url=index_url, cache_dir=cache))
-    b = build_image(agent_factory("share-two", requirements="requests==2.32.3\ntinyreq==2.0\nsharedlib\n"),
+    b = build_image(agent_factory("share-two", requirements='requests==2.32.3 ; platform_release != "s2"\n'
+                                                            'tinyreq==2.0\nsharedlib\n'),
                     BuildOptions(index_url=index_url, cache_dir=cache))
     first_files = set(a.index["downloaded"])
     assert any(f.startswith("requests-2.32.3") for f in first_files)

@@ -81,7 +81,7 @@ def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine,
                              "--index-url", index_url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # wait until pip is running inside the build
-        if '"name": "deps"' in line and "RUN pip" in line:
+        if '"name": "deps"' in line and "RUN " in line and "pip install" in line:
             break
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
