@@ -245,29 +245,29 @@ class Bench:
             out[f"j{jobs}"] = round(time.monotonic() - t, 2)
         return out
 
-    def empty_runner(self) -> dict:
+    def empty_runner(self, rep: int = 0) -> dict:
         """The issue's empty runner: one runner builds and pushes an agent (untimed);
         then every image of ours and C's download cache are removed, as on a fresh CI
         runner (only the base stays: K's empty runner needs it as much), and a new
         agent with the same lines is built (timed). Its dependency image comes from
         the registry; the registry holds its layers once for both agents."""
-        reg = Registry(self.tmp / "registry", free_port())
-        (self.tmp / "registry").mkdir()
+        reg = Registry(self.tmp / f"registry-{rep}", free_port())
+        (self.tmp / f"registry-{rep}").mkdir()
         reg.start()
         try:
             prefix = f"{reg.host}/{PREFIX}-er"
             opts = BuildOptions(registry=prefix, push=True, index_url=PYPI, ca_bundle=CA, timeout=1200,
                                 cache_dir=self.c_cache("pip"), base_image=self.base)
-            first = build_image(self.agent("er-one"), opts, engine=self.engine)
+            first = build_image(self.agent(f"er-one-r{rep}"), opts, engine=self.engine)
             self.remove_ours()
-            empty = self.tmp / "er-empty-cache"
+            empty = self.tmp / f"er-empty-cache-{rep}"
             t = time.monotonic()
-            second = build_image(self.agent("er-two"), dataclasses.replace(opts, push=False, cache_dir=empty),
+            second = build_image(self.agent(f"er-two-r{rep}"), dataclasses.replace(opts, push=False, cache_dir=empty),
                                  engine=self.engine)
             took = time.monotonic() - t
             reg_layers = lambda name: _manifest_layers(reg.host, f"{PREFIX}-er/{name}")  # noqa: E731
             self.engine.push(second.image)  # (after the clock) to compare the two manifests
-            one, two = reg_layers("er-one"), reg_layers("er-two")
+            one, two = reg_layers(f"er-one-r{rep}"), reg_layers(f"er-two-r{rep}")
             return {"seconds": round(took, 2), "deps_origin": second.deps_origin, "first_deps": first.deps_origin,
                     "steps_cached": second.steps_cached, "downloaded": second.index.get("downloaded"),
                     "layers_shared": len([1 for x, y in zip(one, two) if x == y]), "layers": len(two)}
@@ -360,7 +360,7 @@ class Bench:
             if "C" in self.ways:
                 say(f"[{rep + 1}/{reps}] empty runner: a new agent with a pushed agent's lines")
                 try:
-                    er = self.empty_runner()
+                    er = self.empty_runner(rep)
                     notes.setdefault("empty_runner", []).append(er)
                     add("empty runner", "C", er["seconds"])
                     if "K" in rows.get("cold", {}):  # K on an empty runner: no layers, an empty cache mount
