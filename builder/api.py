@@ -29,7 +29,8 @@ from .index import resolve_index
 from .indexproxy import DownloadCache, IndexProxy, Stats
 from .sandbox import Sandbox
 from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
-from .layercache import fence, from_registry, only_code_changed, own_previous, remember_fence, remote, same_agent
+from .layercache import (drop_attempt, fence, from_registry, only_code_changed, own_previous, remember_fence,
+                         remote, same_agent)
 from .logs import configure as configure_logs
 from .plan import (_REF_RE, PACKAGING_FILES, check_cache_dir, check_identity, check_image_ref,  # noqa: F401
                    content_digest, generated_files, kept_out, log_requirements, read_ca_bundle, read_split,
@@ -269,6 +270,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             outcome = build(context, rendered, labels, cache_from, "none")
             if outcome.error is not None or outcome.image_id is None:
                 log.info("A step needs the index after all: building in the sandbox", error=(outcome.error or "")[:200])
+                drop_attempt(engine, outcome)
                 outcome = None
         if outcome is None:
             # the build's network (builder/sandbox.py): it starts in the background now

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import structlog
@@ -125,3 +126,26 @@ def only_code_changed(cache_dir: Path, previous_id: str, value: str) -> bool:
         return _fence_file(cache_dir, previous_id).read_text() == value
     except OSError:
         return False
+
+
+def drop_attempt(engine: Engine, outcome) -> None:
+    """Remove what a failed offline attempt committed: a step it expected cached ran
+    without a network (the packaging changed behind a stale fence) and may have left
+    the package's 'install after the code' mark. The sandboxed build that follows
+    passes the same cache_from and does not take those layers, but a later build
+    with no cache_from (the agent's tags gone) could, and nothing else removes them.
+    Newest first: a parent goes after its child."""
+    step, made = 0, []
+    for line in outcome.lines:
+        m = re.match(r"Step (\d+)/\d+ :", line)
+        if m:
+            step = int(m.group(1))
+            continue
+        m = re.match(r"\s*---> ([0-9a-f]{12})\s*$", line)
+        if m and step not in outcome.cached:
+            made.append(m.group(1))
+    for image_id in reversed(made):
+        try:
+            engine.remove_image(image_id)
+        except PackageLoadError as exc:  # in use, or gone: it stays, as before this attempt
+            log.debug("could not remove an offline attempt's layer", image=image_id, reason=str(exc)[:200])

@@ -181,3 +181,37 @@ def test_a_code_only_rebuild_runs_without_a_network(agent_factory, index_url, do
         full = build_image(agent, BuildOptions(index_url=index_url))
     assert not any(e["event"].startswith("Only the code changed") for e in logs)
     assert "package" not in full.steps_cached
+
+
+def test_a_failed_offline_attempt_leaves_nothing_in_the_layer_cache(agent_factory, index_url, docker_client,
+                                                                   cleanup_images, tmp_path):
+    """Should the offline attempt run a step it expected cached (its fence said only the code
+    changed), the layers it committed without a network (with the package's 'install after
+    the code' mark) are removed: no later build can take them from the layer cache."""
+    from builder.layercache import _fence_file
+    cleanup_images("agents/offline-stale")
+    agent = agent_factory("offline-stale", requirements="tinyreq==1.0\n")
+    first = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c"))
+    # the packaging changes (a dependency only the index has), but a stale fence says it did not
+    setup = agent / "setup.py"
+    setup.write_text(setup.read_text().replace("install_requires=[]", "install_requires=['tinydep==1.0']"))
+    with capture_logs():
+        build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "probe", use_cache=False))
+    probe = sorted((tmp_path / "probe" / "fences").iterdir())[0].read_text()  # the new packaging's fence
+    _fence_file(tmp_path / "c", first.image_id).write_text(probe)
+    docker_client.images.remove("agents/offline-stale:0.1.0", force=True)
+    docker_client.images.get(first.image_id).tag("agents/offline-stale", "0.1.0")  # the previous image again
+    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nW = 1\n")
+    before = {i["Id"] for i in docker_client.api.images(all=True)}
+    with capture_logs() as logs:
+        result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c"))
+    assert any(e["event"] == "Only the code changed: building without a network" for e in logs)
+    assert any(e["event"] == "A step needs the index after all: building in the sandbox" for e in logs)
+    # every image this build made is in the result's history: the offline attempt's layers are gone
+    chain = {h["Id"] for h in docker_client.api.history(result.image_id)}
+    kept = {i["Id"] for i in docker_client.api.images(all=True)} - before - chain
+    assert not kept, f"the offline attempt's layers were kept: {kept}"
+    out = docker_client.containers.run(result.image_id, ["sh", "-c", "test -e /opt/agent-image/installed-after-code "
+                                                         "&& echo marked || echo clean; python -c 'import tinydep'"],
+                                       remove=True).decode().strip()
+    assert out == "clean", "the offline attempt's commit was reused: every later build installs after the code"
