@@ -236,14 +236,17 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
                  venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
 
+        # the files the build adds: only the Dockerfile among them differs between the renderings below
+        generated, replace = generated_files(pkg, options, split, rendered.text)
+
         def agent_plan():
             """FROM the dependency image: the Dockerfile of the agent's own steps, its context and fence."""
             plan = render_agent(pkg, options, upstream.url, split, base_image=base_image, base_has_venv=has_venv,
                                 base_labels=base_labels(base_image, base.digests, base.layers), base_has_uv=has_uv,
                                 deps_image=deps.image.id, pip_report=reports, tool_pip=tool_pip)
-            generated, replace = generated_files(pkg, options, split, plan.text)
-            ctx = build_context(pkg.root, generated, exclude=kept_out(pkg, options), replace=replace)
-            return plan, ctx, fence(plan.text, generated)
+            files = {**generated, "Dockerfile": plan.text.encode()}
+            ctx = build_context(pkg.root, files, exclude=kept_out(pkg, options), replace=replace)
+            return plan, ctx, fence(plan.text, files)
 
         def build(ctx, plan: Rendered, build_labels: dict[str, str], cache: list[str] | None, network: str,
                   buildargs: dict[str, str] | None = None):
@@ -261,7 +264,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         if deps and deps.image is not None:
             rendered, context, fenced = agent_plan()
         elif not deps:
-            fenced = fence(rendered.text, generated_files(pkg, options, split, rendered.text)[0])
+            fenced = fence(rendered.text, generated)
         outcome, failed, deps_lines, stats = None, None, [], Stats()
         if cache_from and fenced and not split.source and only_code_changed(options.cache_dir, cache_from[0], fenced):
             # only the code changed since the agent's last image: every step before the code is
@@ -283,7 +286,6 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                 args = {"http_proxy": sandbox.proxy_url(proxy)}
                 if deps and deps.image is None:
                     log.info("Building the dependency image", image=deps.ref, deps_key=deps.key, venv=venv)
-                    generated = generated_files(pkg, options, split, rendered.text)[0]
                     # no cache_from: the engine's own layer cache (same base, same lines) is this image's
                     outcome = build(depsimage.context(deps.dockerfile, generated), deps.dockerfile,
                                     {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)

@@ -24,6 +24,7 @@ class BuildOutcome:
     error: str | None = None
     failed_step: int | None = None
     cached: set[int] = field(default_factory=set)  # step numbers the layer cache served
+    committed: list[str] = field(default_factory=list)  # short ids of the images the steps that ran made
     total_steps: int = 0
     duration_s: float = 0.0
 
@@ -46,6 +47,9 @@ def rejoin_lines(stream: Iterator[dict]) -> Iterator[dict]:
     if partial:
         yield {"stream": partial}
 
+_STEP_IMAGE = re.compile(r"\s*---> [0-9a-f]{12}")  # the image a step committed (not "---> Running in ...")
+
+
 def consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:
     if "stream" in chunk:
         for line in chunk["stream"].splitlines():
@@ -64,6 +68,8 @@ def consume(chunk: dict, outcome: BuildOutcome, on_line, on_step) -> None:
                         on_step(int(n), int(m), instr)
             elif line.strip() == "---> Using cache" and outcome.failed_step:
                 outcome.cached.add(outcome.failed_step)
+            elif outcome.failed_step and outcome.failed_step not in outcome.cached and _STEP_IMAGE.fullmatch(line):
+                outcome.committed.append(line.split()[-1])
             if on_line:
                 on_line(line)
     elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:

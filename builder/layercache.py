@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import structlog
@@ -135,16 +134,7 @@ def drop_attempt(engine: Engine, outcome) -> None:
     passes the same cache_from and does not take those layers, but a later build
     with no cache_from (the agent's tags gone) could, and nothing else removes them.
     Newest first: a parent goes after its child."""
-    step, made = 0, []
-    for line in outcome.lines:
-        m = re.match(r"Step (\d+)/\d+ :", line)
-        if m:
-            step = int(m.group(1))
-            continue
-        m = re.match(r"\s*---> ([0-9a-f]{12})\s*$", line)
-        if m and step not in outcome.cached:
-            made.append(m.group(1))
-    for image_id in reversed(made):
+    for image_id in reversed(outcome.committed):
         try:
             engine.remove_image(image_id)
         except PackageLoadError as exc:  # in use, or gone: it stays, as before this attempt
