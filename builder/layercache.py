@@ -111,9 +111,10 @@ def remember_fence(cache_dir: Path, image_id: str, value: str, lines: list[str])
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(value)
         tmp.replace(path)
-        old = sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime)
-        for stale in old[:max(0, len(old) - 1000)]:  # one small file per image: keep the newest 1000
-            stale.unlink(missing_ok=True)
+        entries = list(path.parent.iterdir())
+        if len(entries) > 1000:  # one small file per image: keep the newest 1000 (stat them only then)
+            for stale in sorted(entries, key=lambda p: p.stat().st_mtime)[:len(entries) - 1000]:
+                stale.unlink(missing_ok=True)
     except OSError as exc:  # a cache: a build never fails for it
         log.debug("could not record the image's fence", reason=str(exc))
 
