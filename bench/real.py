@@ -318,28 +318,23 @@ class Bench:
                                                                         for tl in res["timelines"]]
                     notes.setdefault("index", {})[way] = {k: v for k, v in res["index"].items()
                                                           if k in ("upstream_requests", "upstream_bytes")}
+            def warm(case: str, agent: Path, key: str) -> None:
+                """CASE with the caches the cold build left: B, K and C (C also notes what it reused)."""
+                for way in order:
+                    if way == "B":
+                        add(case, "B", self.b(agent))
+                    elif way == "K":
+                        add(case, "K", self.k(agent, cache_id))
+                    elif way in ("C", "C-uv"):
+                        secs, res = self.c(agent, "pip" if way == "C" else "uv")
+                        add(case, way, secs)
+                        notes["steps_cached"][f"{key} {way}"] = res["steps_cached"]
+
             say(f"[{rep + 1}/{reps}] code-only change")
             self.change_code(one, 100 + rep)
-            for way in order:
-                if way == "B":
-                    add("code-only", "B", self.b(one))
-                elif way == "K":
-                    add("code-only", "K", self.k(one, cache_id))
-                elif way in ("C", "C-uv"):
-                    secs, res = self.c(one, "pip" if way == "C" else "uv")
-                    add("code-only", way, secs)
-                    notes["steps_cached"][f"code-only {way}"] = res["steps_cached"]
+            warm("code-only", one, "code-only")
             say(f"[{rep + 1}/{reps}] second agent, same requirements")
-            two = self.agent(f"real-two-r{rep}")
-            for way in order:
-                if way == "B":
-                    add("second agent", "B", self.b(two))
-                elif way == "K":
-                    add("second agent", "K", self.k(two, cache_id))
-                elif way in ("C", "C-uv"):
-                    secs, res = self.c(two, "pip" if way == "C" else "uv")
-                    add("second agent", way, secs)
-                    notes["steps_cached"][f"second {way}"] = res["steps_cached"]
+            warm("second agent", self.agent(f"real-two-r{rep}"), "second")
             if rep == reps - 1:
                 base = self.size(self.base)
                 for way, ref in (("B", f"{PREFIX}-b/{one.name}:latest"), ("K", f"{PREFIX}-k/{one.name}:latest"),
