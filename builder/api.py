@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from . import __version__, depsimage
+from . import __version__, depsimage, wheeltags
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
 from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
 from .context import build_context
@@ -35,7 +35,7 @@ from .logs import configure as configure_logs
 from .plan import (_REF_RE, PACKAGING_FILES, check_cache_dir, check_identity, check_image_ref,  # noqa: F401
                    content_digest, generated_files, kept_out, log_requirements, read_ca_bundle, read_split,
                    render_agent)
-from .rebase import CONTENT_LABEL, base_labels
+from .rebase import ABI_LABEL, CONTENT_LABEL, base_labels
 from .requirements import Split, logical_lines
 
 log = structlog.get_logger("agent_image")
@@ -281,7 +281,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                     IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
                                ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
                                page_max_bytes=options.index_page_max_bytes,
-                               file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path) as proxy:
+                               file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path,
+                               target=wheeltags.target(base.labels.get(ABI_LABEL), base.architecture)) as proxy:
                 sandbox.wait(proxy.ready)
                 args = {"http_proxy": sandbox.proxy_url(proxy)}
                 if deps and deps.image is None:

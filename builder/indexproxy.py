@@ -42,6 +42,7 @@ from .requirements import normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
                        UpstreamStatus, is_loopback)
+from .wheeltags import Target
 
 log = structlog.get_logger("agent_image.index")
 
@@ -55,6 +56,7 @@ _ROUTES = [
     ("links", re.compile(r"/_l/([A-Za-z0-9_-]+=*)/?")),
 ]
 _ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
+_ELEMENT = re.compile(r"<a\s[^>]*>[^<]*</a>[ \t]*(?:<br\s*/?>)?", re.I)  # one PEP 503 link, as indexes write it
 _HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 _SHA = re.compile(r"sha256=([0-9a-f]{64})")
 
@@ -189,8 +191,11 @@ class IndexProxy:
     def __init__(self, upstream: Upstream, cache: DownloadCache, *, ca_bundle: str | None = None,
                  timeout: float = 60.0, retries: int = 2, allowed_hosts: frozenset[str] = frozenset(),
                  page_max_bytes: int = DEFAULT_PAGE_BYTES, file_max_bytes: int = DEFAULT_FILE_BYTES,
-                 unix_path: str | None = None) -> None:
+                 unix_path: str | None = None, target: Target | None = None) -> None:
+        """TARGET: the build's interpreter; links to wheels it can never install are left
+        off the pages the build sees (builder/wheeltags.py). None: pages pass whole."""
         self.upstream = upstream
+        self.target = target
         self.cache = cache
         self.stats = Stats()
         self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries,
@@ -283,8 +288,27 @@ class IndexProxy:
             if found:
                 with self._lock:
                     self.stats.versions[normalise(project)] = found
+        if self.target is not None:
+            text = self._drop_foreign(text, project)
         text = _ANCHOR.sub(lambda m: self._link(final, m.group(0), auth, ident), text)
         self._send(h, 200, text.encode(), "text/html; charset=utf-8")
+
+    def _drop_foreign(self, text: str, project: str | None) -> str:
+        """TEXT without the links to wheels the target cannot install."""
+        dropped = 0
+
+        def keep(m: re.Match) -> str:
+            nonlocal dropped
+            href = _HREF.search(m.group(0))
+            if href is None or self.target.keeps_href(html.unescape(href.group(1) or href.group(2) or "")):
+                return m.group(0)
+            dropped += 1
+            return ""
+
+        text = _ELEMENT.sub(keep, text)
+        if dropped:
+            log.debug("index page: left off wheels for other platforms", project=project, dropped=dropped)
+        return text
 
     def _extra(self, token: str) -> str:
         url = _unb64(token)

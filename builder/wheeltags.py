@@ -1,0 +1,76 @@
+"""Which wheels on an index page the build's interpreter could ever install.
+
+A project page on PyPI lists every file of every release: pydantic-core's is
+4.3 MB of 15,000 links, nearly all for Windows, macOS, musl, other CPUs and
+other Pythons. pip in the build parses every one of them (0.6 s for that
+page alone) and rewriting them costs the index proxy as much again, one page
+at a time, while the resolver waits. The proxy drops the links whose tags
+the target can never match, so pip sees the page it would have filtered to
+anyway.
+
+The target is the base image: its Python (the ABI label) and its CPU (the
+image's architecture). The tags kept are a superset of what pip accepts
+there (any glibc version of manylinux for that CPU: pip itself then rejects
+a manylinux newer than the base's glibc), so nothing pip could have chosen
+goes missing. Source distributions, files that are not wheels and names
+that do not parse as wheels are always kept: pip decides about those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from packaging import tags as _tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+# Docker's architecture names -> the platform tag's
+_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+_GLIBC_MINORS = range(99, 4, -1)  # every manylinux_2_X the tag format can name in practice
+_LEGACY = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+
+
+@dataclass
+class Target:
+    """The interpreter a build installs into: CPython 3.MINOR on glibc Linux for ARCH."""
+    minor: int
+    arch: str
+    supported: frozenset = field(repr=False, default=frozenset())
+    _seen: dict[str, bool] = field(repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        plats = [f"manylinux_2_{m}_{self.arch}" for m in _GLIBC_MINORS]
+        plats += [f"{name}_{self.arch}" for name in _LEGACY] + [f"linux_{self.arch}"]
+        version = (3, self.minor)
+        self.supported = frozenset([*_tags.cpython_tags(version, [f"cp3{self.minor}"], plats),
+                                    *_tags.compatible_tags(version, f"cp3{self.minor}", plats)])
+
+    def keeps(self, filename: str) -> bool:
+        """Could pip on this target install FILENAME (a wheel), or is it not ours to judge?"""
+        if not filename.endswith(".whl"):
+            return True
+        # the tag triple repeats across a project's releases: decide each once
+        triple = filename[:-4].rsplit("-", 3)[-3:]
+        key = "-".join(triple)
+        known = self._seen.get(key)
+        if known is None:
+            try:
+                _, _, _, file_tags = parse_wheel_filename(filename)
+            except InvalidWheelFilename:
+                return True
+            known = self._seen[key] = not file_tags.isdisjoint(self.supported)
+        return known
+
+    def keeps_href(self, href: str) -> bool:
+        return self.keeps(unquote(href.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]))
+
+
+def target(abi_label: str | None, architecture: str) -> Target | None:
+    """The target a base image describes, or None (filter nothing) when it is not one we know:
+    no ABI label, a Python that is not 3.x, a CPU without a wheel platform name here."""
+    fields = dict(part.split("=", 1) for part in (abi_label or "").split(";") if "=" in part)
+    major, _, minor = fields.get("python", "").partition(".")
+    arch = _ARCH.get(architecture, "")
+    if major != "3" or not minor.isdigit() or not arch:
+        return None
+    return Target(int(minor), arch)
