@@ -283,6 +283,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                page_max_bytes=options.index_page_max_bytes,
                                file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path,
                                target=wheeltags.target(base.labels.get(ABI_LABEL), base.architecture)) as proxy:
+                if deps and deps.image is None:  # its pages can come while the sandbox starts
+                    proxy.expect([line.text for line in split.deps])
                 sandbox.wait(proxy.ready)
                 args = {"http_proxy": sandbox.proxy_url(proxy)}
                 if deps and deps.image is None:

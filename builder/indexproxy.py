@@ -38,6 +38,9 @@ import structlog
 from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa: F401 (re-exported)
 from .errors import redact
 from .proxyfile import Tee, begin, send, send_file
+from .indexpages import (_ANCHOR, _HREF, _SHA, PIP_INDEX_HOST, drop_foreign, offer_attrs,  # noqa: F401 (re-exported)
+                         proxied_requirements, proxy_url, versions_on_page)
+from .prefetch import Offer, Prefetcher
 from .requirements import normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
@@ -46,7 +49,6 @@ from .wheeltags import Target
 
 log = structlog.get_logger("agent_image.index")
 
-PIP_INDEX_HOST = "agent-image-index.invalid"   # what pip in the build sees (dockerfile.PIP_INDEX_URL)
 READY_PATH = "/_sandbox/ready"                 # the sandbox's forwarder says hello here once it listens
 _NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"            # a PEP 503 normalised project name, nothing else
 _ROUTES = [
@@ -55,43 +57,12 @@ _ROUTES = [
     ("xpage", re.compile(rf"/_x/([A-Za-z0-9_-]+=*)/({_NAME})/?")),
     ("links", re.compile(r"/_l/([A-Za-z0-9_-]+=*)/?")),
 ]
-_ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
-_ELEMENT = re.compile(r"<a\s[^>]*>[^<]*</a>[ \t]*(?:<br\s*/?>)?", re.I)  # one PEP 503 link, as indexes write it
-_HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
-_SHA = re.compile(r"sha256=([0-9a-f]{64})")
-
-
 class Denied(Exception):
     """A request from the build that the allow-list does not name."""
 
     def __init__(self, code: int, reason: str) -> None:
         self.code, self.reason = code, reason
         super().__init__(reason)
-
-
-def proxy_url(url: str, *, find_links: bool = False) -> str:
-    """The in-build URL for an index (or find-links page) on an allowed host."""
-    token = base64.urlsafe_b64encode(url.encode()).decode()
-    return f"http://{PIP_INDEX_HOST}/{'_l' if find_links else '_x'}/{token}/"
-
-
-_INDEX_OPTION = re.compile(r"(?P<opt>(?<!\S)(?:-i|--index-url|--extra-index-url|-f|--find-links))"
-                           r"(?P<sep>\s*=\s*|\s+|)(?P<url>https?://[^\s\\]+)")
-
-
-def proxied_requirements(text: str, allowed_hosts: frozenset[str]) -> str:
-    """requirements TEXT with each index / find-links URL on an allowed host turned into
-    its in-build proxy URL (the build reaches nothing else). Other text is unchanged;
-    lines naming a host that is not allowed were refused before (requirements.check_policy)."""
-    allowed = {h.lower() for h in allowed_hosts}
-
-    def swap(m: re.Match) -> str:
-        url = m.group("url")
-        if (urlsplit(url).hostname or "").lower() not in allowed:
-            return m.group(0)
-        return m.group("opt") + (m.group("sep") or " ") + proxy_url(url, find_links=m.group("opt") in ("-f", "--find-links"))
-
-    return _INDEX_OPTION.sub(swap, text) if allowed else text
 
 
 def _unb64(token: str) -> str:
@@ -116,24 +87,6 @@ def route(target: str) -> tuple[str, tuple[str, ...]]:
         if m:
             return kind, m.groups()
     raise Denied(404, "not an index path: only /simple/<normalised-name>/ and the files its pages link")
-
-
-def versions_on_page(project: str, hrefs: list[str]) -> list[str]:
-    """Versions of PROJECT named by the files a PEP 503 page links, in page order."""
-    want = normalise(project)
-    seen: list[str] = []
-    for href in hrefs:
-        name = unquote(href.split("#", 1)[0].rsplit("/", 1)[-1])
-        if name.endswith(".whl"):
-            parts = name[:-4].split("-")
-        else:
-            stem = re.sub(r"\.(tar\.gz|tar\.bz2|zip|tgz)$", "", name)
-            if stem == name:
-                continue
-            parts = stem.rsplit("-", 1)
-        if len(parts) >= 2 and normalise(parts[0]) == want and parts[1] not in seen:
-            seen.append(parts[1])
-    return seen
 
 
 @dataclass(frozen=True)
@@ -164,11 +117,13 @@ class Stats:
     versions: dict[str, list[str]] = field(default_factory=dict)
     downloaded: list[str] = field(default_factory=list)  # file names fetched from upstream
     reused: list[str] = field(default_factory=list)      # file names served from the cache
+    prefetch: dict[str, int] = field(default_factory=dict)  # builder/prefetch.py's counts
 
     def as_dict(self) -> dict:
         return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
                 "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes, "denied": self.denied,
-                "downloaded": sorted(set(self.downloaded)), "reused": sorted(set(self.reused))}
+                "downloaded": sorted(set(self.downloaded)), "reused": sorted(set(self.reused)),
+                "prefetch": dict(self.prefetch)}
 
 
 class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
@@ -191,10 +146,12 @@ class IndexProxy:
     def __init__(self, upstream: Upstream, cache: DownloadCache, *, ca_bundle: str | None = None,
                  timeout: float = 60.0, retries: int = 2, allowed_hosts: frozenset[str] = frozenset(),
                  page_max_bytes: int = DEFAULT_PAGE_BYTES, file_max_bytes: int = DEFAULT_FILE_BYTES,
-                 unix_path: str | None = None, target: Target | None = None) -> None:
+                 unix_path: str | None = None, target: Target | None = None, prefetch: bool = True) -> None:
         """TARGET: the build's interpreter; links to wheels it can never install are left
-        off the pages the build sees (builder/wheeltags.py). None: pages pass whole."""
+        off the pages the build sees (builder/wheeltags.py). None: pages pass whole.
+        PREFETCH: fetch pages and wheels ahead of pip (builder/prefetch.py)."""
         self.upstream = upstream
+        self.timeout = timeout
         self.target = target
         self.cache = cache
         self.stats = Stats()
@@ -208,6 +165,7 @@ class IndexProxy:
         self._links: dict[str, Link] = {}
         self._lock = threading.Lock()
         self._server: socketserver.BaseServer | None = None
+        self.prefetch = Prefetcher(self._prefetch_page, self._prefetch_file, target) if prefetch else None
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> "IndexProxy":
@@ -243,6 +201,9 @@ class IndexProxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.stats.prefetch = dict(self.prefetch.counts)
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -257,7 +218,13 @@ class IndexProxy:
         return f"http://{host}:{port}"
 
     # -- pages -------------------------------------------------------------------
-    def _link(self, page_url: str, tag: str, auth: Upstream | None, ident: str) -> str:
+    def expect(self, lines: list[str]) -> None:
+        """Requirement lines the build is about to install: their pages can be fetched now."""
+        if self.prefetch is not None:
+            self.prefetch.expect(lines)
+
+    def _link(self, page_url: str, tag: str, auth: Upstream | None, ident: str,
+              offers: list[Offer] | None = None) -> str:
         """Register one anchor's target; return the tag pointing at the proxy (or at nothing)."""
         m = _HREF.search(tag)
         if not m:
@@ -272,10 +239,13 @@ class IndexProxy:
         key = hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
         with self._lock:
             self._links[key] = Link(url, name, sha.group(1) if sha else None, auth, ident, meta)
+        if offers is not None:
+            offers.append(Offer(key, name, *offer_attrs(tag)))
         local = f"/_f/{key}/{quote(name)}" + (f"#{parts.fragment}" if parts.fragment else "")
         return tag[:m.start()] + f'href="{html.escape(local)}"' + tag[m.end():]
 
-    def _serve_page(self, h, url: str, project: str | None, auth: Upstream | None, ident: str) -> None:
+    def _page(self, url: str, project: str | None, auth: Upstream | None, ident: str) -> tuple[bytes, list[Offer]]:
+        """The page at URL as the build sees it, and the files it offers."""
         # ask for HTML (PEP 503) so there is one link format to rewrite
         with self.fetcher.open(url, auth=auth, accept="text/html", max_bytes=self.page_max_bytes) as body:
             data = body.read()
@@ -289,26 +259,15 @@ class IndexProxy:
                 with self._lock:
                     self.stats.versions[normalise(project)] = found
         if self.target is not None:
-            text = self._drop_foreign(text, project)
-        text = _ANCHOR.sub(lambda m: self._link(final, m.group(0), auth, ident), text)
-        self._send(h, 200, text.encode(), "text/html; charset=utf-8")
+            text, dropped = drop_foreign(text, self.target)
+            if dropped:
+                log.debug("index page: left off wheels for other platforms", project=project, dropped=dropped)
+        offers: list[Offer] = []
+        text = _ANCHOR.sub(lambda m: self._link(final, m.group(0), auth, ident, offers), text)
+        return text.encode(), offers
 
-    def _drop_foreign(self, text: str, project: str | None) -> str:
-        """TEXT without the links to wheels the target cannot install."""
-        dropped = 0
-
-        def keep(m: re.Match) -> str:
-            nonlocal dropped
-            href = _HREF.search(m.group(0))
-            if href is None or self.target.keeps_href(html.unescape(href.group(1) or href.group(2) or "")):
-                return m.group(0)
-            dropped += 1
-            return ""
-
-        text = _ELEMENT.sub(keep, text)
-        if dropped:
-            log.debug("index page: left off wheels for other platforms", project=project, dropped=dropped)
-        return text
+    def _prefetch_page(self, project: str) -> tuple[bytes, list[Offer]]:
+        return self._page(self.upstream.url + project + "/", project, self.upstream, self._ident)
 
     def _extra(self, token: str) -> str:
         url = _unb64(token)
@@ -327,14 +286,15 @@ class IndexProxy:
                 self.ready.set()
                 self._send(h, 200, b"ok\n")
             elif kind == "page":
-                self._serve_page(h, self.upstream.url + groups[0] + "/", groups[0], self.upstream, self._ident)
+                page = self.prefetch.page(groups[0], self.timeout) if self.prefetch is not None else None
+                self._send_page(h, page if page is not None else self._prefetch_page(groups[0])[0])
             elif kind == "xpage":
                 base = self._extra(groups[0])
                 base = base if base.endswith("/") else base + "/"
-                self._serve_page(h, base + groups[1] + "/", groups[1], None, identity(base, None))
+                self._send_page(h, self._page(base + groups[1] + "/", groups[1], None, identity(base, None))[0])
             elif kind == "links":
                 url = self._extra(groups[0])
-                self._serve_page(h, url, None, None, identity(url, None))
+                self._send_page(h, self._page(url, None, None, identity(url, None))[0])
             else:
                 self._serve_file(h, groups[0], unquote(groups[1]), head)
         except Denied as exc:
@@ -364,11 +324,19 @@ class IndexProxy:
         link = self._links.get(key)
         if link is not None and link.metadata and name == link.name + ".metadata":
             with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=self.page_max_bytes) as b:
-                self._send(h, 200, b.read(), "application/octet-stream")
+                data = b.read()
+            self._send(h, 200, data, "application/octet-stream")
+            if self.prefetch is not None:
+                self.prefetch.saw_metadata(key, data.decode("utf-8", "replace"))
             return
         if link is None or name != link.name:
             raise Denied(404, "not a file an index page served to this build linked")
         blob = self.cache.lookup(link.url, link.sha256, link.ident)
+        if self.prefetch is not None:
+            if blob is not None:
+                self.prefetch.took(key)
+            elif self.prefetch.file(key, self.timeout):  # a guess was fetching it: now it is here
+                blob = self.cache.lookup(link.url, link.sha256, link.ident)
         if blob is not None:
             if not head:  # a HEAD is followed by the GET: count the file once
                 with self._lock:
@@ -376,14 +344,32 @@ class IndexProxy:
                     self.stats.cache_bytes += blob.stat().st_size
                     self.stats.reused.append(link.name)
             self._send_file(h, blob, head)
-            return
+        else:
+            blob, tee = self._download(link, h, head)
+            if not tee.finish():
+                self._send_file(h, blob, head)
+        if self.prefetch is not None and not head and link.name.endswith(".whl"):
+            self.prefetch.saw_wheel(blob)
+
+    def _prefetch_file(self, key: str) -> int:
+        """A guessed file into the cache: its size, or 0 when it was there."""
+        link = self._links[key]
+        if self.cache.lookup(link.url, link.sha256, link.ident) is not None:
+            return 0
+        blob, tee = self._download(link, None, False)
+        if link.name.endswith(".whl"):
+            self.prefetch.saw_wheel(blob)
+        return tee.size
+
+    def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool) -> tuple[Path, Tee]:
+        """LINK from upstream into the cache, checked; sent on to H's client as it comes (no H: nobody)."""
         # a second request for the same file while this one runs downloads on its
         # own: its own temp file, and os.replace leaves one good copy either way
         fd, tmp = self.cache.tmpfile()
         try:
             with self.fetcher.open(link.url, auth=link.auth, max_bytes=self.file_max_bytes) as body, \
                     os.fdopen(fd, "wb") as out:
-                tee = Tee(h, body, out, stream=not head)  # a HEAD answers once the file is cached
+                tee = Tee(h, body, out, stream=h is not None and not head)  # a HEAD answers once the file is cached
                 tee.pump(lambda offset: self.fetcher.open(link.url, auth=link.auth, start=offset,
                                                           max_bytes=self.file_max_bytes - offset))
             with self._lock:
@@ -393,12 +379,13 @@ class IndexProxy:
                 raise Refused(link.url, f"sha256 {digest} is not the {link.sha256} its index page gave")
             with self._lock:
                 self.stats.downloaded.append(link.name)
-            blob = self.cache.store(link.url, Path(tmp), digest, link.ident)
+            return self.cache.store(link.url, Path(tmp), digest, link.ident), tee
         except BaseException:
             Path(tmp).unlink(missing_ok=True)  # refused (over the cap, wrong hash) or failed: never kept
             raise
-        if not tee.finish():
-            self._send_file(h, blob, head)
+
+    def _send_page(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        self._send(h, 200, body, "text/html; charset=utf-8")
 
     _send = staticmethod(send)
     _send_file = staticmethod(send_file)

@@ -36,14 +36,18 @@ class Target:
     minor: int
     arch: str
     supported: frozenset = field(repr=False, default=frozenset())
+    ranks: dict = field(repr=False, default_factory=dict)  # tag -> pip's preference (0 first)
     _seen: dict[str, bool] = field(repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         plats = [f"manylinux_2_{m}_{self.arch}" for m in _GLIBC_MINORS]
         plats += [f"{name}_{self.arch}" for name in _LEGACY] + [f"linux_{self.arch}"]
         version = (3, self.minor)
-        self.supported = frozenset([*_tags.cpython_tags(version, [f"cp3{self.minor}"], plats),
-                                    *_tags.compatible_tags(version, f"cp3{self.minor}", plats)])
+        ordered = [*_tags.cpython_tags(version, [f"cp3{self.minor}"], plats),
+                   *_tags.compatible_tags(version, f"cp3{self.minor}", plats)]
+        self.supported = frozenset(ordered)
+        for i, tag in enumerate(ordered):
+            self.ranks.setdefault(tag, i)
 
     def keeps(self, filename: str) -> bool:
         """Could pip on this target install FILENAME (a wheel), or is it not ours to judge?"""
@@ -60,6 +64,14 @@ class Target:
                 return True
             known = self._seen[key] = not file_tags.isdisjoint(self.supported)
         return known
+
+    def rank(self, filename: str) -> int:
+        """How much pip prefers wheel FILENAME here (lower first; an unusable one last)."""
+        try:
+            file_tags = parse_wheel_filename(filename)[3]
+        except InvalidWheelFilename:
+            return len(self.ranks)
+        return min((self.ranks.get(t, len(self.ranks)) for t in file_tags), default=len(self.ranks))
 
     def keeps_href(self, href: str) -> bool:
         return self.keeps(unquote(href.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]))
