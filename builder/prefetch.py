@@ -12,8 +12,8 @@ What pip sees does not change: a prefetched page is the same page, made by
 the same code (builder/indexproxy.py) and kept only for this build, and a
 prefetched file goes through the same checks (its page's sha256, the size
 cap) into the same download cache. A wrong guess costs one download, within
-a byte budget. A prefetch that fails is forgotten: pip's own request then
-goes upstream and meets the failure itself, so errors stay pip's errors.
+a byte budget. A prefetch that fails is not served and not retried: pip's own
+request goes upstream and meets the failure itself, so errors stay pip's errors.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class Prefetcher:
         self._specs: dict[str, SpecifierSet] = {}
         self._files: dict[str, Future] = {}   # guesses, and files pip fetched itself (no guess then)
         self._guessed: set[str] = set()        # files a guess put in the cache that pip has not taken yet
+        self._read: set[str] = set()           # wheels (cache blob names) whose METADATA was read
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -121,6 +122,10 @@ class Prefetcher:
 
     def saw_wheel(self, blob: Path) -> None:
         """A wheel pip (or a guess) fetched: its dependencies are what pip asks for next."""
+        with self._lock:
+            if blob.name in self._read:
+                return
+            self._read.add(blob.name)
         self._submit(lambda: self.expect(requires_dist(wheel_metadata(blob))))
 
     def saw_metadata(self, key: str, text: str) -> None:
@@ -140,10 +145,8 @@ class Prefetcher:
     def _fetch_page(self, name: str, fut: Future) -> None:
         try:
             body, offers = self._page(name)
-        except Exception as exc:  # noqa: BLE001 forgotten: pip's own request meets it (module doc)
-            with self._lock:
-                self._pages.pop(name, None)
-            fut.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 (module doc)
+            fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
         fut.set_result(body)
         guess = self.choose(offers, self._specs.get(name, SpecifierSet()))
@@ -156,10 +159,11 @@ class Prefetcher:
         if self.target is None:
             return None
         here = Version(f"3.{self.target.minor}.0")
+        pre = bool(spec.prereleases)  # pip takes a pre-release only when the specifier names one
         by_version: dict[Version, list[Offer]] = {}
         for offer in offers:
             version = self._version(offer.name)
-            if version is None or offer.yanked or not spec.contains(version):
+            if version is None or offer.yanked or not spec.contains(version, prereleases=pre):
                 continue
             try:
                 if offer.requires_python and not SpecifierSet(offer.requires_python).contains(here):
@@ -192,17 +196,19 @@ class Prefetcher:
         self._submit(lambda: self._fetch_file(key, fut))
 
     def _fetch_file(self, key: str, fut: Future) -> None:
+        with self._lock:
+            self._guessed.add(key)  # before the file lands in the cache: pip may take it at once
         try:
             size = self._download(key)
         except Exception as exc:  # noqa: BLE001 (module doc)
             with self._lock:
-                self._files.pop(key, None)
-            fut.set_exception(exc)
+                self._guessed.discard(key)
+            fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
         with self._lock:
             self.guessed_bytes += size
-            if size:
-                self._guessed.add(key)
+            if not size:  # it was in the cache already: not this guess's doing
+                self._guessed.discard(key)
         fut.set_result(size)
 
     # -- what pip asks ---------------------------------------------------------------

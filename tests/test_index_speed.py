@@ -7,9 +7,12 @@ Pages lose the links to wheels the base's interpreter can never install
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
+import threading
+import zipfile
 
 from packaging import tags as host_tags
 
@@ -17,6 +20,19 @@ from builder.wheeltags import target
 from tests.test_indexproxy import SHA, WHEEL, a, ask, make  # noqa: F401 (fixture)
 
 HOST_PY = f"python=3.{sys.version_info.minor}"
+
+
+def wheel(filename: str, code: str = "", requires: tuple[str, ...] = ()) -> bytes:
+    """A real, installable wheel named FILENAME whose METADATA lists REQUIRES."""
+    name, version, tag = filename[:-4].split("-", 2)
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(f"{name}.py", code or f"VERSION = {version!r}\n")
+        z.writestr(f"{name}-{version}.dist-info/METADATA", meta + "\nA description: Requires-Dist: not-a-dependency\n")
+        z.writestr(f"{name}-{version}.dist-info/WHEEL", f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n")
+        z.writestr(f"{name}-{version}.dist-info/RECORD", "")
+    return out.getvalue()
 FOREIGN = [
     "pkg-1.0-cp311-cp311-win_amd64.whl", "pkg-1.0-cp311-cp311-macosx_11_0_arm64.whl",
     "pkg-1.0-cp311-cp311-musllinux_1_2_x86_64.whl", "pkg-1.0-cp311-cp311-manylinux_2_17_aarch64.whl",
@@ -77,21 +93,13 @@ def test_the_build_sees_a_page_without_foreign_wheels_and_pip_still_picks_the_sa
 def test_pip_installs_the_only_wheel_for_its_platform_through_a_filtered_page(a, tmp_path):  # noqa: F811
     """A real project page with wheels for five platforms: pip through the proxy downloads the one
     this interpreter takes (cp3X manylinux), never sees the others, and installs it."""
-    import zipfile
     py = f"cp3{sys.version_info.minor}"
     names = [f"tiny-2.0-{py}-{py}-win_amd64.whl", f"tiny-2.0-{py}-{py}-macosx_11_0_arm64.whl",
              f"tiny-2.0-{py}-{py}-manylinux_2_17_x86_64.whl", f"tiny-2.0-{py}-{py}-musllinux_1_2_x86_64.whl",
              "tiny-1.0-py3-none-any.whl"]
     hrefs = []
     for n in names:
-        version = n.split("-")[1]
-        path = tmp_path / n
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr("tiny.py", f"PLATFORM = {n!r}\n")
-            z.writestr(f"tiny-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: tiny\nVersion: {version}\n")
-            z.writestr(f"tiny-{version}.dist-info/WHEEL", f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {n[:-4].split('-', 2)[2]}\n")
-            z.writestr(f"tiny-{version}.dist-info/RECORD", "")
-        a.file(f"/files/{n}", path.read_bytes())
+        a.file(f"/files/{n}", wheel(n, f"PLATFORM = {n!r}\n"))
         hrefs.append(f"/files/{n}")
     a.page("/simple/tiny/", hrefs)
     with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
@@ -104,3 +112,135 @@ def test_pip_installs_the_only_wheel_for_its_platform_through_a_filtered_page(a,
     assert "manylinux_2_17_x86_64" in (tmp_path / "t" / "tiny.py").read_text()
     fetched = [p for p in a.paths() if p.startswith("/files/")]
     assert fetched == [f"/files/tiny-2.0-{py}-{py}-manylinux_2_17_x86_64.whl"]
+
+
+# -- prefetch: pages and wheels fetched ahead of pip (builder/prefetch.py) -------------------------
+
+def serve_index(a, projects: dict[str, list[tuple[str, tuple[str, ...], str]]]) -> None:  # noqa: F811
+    """PROJECTS {name: [(wheel file, requires, extra anchor attributes)]} on upstream A."""
+    for project, files in projects.items():
+        anchors = []
+        for filename, requires, attrs in files:
+            a.file(f"/files/{filename}", wheel(filename, requires=requires))
+            anchors.append(f'<a href="/files/{filename}" {attrs}>{filename}</a><br/>')
+        a.routes[f"/simple/{project}/"] = (200, {"Content-Type": "text/html"},
+                                           f"<html><body>{''.join(anchors)}</body></html>".encode())
+
+
+TRICKY = {
+    "top": [("top-1.0-py3-none-any.whl", ("dep-a", "dep_B>=2", "dep-c; python_version < '3'",
+                                          "dep-x; extra == 'x'"), "")],
+    "dep-a": [("dep_a-1.0-py3-none-any.whl", ("leaf",), "")],
+    "dep-b": [("dep_b-1.0-py3-none-any.whl", (), ""), ("dep_b-2.0-py3-none-any.whl", (), ""),
+              ("dep_b-2.5-py3-none-any.whl", (), 'data-yanked=""'),
+              ("dep_b-2.7-py3-none-any.whl", (), 'data-requires-python="&lt;3"'),
+              ("dep_b-3.0rc1-py3-none-any.whl", (), "")],
+    "leaf": [("leaf-1.0-py3-none-any.whl", (), "")],
+}
+
+
+def pip_install(proxy, target_dir, *reqs: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "PIP_CONFIG_FILE": "/dev/null", "http_proxy": proxy.address}
+    return subprocess.run([sys.executable, "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+                           "--trusted-host", "agent-image-index.invalid", "-i", "http://agent-image-index.invalid/simple/",
+                           "--target", str(target_dir), *reqs], env=env, capture_output=True, text=True)
+
+
+def installed(target_dir) -> list[str]:
+    return sorted(p.name for p in target_dir.glob("*.dist-info"))
+
+
+def test_pages_and_the_wheels_pip_takes_are_fetched_before_it_asks(a, tmp_path):  # noqa: F811
+    serve_index(a, TRICKY)
+    with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
+        proxy.expect(["top"])
+        r = pip_install(proxy, tmp_path / "t", "top")
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert installed(tmp_path / "t") == ["dep_a-1.0.dist-info", "dep_b-2.0.dist-info", "leaf-1.0.dist-info",
+                                         "top-1.0.dist-info"]
+    # every page and every wheel pip used was there before it asked, each fetched once:
+    # the guesses skipped the yanked, the pre-release and the Python-2-only releases
+    assert proxy.stats.prefetch == {"pages": 4, "page_hits": 4, "files": 4, "file_hits": 4}
+    assert sorted(a.paths()) == sorted(["/simple/top/", "/simple/dep-a/", "/simple/dep-b/", "/simple/leaf/",
+                                        "/files/top-1.0-py3-none-any.whl", "/files/dep_a-1.0-py3-none-any.whl",
+                                        "/files/dep_b-2.0-py3-none-any.whl", "/files/leaf-1.0-py3-none-any.whl"])
+
+
+def test_pip_picks_the_same_with_and_without_prefetch_when_a_guess_is_wrong(a, tmp_path):  # noqa: F811
+    """mid narrows dep-b below the release the guess fetched: pip backtracks as it would anyway."""
+    serve_index(a, {**TRICKY, "top": [("top-1.0-py3-none-any.whl", ("dep-b", "mid"), "")],
+                    "mid": [("mid-1.0-py3-none-any.whl", ("dep-b<2",), "")]})
+    results = {}
+    for mode in (True, False):
+        with make(a.base + "/simple/", tmp_path / str(mode), target=target(HOST_PY, "amd64"), prefetch=mode) as proxy:
+            proxy.expect(["top"])
+            r = pip_install(proxy, tmp_path / f"t{mode}", "top")
+            assert r.returncode == 0, r.stdout + r.stderr
+        results[mode] = installed(tmp_path / f"t{mode}")
+    assert results[True] == results[False] == ["dep_b-1.0.dist-info", "mid-1.0.dist-info", "top-1.0.dist-info"]
+
+
+def test_a_failed_prefetch_leaves_the_error_to_pip(a, tmp_path):  # noqa: F811
+    serve_index(a, {"top": [("top-1.0-py3-none-any.whl", ("gone>=1",), "")]})
+    with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
+        proxy.expect(["top"])
+        r = pip_install(proxy, tmp_path / "t", "top")
+    assert r.returncode != 0
+    assert "No matching distribution found for gone>=1" in r.stderr
+    # pip's own request went upstream and met the 404: the build's error sees it
+    assert proxy.stats.not_found == [a.base + "/simple/gone/"]
+    assert a.paths().count("/simple/gone/") == 2  # the forgotten prefetch, then pip's own
+
+
+def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
+    import builder.prefetch as prefetch
+    asked: list[str] = []
+
+    def page(name):
+        asked.append(name)
+        return b"", []
+
+    monkeypatch.setattr(prefetch, "MAX_PAGES", 10)
+    p = prefetch.Prefetcher(page, lambda key: 0, target(HOST_PY, "amd64"))
+    p.expect(["../../admin", "a b", "http://evil/x", "x @ https://evil/x.whl", "Ok_Name[extra]>=1",
+              "win-only; sys_platform == 'win32'", *(f"pkg{i}" for i in range(50))])
+    for _ in range(100):
+        if len(asked) >= 10:
+            break
+        threading.Event().wait(0.05)
+    p.close()
+    assert asked[0] == "ok-name" and len(asked) == 10 and "win-only" not in asked
+    assert prefetch.requires_dist("Name: x\nRequires-Dist: a>=1\nrequires-dist:b\n\nRequires-Dist: body") == ["a>=1", "b"]
+
+
+def test_the_guess_is_the_newest_final_release_pip_can_install_here():
+    from builder.prefetch import Offer, Prefetcher
+    from packaging.specifiers import SpecifierSet
+    p = Prefetcher(lambda n: (b"", []), lambda k: 0, target("python=3.11", "amd64"))
+    offers = [Offer("k1", "x-1.0-py3-none-any.whl", None, False),
+              Offer("k2", "x-2.0-cp311-cp311-win_amd64.whl", None, False),
+              Offer("k3", "x-2.0.tar.gz", None, False),
+              Offer("k4", "x-1.5-py3-none-any.whl", ">=3.12", False),
+              Offer("k5", "x-1.4-cp311-cp311-manylinux_2_17_x86_64.whl", None, False),
+              Offer("k6", "x-1.4-py3-none-any.whl", None, False),
+              Offer("k7", "x-1.6-py3-none-any.whl", None, True)]
+    assert p.choose(offers, SpecifierSet()) is None                      # 2.0 has only a source here: pip builds it
+    assert p.choose(offers, SpecifierSet("<2")).key == "k5"              # 1.6 yanked, 1.5 needs 3.12; best tag of 1.4
+    assert p.choose(offers, SpecifierSet("<1.4")).key == "k1"
+    assert p.choose(offers, SpecifierSet(">3")) is None
+    pre = [Offer("f", "x-1.0-py3-none-any.whl", None, False), Offer("r", "x-2.0rc1-py3-none-any.whl", None, False)]
+    assert p.choose(pre, SpecifierSet(">=0.5")).key == "f"              # pip skips pre-releases...
+    assert p.choose(pre, SpecifierSet(">=2.0rc1")).key == "r"           # ...unless the specifier names one
+    p.close()
+
+
+def test_prefetch_threads_end_with_the_proxy(a, tmp_path):  # noqa: F811
+    serve_index(a, TRICKY)
+    with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
+        proxy.expect(["top", "dep-a", "dep-b", "leaf"])
+        assert pip_install(proxy, tmp_path / "t", "top").returncode == 0
+    for _ in range(100):
+        if not [t for t in threading.enumerate() if t.name == "index-prefetch"]:
+            break
+        threading.Event().wait(0.05)
+    assert [t for t in threading.enumerate() if t.name == "index-prefetch"] == []
