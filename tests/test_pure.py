@@ -79,15 +79,14 @@ def _render(manifest_text=YAML, **kw):
 def test_render_order_and_step_names():
     r = _render()
     runs = [i for i in r.instructions if i.startswith("RUN")]
-    # bytecode in parallel after pip, which compiles one file at a time
-    compile_ = " && { python -m compileall -qq -j 0 /opt/venv/lib || :; }"
-    assert runs[0] == "RUN pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + compile_
-    # one pass for package and requirements; the seed's order when that pass refuses (pins against
-    # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
-    # after the dependency layer, each step compiles only the files it wrote (newer than its stamp)
+    # bytecode in parallel after pip, which compiles one file at a time: each install step
+    # compiles only the files it wrote (newer than its stamp)
     stamp = "RUN touch /tmp/.agent-image-stamp && "
     new = (" && { find /opt/venv/lib -name '*.py' -newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 "
            "python -m compileall -qq || :; } && rm -f /tmp/.agent-image-stamp")
+    assert runs[0] == stamp + "pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + new
+    # one pass for package and requirements; the seed's order when that pass refuses (pins against
+    # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
     assert runs[1].startswith(stamp + "if pip install --no-compile -e /app -r /app/requirements.txt || {")
     assert "pip install --no-compile -e /app && pip install --no-compile -r /app/requirements.txt; }" in runs[1]
     assert runs[1].endswith(new)
