@@ -40,8 +40,13 @@ log = structlog.get_logger("agent_image.index")
 
 WORKERS = 8                      # fetches at once: pip's serial walk needs only a few ahead of it
 MAX_PAGES = 1000                 # per build: a dependency tree is rarely over 300 projects
+PAGE_BYTES = 256 * 1024 ** 2     # per build: pages held until pip asks (each is let go once served)
 GUESS_BYTES = 1024 ** 3          # per build: files fetched on a guess, before pip asked for them
 METADATA_BYTES = 1024 ** 2       # a wheel's METADATA larger than this is not read
+
+
+_SERVED: Future = Future()
+_SERVED.set_exception(LookupError("served already"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Prefetcher:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.guessed_bytes = 0
+        self.page_bytes = 0              # pages held now
         self.counts = {"pages": 0, "page_hits": 0, "files": 0, "file_hits": 0}
 
     # -- what pip will want --------------------------------------------------------
@@ -135,7 +141,8 @@ class Prefetcher:
 
     def _want(self, name: str, spec: SpecifierSet) -> None:
         with self._lock:
-            if name in self._pages or self._closed or len(self._pages) >= MAX_PAGES:
+            full = len(self._pages) >= MAX_PAGES or self.page_bytes >= PAGE_BYTES
+            if name in self._pages or self._closed or full:
                 return
             self._pages[name] = fut = Future()
             self._specs[name] = spec
@@ -148,6 +155,8 @@ class Prefetcher:
         except Exception as exc:  # noqa: BLE001 (module doc)
             fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
+        with self._lock:
+            self.page_bytes += len(body)
         fut.set_result(body)
         guess = self.choose(offers, self._specs.get(name, SpecifierSet()))
         if guess is not None:
@@ -223,6 +232,11 @@ class Prefetcher:
         except Exception:  # noqa: BLE001 failed or slow: the caller asks upstream itself
             return None
         with self._lock:
+            if self._pages.get(name) is not fut:  # another request took it first
+                return None
+            # served once: a later request for it (the next pip of the build) goes upstream
+            self._pages[name] = _SERVED
+            self.page_bytes -= len(body)
             self.counts["page_hits"] += 1
         return body
 

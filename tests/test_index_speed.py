@@ -210,6 +210,21 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
         threading.Event().wait(0.05)
     p.close()
     assert asked[0] == "ok-name" and len(asked) == 10 and "win-only" not in asked
+    # pages are held until pip asks, within a byte budget, and let go once served
+    monkeypatch.setattr(prefetch, "PAGE_BYTES", 2500)
+    p = prefetch.Prefetcher(lambda name: (name.encode() * 1000, []), lambda key: 0, target(HOST_PY, "amd64"))
+    p.expect(["aa", "bb"])
+    for _ in range(100):
+        if p.page_bytes == 4000:
+            break
+        threading.Event().wait(0.05)
+    p.expect(["cc"])
+    assert p.page("aa", 5) == b"aa" * 1000
+    assert p.page("aa", 5) is None          # the next request goes upstream
+    assert p.page("bb", 5) == b"bb" * 1000
+    assert p.page("cc", 5) is None          # over the budget when it was wanted: never fetched
+    assert p.page_bytes == 0
+    p.close()
     assert prefetch.requires_dist("Name: x\nRequires-Dist: a>=1\nrequires-dist:b\n\nRequires-Dist: body") == ["a>=1", "b"]
 
 
