@@ -20,7 +20,7 @@ from . import __version__, depsimage, wheeltags
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
 from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
 from .context import build_context
-from .dockerfile import TOOL_PIP_LABEL, Rendered, pip_reports
+from .dockerfile import RUNTIME_LABEL, TOOL_PIP_LABEL, Rendered, pip_reports
 from .engine import Engine
 from .dotenv import env_values
 from .errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,
@@ -128,14 +128,15 @@ def _learn_env_values(pkg: Package, paths: list[str]) -> None:
 
 def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
             base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None,
-            base_has_uv: bool = True, pip_report: bool = False, tool_pip: bool = False):
+            base_has_uv: bool = True, pip_report: bool = False, tool_pip: bool = False,
+            base_has_runtime: bool = False):
     """Pure-ish middle of the pipeline: requirements, Dockerfile and context."""
     check_identity(pkg.manifest, options)
     split = split or read_split(pkg, options)
     base_image = options.base_image or base_image_for(pkg.manifest.python)
     rendered = render_agent(pkg, options, upstream_url, split, base_image=base_image, base_has_venv=base_has_venv,
                             base_labels=base_labels, base_has_uv=base_has_uv, pip_report=pip_report,
-                            tool_pip=tool_pip)
+                            tool_pip=tool_pip, base_has_runtime=base_has_runtime)
     generated, replace = generated_files(pkg, options, split, rendered.text)
     context = build_context(pkg.root, generated, exclude=kept_out(pkg, options), replace=replace)
     digest = hashlib.sha256(json.dumps(
@@ -199,10 +200,12 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         base = _base(engine, base_image, options, m.python)
         has_venv, has_uv = base.labels.get(VENV_LABEL) == "/opt/venv", _base_has_uv(base.labels)
         reports, tool_pip = pip_reports(base.labels), bool(base.labels.get(TOOL_PIP_LABEL))
+        runtime = base.labels.get(RUNTIME_LABEL) == "1"  # (not in content_digest: the image's config is the same)
         split, rendered, context, digest = prepare(pkg, options, upstream.url, base.id, base_has_venv=has_venv,
                                                    split=split, base_labels=base_labels(base_image, base.digests,
                                                                                         base.layers),
-                                                   base_has_uv=has_uv, pip_report=reports, tool_pip=tool_pip)
+                                                   base_has_uv=has_uv, pip_report=reports, tool_pip=tool_pip,
+                                                   base_has_runtime=runtime)
         content = content_digest(pkg, options, upstream.url, split, base_has_venv=has_venv, base_has_uv=has_uv,
                                  tool_pip=tool_pip)
         log_requirements(pkg, split, venv)
@@ -243,7 +246,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             """FROM the dependency image: the Dockerfile of the agent's own steps, its context and fence."""
             plan = render_agent(pkg, options, upstream.url, split, base_image=base_image, base_has_venv=has_venv,
                                 base_labels=base_labels(base_image, base.digests, base.layers), base_has_uv=has_uv,
-                                deps_image=deps.image.id, pip_report=reports, tool_pip=tool_pip)
+                                deps_image=deps.image.id, pip_report=reports, tool_pip=tool_pip,
+                                base_has_runtime=runtime)
             files = {**generated, "Dockerfile": plan.text.encode()}
             ctx = build_context(pkg.root, files, exclude=kept_out(pkg, options), replace=replace)
             return plan, ctx, fence(plan.text, files)

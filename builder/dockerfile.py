@@ -32,6 +32,7 @@ UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools wi
 # pip 26 resolves and fetches a real agent's tree in 4.3 s where Debian 12's pip 23.0.1 takes 7.4
 # (bench/proxy_stream.py --sandbox). pip 26 needs Python 3.10+; 25.3 is the last for 3.9.
 TOOL_PIP_LABEL = "io.pixell.agent-image.pip"
+RUNTIME_LABEL = "io.pixell.agent-image.runtime"  # the base carries ENV PATH, EXPOSE, HEALTHCHECK, CMD for agents
 TOOL_PIP_DIR = "/opt/agent-image/tools/pip"
 
 
@@ -129,6 +130,7 @@ def render(
     ca_bundle: bool = False,
     base_has_venv: bool = True,
     base_has_uv: bool = False,
+    base_has_runtime: bool = False,
     require_hashes: bool = False,
     source_requirements: bool = False,
     base_labels: dict[str, str] | None = None,
@@ -159,6 +161,7 @@ def render(
         ca_bundle=ca_bundle,
         base_has_venv=base_has_venv,
         base_has_uv=base_has_uv,
+        base_has_runtime=base_has_runtime,
         require_hashes=require_hashes,
         source_requirements=source_requirements,
         uv_version=UV_VERSION,

@@ -116,11 +116,13 @@ def read_split(pkg: Package, options: BuildOptions) -> Split:
 
 def render_agent(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
                  base_has_venv: bool, base_labels: dict[str, str] | None, base_has_uv: bool = True,
-                 deps_image: str = "", pip_report: bool = False, tool_pip: bool = False):
+                 deps_image: str = "", pip_report: bool = False, tool_pip: bool = False,
+                 base_has_runtime: bool = False):
     return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                   deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                   installer=options.installer, ca_bundle=options.ca_bundle_in_image,
-                  base_has_venv=base_has_venv, base_has_uv=base_has_uv, require_hashes=split.hashed,
+                  base_has_venv=base_has_venv, base_has_uv=base_has_uv, base_has_runtime=base_has_runtime,
+                  require_hashes=split.hashed,
                   source_requirements=bool(split.source), base_labels=base_labels or {},
                   deps_image=deps_image, pip_report=pip_report, tool_pip=tool_pip)
 
