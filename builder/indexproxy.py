@@ -40,7 +40,7 @@ from .errors import redact
 from .proxyfile import Tee, begin, send, send_file
 from .indexpages import (_ANCHOR, _HREF, _SHA, PIP_INDEX_HOST, drop_foreign, offer_attrs,  # noqa: F401 (re-exported)
                          proxied_requirements, proxy_url, versions_on_page)
-from .prefetch import Offer, Prefetcher
+from .prefetch import GUESS_FILE_BYTES, Offer, Prefetcher
 from .requirements import normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
@@ -267,6 +267,8 @@ class IndexProxy:
         return text.encode(), offers
 
     def _prefetch_page(self, project: str) -> tuple[bytes, list[Offer]]:
+        if not re.fullmatch(_NAME, project):  # (prefetch.py hands only canonical names; a page path is one)
+            raise Denied(404, "not a normalised project name")
         return self._page(self.upstream.url + project + "/", project, self.upstream, self._ident)
 
     def _extra(self, token: str) -> str:
@@ -356,22 +358,23 @@ class IndexProxy:
         link = self._links[key]
         if self.cache.lookup(link.url, link.sha256, link.ident) is not None:
             return 0
-        blob, tee = self._download(link, None, False)
+        blob, tee = self._download(link, None, False, max_bytes=GUESS_FILE_BYTES)
         if link.name.endswith(".whl"):
             self.prefetch.saw_wheel(blob)
         return tee.size
 
-    def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool) -> tuple[Path, Tee]:
+    def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool,
+                  max_bytes: int | None = None) -> tuple[Path, Tee]:
         """LINK from upstream into the cache, checked; sent on to H's client as it comes (no H: nobody)."""
+        cap = min(self.file_max_bytes, max_bytes or self.file_max_bytes)
         # a second request for the same file while this one runs downloads on its
         # own: its own temp file, and os.replace leaves one good copy either way
         fd, tmp = self.cache.tmpfile()
         try:
-            with self.fetcher.open(link.url, auth=link.auth, max_bytes=self.file_max_bytes) as body, \
-                    os.fdopen(fd, "wb") as out:
+            with self.fetcher.open(link.url, auth=link.auth, max_bytes=cap) as body, os.fdopen(fd, "wb") as out:
                 tee = Tee(h, body, out, stream=h is not None and not head)  # a HEAD answers once the file is cached
                 tee.pump(lambda offset: self.fetcher.open(link.url, auth=link.auth, start=offset,
-                                                          max_bytes=self.file_max_bytes - offset))
+                                                          max_bytes=cap - offset))
             with self._lock:
                 self.stats.upstream_bytes += tee.size
             digest = tee.digest.hexdigest()

@@ -42,6 +42,7 @@ WORKERS = 8                      # fetches at once: pip's serial walk needs only
 MAX_PAGES = 1000                 # per build: a dependency tree is rarely over 300 projects
 PAGE_BYTES = 256 * 1024 ** 2     # per build: pages held until pip asks (each is let go once served)
 GUESS_BYTES = 1024 ** 3          # per build: files fetched on a guess, before pip asked for them
+GUESS_FILE_BYTES = 256 * 1024 ** 2  # a larger file is never a guess (8 at once could be 24 GiB): pip fetches it
 METADATA_BYTES = 1024 ** 2       # a wheel's METADATA larger than this is not read
 
 

@@ -259,3 +259,19 @@ def test_prefetch_threads_end_with_the_proxy(a, tmp_path):  # noqa: F811
             break
         threading.Event().wait(0.05)
     assert [t for t in threading.enumerate() if t.name == "index-prefetch"] == []
+
+
+def test_a_large_file_is_never_a_guess_pip_fetches_it_itself(a, tmp_path, monkeypatch):  # noqa: F811
+    import builder.indexproxy as indexproxy
+    monkeypatch.setattr(indexproxy, "GUESS_FILE_BYTES", 100)  # every wheel here is larger
+    serve_index(a, TRICKY)
+    with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
+        proxy.expect(["top"])
+        r = pip_install(proxy, tmp_path / "t", "top")
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert proxy.stats.prefetch["file_hits"] == 0 and proxy.stats.refused == []
+    assert len(installed(tmp_path / "t")) == 4
+    # each refused guess asked only for its headers; pip then fetched each wheel once
+    assert sorted(p for p in a.paths() if p.startswith("/files/")) == sorted(
+        ["/files/top-1.0-py3-none-any.whl", "/files/dep_a-1.0-py3-none-any.whl", "/files/dep_b-2.0-py3-none-any.whl",
+         "/files/leaf-1.0-py3-none-any.whl"] * 2)
