@@ -75,7 +75,8 @@ lis = socket.socket()
 lis.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 lis.bind(("127.0.0.1", PORT))
 lis.listen(256)
-deadline = time.time() + 60
+# the proxy may come long after: the sandbox starts while the dependency image is pulled
+begun = time.time()
 while True:
     try:
         hello = socket.socket(socket.AF_UNIX)
@@ -85,9 +86,9 @@ while True:
         hello.close()
         break
     except OSError:
-        if time.time() > deadline:
+        if time.time() > begun + 3600:
             sys.exit("agent-image sandbox: the index proxy socket never answered")
-        time.sleep(0.01)
+        time.sleep(0.01 if time.time() < begun + 2 else 0.1)
 while True:
     conn, _ = lis.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -4,6 +4,9 @@ registry stores the dependency layers once for every such agent."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import json
 import urllib.request
 
@@ -52,6 +55,13 @@ def test_an_empty_runner_pulls_the_dependency_image_and_the_registry_stores_it_o
     assert "deps" in second.steps_cached, second.steps_cached
     assert not any(p.startswith("tinyreq") for p in second.installed), second.installed
     assert not any(f.startswith("tinyreq") for f in second.index["downloaded"]), second.index
+    # its sandbox started while the image was pulled, and went with the build
+    mine = {"label": f"io.pixell.agent-image.sandbox.pid={os.getpid()}"}
+    for _ in range(50):
+        if not docker_client.containers.list(all=True, filters=mine):
+            break
+        time.sleep(0.1)
+    assert docker_client.containers.list(all=True, filters=mine) == []
 
     # the two agents share the dependency image's layers in the registry: stored once, pulled once
     deps_repo, deps_tag = first.deps_image.rsplit(":", 1)
