@@ -4,10 +4,9 @@ registry stores the dependency layers once for every such agent."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
-
-import json
 import urllib.request
 
 import pytest
