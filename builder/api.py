@@ -263,7 +263,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                 name = plan.step_name(n)
                 if name == "package" and instr.startswith("RUN"):
                     log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
-                log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:120])
+                log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:200])
             return engine.build(context=ctx.data, buildargs=buildargs, labels=build_labels,
                                 timeout=max(1.0, deadline - time.monotonic()), nocache=options.nocache,
                                 cache_from=cache, network_mode=network, on_step=on_step,
