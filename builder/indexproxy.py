@@ -40,7 +40,7 @@ from .errors import redact
 from .proxyfile import Tee, begin, send, send_file
 from .indexpages import (_ANCHOR, _HREF, _SHA, PIP_INDEX_HOST, drop_foreign, offer_attrs,  # noqa: F401 (re-exported)
                          proxied_requirements, proxy_url, versions_on_page)
-from .prefetch import GUESS_FILE_BYTES, Offer, Prefetcher
+from .prefetch import Offer, Prefetcher
 from .requirements import normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
@@ -51,6 +51,7 @@ log = structlog.get_logger("agent_image.index")
 
 READY_PATH = "/_sandbox/ready"                 # the sandbox's forwarder says hello here once it listens
 _NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"            # a PEP 503 normalised project name, nothing else
+_OWN_INDEX = re.compile(r"\s*(?:-i\b|--index-url\b|--no-index\b)")  # requirement lines that replace the index
 _ROUTES = [
     ("page", re.compile(rf"/simple/({_NAME})/?")),
     ("file", re.compile(r"/_f/([0-9a-f]{32})/([^/?#]+)")),
@@ -219,8 +220,9 @@ class IndexProxy:
 
     # -- pages -------------------------------------------------------------------
     def expect(self, lines: list[str]) -> None:
-        """Requirement lines the build is about to install: their pages can be fetched now."""
-        if self.prefetch is not None:
+        """Requirement lines the build is about to install: their pages can be fetched now. Not
+        when the lines name their own index: pip never asks this one for their names then."""
+        if self.prefetch is not None and not any(_OWN_INDEX.match(line) for line in lines):
             self.prefetch.expect(lines)
 
     def _link(self, page_url: str, tag: str, auth: Upstream | None, ident: str,
@@ -288,7 +290,7 @@ class IndexProxy:
                 self.ready.set()
                 self._send(h, 200, b"ok\n")
             elif kind == "page":
-                page = self.prefetch.page(groups[0], self.timeout) if self.prefetch is not None else None
+                page = self.prefetch.page(groups[0]) if self.prefetch is not None else None
                 self._send_page(h, page if page is not None else self._prefetch_page(groups[0])[0])
             elif kind == "xpage":
                 base = self._extra(groups[0])
@@ -337,7 +339,8 @@ class IndexProxy:
         if self.prefetch is not None:
             if blob is not None:
                 self.prefetch.took(key)
-            elif self.prefetch.file(key, self.timeout):  # a guess was fetching it: now it is here
+            else:  # a guess may be fetching it (or have just put it there)
+                self.prefetch.file(key)
                 blob = self.cache.lookup(link.url, link.sha256, link.ident)
         if blob is not None:
             if not head:  # a HEAD is followed by the GET: count the file once
@@ -350,18 +353,25 @@ class IndexProxy:
             blob, tee = self._download(link, h, head)
             if not tee.finish():
                 self._send_file(h, blob, head)
-        if self.prefetch is not None and not head and link.name.endswith(".whl"):
+        if not head:
+            self._read_dependencies(link, blob)
+
+    def _read_dependencies(self, link: Link, blob: Path) -> None:
+        # only wheels of the configured index: its pages are the ones prefetched (an extra
+        # index's wheel must not make this index hear of the names it needs)
+        if self.prefetch is not None and link.name.endswith(".whl") and link.ident == self._ident:
             self.prefetch.saw_wheel(blob)
 
-    def _prefetch_file(self, key: str) -> int:
-        """A guessed file into the cache: its size, or 0 when it was there."""
+    def _prefetch_file(self, key: str, max_bytes: int) -> int:
+        """A guessed file into the cache (at most MAX_BYTES): its size, or 0 when it was there."""
         link = self._links[key]
-        if self.cache.lookup(link.url, link.sha256, link.ident) is not None:
-            return 0
-        blob, tee = self._download(link, None, False, max_bytes=GUESS_FILE_BYTES)
-        if link.name.endswith(".whl"):
-            self.prefetch.saw_wheel(blob)
-        return tee.size
+        blob = self.cache.lookup(link.url, link.sha256, link.ident)
+        size = 0
+        if blob is None:
+            blob, tee = self._download(link, None, False, max_bytes=max_bytes)
+            size = tee.size
+        self._read_dependencies(link, blob)
+        return size
 
     def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool,
                   max_bytes: int | None = None) -> tuple[Path, Tee]:

@@ -19,7 +19,10 @@ request goes upstream and meets the failure itself, so errors stay pip's errors.
 from __future__ import annotations
 
 import contextvars
+import itertools
+import os
 import queue
+import struct
 import threading
 import zipfile
 from concurrent.futures import Future
@@ -44,6 +47,10 @@ PAGE_BYTES = 256 * 1024 ** 2     # per build: pages held until pip asks (each is
 GUESS_BYTES = 1024 ** 3          # per build: files fetched on a guess, before pip asked for them
 GUESS_FILE_BYTES = 256 * 1024 ** 2  # a larger file is never a guess (8 at once could be 24 GiB): pip fetches it
 METADATA_BYTES = 1024 ** 2       # a wheel's METADATA larger than this is not read
+ZIP_ENTRIES = 100_000            # a wheel with more files, or a larger directory, is not opened here:
+ZIP_DIRECTORY = 32 * 1024 ** 2   # zipfile builds the whole directory in memory first
+PAGE_WAIT = 15.0                 # pip's request waits this long for a page already being fetched
+FILE_WAIT = 20.0                 # ... and for a guessed file (pip times out at 60 s; then it fetches itself)
 
 
 _SERVED: Future = Future()
@@ -66,9 +73,25 @@ def requires_dist(metadata: str) -> list[str]:
             if key.strip().lower() == "requires-dist" and value.strip()]
 
 
+def _small_zip(blob: Path) -> bool:
+    """Is BLOB a zip whose central directory is small enough to read (its end record says)?"""
+    with open(blob, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 65557))  # the end record (22 bytes) and a comment of at most 64 KiB
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return False
+    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+    # 0xFFFF / 0xFFFFFFFF: a zip64 directory, which no wheel small enough to read here needs
+    return entries < min(ZIP_ENTRIES, 0xFFFF) and directory < ZIP_DIRECTORY
+
+
 def wheel_metadata(blob: Path) -> str:
     """The METADATA of a wheel file, or '' (not a zip, no single dist-info, too large)."""
     try:
+        if not _small_zip(blob):
+            return ""
         with zipfile.ZipFile(blob) as z:
             found = [i for i in z.infolist() if i.filename.count("/") == 1
                      and i.filename.endswith(".dist-info/METADATA")]
@@ -83,10 +106,10 @@ def wheel_metadata(blob: Path) -> str:
 class Prefetcher:
     """Pages and files fetched ahead of pip, for one build.
 
-    PAGE(name) -> (page bytes, offers): the proxy's page for a project; DOWNLOAD(key) -> bytes:
+    PAGE(name) -> (page bytes, offers): the proxy's page for a project; DOWNLOAD(key, max_bytes) -> bytes:
     the file into the download cache (0: it was there already). Both raise on failure."""
 
-    def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str], int],
+    def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str, int], int],
                  target: Target | None) -> None:
         self._page, self._download, self.target = page, download, target
         self._env = None if target is None else {
@@ -100,10 +123,13 @@ class Prefetcher:
         self._guessed: set[str] = set()        # files a guess put in the cache that pip has not taken yet
         self._read: set[str] = set()           # wheels (cache blob names) whose METADATA was read
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # pages before files: a page is what pip waits for next, a file can be large
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.guessed_bytes = 0
+        self._reserved = 0               # bytes the guesses under way may still fetch
         self.page_bytes = 0              # pages held now
         self.counts = {"pages": 0, "page_hits": 0, "files": 0, "file_hits": 0}
 
@@ -111,6 +137,8 @@ class Prefetcher:
     def expect(self, lines: list[str]) -> None:
         """Requirement strings pip is about to resolve (the requirements lines, a Requires-Dist)."""
         for text in lines:
+            if self._closed or len(self._pages) >= MAX_PAGES:
+                return
             try:
                 req = Requirement(text)
                 if req.url or (req.marker is not None and not self._applies(req)):
@@ -137,7 +165,8 @@ class Prefetcher:
 
     def saw_metadata(self, key: str, text: str) -> None:
         """pip read a wheel's .metadata (PEP 658): it will want that wheel at the end, and its dependencies."""
-        self.expect(requires_dist(text))
+        text = text[:METADATA_BYTES]  # read off the request's thread, at most as much as a wheel's
+        self._submit(lambda: self.expect(requires_dist(text)))
         self._want_file(key)
 
     def _want(self, name: str, spec: SpecifierSet) -> None:
@@ -151,13 +180,19 @@ class Prefetcher:
         self._submit(lambda: self._fetch_page(name, fut))
 
     def _fetch_page(self, name: str, fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():  # pip asked first and fetched it itself
+            return
         try:
+            if self.page_bytes >= PAGE_BYTES:
+                raise LookupError("the prefetched pages fill their budget")
             body, offers = self._page(name)
+            with self._lock:
+                if self.page_bytes + len(body) > PAGE_BYTES:
+                    raise LookupError("the prefetched pages fill their budget")
+                self.page_bytes += len(body)
         except Exception as exc:  # noqa: BLE001 (module doc)
             fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
-        with self._lock:
-            self.page_bytes += len(body)
         fut.set_result(body)
         guess = self.choose(offers, self._specs.get(name, SpecifierSet()))
         if guess is not None:
@@ -203,29 +238,44 @@ class Prefetcher:
                 return
             self._files[key] = fut = Future()
             self.counts["files"] += 1
-        self._submit(lambda: self._fetch_file(key, fut))
+        self._submit(lambda: self._fetch_file(key, fut), priority=1)
 
     def _fetch_file(self, key: str, fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():  # pip asked first and fetched it itself
+            return
         with self._lock:
-            self._guessed.add(key)  # before the file lands in the cache: pip may take it at once
+            # the budget counts what the guesses under way may still fetch, not only what they did
+            cap = min(GUESS_FILE_BYTES, GUESS_BYTES - self.guessed_bytes - self._reserved)
+            if cap > 0:
+                self._reserved += cap
+                self._guessed.add(key)  # before the file lands in the cache: pip may take it at once
+        if cap <= 0:
+            fut.set_exception(LookupError("the guesses fill their budget"))
+            return
         try:
-            size = self._download(key)
+            size = self._download(key, cap)
         except Exception as exc:  # noqa: BLE001 (module doc)
             with self._lock:
+                self._reserved -= cap
                 self._guessed.discard(key)
             fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
         with self._lock:
+            self._reserved -= cap
             self.guessed_bytes += size
             if not size:  # it was in the cache already: not this guess's doing
                 self._guessed.discard(key)
         fut.set_result(size)
 
     # -- what pip asks ---------------------------------------------------------------
-    def page(self, name: str, timeout: float) -> bytes | None:
-        """The prefetched page for NAME (waiting for it if under way), or None: fetch it yourself."""
+    def page(self, name: str, timeout: float = PAGE_WAIT) -> bytes | None:
+        """The prefetched page for NAME (waiting a little if it is being fetched), or None: fetch it
+        yourself. A page still queued is given up to pip's request at once."""
         with self._lock:
             fut = self._pages.get(name)
+            if fut is not None and fut.cancel():  # still queued (or given up before)
+                self._pages[name] = _SERVED
+                return None
         if fut is None:
             return None
         try:
@@ -241,14 +291,17 @@ class Prefetcher:
             self.counts["page_hits"] += 1
         return body
 
-    def file(self, key: str, timeout: float) -> bool:
-        """pip asks for KEY, which is not in the cache: wait for a guess under way. True: it is
-        there now. False: fetch it yourself (and no guess will start fetching it too)."""
+    def file(self, key: str, timeout: float = FILE_WAIT) -> bool:
+        """pip asks for KEY, which is not in the cache: wait a little for a guess under way. True:
+        it is there now. False: fetch it yourself (a guess still queued is given up to you, and no
+        guess will start fetching it after this)."""
         with self._lock:
             fut = self._files.get(key)
             if fut is None:
                 self._files[key] = done = Future()
                 done.set_result(0)
+                return False
+            if fut.cancel():  # still queued (or given up before)
                 return False
         try:
             fut.result(timeout)
@@ -266,12 +319,12 @@ class Prefetcher:
             return True
 
     # -- workers -----------------------------------------------------------------------
-    def _submit(self, job: Callable[[], None]) -> None:
+    def _submit(self, job: Callable[[], None], priority: int = 0) -> None:
         context = contextvars.copy_context()  # the build's redactor goes with the job (errors.py)
         with self._lock:
             if self._closed:
                 return
-            self._jobs.put(lambda: context.run(job))
+            self._jobs.put((priority, next(self._order), lambda: context.run(job)))
             if len(self._threads) < WORKERS:
                 t = threading.Thread(target=self._work, name="index-prefetch", daemon=True)
                 self._threads.append(t)
@@ -279,7 +332,7 @@ class Prefetcher:
 
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._jobs.get()[2]
             if job is None:
                 return
             try:
@@ -298,4 +351,4 @@ class Prefetcher:
             except queue.Empty:
                 break
         for _ in threads:
-            self._jobs.put(None)
+            self._jobs.put((-1, next(self._order), None))

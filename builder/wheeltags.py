@@ -26,6 +26,9 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 # Docker's architecture names -> the platform tag's
 _ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+# distributions (the ABI label's distro=ID:VERSION, from os-release) whose C library is glibc:
+# manylinux wheels are theirs; Alpine's musl takes musllinux ones, which the filter would drop
+_GLIBC = {"debian", "ubuntu", "fedora", "centos", "rhel", "rocky", "almalinux", "amzn", "ol"}
 _GLIBC_MINORS = range(99, 4, -1)  # every manylinux_2_X the tag format can name in practice
 _LEGACY = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
 
@@ -79,10 +82,13 @@ class Target:
 
 def target(abi_label: str | None, architecture: str) -> Target | None:
     """The target a base image describes, or None (filter nothing) when it is not one we know:
-    no ABI label, a Python that is not 3.x, a CPU without a wheel platform name here."""
+    no ABI label, a Python that is not 3.x, a distribution not known to use glibc, a CPU
+    without a wheel platform name here. (The label's Python is the venv's, which `python3 -m
+    venv` makes from the distribution's default build, not a free-threaded one.)"""
     fields = dict(part.split("=", 1) for part in (abi_label or "").split(";") if "=" in part)
     major, _, minor = fields.get("python", "").partition(".")
     arch = _ARCH.get(architecture, "")
-    if major != "3" or not minor.isdigit() or not arch:
+    distro = fields.get("distro", "").split(":", 1)[0].lower()
+    if major != "3" or not minor.isdigit() or not arch or distro not in _GLIBC:
         return None
     return Target(int(minor), arch)

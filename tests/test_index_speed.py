@@ -19,7 +19,7 @@ from packaging import tags as host_tags
 from builder.wheeltags import target
 from tests.test_indexproxy import SHA, WHEEL, a, ask, make  # noqa: F401 (fixture)
 
-HOST_PY = f"python=3.{sys.version_info.minor}"
+HOST_PY = f"distro=debian:12;python=3.{sys.version_info.minor}"
 
 
 def wheel(filename: str, code: str = "", requires: tuple[str, ...] = ()) -> bytes:
@@ -63,16 +63,18 @@ def test_wheels_for_other_platforms_and_pythons_are_dropped_and_ours_kept():
     t = target("distro=debian:12;python=3.11;venv=/opt/venv", "amd64")
     assert [n for n in FOREIGN if t.keeps(n)] == []
     assert [n for n in OURS if not t.keeps(n)] == []
-    arm = target("python=3.11", "arm64")
+    arm = target("distro=ubuntu:24.04;python=3.11", "arm64")
     assert arm.keeps("pkg-1.0-cp311-cp311-manylinux_2_17_aarch64.whl")
     assert not arm.keeps("pkg-1.0-cp311-cp311-manylinux_2_17_x86_64.whl")
 
 
 def test_an_unknown_target_filters_nothing():
     assert target(None, "amd64") is None
-    assert target("python=3.11", "s390x") is None
+    assert target("distro=debian:12;python=3.11", "s390x") is None
     assert target("distro=debian:12", "amd64") is None
-    assert target("python=2.7", "amd64") is None
+    assert target("distro=debian:12;python=2.7", "amd64") is None
+    assert target("python=3.11", "amd64") is None                        # which C library? unknown
+    assert target("distro=alpine:3.20;python=3.12", "amd64") is None    # musl: musllinux wheels are its own
 
 
 def test_the_build_sees_a_page_without_foreign_wheels_and_pip_still_picks_the_same(a, tmp_path):  # noqa: F811
@@ -201,7 +203,7 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
         return b"", []
 
     monkeypatch.setattr(prefetch, "MAX_PAGES", 10)
-    p = prefetch.Prefetcher(page, lambda key: 0, target(HOST_PY, "amd64"))
+    p = prefetch.Prefetcher(page, lambda key, cap: 0, target(HOST_PY, "amd64"))
     p.expect(["../../admin", "a b", "http://evil/x", "x @ https://evil/x.whl", "Ok_Name[extra]>=1",
               "win-only; sys_platform == 'win32'", *(f"pkg{i}" for i in range(50))])
     for _ in range(100):
@@ -211,18 +213,22 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
     p.close()
     assert asked[0] == "ok-name" and len(asked) == 10 and "win-only" not in asked
     # pages are held until pip asks, within a byte budget, and let go once served
-    monkeypatch.setattr(prefetch, "PAGE_BYTES", 2500)
-    p = prefetch.Prefetcher(lambda name: (name.encode() * 1000, []), lambda key: 0, target(HOST_PY, "amd64"))
+    monkeypatch.setattr(prefetch, "PAGE_BYTES", 4500)
+    p = prefetch.Prefetcher(lambda name: (name.encode() * 1000, []), lambda key, cap: 0, target(HOST_PY, "amd64"))
     p.expect(["aa", "bb"])
     for _ in range(100):
         if p.page_bytes == 4000:
             break
         threading.Event().wait(0.05)
     p.expect(["cc"])
+    for _ in range(100):
+        if p._pages["cc"].done():
+            break
+        threading.Event().wait(0.05)
     assert p.page("aa", 5) == b"aa" * 1000
     assert p.page("aa", 5) is None          # the next request goes upstream
     assert p.page("bb", 5) == b"bb" * 1000
-    assert p.page("cc", 5) is None          # over the budget when it was wanted: never fetched
+    assert p.page("cc", 5) is None          # would go over the budget: fetched, not kept
     assert p.page_bytes == 0
     p.close()
     assert prefetch.requires_dist("Name: x\nRequires-Dist: a>=1\nrequires-dist:b\n\nRequires-Dist: body") == ["a>=1", "b"]
@@ -231,7 +237,7 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
 def test_the_guess_is_the_newest_final_release_pip_can_install_here():
     from builder.prefetch import Offer, Prefetcher
     from packaging.specifiers import SpecifierSet
-    p = Prefetcher(lambda n: (b"", []), lambda k: 0, target("python=3.11", "amd64"))
+    p = Prefetcher(lambda n: (b"", []), lambda k, cap: 0, target("distro=debian:12;python=3.11", "amd64"))
     offers = [Offer("k1", "x-1.0-py3-none-any.whl", None, False),
               Offer("k2", "x-2.0-cp311-cp311-win_amd64.whl", None, False),
               Offer("k3", "x-2.0.tar.gz", None, False),
@@ -262,8 +268,8 @@ def test_prefetch_threads_end_with_the_proxy(a, tmp_path):  # noqa: F811
 
 
 def test_a_large_file_is_never_a_guess_pip_fetches_it_itself(a, tmp_path, monkeypatch):  # noqa: F811
-    import builder.indexproxy as indexproxy
-    monkeypatch.setattr(indexproxy, "GUESS_FILE_BYTES", 100)  # every wheel here is larger
+    import builder.prefetch as prefetch
+    monkeypatch.setattr(prefetch, "GUESS_FILE_BYTES", 100)  # every wheel here is larger
     serve_index(a, TRICKY)
     with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
         proxy.expect(["top"])
@@ -275,3 +281,75 @@ def test_a_large_file_is_never_a_guess_pip_fetches_it_itself(a, tmp_path, monkey
     assert sorted(p for p in a.paths() if p.startswith("/files/")) == sorted(
         ["/files/top-1.0-py3-none-any.whl", "/files/dep_a-1.0-py3-none-any.whl", "/files/dep_b-2.0-py3-none-any.whl",
          "/files/leaf-1.0-py3-none-any.whl"] * 2)
+
+
+def test_a_queued_prefetch_is_given_up_to_pips_request_at_once(monkeypatch):
+    """Eight slow fetches hold every worker: pip's request for a page still queued behind them
+    is answered from upstream at once (it never waits on the queue), and the queued job is dropped."""
+    import time
+
+    import builder.prefetch as prefetch
+    release, asked = threading.Event(), []
+
+    def page(name):
+        asked.append(name)
+        if name.startswith("slow"):
+            release.wait(10)
+        return name.encode(), []
+
+    p = prefetch.Prefetcher(page, lambda key, cap: 0, target(HOST_PY, "amd64"))
+    p.expect([f"slow{i}" for i in range(prefetch.WORKERS)] + ["wanted"])
+    started = time.monotonic()
+    assert p.page("wanted") is None and time.monotonic() - started < 1
+    release.set()
+    assert p.page("slow0") == b"slow0"
+    p.close()
+    assert "wanted" not in asked
+
+
+def test_guesses_under_way_count_against_the_budget(monkeypatch):
+    import builder.prefetch as prefetch
+    monkeypatch.setattr(prefetch, "GUESS_BYTES", 1000)
+    monkeypatch.setattr(prefetch, "GUESS_FILE_BYTES", 600)
+    release, caps = threading.Event(), {}
+
+    def download(key, cap):
+        caps[key] = cap
+        release.wait(10)
+        return cap
+
+    p = prefetch.Prefetcher(lambda n: (b"", []), download, target(HOST_PY, "amd64"))
+    for key in ("k1", "k2", "k3"):
+        p._want_file(key)
+    for _ in range(100):
+        if len(caps) >= 2 and p._files["k3"].done():
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    p.close()
+    assert sorted(caps.values()) == [400, 600] and "k3" not in caps  # 600 + 400 = the budget: k3 never started
+
+
+def test_a_wheel_with_a_huge_directory_is_not_opened(monkeypatch, tmp_path):
+    import builder.prefetch as prefetch
+    monkeypatch.setattr(prefetch, "ZIP_ENTRIES", 10)
+    small, big = tmp_path / "small.whl", tmp_path / "big.whl"
+    small.write_bytes(wheel("x-1.0-py3-none-any.whl", requires=("dep-a",)))
+    with zipfile.ZipFile(big, "w") as z:
+        z.writestr("x-1.0.dist-info/METADATA", "Name: x\nRequires-Dist: dep-a\n")
+        for i in range(20):
+            z.writestr(f"x/f{i}.py", "")
+    assert prefetch.requires_dist(prefetch.wheel_metadata(small)) == ["dep-a"]
+    assert prefetch.wheel_metadata(big) == ""
+    (tmp_path / "junk.whl").write_bytes(b"PK\x05\x06 not a zip")
+    assert prefetch.wheel_metadata(tmp_path / "junk.whl") == ""
+
+
+def test_lines_that_name_their_own_index_are_not_prefetched_from_this_one(a, tmp_path):  # noqa: F811
+    """pip never asks the configured index for names whose lines replace it: neither may the proxy."""
+    serve_index(a, TRICKY)
+    with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
+        proxy.expect(["--index-url http://agent-image-index.invalid/_x/abc/", "acme-internal-billing"])
+        proxy.expect(["-i http://elsewhere/simple/", "acme-internal-secrets"])
+        threading.Event().wait(0.5)
+    assert a.paths() == []
