@@ -189,11 +189,12 @@ class Prefetcher:
             with self._lock:
                 if self.page_bytes + len(body) > PAGE_BYTES:
                     raise LookupError("the prefetched pages fill their budget")
-                self.page_bytes += len(body)
+                if self._pages.get(name) is fut:  # (not when pip stopped waiting and fetched it itself)
+                    self.page_bytes += len(body)
+                fut.set_result(body)  # under the lock: page() sees the bytes counted iff it is done
         except Exception as exc:  # noqa: BLE001 (module doc)
             fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
-        fut.set_result(body)
         guess = self.choose(offers, self._specs.get(name, SpecifierSet()))
         if guess is not None:
             self._want_file(guess.key)
@@ -281,6 +282,9 @@ class Prefetcher:
         try:
             body = fut.result(timeout)
         except Exception:  # noqa: BLE001 failed or slow: the caller asks upstream itself
+            with self._lock:
+                if self._pages.get(name) is fut and not fut.done():  # slow: its page is not held later
+                    self._pages[name] = _SERVED
             return None
         with self._lock:
             if self._pages.get(name) is not fut:  # another request took it first
