@@ -51,21 +51,31 @@ def proxied_requirements(text: str, allowed_hosts: frozenset[str]) -> str:
     return _INDEX_OPTION.sub(swap, text) if allowed else text
 
 
+def filename_of(href: str) -> str:
+    """The file name a link points at (its last path segment, unquoted)."""
+    return unquote(href.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1])
+
+
+def project_and_version(filename: str) -> tuple[str, str] | None:
+    """(project, version) as a wheel's or a source archive's FILENAME spells them, or None."""
+    if filename.endswith(".whl"):
+        parts = filename[:-4].split("-")
+    else:
+        stem = re.sub(r"\.(tar\.gz|tar\.bz2|zip|tgz)$", "", filename)
+        if stem == filename:
+            return None
+        parts = stem.rsplit("-", 1)
+    return (parts[0], parts[1]) if len(parts) >= 2 else None
+
+
 def versions_on_page(project: str, hrefs: list[str]) -> list[str]:
     """Versions of PROJECT named by the files a PEP 503 page links, in page order."""
     want = normalise(project)
     seen: list[str] = []
     for href in hrefs:
-        name = unquote(href.split("#", 1)[0].rsplit("/", 1)[-1])
-        if name.endswith(".whl"):
-            parts = name[:-4].split("-")
-        else:
-            stem = re.sub(r"\.(tar\.gz|tar\.bz2|zip|tgz)$", "", name)
-            if stem == name:
-                continue
-            parts = stem.rsplit("-", 1)
-        if len(parts) >= 2 and normalise(parts[0]) == want and parts[1] not in seen:
-            seen.append(parts[1])
+        found = project_and_version(filename_of(href))
+        if found and normalise(found[0]) == want and found[1] not in seen:
+            seen.append(found[1])
     return seen
 
 
@@ -83,7 +93,7 @@ def drop_foreign(text: str, target: Target) -> tuple[str, int]:
     def keep(m: re.Match) -> str:
         nonlocal dropped
         href = href_of(m.group(0))
-        if href is None or target.keeps_href(href):
+        if href is None or target.keeps(filename_of(href)):
             return m.group(0)
         dropped += 1
         return ""

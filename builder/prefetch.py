@@ -37,6 +37,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .indexpages import project_and_version
 from .wheeltags import Target
 
 log = structlog.get_logger("agent_image.index")
@@ -226,10 +227,9 @@ class Prefetcher:
 
     @staticmethod
     def _version(filename: str) -> Version | None:
-        stem = filename[:-4].split("-") if filename.endswith(".whl") else \
-            filename.rsplit(".tar.gz", 1)[0].rsplit(".zip", 1)[0].rsplit("-", 1)
+        found = project_and_version(filename)
         try:
-            return Version(stem[1]) if len(stem) >= 2 else None
+            return Version(found[1]) if found else None
         except InvalidVersion:
             return None
 

@@ -19,7 +19,6 @@ that do not parse as wheels are always kept: pip decides about those.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from packaging import tags as _tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
@@ -75,9 +74,6 @@ class Target:
         except InvalidWheelFilename:
             return len(self.ranks)
         return min((self.ranks.get(t, len(self.ranks)) for t in file_tags), default=len(self.ranks))
-
-    def keeps_href(self, href: str) -> bool:
-        return self.keeps(unquote(href.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]))
 
 
 def target(abi_label: str | None, architecture: str) -> Target | None:
