@@ -330,7 +330,7 @@ class IndexProxy:
             with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=self.page_max_bytes) as b:
                 data = b.read()
             self._send(h, 200, data, "application/octet-stream")
-            if self.prefetch is not None:
+            if self.prefetch is not None and link.ident == self._ident:  # (as _read_dependencies)
                 self.prefetch.saw_metadata(key, data.decode("utf-8", "replace"))
             return
         if link is None or name != link.name:
