@@ -41,7 +41,7 @@ from .proxyfile import Tee, begin, send, send_file
 from .indexpages import (_ANCHOR, _HREF, _SHA, PIP_INDEX_HOST, drop_foreign, offer_attrs,  # noqa: F401 (re-exported)
                          proxied_requirements, proxy_url, versions_on_page)
 from .prefetch import Offer, Prefetcher
-from .requirements import normalise
+from .requirements import names_own_index, normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
                        UpstreamStatus, is_loopback)
@@ -51,7 +51,6 @@ log = structlog.get_logger("agent_image.index")
 
 READY_PATH = "/_sandbox/ready"                 # the sandbox's forwarder says hello here once it listens
 _NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"            # a PEP 503 normalised project name, nothing else
-_OWN_INDEX = re.compile(r"\s*(?:-i\b|--index-url\b|--no-index\b)")  # requirement lines that replace the index
 _ROUTES = [
     ("page", re.compile(rf"/simple/({_NAME})/?")),
     ("file", re.compile(r"/_f/([0-9a-f]{32})/([^/?#]+)")),
@@ -222,7 +221,7 @@ class IndexProxy:
     def expect(self, lines: list[str]) -> None:
         """Requirement lines the build is about to install: their pages can be fetched now. Not
         when the lines name their own index: pip never asks this one for their names then."""
-        if self.prefetch is not None and not any(_OWN_INDEX.match(line) for line in lines):
+        if self.prefetch is not None and not names_own_index(lines):
             self.prefetch.expect(lines)
 
     def _link(self, page_url: str, tag: str, auth: Upstream | None, ident: str,

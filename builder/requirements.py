@@ -179,6 +179,19 @@ def parse_line(line: Line) -> Parsed:
     return Parsed(args=args, opts=opts, written=written, abbreviated=abbreviated)
 
 
+def names_own_index(texts: list[str]) -> bool:
+    """Does a line set the index pip uses instead of the configured one (-i, --index-url and its
+    alias --pypi-url, --no-index), as pip's own option table reads it? A line pip cannot read counts."""
+    for number, text in enumerate(texts, 1):
+        try:
+            opts = parse_line(Line("requirements.txt", number, text)).opts
+        except (PackageValidationError, RequirementsSyntaxError):
+            return True
+        if "index_url" in opts or "no_index" in opts:
+            return True
+    return False
+
+
 def _host(value: str, line: Line, option: str) -> str:
     """The host a URL (or a --trusted-host value) names; refused when it could read two ways."""
     parts = urlsplit(value if "://" in value else f"//{value}")

@@ -351,5 +351,7 @@ def test_lines_that_name_their_own_index_are_not_prefetched_from_this_one(a, tmp
     with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
         proxy.expect(["--index-url http://agent-image-index.invalid/_x/abc/", "acme-internal-billing"])
         proxy.expect(["-i http://elsewhere/simple/", "acme-internal-secrets"])
+        proxy.expect(["--pypi-url=http://elsewhere/simple/", "acme-internal-payroll"])  # pip's alias for -i
+        proxy.expect(["--no-index", "acme-internal-wheelhouse"])
         threading.Event().wait(0.5)
     assert a.paths() == []
