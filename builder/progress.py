@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 # build-log lines that are the engine's bookkeeping, not the step's own output
-_ENGINE_LINES = ("Step ", "--->", "Removing intermediate container", "Successfully built", "Successfully tagged")
+_ENGINE_LINES = ("Step ", "--->", "Removing intermediate container", "Successfully built", "Successfully tagged",
+                 "Looking in indexes:")  # (pip's: it names the build's own index proxy, nothing the user chose)
 
 
 # 'Downloading http://agent-image-index.invalid/_f/.../requests-2.32.3-py3-none-any.whl' -> the file name
@@ -116,7 +117,9 @@ class BuildProgress:
             if line == "---> Using cache" and self.step:
                 self.step["cached"] = True
             elif line and not line.startswith(_ENGINE_LINES):
-                self.activity = _URL_PATH.sub("", line)
+                first, self.activity = not self.activity, _URL_PATH.sub("", line)
+                if first:  # a fast step may print and end between two timed refreshes: show its first line now
+                    self._live.refresh()
         elif event == "Opened agent package":
             self.runtime = event_dict.get("runtime")
             self.phase = f"checking {event_dict.get('agent')} {event_dict.get('version')}"
