@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import re
-from urllib.parse import unquote, urlsplit
+import shlex
+from urllib.parse import quote, unquote, urlsplit
 
-from .requirements import normalise
+from .errors import PackageLoadError
+from .requirements import Line, logical_spans, normalise, parse_line, requirement_targets
 from .wheeltags import Target
 
 PIP_INDEX_HOST = "agent-image-index.invalid"   # what pip in the build sees (dockerfile.PIP_INDEX_URL)
@@ -32,23 +34,68 @@ def proxy_url(url: str, *, find_links: bool = False) -> str:
     return f"http://{PIP_INDEX_HOST}/{'_l' if find_links else '_x'}/{token}/"
 
 
-_INDEX_OPTION = re.compile(r"(?P<opt>(?<!\S)(?:-i|--index-url|--extra-index-url|-f|--find-links))"
-                           r"(?P<sep>\s*=\s*|\s+|)(?P<url>https?://[^\s\\]+)")
+# (the rebuilt option lines: pip's dest -> its long option, for what an index line may carry)
+_URL_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url", "find_links": "--find-links"}
+_KEPT_OPTIONS = {"trusted_hosts": "--trusted-host", "no_index": "--no-index", "pre": "--pre",
+                 "prefer_binary": "--prefer-binary", "require_hashes": "--require-hashes"}
+
+
+def direct_url(url: str) -> str:
+    """The in-build URL for a direct reference (``name @ URL``) to a file on an allowed host."""
+    parts = urlsplit(url)
+    token = base64.urlsafe_b64encode(parts._replace(fragment="").geturl().encode()).decode()
+    name = quote(unquote(parts.path.rsplit("/", 1)[-1]) or "file", safe="")
+    return f"http://{PIP_INDEX_HOST}/_d/{token}/{name}" + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def proxied_requirements(text: str, allowed_hosts: frozenset[str]) -> str:
-    """requirements TEXT with each index / find-links URL on an allowed host turned into
-    its in-build proxy URL (the build reaches nothing else). Other text is unchanged;
-    lines naming a host that is not allowed were refused before (requirements.check_policy)."""
+    """requirements TEXT with each index, find-links and direct-reference URL on an allowed
+    host turned into its in-build proxy URL (the build reaches nothing else).
+
+    Read as pip reads it (its line joining and option table: the alias --pypi-url, a
+    quoted value and a continued line are the same option to it). A rewritten line
+    keeps its number (pip's errors name it); other lines are unchanged. Lines naming a
+    host that is not allowed were refused before (requirements.check_line)."""
     allowed = {h.lower() for h in allowed_hosts}
+    if not allowed:
+        return text
+    physical = text.splitlines(keepends=True)
+    for line, end in logical_spans(text):
+        new = _proxied_line(line, allowed)
+        if new is not None:  # the continuation's other lines stay, empty
+            physical[line.number - 1:end] = [new + "\n"] + ["\n"] * (end - line.number)
+    return "".join(physical)
 
-    def swap(m: re.Match) -> str:
-        url = m.group("url")
-        if (urlsplit(url).hostname or "").lower() not in allowed:
-            return m.group(0)
-        return m.group("opt") + (m.group("sep") or " ") + proxy_url(url, find_links=m.group("opt") in ("-f", "--find-links"))
 
-    return _INDEX_OPTION.sub(swap, text) if allowed else text
+def _proxied_line(line: Line, allowed: set[str]) -> str | None:
+    """LINE with its allowed hosts' URLs proxied, or None when it has none to proxy."""
+    try:
+        parsed = parse_line(line)
+    except PackageLoadError:  # refused before (check_line); nothing to rewrite
+        return None
+
+    def ours(url: str) -> bool:
+        return urlsplit(url).scheme in ("http", "https") and (urlsplit(url).hostname or "").lower() in allowed
+
+    if parsed.args:  # a requirement: its direct reference, where pip would read one
+        text = line.text
+        for target in requirement_targets(parsed.args):
+            if ours(target):
+                text = text.replace(target, direct_url(target), 1)
+        return text if text != line.text else None
+    urls = [(dest, v) for dest in _URL_OPTIONS for v in _values(parsed.opts.get(dest))]
+    if not any(ours(v) for _, v in urls) or set(parsed.opts) - set(_URL_OPTIONS) - set(_KEPT_OPTIONS):
+        return None  # (other options beside an index URL: refused before, or left as written)
+    words = [w for dest, v in urls for w in (_URL_OPTIONS[dest],
+                                             proxy_url(v, find_links=dest == "find_links") if ours(v) else v)]
+    words += [w for dest in _KEPT_OPTIONS if dest in parsed.opts
+              for w in ([_KEPT_OPTIONS[dest]] if parsed.opts[dest] is True else
+                        [x for v in _values(parsed.opts[dest]) for x in (_KEPT_OPTIONS[dest], v)])]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _values(value) -> list[str]:
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def filename_of(href: str) -> str:

@@ -14,13 +14,13 @@ each on to the build while it downloads (builder/proxyfile.py).
 What a build may ask for is an allow-list: ``/simple/<PEP 503 normalised
 name>/`` of the configured index; ``/_f/<id>/<file>`` only for a link an index
 page served to this build; the indexes and find-links pages of hosts named by
-``--allow-index-host`` (``/_x/``, ``/_l/``, see ``proxy_url``), without the
-index's credentials. Everything else is a 4xx with a one-line reason.
+``--allow-index-host`` (``/_x/``, ``/_l/``, see ``proxy_url``) and the files
+requirements name there directly (``/_d/``), without the index's credentials.
+Everything else is a 4xx with a one-line reason.
 """
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import hashlib
 import html
@@ -39,8 +39,9 @@ from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa:
 from .errors import redact
 from .proxyfile import Tee, begin, send, send_file
 from .indexpages import (_ANCHOR, _HREF, _SHA, PIP_INDEX_HOST, drop_foreign, offer_attrs,  # noqa: F401 (re-exported)
-                         proxied_requirements, proxy_url, versions_on_page)
+                         filename_of, proxied_requirements, proxy_url, versions_on_page)
 from .prefetch import Offer, Prefetcher
+from .proxyroutes import PROJECT_NAME, Denied, route, unb64
 from .requirements import names_own_index, normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
@@ -48,46 +49,6 @@ from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher,
 from .wheeltags import Target
 
 log = structlog.get_logger("agent_image.index")
-
-READY_PATH = "/_sandbox/ready"                 # the sandbox's forwarder says hello here once it listens
-_NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"            # a PEP 503 normalised project name, nothing else
-_ROUTES = [
-    ("page", re.compile(rf"/simple/({_NAME})/?")),
-    ("file", re.compile(r"/_f/([0-9a-f]{32})/([^/?#]+)")),
-    ("xpage", re.compile(rf"/_x/([A-Za-z0-9_-]+=*)/({_NAME})/?")),
-    ("links", re.compile(r"/_l/([A-Za-z0-9_-]+=*)/?")),
-]
-class Denied(Exception):
-    """A request from the build that the allow-list does not name."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code, self.reason = code, reason
-        super().__init__(reason)
-
-
-def _unb64(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise Denied(404, "not an index URL this proxy issued") from None
-
-
-def route(target: str) -> tuple[str, tuple[str, ...]]:
-    """A request target -> (kind, groups). Absolute-form only for the index's own host."""
-    if not target.startswith("/"):
-        parts = urlsplit(target)
-        if parts.scheme != "http" or parts.hostname != PIP_INDEX_HOST or parts.port not in (None, 80):
-            raise Denied(403, "this proxy serves the package index only")
-        target = parts.path or "/"
-    path = target.split("?", 1)[0].split("#", 1)[0]
-    if path == READY_PATH:
-        return "ready", ()
-    for kind, pattern in _ROUTES:
-        m = pattern.fullmatch(path)
-        if m:
-            return kind, m.groups()
-    raise Denied(404, "not an index path: only /simple/<normalised-name>/ and the files its pages link")
-
 
 @dataclass(frozen=True)
 class Link:
@@ -268,12 +229,12 @@ class IndexProxy:
         return text.encode(), offers
 
     def _prefetch_page(self, project: str) -> tuple[bytes, list[Offer]]:
-        if not re.fullmatch(_NAME, project):  # (prefetch.py hands only canonical names; a page path is one)
+        if not re.fullmatch(PROJECT_NAME, project):  # (prefetch.py hands only canonical names; a page path is one)
             raise Denied(404, "not a normalised project name")
         return self._page(self.upstream.url + project + "/", project, self.upstream, self._ident)
 
     def _extra(self, token: str) -> str:
-        url = _unb64(token)
+        url = unb64(token)
         parts = urlsplit(url)
         if parts.scheme not in SCHEMES or (parts.hostname or "").lower() not in self.allowed_hosts \
                 or parts.username or parts.password:
@@ -298,6 +259,13 @@ class IndexProxy:
             elif kind == "links":
                 url = self._extra(groups[0])
                 self._send_page(h, self._page(url, None, None, identity(url, None))[0])
+            elif kind == "direct":  # name @ URL on an allowed host: that one file, as if a page linked it
+                url = self._extra(groups[0])
+                ident = identity(url, None)
+                key = hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
+                with self._lock:  # (the name asked for must be the URL's own: _serve_file)
+                    self._links[key] = Link(url, filename_of(url), None, None, ident)
+                self._serve_file(h, key, unquote(groups[1]), head)
             else:
                 self._serve_file(h, groups[0], unquote(groups[1]), head)
         except Denied as exc:

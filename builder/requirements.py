@@ -88,8 +88,23 @@ def logical_lines(text: str, file: str = "requirements.txt") -> list[Line]:
 
     (Not pip's ``preprocess``: it also fills ``${VAR}`` from this process's
     environment, which would put the builder's variables into the lines.)"""
+    return [line for line, _ in logical_spans(text, file)]
+
+
+def logical_spans(text: str, file: str = "requirements.txt") -> list[tuple[Line, int]]:
+    """pip's logical lines, each with the number of its last physical line (of
+    ``text.splitlines()``, as pip numbers them): where a continuation ends."""
     from pip._internal.req.req_file import ignore_comments, join_lines
-    return [Line(file, n, t) for n, t in ignore_comments(join_lines(enumerate(text.splitlines(), start=1)))]
+    last = 0
+
+    def numbered():
+        nonlocal last
+        for last, physical in enumerate(text.splitlines(), start=1):
+            yield last, physical
+
+    # pip's generators read lazily: when a logical line comes out, the last physical
+    # line read is the one that ended it
+    return [(Line(file, n, t), last) for n, t in ignore_comments(join_lines(numbered()))]
 
 
 def _refuse(line: Line, what: str, hint: str) -> IndexPolicyError:
@@ -242,7 +257,7 @@ def _target(value: str, line: Line, root: Path, allowed: set[str]) -> str:
                   "Publish the package to the index.")
 
 
-def _requirement_targets(args: str) -> list[str]:
+def requirement_targets(args: str) -> list[str]:
     """Every URL or path pip could read a requirement line as (pip's parse_req_from_line, conservatively)."""
     if _SCHEME.match(args):
         return [args.split("; ", 1)[0].strip()]  # a bare URL; pip splits its marker at '; '
@@ -303,7 +318,7 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
                           "Put the file in the package and include it by its path.")
         return "include", includes[0]
     kinds = [_target(v, line, root, allowed) for v in parsed.opts.get("editables", [])]
-    kinds += [_target(v, line, root, allowed) for v in _requirement_targets(parsed.args)] if parsed.args else []
+    kinds += [_target(v, line, root, allowed) for v in requirement_targets(parsed.args)] if parsed.args else []
     if constraint and (kinds or "editables" in parsed.opts):
         raise _refuse(line, "a constraints file names a URL, a path or an editable install",
                       "Keep constraints files to names and versions.")

@@ -346,6 +346,21 @@ def test_unix_socket_and_allowed_extra_hosts(a, b, tmp_path):
     assert all(h is None for _, _, h in b.seen)  # never the index's credential
 
 
+def test_a_direct_reference_is_served_only_from_an_allowed_host_by_its_own_name(a, b, tmp_path):
+    from builder.indexpages import direct_url
+    b.file("/files/bar-2.whl", b"direct")
+    with make(f"http://alice:pw-1234@127.0.0.1:{a.port}/simple/", tmp_path,
+              allowed_hosts=frozenset({"localhost"})) as proxy:
+        path = direct_url(f"http://localhost:{b.port}/files/bar-2.whl#sha256=00").split("invalid", 1)[1]
+        assert ask(proxy, path.split("#")[0]) == (200, b"direct")
+        # the path names the file: another name for the same token is not that file
+        assert ask(proxy, path.split("#")[0].replace("bar-2.whl", "other-1.whl"))[0] == 404
+        # a token for a host --allow-index-host did not name (127.0.0.1 is not localhost)
+        assert ask(proxy, direct_url(f"{b.base}/files/bar-2.whl").split("invalid", 1)[1])[0] == 403
+        assert ask(proxy, direct_url(f"http://u:p@localhost:{b.port}/files/bar-2.whl").split("invalid", 1)[1])[0] == 403
+    assert b.paths() == ["/files/bar-2.whl"] and all(h is None for _, _, h in b.seen)  # once, no credential
+
+
 def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a, tmp_path):
     """An index that is not on loopback cannot point the proxy at the builder's own services."""
     from builder.upstream import Fetcher, Refused
@@ -358,14 +373,37 @@ def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a,
 
 
 def test_allowed_index_urls_in_requirements_become_proxy_urls():
+    from builder.indexpages import direct_url
     from builder.indexproxy import proxied_requirements
     text = ("tinyreq==1.0\n--extra-index-url https://extra.example/simple/\n-i https://EXTRA.example/x/simple/\n"
             "--find-links=https://extra.example/links/\n-f https://other.example/links/\n"
-            "--trusted-host extra.example\nfoo @ https://extra.example/foo-1.whl\n")
+            "--trusted-host extra.example\nfoo @ https://extra.example/foo-1.whl#sha256=ab ; python_version>'3'\n")
     out = proxied_requirements(text, frozenset({"extra.example"}))
     assert f"--extra-index-url {proxy_url('https://extra.example/simple/')}\n" in out
-    assert f"-i {proxy_url('https://EXTRA.example/x/simple/')}\n" in out
-    assert f"--find-links={proxy_url('https://extra.example/links/', find_links=True)}\n" in out
+    assert f"--index-url {proxy_url('https://EXTRA.example/x/simple/')}\n" in out
+    assert f"--find-links {proxy_url('https://extra.example/links/', find_links=True)}\n" in out
     assert "-f https://other.example/links/\n" in out          # not allowed: refused earlier, left alone here
-    assert "--trusted-host extra.example\n" in out and "foo @ https://extra.example/foo-1.whl" in out
+    assert "--trusted-host extra.example\n" in out
+    # a direct reference goes to that one file through the proxy; pip still checks its hash and marker
+    assert f"foo @ {direct_url('https://extra.example/foo-1.whl#sha256=ab')} ; python_version>'3'\n" in out
+    assert direct_url("https://extra.example/foo-1.whl#sha256=ab").endswith("/foo-1.whl#sha256=ab")
     assert proxied_requirements(text, frozenset()) == text
+
+
+def test_index_options_are_read_as_pip_reads_them_and_keep_their_line_numbers():
+    """The alias --pypi-url, a quoted URL and a continued line are each the same option to pip:
+    all proxied; pip's errors name lines, so every line keeps its number."""
+    from builder.indexproxy import proxied_requirements
+    text = ("--pypi-url https://extra.example/alias/\r\n--extra-index-url 'https://extra.example/quoted/'\n"
+            "--index-url \\\n   https://extra.example/continued/\nafter==1\n# -i https://extra.example/comment/\n"
+            "https://extra.example/bar-2.tar.gz\n--extra-index-url https://extra.example/s/ --pre\n")
+    out = proxied_requirements(text, frozenset({"extra.example"}))
+    lines = out.splitlines()
+    assert len(lines) == len(text.splitlines()) == 8
+    assert lines[0] == f"--index-url {proxy_url('https://extra.example/alias/')}"
+    assert lines[1] == f"--extra-index-url {proxy_url('https://extra.example/quoted/')}"
+    assert lines[2] == f"--index-url {proxy_url('https://extra.example/continued/')}" and lines[3] == ""
+    assert lines[4] == "after==1" and lines[5] == "# -i https://extra.example/comment/"  # a comment is no option
+    assert lines[6].startswith("http://agent-image-index.invalid/_d/") and lines[6].endswith("/bar-2.tar.gz")
+    assert lines[7] == f"--extra-index-url {proxy_url('https://extra.example/s/')} --pre"
+    assert "extra.example" not in out.replace("# -i https://extra.example/comment/", "")

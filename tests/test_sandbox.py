@@ -324,6 +324,28 @@ def test_an_allowed_extra_index_is_served_through_the_proxy(
     # (that the index's credential never goes to the extra host: test_indexproxy, with a recording server)
 
 
+def test_a_direct_reference_on_an_allowed_host_is_fetched_through_the_proxy(
+        agent_factory, index_url, tmp_path, cleanup_images):
+    """`name @ https://HOST/file` with --allow-index-host HOST: that file reaches the build through the proxy."""
+    from builder.api import BuildOptions, build_image
+    from tests.conftest import _start_pypiserver, build_wheel, make_project
+    house = tmp_path / "extra-packages"
+    build_wheel(make_project(tmp_path / "src", "directonly", "2.0"), house)
+    url, proc = _start_pypiserver(house)
+    try:
+        wheel = url.replace("127.0.0.1", "localhost").replace("/simple/", "/packages/") \
+            + "directonly-2.0-py3-none-any.whl"
+        cleanup_images("agents/sbx-direct")
+        agent = agent_factory("sbx-direct", requirements=f"directonly @ {wheel}\ntinyreq==1.0\n")
+        result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c",
+                                                 allow_index_hosts=frozenset({"localhost"})))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert "directonly-2.0" in result.installed and "tinyreq-1.0" in result.installed
+    assert "directonly-2.0-py3-none-any.whl" in result.index["downloaded"]  # through the proxy
+
+
 def test_a_file_over_the_download_cap_fails_the_build_naming_it(agent_factory, index_url, tmp_path):
     from builder.api import BuildOptions, build_image
     from builder.errors import IndexResponseError
