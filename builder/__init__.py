@@ -10,7 +10,8 @@ share) ->
 outbound client, ``downloadcache`` its files, ``proxyfile`` the tee that
 sends a file on while it downloads) -> ``sandbox`` (the build
 reaches that proxy and nothing else) -> ``engine`` (the one place that
-knows Docker) -> ``buildlog`` (log lines to an error class) ->
+knows Docker) -> ``buildlog`` (read the log) -> ``pipfailures`` (its failure
+to an error class) ->
 ``registry`` (push/pull). ``api.build_image`` ties them together; ``cli``
 is the command line.
 """

@@ -19,7 +19,7 @@ import structlog
 
 from . import __version__, depsimage, wheeltags
 from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
-from .buildlog import Failure, classify, conflict_warnings, installed_packages, marked_step, step_lines
+from .buildlog import Failure, conflict_warnings, installed_packages, marked_step, step_lines
 from .context import build_context
 from .dockerfile import RUNTIME_LABEL, TOOL_PIP_LABEL, Rendered, pip_reports
 from .engine import Engine
@@ -33,6 +33,7 @@ from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from .layercache import (drop_attempt, fence, from_registry, only_code_changed, own_previous, remember_fence,
                          remote, same_agent)
 from .logs import configure as configure_logs
+from .pipfailures import classify
 from .plan import (_REF_RE, PACKAGING_FILES, check_cache_dir, check_identity, check_image_ref,  # noqa: F401
                    content_digest, generated_files, kept_out, log_requirements, read_ca_bundle, read_split,
                    render_agent)

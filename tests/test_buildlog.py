@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from builder import errors
-from builder.buildlog import (Failure, classify, conflict_warnings, installed_packages, rejoin, step_lines,
+from builder.buildlog import (Failure, conflict_warnings, installed_packages, rejoin, step_lines,
                               subprocess_reason)
+from builder.pipfailures import classify
 from builder.requirements import Line, logical_lines
 
 DATA = Path(__file__).resolve().parent / "data" / "buildlogs"
