@@ -2,8 +2,9 @@
 
 The pipeline, in the order data flows: ``apkg`` (open and check the
 package) -> ``manifest`` (agent.yaml) -> ``requirements`` (policy and layer
-split) -> ``dockerfile`` (render) -> ``plan`` (what one build sends the
-engine) -> ``context`` (deterministic tar) -> ``layercache`` (earlier images to
+split; ``reqlines`` reads lines as pip does) -> ``dockerfile`` (render) ->
+``plan`` (what one build sends the engine) -> ``context`` (deterministic
+tar) -> ``layercache`` (earlier images to
 reuse) -> ``depsimage`` (the dependency image agents with the same lines
 share) ->
 ``indexproxy`` (credentials stay outside the build; ``proxyroutes`` what a

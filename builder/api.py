@@ -38,7 +38,8 @@ from .plan import (_REF_RE, PACKAGING_FILES, check_cache_dir, check_identity, ch
                    content_digest, generated_files, kept_out, log_requirements, read_ca_bundle, read_split,
                    render_agent)
 from .rebase import ABI_LABEL, CONTENT_LABEL, base_labels
-from .requirements import Split, logical_lines
+from .reqlines import logical_lines
+from .requirements import Split
 
 log = structlog.get_logger("agent_image")
 
@@ -290,7 +291,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             with (contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, base_image)) as sandbox, \
                     IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
                                ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
-                               page_max_bytes=options.index_page_max_bytes,
+                               direct_urls=split.direct, page_max_bytes=options.index_page_max_bytes,
                                file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path,
                                target=wheeltags.target(base.labels.get(ABI_LABEL), base.architecture)) as proxy:
                 if deps and deps.image is None:  # its pages can come while the sandbox starts

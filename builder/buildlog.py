@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Mapping, Sequence
 
 from .errors import PackageLoadError
-from .requirements import Line, normalise
+from .reqlines import Line, normalise
 
 TAIL = 25
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"

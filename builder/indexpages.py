@@ -14,8 +14,8 @@ import re
 import shlex
 from urllib.parse import quote, unquote, urlsplit
 
-from .errors import PackageLoadError
-from .requirements import Line, logical_spans, normalise, parse_line, requirement_targets
+from .errors import IndexPolicyError, PackageLoadError
+from .reqlines import Line, logical_spans, normalise, parse_line, requirement_spans, requirement_targets
 from .wheeltags import Target
 
 PIP_INDEX_HOST = "agent-image-index.invalid"   # what pip in the build sees (dockerfile.PIP_INDEX_URL)
@@ -40,12 +40,18 @@ _KEPT_OPTIONS = {"trusted_hosts": "--trusted-host", "no_index": "--no-index", "p
                  "prefer_binary": "--prefer-binary", "require_hashes": "--require-hashes"}
 
 
+def direct_name(url: str) -> str:
+    """The file name pip gives a direct reference's URL (its last path segment, a trailing / ignored)."""
+    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+
+
 def direct_url(url: str) -> str:
-    """The in-build URL for a direct reference (``name @ URL``) to a file on an allowed host."""
-    parts = urlsplit(url)
-    token = base64.urlsafe_b64encode(parts._replace(fragment="").geturl().encode()).decode()
-    name = quote(unquote(parts.path.rsplit("/", 1)[-1]) or "file", safe="")
-    return f"http://{PIP_INDEX_HOST}/_d/{token}/{name}" + (f"#{parts.fragment}" if parts.fragment else "")
+    """The in-build URL for a direct reference (``name @ URL``) to a file on an allowed host.
+    The token is the URL as written, fragment and all: the proxy serves only URLs the
+    requirements name (Split.direct), and checks the #sha256= it gives."""
+    token = base64.urlsafe_b64encode(url.encode()).decode()
+    fragment = urlsplit(url).fragment
+    return f"http://{PIP_INDEX_HOST}/_d/{token}/{quote(direct_name(url), safe='')}" + (f"#{fragment}" if fragment else "")
 
 
 def proxied_requirements(text: str, allowed_hosts: frozenset[str]) -> str:
@@ -77,12 +83,18 @@ def _proxied_line(line: Line, allowed: set[str]) -> str | None:
     def ours(url: str) -> bool:
         return urlsplit(url).scheme in ("http", "https") and (urlsplit(url).hostname or "").lower() in allowed
 
-    if parsed.args:  # a requirement: its direct reference, where pip would read one
-        text = line.text
-        for target in requirement_targets(parsed.args):
-            if ours(target):
-                text = text.replace(target, direct_url(target), 1)
-        return text if text != line.text else None
+    if parsed.args:  # a requirement: its direct reference, at the very place pip reads it (check_line let one be)
+        spans = [(a, b) for a, b in requirement_spans(parsed.args) if ours(parsed.args[a:b])]
+        if not spans:
+            return None
+        start, end = spans[0]
+        url = direct_url(line.text[start:end])
+        text = line.text[:start] + url + line.text[end:]  # (ARGS is the line's start: pip's break_args_options)
+        if len(spans) > 1 or requirement_targets(parse_line(Line(line.file, line.number, text)).args) != [url]:
+            raise IndexPolicyError(f"{line.where}: '{line.text}' reads differently once its URL goes through the "
+                                   "build's proxy", line=line.number, requirement=line.text, field=line.file,
+                                   hint="Write the line as 'name @ URL'.")
+        return text
     urls = [(dest, v) for dest in _URL_OPTIONS for v in _values(parsed.opts.get(dest))]
     if not any(ours(v) for _, v in urls) or set(parsed.opts) - set(_URL_OPTIONS) - set(_KEPT_OPTIONS):
         return None  # (other options beside an index URL: refused before, or left as written)

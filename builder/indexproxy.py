@@ -39,10 +39,10 @@ from .downloadcache import DEFAULT_CACHE_BYTES, DownloadCache, identity  # noqa:
 from .errors import redact
 from .proxyfile import Tee, begin, send, send_file
 from .indexpages import (_ANCHOR, _HREF, _SHA, PIP_INDEX_HOST, drop_foreign, offer_attrs,  # noqa: F401 (re-exported)
-                         filename_of, proxied_requirements, proxy_url, versions_on_page)
+                         direct_name, proxied_requirements, proxy_url, versions_on_page)
 from .prefetch import Offer, Prefetcher
 from .proxyroutes import PROJECT_NAME, Denied, route, unb64
-from .requirements import names_own_index, normalise
+from .reqlines import names_own_index, normalise
 from .upstream import PUBLIC_INDEX  # noqa: F401 (re-exported: index.py, older callers)
 from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher, Refused, Unreachable, Upstream,
                        UpstreamStatus, is_loopback)
@@ -107,10 +107,12 @@ class IndexProxy:
     def __init__(self, upstream: Upstream, cache: DownloadCache, *, ca_bundle: str | None = None,
                  timeout: float = 60.0, retries: int = 2, allowed_hosts: frozenset[str] = frozenset(),
                  page_max_bytes: int = DEFAULT_PAGE_BYTES, file_max_bytes: int = DEFAULT_FILE_BYTES,
-                 unix_path: str | None = None, target: Target | None = None, prefetch: bool = True) -> None:
+                 unix_path: str | None = None, target: Target | None = None, prefetch: bool = True,
+                 direct_urls: frozenset[str] = frozenset()) -> None:
         """TARGET: the build's interpreter; links to wheels it can never install are left
         off the pages the build sees (builder/wheeltags.py). None: pages pass whole.
-        PREFETCH: fetch pages and wheels ahead of pip (builder/prefetch.py)."""
+        PREFETCH: fetch pages and wheels ahead of pip (builder/prefetch.py).
+        DIRECT_URLS: the files on allowed hosts requirements name (requirements.Split.direct)."""
         self.upstream = upstream
         self.timeout = timeout
         self.target = target
@@ -119,6 +121,7 @@ class IndexProxy:
         self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries,
                                loopback_ok=is_loopback(urlsplit(upstream.url).hostname or ""))
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.direct_urls = direct_urls
         self.page_max_bytes, self.file_max_bytes = page_max_bytes, file_max_bytes
         self.unix_path = unix_path
         self.ready = threading.Event()
@@ -259,12 +262,15 @@ class IndexProxy:
             elif kind == "links":
                 url = self._extra(groups[0])
                 self._send_page(h, self._page(url, None, None, identity(url, None))[0])
-            elif kind == "direct":  # name @ URL on an allowed host: that one file, as if a page linked it
+            elif kind == "direct":  # name @ URL on an allowed host: a URL the requirements name, as if linked
                 url = self._extra(groups[0])
-                ident = identity(url, None)
-                key = hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
+                if url not in self.direct_urls:
+                    raise Denied(403, "not a file the requirements name on a host --allow-index-host names")
+                plain, _, fragment = url.partition("#")
+                ident, sha = identity(plain, None), _SHA.search(fragment)
+                key = hashlib.sha256(f"{ident}\0{plain}".encode()).hexdigest()[:32]
                 with self._lock:  # (the name asked for must be the URL's own: _serve_file)
-                    self._links[key] = Link(url, filename_of(url), None, None, ident)
+                    self._links[key] = Link(plain, direct_name(plain), sha.group(1) if sha else None, None, ident)
                 self._serve_file(h, key, unquote(groups[1]), head)
             else:
                 self._serve_file(h, groups[0], unquote(groups[1]), head)

@@ -18,7 +18,7 @@ from .buildlog import _NAME, Failure, subprocess_reason
 from .errors import (BuildError, DependencyConflictError, DependencyError, DependencyNotFoundError,
                      EditableInstallError, HashMismatchError, IndexAuthError, IndexResponseError,
                      IndexUnreachableError, PackageLoadError, RequirementsSyntaxError, VersionNotFoundError, WheelBuildError)
-from .requirements import normalise
+from .reqlines import normalise
 
 DEPS_FILE = "requirements-deps.txt"
 

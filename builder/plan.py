@@ -19,6 +19,7 @@ from .dockerfile import render
 from .dotenv import is_env_path
 from .errors import PackageValidationError
 from .indexproxy import proxied_requirements
+from .reqlines import decode
 from .requirements import Split, read_requirements
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def generated_files(pkg: Package, options: BuildOptions, split: Split,
     for rel in ("requirements.txt", *split.includes) if options.allow_index_hosts else ():
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = decode(path.read_bytes(), rel)  # as the policy read it (a UTF-8 byte-order mark is not text)
             rewritten = proxied_requirements(text, options.allow_index_hosts)
             if rewritten != text:
                 proxied[rel] = rewritten.encode()

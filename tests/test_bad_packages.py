@@ -465,6 +465,18 @@ SIDE_DOORS = [
     ("absolute-path", "/opt/agent-image/evil.whl", None, "is outside the package", None, {}),
     ("url-include", "-r https://evil.example/more.txt", None, "includes a URL", None, {}),
     ("env-var", "--extra-index-url ${AGENT_IMAGE_INDEX}", None, "'${AGENT_IMAGE_INDEX}' is filled from", None, {}),
+    # an allowed host written without a scheme is a path to pip: the image's own directories as an index
+    ("allowed-host-no-scheme-links", "--find-links github.com/../../../usr/lib/python3/dist-packages", None,
+     "'--find-links' 'github.com/../../../usr/lib/python3/dist-packages' has no http:// or https://", None,
+     {"allow_index_hosts": GITHUB}),
+    ("allowed-host-no-scheme-index", "-i github.com/simple", None, "has no http:// or https://", None,
+     {"allow_index_hosts": GITHUB}),
+    # a path that holds the URL it names: a rewrite of the URL would shorten the path's climb
+    ("path-and-url", "./https://github.com/../../tmp/evil-1.0.tar.gz/../../../Q @ https://github.com/../../tmp/"
+     "evil-1.0.tar.gz", None, "as a path or as a URL", None, {"allow_index_hosts": GITHUB}),
+    # a backslash pip does not join (a comment follows): written back, it would swallow the next line
+    ("backslash-before-comment", 'idna==3.10 ; python_version >= "3" \\ # note\n-c pins.txt',
+     {"pins.txt": "idna<4\n"}, "requirements.txt:2: ends in a backslash that pip does not join", None, {}),
 ]
 CASES += [Case(f"policy-{cid}", req(f"requests==2.32.3\n{text}\n", extra), POLICY, needle, field, options=opts)
           for cid, text, extra, needle, field, opts in SIDE_DOORS]

@@ -19,7 +19,7 @@ from builder import errors
 from builder.buildlog import (Failure, conflict_warnings, installed_packages, rejoin, step_lines,
                               subprocess_reason)
 from builder.pipfailures import classify
-from builder.requirements import Line, logical_lines
+from builder.reqlines import Line, logical_lines
 
 DATA = Path(__file__).resolve().parent / "data" / "buildlogs"
 SIDECARS = sorted(DATA.glob("*/*.json"))

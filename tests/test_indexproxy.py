@@ -346,19 +346,30 @@ def test_unix_socket_and_allowed_extra_hosts(a, b, tmp_path):
     assert all(h is None for _, _, h in b.seen)  # never the index's credential
 
 
-def test_a_direct_reference_is_served_only_from_an_allowed_host_by_its_own_name(a, b, tmp_path):
+def test_a_direct_reference_is_served_only_as_the_requirements_name_it(a, b, tmp_path):
     from builder.indexpages import direct_url
     b.file("/files/bar-2.whl", b"direct")
-    with make(f"http://alice:pw-1234@127.0.0.1:{a.port}/simple/", tmp_path,
-              allowed_hosts=frozenset({"localhost"})) as proxy:
-        path = direct_url(f"http://localhost:{b.port}/files/bar-2.whl#sha256=00").split("invalid", 1)[1]
-        assert ask(proxy, path.split("#")[0]) == (200, b"direct")
+    b.file("/files/bad-1.whl", b"not what the hash says")
+    good = f"http://localhost:{b.port}/files/bar-2.whl#sha256={hashlib.sha256(b'direct').hexdigest()}"
+    bad = f"http://localhost:{b.port}/files/bad-1.whl#sha256={'0' * 64}"
+    elsewhere = f"{b.base}/files/bar-2.whl"  # 127.0.0.1: not the allowed host, even if a line named it
+
+    def path(url: str) -> str:
+        return direct_url(url).split("invalid", 1)[1].split("#")[0]
+
+    with make(f"http://alice:pw-1234@127.0.0.1:{a.port}/simple/", tmp_path, allowed_hosts=frozenset({"localhost"}),
+              direct_urls=frozenset({good, bad, elsewhere})) as proxy:
+        assert ask(proxy, path(good)) == (200, b"direct")
         # the path names the file: another name for the same token is not that file
-        assert ask(proxy, path.split("#")[0].replace("bar-2.whl", "other-1.whl"))[0] == 404
-        # a token for a host --allow-index-host did not name (127.0.0.1 is not localhost)
-        assert ask(proxy, direct_url(f"{b.base}/files/bar-2.whl").split("invalid", 1)[1])[0] == 403
-        assert ask(proxy, direct_url(f"http://u:p@localhost:{b.port}/files/bar-2.whl").split("invalid", 1)[1])[0] == 403
-    assert b.paths() == ["/files/bar-2.whl"] and all(h is None for _, _, h in b.seen)  # once, no credential
+        assert ask(proxy, path(good).replace("bar-2.whl", "other-1.whl"))[0] == 404
+        # a URL on the allowed host that no requirement names (here: without its hash), or not on it
+        assert ask(proxy, path(good.split("#")[0]))[0] == 403
+        assert ask(proxy, path(elsewhere))[0] == 403
+        # the hash the line gives is checked before the file is kept
+        assert ask(proxy, path(bad))[0] == 502
+    assert b.paths() == ["/files/bar-2.whl", "/files/bad-1.whl"] and all(h is None for _, _, h in b.seen)
+    kept = {p.name for p in (tmp_path / "cache" / "v2" / "sha256").rglob("*") if p.is_file()}
+    assert kept == {hashlib.sha256(b"direct").hexdigest()}, kept  # the refused file is not kept
 
 
 def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a, tmp_path):
@@ -393,6 +404,7 @@ def test_allowed_index_urls_in_requirements_become_proxy_urls():
 def test_index_options_are_read_as_pip_reads_them_and_keep_their_line_numbers():
     """The alias --pypi-url, a quoted URL and a continued line are each the same option to pip:
     all proxied; pip's errors name lines, so every line keeps its number."""
+    from builder.indexpages import direct_url
     from builder.indexproxy import proxied_requirements
     text = ("--pypi-url https://extra.example/alias/\r\n--extra-index-url 'https://extra.example/quoted/'\n"
             "--index-url \\\n   https://extra.example/continued/\nafter==1\n# -i https://extra.example/comment/\n"
@@ -407,3 +419,7 @@ def test_index_options_are_read_as_pip_reads_them_and_keep_their_line_numbers():
     assert lines[6].startswith("http://agent-image-index.invalid/_d/") and lines[6].endswith("/bar-2.tar.gz")
     assert lines[7] == f"--extra-index-url {proxy_url('https://extra.example/s/')} --pre"
     assert "extra.example" not in out.replace("# -i https://extra.example/comment/", "")
+    # the URL is rewritten where pip reads it, not where the same text first appears on the line
+    line = "bar @ https://extra.example/b.whl ; platform_release != 'https://extra.example/b.whl'\n"
+    assert proxied_requirements(line, frozenset({"extra.example"})) == \
+        f"bar @ {direct_url('https://extra.example/b.whl')} ; platform_release != 'https://extra.example/b.whl'\n"

@@ -16,7 +16,8 @@ from builder.dockerfile import parse_steps, render
 from builder.errors import PackageValidationError, redact, redaction_scope, register_secret
 from builder.indexproxy import DownloadCache, IndexProxy, Upstream
 from builder.manifest import parse_manifest
-from builder.requirements import logical_lines, read_requirements
+from builder.reqlines import logical_lines
+from builder.requirements import read_requirements
 
 YAML = """\
 name: demo
@@ -293,3 +294,21 @@ def test_with_a_pip_that_reports_the_second_pass_runs_only_when_the_first_change
     label = "io.pixell.agent-image.abi"
     assert pip_reports({label: abi.format("23.0.1")}) and pip_reports({label: abi.format("22.2")})
     assert not pip_reports({label: abi.format("20.3.4")}) and not pip_reports({}) and not pip_reports({label: "pip=x"})
+
+
+def test_the_image_copy_of_requirements_is_rewritten_past_a_byte_order_mark(tmp_path):
+    """pip reads past a UTF-8 BOM; the rewrite to proxy URLs must read the same line 1
+    (the copy in /app is what the seed's second pass, pip 20 and uv read)."""
+    from builder.api import BuildOptions
+    from builder.apkg import open_package
+    from builder.indexpages import proxy_url
+    from builder.plan import generated_files, read_split
+    from tests.conftest import make_agent
+    agent = make_agent(tmp_path, "bom-extra", requirements=None)
+    (agent / "requirements.txt").write_bytes(b"\xef\xbb\xbf--extra-index-url https://extra.example/simple/\nidna\n")
+    options = BuildOptions(allow_index_hosts=frozenset({"extra.example"}))
+    with open_package(agent) as pkg:
+        generated, _ = generated_files(pkg, options, read_split(pkg, options), "FROM scratch\n")
+    for copy in (".agent-image/meta/requirements.txt", ".agent-image/deps/requirements-deps.txt"):
+        assert generated[copy].decode().splitlines()[0] == \
+            f"--extra-index-url {proxy_url('https://extra.example/simple/')}", copy

@@ -313,7 +313,8 @@ def test_an_allowed_extra_index_is_served_through_the_proxy(
     try:
         extra = url.replace("127.0.0.1", "localhost")
         cleanup_images("agents/sbx-extra")
-        agent = agent_factory("sbx-extra", requirements=f"--extra-index-url {extra}\nextraonly==3.1\ntinyreq==1.0\n")
+        # (after a UTF-8 byte-order mark, which pip reads past: the rewrite must too)
+        agent = agent_factory("sbx-extra", requirements=f"\ufeff--extra-index-url {extra}\nextraonly==3.1\ntinyreq==1.0\n")
         result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c",
                                                  allow_index_hosts=frozenset({"localhost"})))
     finally:

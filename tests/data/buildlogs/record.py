@@ -38,7 +38,7 @@ from builder.dockerfile import TOOL_PIP_DIR, TOOL_PIP_LABEL, UV_VERSION  # noqa:
 from builder.engine import Engine  # noqa: E402
 from builder.index import resolve_index  # noqa: E402
 from builder.indexproxy import DownloadCache, IndexProxy  # noqa: E402
-from builder.requirements import logical_lines  # noqa: E402
+from builder.reqlines import logical_lines  # noqa: E402
 from tests.conftest import (BIN, CACHE, _start_pypiserver, fill_wheelhouse, free_port, make_agent,  # noqa: E402
                             start_index)
 
