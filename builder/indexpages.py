@@ -15,7 +15,8 @@ import shlex
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import IndexPolicyError, PackageLoadError
-from .reqlines import Line, logical_spans, normalise, parse_line, requirement_spans, requirement_targets
+from .reqlines import (APP, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, Line, logical_spans, normalise, parse_line,
+                       pip_path, requirement_spans, requirement_targets, under_app)
 from .wheeltags import Target
 
 PIP_INDEX_HOST = "agent-image-index.invalid"   # what pip in the build sees (dockerfile.PIP_INDEX_URL)
@@ -34,10 +35,6 @@ def proxy_url(url: str, *, find_links: bool = False) -> str:
     return f"http://{PIP_INDEX_HOST}/{'_l' if find_links else '_x'}/{token}/"
 
 
-# (the rebuilt option lines: pip's dest -> its long option, for what an index line may carry)
-_URL_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url", "find_links": "--find-links"}
-_KEPT_OPTIONS = {"trusted_hosts": "--trusted-host", "no_index": "--no-index", "pre": "--pre",
-                 "prefer_binary": "--prefer-binary", "require_hashes": "--require-hashes"}
 
 
 def direct_name(url: str) -> str:
@@ -90,19 +87,20 @@ def _proxied_line(line: Line, allowed: set[str]) -> str | None:
         start, end = spans[0]
         url = direct_url(line.text[start:end])
         text = line.text[:start] + url + line.text[end:]  # (ARGS is the line's start: pip's break_args_options)
-        if len(spans) > 1 or requirement_targets(parse_line(Line(line.file, line.number, text)).args) != [url]:
+        again = parse_line(Line(line.file, line.number, text)).args
+        if len(spans) > 1 or requirement_targets(again) != [url] or not under_app(pip_path(again) or str(APP)):
             raise IndexPolicyError(f"{line.where}: '{line.text}' reads differently once its URL goes through the "
                                    "build's proxy", line=line.number, requirement=line.text, field=line.file,
                                    hint="Write the line as 'name @ URL'.")
         return text
-    urls = [(dest, v) for dest in _URL_OPTIONS for v in _values(parsed.opts.get(dest))]
-    if not any(ours(v) for _, v in urls) or set(parsed.opts) - set(_URL_OPTIONS) - set(_KEPT_OPTIONS):
-        return None  # (other options beside an index URL: refused before, or left as written)
-    words = [w for dest, v in urls for w in (_URL_OPTIONS[dest],
+    urls = [(dest, v) for dest in INDEX_URL_OPTIONS for v in _values(parsed.opts.get(dest))]
+    if not any(ours(v) for _, v in urls) or set(parsed.opts) - set(INDEX_URL_OPTIONS) - set(BESIDE_INDEX_URL):
+        return None  # (other options beside an index URL: refused before, check_line)
+    words = [w for dest, v in urls for w in (INDEX_URL_OPTIONS[dest],
                                              proxy_url(v, find_links=dest == "find_links") if ours(v) else v)]
-    words += [w for dest in _KEPT_OPTIONS if dest in parsed.opts
-              for w in ([_KEPT_OPTIONS[dest]] if parsed.opts[dest] is True else
-                        [x for v in _values(parsed.opts[dest]) for x in (_KEPT_OPTIONS[dest], v)])]
+    words += [w for dest in BESIDE_INDEX_URL if dest in parsed.opts
+              for w in ([BESIDE_INDEX_URL[dest]] if parsed.opts[dest] is True else
+                        [x for v in _values(parsed.opts[dest]) for x in (BESIDE_INDEX_URL[dest], v)])]
     return " ".join(shlex.quote(w) for w in words)
 
 

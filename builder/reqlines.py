@@ -13,9 +13,11 @@ builder/indexpages.py. Both read lines here so they read them alike.
 from __future__ import annotations
 
 import codecs
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import IndexPolicyError, PackageValidationError, RequirementsSyntaxError
@@ -25,6 +27,12 @@ from .errors import IndexPolicyError, PackageValidationError, RequirementsSyntax
 BACKEND_OPTIONS = {"config_settings": "--config-settings", "global_options": "--global-option",
                    "build_options": "--build-option", "install_options": "--install-option"}
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+APP = PurePosixPath("/app")  # where the package is in the image; the installs that need it run there
+# an option line naming an index or find-links URL, and what it may carry beside them: the
+# rewrite to the build's proxy (indexpages.py) rebuilds such a line from these alone
+INDEX_URL_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url", "find_links": "--find-links"}
+BESIDE_INDEX_URL = {"trusted_hosts": "--trusted-host", "no_index": "--no-index", "pre": "--pre",
+                    "prefer_binary": "--prefer-binary", "require_hashes": "--require-hashes"}
 _CODING = re.compile(rb"coding[:=]\s*([-\w.]+)")  # PEP 263, which pip honours in the first two lines
 
 
@@ -196,3 +204,31 @@ def requirement_spans(args: str) -> list[tuple[int, int]]:
     if looks_like_path(path) and (not at or looks_like_path(name.strip())):
         out.append((lead, lead + len(path)))
     return [(start, end) for start, end in out if end > start]
+
+
+def strip_extras(text: str) -> str:
+    """TEXT without a trailing [extras], as pip strips them from a path (named _strip_extras before pip 24)."""
+    from pip._internal.req import constructors
+    strip = getattr(constructors, "strip_extras", None) or getattr(constructors, "_strip_extras")
+    return strip(text)[0]
+
+
+def pip_path(args: str, cwd: str = str(APP)) -> str | None:
+    """The path pip may read requirement ARGS as, or None when it reads a URL or a name only.
+
+    pip's parse_req_from_line and _get_url_from_path, without the disk: the whole text
+    before the marker, made absolute from CWD and normalised as text, extras stripped.
+    pip uses it when the text looks like a path and names a directory, or names an
+    archive, so '[/../../opt/x[e]' or 'x @ https://h/y#/../../..' can reach past /app."""
+    from pip._internal.req import constructors
+    from pip._internal.utils.filetypes import is_archive_file
+    name = args.split("; " if constructors.is_url(args) else ";", 1)[0].strip()
+    if constructors.is_url(name):
+        return None
+    path = strip_extras(posixpath.normpath(posixpath.join(cwd, name)))
+    return path if constructors._looks_like_path(name) or is_archive_file(path) else None
+
+
+def under_app(path: str) -> bool:
+    """Is PATH (absolute, normalised as text) /app or below it?"""
+    return PurePosixPath(path) == APP or APP in PurePosixPath(path).parents

@@ -15,13 +15,15 @@ its pins winning. Lines are kept exactly as pip reads them.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from .errors import PackageValidationError
-from .reqlines import BACKEND_OPTIONS, SCHEME, Line, decode, logical_lines, parse_line, refuse, requirement_targets
+from .reqlines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, SCHEME, Line, decode, logical_lines,
+                       parse_line, pip_path, refuse, requirement_targets, strip_extras, under_app)
 
 # options that point pip at another index or file source (pip's dest -> its name)
 INDEX_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url",
@@ -31,7 +33,6 @@ HARMLESS = frozenset({"no_index", "prefer_binary", "require_hashes", "no_require
                       "release_control", "features_enabled", "hashes"})
 INCLUDES = {"requirements": "-r", "constraints": "-c"}
 VCS_SCHEMES = frozenset({"git", "hg", "svn", "bzr"})
-APP = PurePosixPath("/app")  # where the package is in the image; the installs that need it run there
 ENV_VAR = re.compile(r"\$\{[A-Z0-9_]+\}")  # pip fills these from the build's environment
 MAX_INCLUDE_DEPTH = 5
 
@@ -65,10 +66,11 @@ def _host(value: str, line: Line, option: str) -> str:
 
 
 def _inside(path: str, line: Line, root: Path) -> None:
-    """A local path must stay inside the package: relative (the installs run in /app), or under /app."""
+    """A local path must stay inside the package: relative (the installs run in /app), or under /app;
+    both as pip reads it (normalised as text: '..' undoes a link) and as the package's links resolve."""
     pure = PurePosixPath(path)
     real_root = root.resolve()
-    inside = not path.startswith("~")
+    inside = not path.startswith("~") and under_app(posixpath.normpath(posixpath.join(str(APP), path)))
     if pure.is_absolute():
         inside = inside and (pure == APP or APP in pure.parents)
         pure = pure.relative_to(APP) if inside else pure
@@ -130,6 +132,10 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
                 raise refuse(line, f"'{option}'{given} points pip at {value}; requirements may not choose "
                                     "their own index (dependency confusion)",
                               f"Remove the line, or allow the host with --allow-index-host {host or 'HOST'}.")
+    beside = set(parsed.opts) - set(INDEX_URL_OPTIONS) - set(BESIDE_INDEX_URL)
+    if set(parsed.opts) & set(INDEX_URL_OPTIONS) and beside and not parsed.args:
+        raise refuse(line, f"an index option shares its line with the option for {sorted(beside)[0]!r}",
+                     "Give the index option its own line.")
     for dest, value in parsed.opts.items():
         if dest in BACKEND_OPTIONS:
             raise refuse(line, f"'{BACKEND_OPTIONS[dest]}' passes options to a package's build, which can "
@@ -156,7 +162,15 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
     if len(targets) > 1:
         raise refuse(line, f"pip could read '{parsed.args}' as a path or as a URL",
                       "Write either 'name @ URL' or a path inside the package.")
-    kinds = [_target(v, line, root, allowed) for v in parsed.opts.get("editables", [])]
+    seen = pip_path(parsed.args) if parsed.args else None
+    if seen is not None and not under_app(seen):
+        raise refuse(line, f"pip could read '{parsed.args}' as the path {seen}, outside the package",
+                     "Write 'name @ URL', or a path inside the package.")
+    for value in parsed.opts.get("editables", []):
+        if "@" in value:  # newer pips read '-e name @ URL' (PEP 508); the older read a path
+            raise refuse(line, f"'-e {value}' names its source with '@'",
+                         "Give -e a path inside the package (-e ./lib).")
+    kinds = [_target(strip_extras(v), line, root, allowed) for v in parsed.opts.get("editables", [])]
     for target in targets:
         kinds.append(_target(target, line, root, allowed))
         if kinds[-1] == "remote" and direct is not None:

@@ -426,6 +426,10 @@ CASES += [
          "config/.env.local", "requirements.txt"),
     Case("dotenv-requirements-link", folder_link("requirements.txt", ".env", {".env": "API_KEY=sk-live-x\n"}),
          PVE, "include .env", "requirements.txt"),
+    # a link in the package resolves inside it, but pip undoes it as text: '..' after 'deep' leaves /app
+    Case("policy-link-then-climb", folder_link("deep", "sub/sub2", {
+        "sub/sub2/x": "", "opt/foo/setup.py": "", "requirements.txt": "file:///app/deep/../../opt/foo\n"}),
+        POLICY, "'/app/deep/../../opt/foo' is outside the package", "requirements.txt"),
 ]
 # (case id, requirements.txt, extra files, needle, field, options): every side door pip has
 SIDE_DOORS = [
@@ -474,6 +478,17 @@ SIDE_DOORS = [
     # a path that holds the URL it names: a rewrite of the URL would shorten the path's climb
     ("path-and-url", "./https://github.com/../../tmp/evil-1.0.tar.gz/../../../Q @ https://github.com/../../tmp/"
      "evil-1.0.tar.gz", None, "as a path or as a URL", None, {"allow_index_hosts": GITHUB}),
+    # pip reads a line holding a '/' as a path first (the whole text, normalised, extras stripped after)
+    ("fragment-climbs", "foo @ file:///app/x#/../../../../opt/foo", None,
+     "pip could read 'foo @ file:///app/x#/../../../../opt/foo' as the path /opt/foo, outside the package", None, {}),
+    ("fragment-climbs-allowed", "foo @ https://github.com/x.whl#/../../../../../../opt/foo", None,
+     "as the path /opt/foo, outside the package", None, {"allow_index_hosts": GITHUB}),
+    ("extras-climb", "foo[/../../opt/foo[e]", None, "as the path /opt/foo, outside the package", None, {}),
+    ("editable-extras-parent", "-e ..[x]", None, "'..' is outside the package", None, {}),
+    ("editable-name-at-url", "-e 'foo @ file:///opt/foo'", None, "names its source with '@'", None, {}),
+    # the rewrite to the build's proxy rebuilds an index line from the options it knows
+    ("index-beside-option", "--extra-index-url https://github.com/s --only-binary=:all:", None,
+     "an index option shares its line with the option for 'format_control'", None, {"allow_index_hosts": GITHUB}),
     # a backslash pip does not join (a comment follows): written back, it would swallow the next line
     ("backslash-before-comment", 'idna==3.10 ; python_version >= "3" \\ # note\n-c pins.txt',
      {"pins.txt": "idna<4\n"}, "requirements.txt:2: ends in a backslash that pip does not join", None, {}),
