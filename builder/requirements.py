@@ -162,10 +162,6 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
     if len(targets) > 1:
         raise refuse(line, f"pip could read '{parsed.args}' as a path or as a URL",
                       "Write either 'name @ URL' or a path inside the package.")
-    seen = pip_path(parsed.args) if parsed.args else None
-    if seen is not None and not under_app(seen):
-        raise refuse(line, f"pip could read '{parsed.args}' as the path {seen}, outside the package",
-                     "Write 'name @ URL', or a path inside the package.")
     for value in parsed.opts.get("editables", []):
         if "@" in value:  # newer pips read '-e name @ URL' (PEP 508); the older read a path
             raise refuse(line, f"'-e {value}' names its source with '@'",
@@ -175,6 +171,10 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
         kinds.append(_target(target, line, root, allowed))
         if kinds[-1] == "remote" and direct is not None:
             direct.append(target)
+    seen = pip_path(parsed.args) if parsed.args else None  # (after the targets: theirs is the plainer message)
+    if seen is not None and not under_app(seen):
+        raise refuse(line, f"pip could read '{parsed.args}' as the path {seen}, outside the package",
+                     "Write 'name @ URL', or a path inside the package.")
     if constraint and (kinds or "editables" in parsed.opts):
         raise refuse(line, "a constraints file names a URL, a path or an editable install",
                       "Keep constraints files to names and versions.")
