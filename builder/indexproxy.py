@@ -49,6 +49,7 @@ from .upstream import (DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES, SCHEMES, Fetcher,
 from .wheeltags import Target
 
 log = structlog.get_logger("agent_image.index")
+_HASH_FRAGMENT = re.compile(r"(?:md5|sha1|sha224|sha256|sha384|sha512)=[0-9a-fA-F]+")
 
 @dataclass(frozen=True)
 class Link:
@@ -206,7 +207,10 @@ class IndexProxy:
             self._links[key] = Link(url, name, sha.group(1) if sha else None, auth, ident, meta)
         if offers is not None:
             offers.append(Offer(key, name, *offer_attrs(tag)))
-        local = f"/_f/{key}/{quote(name)}" + (f"#{parts.fragment}" if parts.fragment else "")
+        # only a hash goes on to pip: a page's '#subdirectory=/elsewhere' would have pip build from any
+        # directory in the image (pip joins it as written), and the page chose it, not the package
+        fragment = parts.fragment if _HASH_FRAGMENT.fullmatch(parts.fragment) else ""
+        local = f"/_f/{key}/{quote(name)}" + (f"#{fragment}" if fragment else "")
         return tag[:m.start()] + f'href="{html.escape(local)}"' + tag[m.end():]
 
     def _page(self, url: str, project: str | None, auth: Upstream | None, ident: str) -> tuple[bytes, list[Offer]]:

@@ -207,10 +207,14 @@ def requirement_spans(args: str) -> list[tuple[int, int]]:
 
 
 def strip_extras(text: str) -> str:
-    """TEXT without a trailing [extras], as pip strips them from a path (named _strip_extras before pip 24)."""
+    """TEXT without a trailing [extras], as pip strips them from a path (named _strip_extras before pip 24).
+    ValueError when pip could not read the extras (pip 24+ checks them; the line would fail in pip)."""
     from pip._internal.req import constructors
     strip = getattr(constructors, "strip_extras", None) or getattr(constructors, "_strip_extras")
-    return strip(text)[0]
+    try:
+        return strip(text)[0]
+    except Exception as exc:  # (packaging's InvalidRequirement: pip's vendored copy, not ours to import)
+        raise ValueError(str(exc)) from None
 
 
 def pip_path(args: str, cwd: str = str(APP)) -> str | None:
@@ -226,9 +230,18 @@ def pip_path(args: str, cwd: str = str(APP)) -> str | None:
     if constructors.is_url(name):
         return None
     path = strip_extras(posixpath.normpath(posixpath.join(cwd, name)))
-    return path if constructors._looks_like_path(name) or is_archive_file(path) else None
+    # normalised again: pip is done with the text, but the OS reads '/app/..' (from '..[x]/.') as '/'
+    return posixpath.normpath(path) if constructors._looks_like_path(name) or is_archive_file(path) else None
+
+
+def subdirectories(text: str) -> list[str]:
+    """Every subdirectory= pip could find in TEXT: its Link.subdirectory_fragment matches
+    '[#&]subdirectory=' anywhere in a URL (fragment, query or path) and joins it to the
+    source unnormalised."""
+    return re.findall(r"[#&]subdirectory=([^&\s]*)", text)
 
 
 def under_app(path: str) -> bool:
-    """Is PATH (absolute, normalised as text) /app or below it?"""
-    return PurePosixPath(path) == APP or APP in PurePosixPath(path).parents
+    """Is PATH (absolute, normalised as text) /app or below it? A '..' left in it is not."""
+    pure = PurePosixPath(path)
+    return ".." not in pure.parts and (pure == APP or APP in pure.parents)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from .errors import PackageValidationError
+from .errors import PackageValidationError, RequirementsSyntaxError
 from .reqlines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, SCHEME, Line, decode, logical_lines,
-                       parse_line, pip_path, refuse, requirement_targets, strip_extras, under_app)
+                       parse_line, pip_path, refuse, requirement_targets, strip_extras, subdirectories,
+                       under_app)
 
 # options that point pip at another index or file source (pip's dest -> its name)
 INDEX_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url",
@@ -166,13 +167,23 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
         if "@" in value:  # newer pips read '-e name @ URL' (PEP 508); the older read a path
             raise refuse(line, f"'-e {value}' names its source with '@'",
                          "Give -e a path inside the package (-e ./lib).")
-    kinds = [_target(strip_extras(v), line, root, allowed) for v in parsed.opts.get("editables", [])]
+    try:  # as pip strips extras from a path (pip 24+ refuses extras it cannot read)
+        editables = [strip_extras(v) for v in parsed.opts.get("editables", [])]
+        seen = pip_path(parsed.args) if parsed.args else None
+    except ValueError as exc:
+        raise RequirementsSyntaxError(f"{line.where}: pip cannot read '{line.text}': {exc}", line=line.number,
+                                      requirement=line.text, field=line.file,
+                                      hint="Write extras as [name] or [one,two].") from None
+    kinds = [_target(v, line, root, allowed) for v in editables]
     for target in targets:
         kinds.append(_target(target, line, root, allowed))
         if kinds[-1] == "remote" and direct is not None:
             direct.append(target)
-    seen = pip_path(parsed.args) if parsed.args else None  # (after the targets: theirs is the plainer message)
-    if seen is not None and not under_app(seen):
+    for sub in subdirectories(line.text):  # pip joins it to the source as written
+        if unquote(sub).startswith("/") or ".." in PurePosixPath(unquote(sub)).parts:
+            raise refuse(line, f"'subdirectory={sub}' leaves the source it names",
+                         "Name a subdirectory inside the source, without '..'.")
+    if seen is not None and not under_app(seen):  # (after the targets: theirs is the plainer message)
         raise refuse(line, f"pip could read '{parsed.args}' as the path {seen}, outside the package",
                      "Write 'name @ URL', or a path inside the package.")
     if constraint and (kinds or "editables" in parsed.opts):

@@ -26,7 +26,7 @@ import yaml
 
 from builder.api import BuildOptions, build_image
 from builder.apkg import Limits
-from builder.errors import EXIT_CODES, IndexPolicyError, PackageValidationError
+from builder.errors import EXIT_CODES, IndexPolicyError, PackageValidationError, RequirementsSyntaxError
 
 BIN = Path(sys.executable).parent
 PVE, POLICY = PackageValidationError, IndexPolicyError
@@ -426,6 +426,8 @@ CASES += [
          "config/.env.local", "requirements.txt"),
     Case("dotenv-requirements-link", folder_link("requirements.txt", ".env", {".env": "API_KEY=sk-live-x\n"}),
          PVE, "include .env", "requirements.txt"),
+    Case("extras-pip-cannot-read", req("./lib[a/b]\n", {"lib/setup.py": ""}), RequirementsSyntaxError,
+         "requirements.txt:1: pip cannot read './lib[a/b]'", "requirements.txt"),
     # a link in the package resolves inside it, but pip undoes it as text: '..' after 'deep' leaves /app
     Case("policy-link-then-climb", folder_link("deep", "sub/sub2", {
         "sub/sub2/x": "", "opt/foo/setup.py": "", "requirements.txt": "file:///app/deep/../../opt/foo\n"}),
@@ -489,6 +491,16 @@ SIDE_DOORS = [
     # the rewrite to the build's proxy rebuilds an index line from the options it knows
     ("index-beside-option", "--extra-index-url https://github.com/s --only-binary=:all:", None,
      "an index option shares its line with the option for 'format_control'", None, {"allow_index_hosts": GITHUB}),
+    # pip joins subdirectory= (fragment, query or path of any URL) to the source as written
+    ("subdirectory-absolute", "evil @ file:///app#subdirectory=/opt/foo", None,
+     "'subdirectory=/opt/foo' leaves the source it names", None, {}),
+    ("subdirectory-query", "evil @ file:///app?x&subdirectory=../opt/foo", None, "leaves the source", None, {}),
+    ("subdirectory-editable", "-e file:///app#egg=evil&subdirectory=../opt/foo", None, "leaves the source", None,
+     {}),
+    ("subdirectory-allowed", "evil @ https://github.com/e-1.0.tar.gz#subdirectory=../../../opt/foo", None,
+     "leaves the source", None, {"allow_index_hosts": GITHUB}),
+    # extras are stripped after pip normalises the text: '/app/..' is left, which the OS reads as /
+    ("extras-then-dot", "..[x]/.", None, "pip could read '..[x]/.' as the path /, outside the package", None, {}),
     # a backslash pip does not join (a comment follows): written back, it would swallow the next line
     ("backslash-before-comment", 'idna==3.10 ; python_version >= "3" \\ # note\n-c pins.txt',
      {"pins.txt": "idna<4\n"}, "requirements.txt:2: ends in a backslash that pip does not join", None, {}),

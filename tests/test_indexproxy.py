@@ -142,6 +142,18 @@ def test_only_normalised_project_pages_of_the_index(a, b, tmp_path):
     assert a.paths() == ["/simple/foo-bar/", "/simple/foo-bar/"] and b.seen == []
 
 
+def test_a_page_passes_on_a_hash_fragment_and_nothing_else(a, tmp_path):
+    """pip joins '#subdirectory=' to the source as written: a page must not pick a directory of the image."""
+    sha = "ab" * 32
+    a.page("/simple/foo/", [f"{a.base}/f/foo-1.tar.gz#subdirectory=/opt/agent-image",
+                            f"{a.base}/f/foo-2.tar.gz#egg=foo&subdirectory=../..", f"{a.base}/f/foo-3.tar.gz#sha256={sha}"])
+    with make(f"{a.base}/simple/", tmp_path) as proxy:
+        status, body = ask(proxy, "/simple/foo/")
+    hrefs = re.findall(r'href="([^"]+)"', body.decode())
+    assert status == 200 and len(hrefs) == 3
+    assert "#" not in hrefs[0] and "#" not in hrefs[1] and hrefs[2].endswith(f"/foo-3.tar.gz#sha256={sha}")
+
+
 def test_other_schemes_lead_nowhere(a, tmp_path):
     a.page("/simple/foo/", ["file:///etc/passwd", "data:text/plain,x", "ftp://example.test/foo-1.whl",
                             "../../packages/foo-1.0-py3-none-any.whl"])
