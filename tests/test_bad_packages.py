@@ -26,7 +26,7 @@ import yaml
 
 from builder.api import BuildOptions, build_image
 from builder.apkg import Limits
-from builder.errors import EXIT_CODES, IndexPolicyError, PackageValidationError, RequirementsSyntaxError
+from builder.errors import EXIT_CODES, IndexPolicyError, PackageLoadError, PackageValidationError, RequirementsSyntaxError
 
 BIN = Path(sys.executable).parent
 PVE, POLICY = PackageValidationError, IndexPolicyError
@@ -657,7 +657,7 @@ def test_bad_package_is_refused(case: Case, tmp_path, docker_client, ro_engine):
     before = engine_state(docker_client)
     options = BuildOptions(limits=Limits(**case.limits), cache_dir=tmp_path / "cache", use_cache=False, env={},
                            **case.options)
-    with pytest.raises(PackageValidationError) as caught:
+    with pytest.raises(PackageLoadError) as caught:
         build_image(src, options, engine=Engine(ro_engine.url))
     err = caught.value
     assert type(err) is case.cls, f"{type(err).__name__}: {err}"
