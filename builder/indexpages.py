@@ -35,8 +35,6 @@ def proxy_url(url: str, *, find_links: bool = False) -> str:
     return f"http://{PIP_INDEX_HOST}/{'_l' if find_links else '_x'}/{token}/"
 
 
-
-
 def direct_name(url: str) -> str:
     """The file name pip gives a direct reference's URL (its last path segment, a trailing / ignored)."""
     return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
@@ -78,7 +76,8 @@ def _proxied_line(line: Line, allowed: set[str]) -> str | None:
         return None
 
     def ours(url: str) -> bool:
-        return urlsplit(url).scheme in ("http", "https") and (urlsplit(url).hostname or "").lower() in allowed
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and (parts.hostname or "").lower() in allowed
 
     if parsed.args:  # a requirement: its direct reference, at the very place pip reads it (check_line let one be)
         spans = [(a, b) for a, b in requirement_spans(parsed.args) if ours(parsed.args[a:b])]

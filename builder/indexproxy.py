@@ -51,6 +51,7 @@ from .wheeltags import Target
 log = structlog.get_logger("agent_image.index")
 _HASH_FRAGMENT = re.compile(r"(?:md5|sha1|sha224|sha256|sha384|sha512)=[0-9a-fA-F]+")
 
+
 @dataclass(frozen=True)
 class Link:
     """A file an index page served to this build linked: the only files it may fetch."""

@@ -27,8 +27,7 @@ from .reqlines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, INDEX_URL_OPTIONS
                        under_app)
 
 # options that point pip at another index or file source (pip's dest -> its name)
-INDEX_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url",
-                 "find_links": "--find-links", "trusted_hosts": "--trusted-host"}
+INDEX_OPTIONS = {**INDEX_URL_OPTIONS, "trusted_hosts": "--trusted-host"}
 # options that change how pip picks among the index's files, and reach nothing else
 HARMLESS = frozenset({"no_index", "prefer_binary", "require_hashes", "no_require_hashes", "pre", "format_control",
                       "release_control", "features_enabled", "hashes"})

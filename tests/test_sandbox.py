@@ -302,24 +302,30 @@ def test_sandbox_lives_exactly_as_long_as_a_build(agent_factory, index_url, dock
     assert mine_gone(docker_client)  # each went with its build
 
 
-def test_an_allowed_extra_index_is_served_through_the_proxy(
-        agent_factory, index_url, tmp_path, docker_client, cleanup_images):
-    """--allow-index-host HOST: requirements may name HOST's index, and the build still reaches only the proxy."""
+def _build_with_a_second_index(tmp_path, index_url, agent, project: str, version: str, requirements) -> object:
+    """Build AGENT (REQUIREMENTS(second index's URL as 'localhost') -> requirements.txt) with
+    --allow-index-host localhost, while a second pypiserver serves PROJECT==VERSION alone."""
     from builder.api import BuildOptions, build_image
     from tests.conftest import _start_pypiserver, build_wheel, make_project
     house = tmp_path / "extra-packages"
-    build_wheel(make_project(tmp_path / "src", "extraonly", "3.1"), house)
+    build_wheel(make_project(tmp_path / "src", project, version), house)
     url, proc = _start_pypiserver(house)
     try:
-        extra = url.replace("127.0.0.1", "localhost")
-        cleanup_images("agents/sbx-extra")
-        # (after a UTF-8 byte-order mark, which pip reads past: the rewrite must too)
-        agent = agent_factory("sbx-extra", requirements=f"\ufeff--extra-index-url {extra}\nextraonly==3.1\ntinyreq==1.0\n")
-        result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c",
-                                                 allow_index_hosts=frozenset({"localhost"})))
+        (agent / "requirements.txt").write_text(requirements(url.replace("127.0.0.1", "localhost")), encoding="utf-8")
+        return build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c",
+                                               allow_index_hosts=frozenset({"localhost"})))
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_an_allowed_extra_index_is_served_through_the_proxy(agent_factory, index_url, tmp_path, cleanup_images):
+    """--allow-index-host HOST: requirements may name HOST's index, and the build still reaches only the proxy."""
+    cleanup_images("agents/sbx-extra")
+    # (after a UTF-8 byte-order mark, which pip reads past: the rewrite must too)
+    result = _build_with_a_second_index(
+        tmp_path, index_url, agent_factory("sbx-extra", requirements=None), "extraonly", "3.1",
+        lambda extra: f"\ufeff--extra-index-url {extra}\nextraonly==3.1\ntinyreq==1.0\n")
     assert "extraonly-3.1" in result.installed and "tinyreq-1.0" in result.installed
     assert "extraonly-3.1-py3-none-any.whl" in result.index["downloaded"]  # through the proxy
     # (that the index's credential never goes to the extra host: test_indexproxy, with a recording server)
@@ -328,21 +334,11 @@ def test_an_allowed_extra_index_is_served_through_the_proxy(
 def test_a_direct_reference_on_an_allowed_host_is_fetched_through_the_proxy(
         agent_factory, index_url, tmp_path, cleanup_images):
     """`name @ https://HOST/file` with --allow-index-host HOST: that file reaches the build through the proxy."""
-    from builder.api import BuildOptions, build_image
-    from tests.conftest import _start_pypiserver, build_wheel, make_project
-    house = tmp_path / "extra-packages"
-    build_wheel(make_project(tmp_path / "src", "directonly", "2.0"), house)
-    url, proc = _start_pypiserver(house)
-    try:
-        wheel = url.replace("127.0.0.1", "localhost").replace("/simple/", "/packages/") \
-            + "directonly-2.0-py3-none-any.whl"
-        cleanup_images("agents/sbx-direct")
-        agent = agent_factory("sbx-direct", requirements=f"directonly @ {wheel}\ntinyreq==1.0\n")
-        result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c",
-                                                 allow_index_hosts=frozenset({"localhost"})))
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    cleanup_images("agents/sbx-direct")
+    result = _build_with_a_second_index(
+        tmp_path, index_url, agent_factory("sbx-direct", requirements=None), "directonly", "2.0",
+        lambda extra: f"directonly @ {extra.replace('/simple/', '/packages/')}directonly-2.0-py3-none-any.whl\n"
+                      "tinyreq==1.0\n")
     assert "directonly-2.0" in result.installed and "tinyreq-1.0" in result.installed
     assert "directonly-2.0-py3-none-any.whl" in result.index["downloaded"]  # through the proxy
 
