@@ -52,6 +52,11 @@ log = structlog.get_logger("agent_image.index")
 _HASH_FRAGMENT = re.compile(r"(?:md5|sha1|sha224|sha256|sha384|sha512)=[0-9a-fA-F]+")
 
 
+def _link_key(ident: str, url: str) -> str:
+    """The opaque id of a file a build may fetch: /_f/<id>/ for a page's link, /_d/'s the same way."""
+    return hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class Link:
     """A file an index page served to this build linked: the only files it may fetch."""
@@ -203,7 +208,7 @@ class IndexProxy:
         name = unquote(parts.path.rsplit("/", 1)[-1]) or "index"
         sha = _SHA.search(parts.fragment)
         meta = re.search(r"\bdata-(?:dist-info|core)-metadata\s*=\s*[\"'](?!false)", tag, re.I) is not None
-        key = hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
+        key = _link_key(ident, url)
         with self._lock:
             self._links[key] = Link(url, name, sha.group(1) if sha else None, auth, ident, meta)
         if offers is not None:
@@ -273,7 +278,7 @@ class IndexProxy:
                     raise Denied(403, "not a file the requirements name on a host --allow-index-host names")
                 plain, _, fragment = url.partition("#")
                 ident, sha = identity(plain, None), _SHA.search(fragment)
-                key = hashlib.sha256(f"{ident}\0{plain}".encode()).hexdigest()[:32]
+                key = _link_key(ident, plain)
                 with self._lock:  # (the name asked for must be the URL's own: _serve_file)
                     self._links[key] = Link(plain, direct_name(plain), sha.group(1) if sha else None, None, ident)
                 self._serve_file(h, key, unquote(groups[1]), head)
