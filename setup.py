@@ -1,6 +1,6 @@
 """Packaging hook: the wheel carries the top-level templates/ and Dockerfile.base
 as builder/_data/, so a pip-installed agent-image has every file it reads at run
-time while the repository keeps its layout (builder/resources.py finds both).
+time while the repository keeps its layout (builder/core/resources.py finds both).
 Everything else is declared in pyproject.toml; MANIFEST.in puts the same files
 in the sdist, which `python -m build` turns into the wheel."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-DATA = ("templates", "Dockerfile.base")  # keep in step with MANIFEST.in and builder/resources.py
+DATA = ("templates", "Dockerfile.base")  # keep in step with MANIFEST.in and builder/core/resources.py
 
 
 class build_py_with_data(build_py):

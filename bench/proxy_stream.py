@@ -39,9 +39,9 @@ WORKER = r"""
 import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from builder.downloadcache import DownloadCache
-from builder.indexproxy import IndexProxy
-from builder.upstream import Upstream
+from builder.build.proxy.cache import DownloadCache
+from builder.build.proxy.server import IndexProxy
+from builder.build.proxy.upstream import Upstream
 ca, unix = sys.argv[3], (sys.argv[4] if len(sys.argv) > 4 else None)
 with IndexProxy(Upstream.parse("https://pypi.org/simple/"), DownloadCache(Path(sys.argv[2])),
                 ca_bundle=ca or None, unix_path=unix) as proxy:
@@ -85,8 +85,8 @@ def once(src: Path, tmp: Path, client: list[str], warm: bool = False, image: str
     work = Path(tempfile.mkdtemp(dir=tmp))
     box = None
     if image:
-        from builder.engine import Engine
-        from builder.sandbox import Sandbox
+        from builder.build.engine import Engine
+        from builder.build.sandbox import Sandbox
         box = Sandbox(Engine(), image, host_network=False).__enter__()
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(src), str(work / "cache"), CA,
                                *([box.socket_path] if box else [])],
@@ -98,8 +98,8 @@ def once(src: Path, tmp: Path, client: list[str], warm: bool = False, image: str
             ready = threading.Event()
             ready.set()
             box.wait(ready)  # the forwarder reached the proxy (the worker saw it); the container is up
-            from builder.dockerfile import PIP_INDEX_URL
-            from builder.sandbox import PORT
+            from builder.build.sandbox import PORT
+            from builder.plan.dockerfile import PIP_INDEX_URL
             index = PIP_INDEX_URL
             # timed inside the container: docker run's own start is no part of it
             prefix = ["docker", "run", "--rm", "--network", box.network_mode,
@@ -156,9 +156,9 @@ def main() -> None:
         image = None
         if args.sandbox:  # the build's own pip 23 and uv, in the base image, through the sandbox
             sys.path.insert(0, str(ROOT))
-            from builder.api import base_image_for
-            from builder.indexproxy import PIP_INDEX_HOST
-            from builder.logs import configure
+            from builder.core.defaults import base_image_for
+            from builder.core.log import configure
+            from builder.plan.proxied import PIP_INDEX_HOST
             configure(stream=sys.stderr)  # info and up: not the sandbox's debug line per run
             image = base_image_for("3.11")
             clients = {"pip": ["/opt/venv/bin/pip", "download", "--no-cache-dir", "-q",

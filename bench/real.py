@@ -40,10 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from builder.api import BuildOptions, base_image_for, build_image  # noqa: E402
-from builder.engine import Engine  # noqa: E402
 from run import remove_tree, tar_context, wait_health  # noqa: E402
 from timeline import TimedEngine, breakdown  # noqa: E402
+
+from builder.api import BuildOptions, build_image  # noqa: E402
+from builder.build.engine import Engine  # noqa: E402
+from builder.core.defaults import base_image_for  # noqa: E402
 from tests.conftest import Registry, free_port, make_agent  # noqa: E402
 
 PYPI = "https://pypi.org/simple/"
@@ -438,7 +440,7 @@ def main() -> int:
         say(f"SKIPPED: the public index {PYPI} is not reachable from here ({why}); "
             f"set BENCH_CA_BUNDLE if a TLS-intercepting proxy needs its CA")
         return 0
-    from builder.logs import configure
+    from builder.core.log import configure
     log_file = open(Path(__file__).resolve().parent / "last-run-real.log", "w")
     configure(json_output=False, stream=log_file)
     load, t0 = os.getloadavg(), time.monotonic()

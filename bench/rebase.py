@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from builder.api import BuildOptions, build_image  # noqa: E402
-from builder.engine import Engine  # noqa: E402
+from builder.build.engine import Engine  # noqa: E402
 from tests.conftest import Registry, fill_wheelhouse, free_port, make_agent, start_index  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=50, help="how many agent images (default 50)")
     args = ap.parse_args()
     n = args.agents
-    from builder.logs import configure
+    from builder.core.log import configure
     configure(json_output=False, stream=open(LOG, "w"))
     started = time.monotonic()
     load_before = os.getloadavg()[0]

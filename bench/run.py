@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from builder.api import BuildOptions, build_image  # noqa: E402
-from builder.engine import Engine  # noqa: E402
-from builder.errors import BuildInterruptedError  # noqa: E402
+from builder.build.engine import Engine  # noqa: E402
+from builder.core.errors import BuildInterruptedError  # noqa: E402
 from tests.conftest import Registry, fill_wheelhouse, free_port, make_agent, start_index  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -653,7 +653,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="repetitions of each case but 'four at once' (default 3)")
     args = p.parse_args()
-    from builder.logs import configure
+    from builder.core.log import configure
     log_file = open(LOG, "w")  # the builder's own log lines: kept for reading, off the terminal
     configure(json_output=False, stream=log_file)
     signal.signal(signal.SIGTERM, _terminate)  # a cancelled job cleans up like Ctrl-C

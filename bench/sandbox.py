@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from builder.api import base_image_for  # noqa: E402
-from builder.downloadcache import DownloadCache  # noqa: E402
-from builder.engine import Engine  # noqa: E402
-from builder.indexproxy import IndexProxy  # noqa: E402
-from builder.sandbox import HOST_NETWORK_ENV, Sandbox  # noqa: E402
-from builder.upstream import Upstream  # noqa: E402
+from builder.build.engine import Engine  # noqa: E402
+from builder.build.proxy.cache import DownloadCache  # noqa: E402
+from builder.build.proxy.server import IndexProxy  # noqa: E402
+from builder.build.proxy.upstream import Upstream  # noqa: E402
+from builder.build.sandbox import HOST_NETWORK_ENV, Sandbox  # noqa: E402
+from builder.core.defaults import base_image_for  # noqa: E402
 from tests.conftest import engine_tags, fill_wheelhouse, start_index  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from builder.api import BuildOptions, base_image_for, build_image  # noqa: E402
+from builder.api import BuildOptions, build_image  # noqa: E402
+from builder.core.defaults import base_image_for  # noqa: E402
 from tests.conftest import engine_tags, fill_wheelhouse, make_agent, start_index, wait_http  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "serve-results.json"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 
-from builder.engine import Engine
+from builder.build.engine import Engine
 
 
 class TimedEngine(Engine):

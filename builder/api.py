@@ -17,70 +17,37 @@ from typing import Any
 
 import structlog
 
-from . import __version__, depsimage, wheeltags
-from .apkg import DEFAULT_LIMITS, Limits, Package, open_package
-from .buildlog import Failure, conflict_warnings, installed_packages, marked_step, step_lines
-from .context import build_context
-from .dockerfile import RUNTIME_LABEL, TOOL_PIP_LABEL, Rendered, pip_reports
-from .engine import Engine
-from .dotenv import env_values
-from .errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,
-                     redaction_scope)
-from .index import resolve_index
-from .indexproxy import DownloadCache, IndexProxy, Stats
-from .sandbox import Sandbox
-from .upstream import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
-from .layercache import (drop_attempt, fence, from_registry, only_code_changed, own_previous, remember_fence,
-                         remote, same_agent)
-from .logs import configure as configure_logs
-from .pipfailures import classify
-from .plan import (_REF_RE, PACKAGING_FILES, check_cache_dir, check_identity, check_image_ref,  # noqa: F401
-                   content_digest, generated_files, kept_out, log_requirements, read_ca_bundle, read_split,
-                   render_agent)
-from .rebase import ABI_LABEL, CONTENT_LABEL, base_labels
-from .reqlines import logical_lines
-from .requirements import Split
+from builder import __version__
+from builder.build import depsimage
+from builder.build.classify import classify
+from builder.build.engine import Engine
+from builder.build.proxy import wheeltags
+from builder.build.proxy.cache import DownloadCache
+from builder.build.proxy.index import resolve_index
+from builder.build.proxy.server import IndexProxy, Stats
+from builder.build.reuse import (drop_attempt, fence, from_registry, only_code_changed, own_previous, remember_fence,
+                                 remote, same_agent)
+from builder.build.sandbox import Sandbox
+from builder.build.steplog import Failure, conflict_warnings, installed_packages, marked_step, step_lines
+from builder.core.defaults import base_image_for
+from builder.core.errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,
+                                 redaction_scope)
+from builder.core.labels import (ABI_LABEL, CONTENT_LABEL, DEPS_LABEL, INPUT_LABEL, RUNTIME_LABEL, TOOL_PIP_LABEL,
+                                 VENV_LABEL, base_labels)
+from builder.core.log import configure as configure_logs
+from builder.core.refs import REPOSITORY_RE, check_image_ref, split_ref
+from builder.package.dotenv import env_values
+from builder.package.piplines import logical_lines
+from builder.package.reader import Package, open_package
+from builder.package.requirements import Split
+from builder.plan.context import build_context
+from builder.plan.dockerfile import Rendered, pip_reports
+from builder.plan.inputs import (PACKAGING_FILES, check_cache_dir, check_identity, content_digest, generated_files,
+                                 kept_out, log_requirements, read_ca_bundle, read_split, render_agent)
+from builder.plan.options import BuildOptions
 
 log = structlog.get_logger("agent_image")
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent-image"))
-# AGENT_IMAGE_BASE_REPOSITORY names another base repository (a CI runner's own,
-# or a work tree that changes the base without touching the shared one)
-BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
-INPUT_LABEL = "io.pixell.agent-image.input-digest"
-DEPS_LABEL = depsimage.KEY_LABEL  # what shapes the dependency layer (builder/depsimage.py)
-VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
-
-
-def base_image_for(python: str) -> str:
-    return f"{BASE_REPOSITORY}:py{python}"
-
-
-@dataclass
-class BuildOptions:
-    repository: str | None = None          # default: agents/NAME, or REGISTRY/NAME with a registry
-    registry: str | None = None            # HOST[:PORT]/PREFIX
-    push: bool = False
-    registry_auth: dict | None = None      # {"username", "password"}; None: the Docker config's
-    index_url: str | None = None
-    allow_index_hosts: frozenset[str] = frozenset()
-    ca_bundle: str | None = None           # extra CA for the index proxy's upstream TLS
-    ca_bundle_in_image: bool = False       # also trust it inside the image at run time
-    timeout: float = 300.0
-    base_image: str | None = None
-    include_env: bool = False
-    cache_dir: Path = DEFAULT_CACHE_DIR
-    cache_max_bytes: int = 2 * 1024 ** 3
-    index_page_max_bytes: int = DEFAULT_PAGE_BYTES  # the proxy refuses a bigger index page
-    download_max_bytes: int = DEFAULT_FILE_BYTES    # ... and a bigger file (not kept in the cache)
-    limits: Limits = DEFAULT_LIMITS
-    nocache: bool = False
-    installer: str = "pip"                  # "pip" | "uv" (uv in its own venv, outside the agent's)
-    use_cache: bool = True                  # skip the build when the input digest exists
-    env: dict[str, str] | None = None       # environment for index resolution (default os.environ)
-    expect_name: str | None = None          # the caller's agent: agent.yaml must name it (it picks the repository)
-    expect_version: str | None = None       # ... and this version (it picks the tag)
-    overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
 
 
 @dataclass
@@ -99,7 +66,7 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     index: dict[str, Any] = field(default_factory=dict)
     tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
-    deps_image: str = ""    # the dependency image it was built FROM (builder/depsimage.py)
+    deps_image: str = ""    # the dependency image it was built FROM (builder/build/depsimage.py)
     deps_origin: str = ""   # "local" | "pulled" | "built"
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +80,7 @@ def _repository(manifest_name: str, options: BuildOptions) -> str:
         repo = f"{options.registry.rstrip('/')}/{manifest_name}"
     else:
         repo = f"agents/{manifest_name}"
-    if not _REF_RE.match(repo):
+    if not REPOSITORY_RE.match(repo):
         raise PackageValidationError(f"{repo!r} is not a valid image repository", field="--repository",
                                      hint="Use lowercase host[:port]/path components.")
     return repo
@@ -287,7 +254,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                 drop_attempt(engine, outcome)
                 outcome = None
         if outcome is None:
-            # the build's network (builder/sandbox.py): it starts in the background now
+            # the build's network (builder/build/sandbox.py): it starts in the background now
             with (contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, base_image)) as sandbox, \
                     IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
                                ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
@@ -371,18 +338,18 @@ def _cached_steps(rendered: Rendered, outcome) -> list[str]:
 
 def _base_has_uv(labels: dict[str, str]) -> bool:
     """Our base carries uv in /opt/agent-image/tools: an agent image then adds none."""
-    from .base import UV_LABEL
-    from .dockerfile import UV_VERSION
+    from builder.core.labels import UV_LABEL
+    from builder.plan.dockerfile import UV_VERSION
     return labels.get(UV_LABEL) == UV_VERSION
 
 
 def _base(engine: Engine, base_image: str, options: BuildOptions, python: str):
     """The base image; one the engine lacks is pulled when it names a registry
     (`agent-image base --push` puts it there), so empty runners share its bytes."""
-    from .engine import split_ref
+    from builder.core.refs import split_ref
     base = engine.image(base_image)
     if base is None and remote(split_ref(base_image)[0].split("@")[0]):
-        from .registry import pull_base
+        from builder.ship.pushpull import pull_base
         pull_base(engine, base_image, auth=options.registry_auth)
     return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
                                                  "(scripts/setup.sh does it) and retry.")
@@ -395,7 +362,7 @@ def _all_lines(root: Path):
 
 def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept: str | None = None) -> BuildResult:
     if options.push:
-        from .registry import push_image
+        from builder.ship.pushpull import push_image
         if not options.registry and not options.repository:
             raise PackageValidationError("--push needs --registry (or --repository) to know where to push",
                                          field="--registry", hint="Add --registry HOST[:PORT]/PREFIX.")
@@ -405,7 +372,7 @@ def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept
             result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
                                            auth=options.registry_auth)
         # after the agent: its layers are there now, so this is a manifest, for the next runner to find
-        if result.deps_image and result.deps_origin != "pulled" and remote(depsimage.split_ref(result.deps_image)[0]):
+        if result.deps_image and result.deps_origin != "pulled" and remote(split_ref(result.deps_image)[0]):
             try:
                 depsimage.push(engine, result.deps_image, auth=options.registry_auth)
             except (RegistryError, EngineError) as exc:  # the agent is pushed: sharing is an optimisation
@@ -418,8 +385,8 @@ def _maybe_push(result: BuildResult, engine: Engine, options: BuildOptions, kept
 
 
 def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
-    """Version tags are immutable (builder/registry.py guard_tag), checked before any tag moves."""
+    """Version tags are immutable (builder/ship/pushpull.py guard_tag), checked before any tag moves."""
     if not options.push or options.overwrite or not remote(ref.rsplit(":", 1)[0]):
         return None
-    from .registry import guard_tag
+    from builder.ship.pushpull import guard_tag
     return guard_tag(ref, image_id=image_id, content=content, auth=options.registry_auth)

@@ -20,9 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.api import base_image_for
-
-from builder.dockerfile import UV_VERSION
+from builder.core.defaults import base_image_for
+from builder.plan.dockerfile import UV_VERSION
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
@@ -76,7 +75,7 @@ def docker_client() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def engine(docker_client):
-    from builder.engine import Engine
+    from builder.build.engine import Engine
     return Engine()
 
 

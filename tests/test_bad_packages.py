@@ -17,7 +17,8 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +26,9 @@ import pytest
 import yaml
 
 from builder.api import BuildOptions, build_image
-from builder.apkg import Limits
-from builder.errors import EXIT_CODES, IndexPolicyError, PackageLoadError, PackageValidationError, RequirementsSyntaxError
+from builder.core.errors import (EXIT_CODES, IndexPolicyError, PackageLoadError, PackageValidationError,
+                                 RequirementsSyntaxError)
+from builder.package.reader import Limits
 
 BIN = Path(sys.executable).parent
 PVE, POLICY = PackageValidationError, IndexPolicyError
@@ -651,7 +653,7 @@ def engine_calls_ok(case: Case, proxy: ReadOnlyEngine) -> str | None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_package_is_refused(case: Case, tmp_path, docker_client, ro_engine):
     """The Python API: the exact class, the entry or field named, nothing written to the engine."""
-    from builder.engine import Engine
+    from builder.build.engine import Engine
     src = case.make(tmp_path)
     ro_engine.calls.clear()
     before = engine_state(docker_client)

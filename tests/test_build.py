@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.api import BuildOptions, base_image_for, build_image
-from builder.errors import EXIT_CODES, BuildTimeoutError, DependencyNotFoundError, EngineError
+from builder.api import BuildOptions, build_image
+from builder.core.defaults import base_image_for
+from builder.core.errors import EXIT_CODES, BuildTimeoutError, DependencyNotFoundError, EngineError
 from tests.conftest import BIN, engine_containers, engine_tags, make_project, run_in_image
 
 AGENT_IMAGE = str(BIN / "agent-image")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import errors
-from builder.buildlog import (Failure, conflict_warnings, installed_packages, rejoin, step_lines,
-                              subprocess_reason)
-from builder.pipfailures import classify
-from builder.reqlines import Line, logical_lines
+from builder.build.classify import classify
+from builder.build.steplog import Failure, conflict_warnings, installed_packages, rejoin, step_lines, subprocess_reason
+from builder.core import errors
+from builder.package.piplines import Line, logical_lines
 
 DATA = Path(__file__).resolve().parent / "data" / "buildlogs"
 SIDECARS = sorted(DATA.glob("*/*.json"))
@@ -95,7 +94,7 @@ def test_every_variant_and_case_was_recorded():
             assert p.with_suffix(".log").is_file()
     assert "pip 23" in json.loads((DATA / "pip23-py311" / "hash.json").read_text())["installer"]
     assert "pip 20.3" in json.loads((DATA / "pip20-py39" / "hash.json").read_text())["installer"]
-    # the base's own pip for the dependency layer (builder/dockerfile.py TOOL_PIP_DIR), the venv's for the package
+    # the base's own pip for the dependency layer (builder/plan/dockerfile.py TOOL_PIP_DIR), the venv's for the package
     assert json.loads((DATA / "pip26-py311" / "hash.json").read_text())["installer"].startswith("pip 26.3 (dep")
     assert json.loads((DATA / "pip25-py39" / "hash.json").read_text())["installer"].startswith("pip 25.3 (dep")
 

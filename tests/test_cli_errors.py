@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli
+from builder.cli import main as cli
 from tests.conftest import BIN, ROOT
 
 HELLO = ROOT / "examples" / "hello-agent"
@@ -46,7 +46,7 @@ def test_unexpected_exception_is_internal_error_with_a_redacted_traceback_file(a
 
 def test_traceback_file_falls_back_when_the_cache_dir_is_unusable(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("builder.api.build_image", _explode)
-    monkeypatch.setattr("builder.api.DEFAULT_CACHE_DIR", tmp_path / "default")
+    monkeypatch.setattr("builder.core.defaults.DEFAULT_CACHE_DIR", tmp_path / "default")
     code = cli.main(["build", str(HELLO), "--cache-dir", "/etc/hostname", "--json"])
     error = json.loads(capsys.readouterr().out)["error"]
     assert code == 99 and Path(error["traceback_file"]).parent == tmp_path / "default" / "crashes"
@@ -88,7 +88,7 @@ def test_malformed_image_reference_is_a_user_error_naming_the_option(argv, optio
 
 
 def test_well_formed_image_references_pass():
-    from builder.api import check_image_ref
+    from builder.core.refs import check_image_ref
     for ref in ("agent-image/base:py3.11", "127.0.0.1:5000/agent-image.base:py3.11", "python",
                 "r.example.com/a/b@sha256:" + "0" * 64, "sha256:" + "a" * 64):
         assert check_image_ref(ref, "--base-image") == ref

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import boto3
@@ -13,8 +12,8 @@ import pytest
 from botocore.stub import Stubber
 
 from builder.api import BuildOptions, build_image
-from builder.errors import CodeArtifactError, IndexAuthError, PackageValidationError, redact, redaction_scope
-from builder.index import resolve_index
+from builder.build.proxy.index import resolve_index
+from builder.core.errors import CodeArtifactError, IndexAuthError, PackageValidationError, redact, redaction_scope
 from tests.conftest import BIN, image_holds
 
 AGENT_IMAGE = str(BIN / "agent-image")
@@ -49,6 +48,7 @@ def test_token_rotation_reuses_the_dependency_layer(agent_factory, wheelhouse, d
     """A rotated token (same index user) keeps the dependency image; another account of the
     same index never gets it (the key holds the user, never the token)."""
     from passlib.apache import HtpasswdFile
+
     from tests.conftest import start_index
     idx = start_index(tmp_path / "own-index", wheelhouse)  # its own, so its tokens can rotate
     try:
@@ -175,7 +175,7 @@ def test_public_index_through_ca_bundle(agent_factory, docker_client, cleanup_im
     empty.write_text("")
     other = tmp_path / "other-ca.pem"
     other.write_text(HOST_BUNDLE.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
-    from builder.errors import IndexUnreachableError
+    from builder.core.errors import IndexUnreachableError
     with pytest.raises(IndexUnreachableError):
         build_image(agent_factory("public-ca2", requirements="six==1.16.0\n"),
                     BuildOptions(index_url="https://pypi.org/simple/", ca_bundle=str(other),

@@ -12,12 +12,14 @@ import urllib.request
 import pytest
 from structlog.testing import capture_logs
 
-from builder import depsimage
-from builder.api import BuildOptions, base_image_for, build_image
-from builder.dockerfile import Rendered, deps_dockerfile, render
-from builder.engine import Image
-from builder.manifest import parse_manifest
-from builder.requirements import read_requirements
+from builder.api import BuildOptions, build_image
+from builder.build import depsimage
+from builder.build.engine import Image
+from builder.core.defaults import base_image_for
+from builder.core.labels import DEPS_LABEL
+from builder.package.manifest import parse_manifest
+from builder.package.requirements import read_requirements
+from builder.plan.dockerfile import Rendered, deps_dockerfile, render
 from tests.conftest import engine_tags, make_agent
 
 # a line no other test has, so this test's dependency image is its own
@@ -82,7 +84,7 @@ def test_the_dependency_image_holds_no_agent_file_and_names_no_agent(agent_facto
     (agent / "src" / "marker_7f3a.py").write_text("X = 1\n")
     result = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c"))
     deps = docker_client.images.get(result.deps_image)
-    assert "io.pixell.agent.name" not in deps.labels and deps.labels[depsimage.KEY_LABEL]
+    assert "io.pixell.agent.name" not in deps.labels and deps.labels[DEPS_LABEL]
     history = " ".join(h.get("CreatedBy") or "" for h in docker_client.api.history(result.deps_image))
     assert "COPY app/" not in history and ".agent-image/meta" not in history and "deps-secretive" not in history
     out = docker_client.containers.run(result.deps_image, ["sh", "-c", "find / -xdev -name 'marker_7f3a*' | wc -l"],
@@ -162,11 +164,11 @@ def test_the_dependency_dockerfile_names_no_agent_and_adds_two_layers(tmp_path):
 
 def test_an_image_with_the_key_but_not_the_shape_is_refused():
     base = Image(id="b", tags=(), labels={}, size=0, layers=("l1", "l2"))
-    ok = Image(id="d", tags=(), labels={depsimage.KEY_LABEL: "k"}, size=0, layers=("l1", "l2", "d1", "d2"))
+    ok = Image(id="d", tags=(), labels={DEPS_LABEL: "k"}, size=0, layers=("l1", "l2", "d1", "d2"))
     assert depsimage.refusal(ok, "k", base, 2) is None
     cases = {
-        "its deps-key label differs": ok.__class__(**{**ok.__dict__, "labels": {depsimage.KEY_LABEL: "other"}}),
-        "agent's image": ok.__class__(**{**ok.__dict__, "labels": {depsimage.KEY_LABEL: "k",
+        "its deps-key label differs": ok.__class__(**{**ok.__dict__, "labels": {DEPS_LABEL: "other"}}),
+        "agent's image": ok.__class__(**{**ok.__dict__, "labels": {DEPS_LABEL: "k",
                                                                    "io.pixell.agent.name": "x"}}),
         "not built on this base": ok.__class__(**{**ok.__dict__, "layers": ("l0", "l2", "d1", "d2")}),
         "adds 3 layers": ok.__class__(**{**ok.__dict__, "layers": ("l1", "l2", "d1", "d2", "code")}),
@@ -179,7 +181,7 @@ def test_the_dependency_repository_is_no_agent_name():
     assert depsimage.repository("reg:5000/t1/my-agent", "reg:5000/t1") == "reg:5000/t1/agent-image.deps"
     assert depsimage.repository("agents/my-agent", None) == "agents/agent-image.deps"
     assert depsimage.repository("solo", None) == "agent-image.deps"
-    from builder.manifest import NAME_RE
+    from builder.package.manifest import NAME_RE
     assert not NAME_RE.match(depsimage.REPOSITORY_NAME)
     assert depsimage.ref("r/agent-image.deps", "f" * 64) == "r/agent-image.deps:deps-" + "f" * 48
 

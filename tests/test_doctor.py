@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builder.api import base_image_for
-from builder.sandbox import HOST_NETWORK_ENV, LABEL, _started
+from builder.build.sandbox import HOST_NETWORK_ENV, _started
+from builder.core.defaults import base_image_for
+from builder.core.labels import SANDBOX_LABEL as LABEL
 from tests.test_sandbox import Counting, link_local  # noqa: F401 (fixture)
 
 AGENT_IMAGE = str(Path(sys.executable).parent / "agent-image")

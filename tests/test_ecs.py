@@ -16,10 +16,10 @@ import pytest
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
-from builder.ecs import TaskOptions, digest_ref, health_check, stop_timeout, task_definition
-from builder.engine import Image
-from builder.errors import TaskDefinitionError
-from builder.manifest import parse_manifest
+from builder.build.engine import Image
+from builder.core.errors import TaskDefinitionError
+from builder.package.manifest import parse_manifest
+from builder.ship.ecs import TaskOptions, digest_ref, health_check, stop_timeout, task_definition
 from tests.conftest import AGENT_YAML, BIN
 
 AGENT_IMAGE = str(BIN / "agent-image")
@@ -114,7 +114,7 @@ def test_options_ecs_refuses_are_errors(opts, field, words):
 
 
 def test_every_fargate_size_passes_and_its_neighbours_do_not():
-    from builder.ecs import FARGATE_SIZES, check_options
+    from builder.ship.ecs import FARGATE_SIZES, check_options
     for cpu, memories in FARGATE_SIZES.items():
         for memory in memories:
             check_options(TaskOptions(cpu=cpu, memory=memory))

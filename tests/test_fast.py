@@ -15,7 +15,7 @@ import subprocess
 from structlog.testing import capture_logs
 
 from builder.api import BuildOptions, build_image
-from builder.engine import Engine
+from builder.build.engine import Engine
 from tests.conftest import BIN, engine_tags
 
 
@@ -188,7 +188,7 @@ def test_a_failed_offline_attempt_leaves_nothing_in_the_layer_cache(agent_factor
     """Should the offline attempt run a step it expected cached (its fence said only the code
     changed), the layers it committed without a network (with the package's 'install after
     the code' mark) are removed: no later build can take them from the layer cache."""
-    from builder.layercache import _fence_file
+    from builder.build.reuse import _fence_file
     cleanup_images("agents/offline-stale")
     agent = agent_factory("offline-stale", requirements="tinyreq==1.0\n")
     first = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c"))

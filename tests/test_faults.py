@@ -20,12 +20,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.api import base_image_for
-
 from builder.api import BuildOptions, build_image
-from builder.engine import Engine
-from builder.errors import EngineError, IndexUnreachableError, RegistryError
-from builder.registry import push_image
+from builder.build.engine import Engine
+from builder.core.defaults import base_image_for
+from builder.core.errors import EngineError, IndexUnreachableError, RegistryError
+from builder.ship.pushpull import push_image
 from tests.conftest import BIN, Registry, _start_pypiserver, engine_containers, engine_tags, free_port, wait_http
 
 AGENT_IMAGE = str(BIN / "agent-image")

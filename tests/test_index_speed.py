@@ -1,7 +1,7 @@
 """Issue 14: what the index proxy does so pip in the build waits less, without changing what pip picks.
 
 Pages lose the links to wheels the base's interpreter can never install
-(builder/wheeltags.py). The upstream is a real HTTP server on loopback
+(builder/build/proxy/wheeltags.py). The upstream is a real HTTP server on loopback
 (tests/test_indexproxy.Server); pip is the real pip of this checkout.
 """
 
@@ -16,7 +16,7 @@ import zipfile
 
 from packaging import tags as host_tags
 
-from builder.wheeltags import target
+from builder.build.proxy.wheeltags import target
 from tests.test_indexproxy import SHA, WHEEL, a, ask, make  # noqa: F401 (fixture)
 
 HOST_PY = f"distro=debian:12;python=3.{sys.version_info.minor}"
@@ -116,7 +116,7 @@ def test_pip_installs_the_only_wheel_for_its_platform_through_a_filtered_page(a,
     assert fetched == [f"/files/tiny-2.0-{py}-{py}-manylinux_2_17_x86_64.whl"]
 
 
-# -- prefetch: pages and wheels fetched ahead of pip (builder/prefetch.py) -------------------------
+# -- prefetch: pages and wheels fetched ahead of pip (builder/build/proxy/prefetch.py) -------------------------
 
 def serve_index(a, projects: dict[str, list[tuple[str, tuple[str, ...], str]]]) -> None:  # noqa: F811
     """PROJECTS {name: [(wheel file, requires, extra anchor attributes)]} on upstream A."""
@@ -195,7 +195,7 @@ def test_a_failed_prefetch_leaves_the_error_to_pip(a, tmp_path):  # noqa: F811
 
 
 def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
-    import builder.prefetch as prefetch
+    import builder.build.proxy.prefetch as prefetch
     asked: list[str] = []
 
     def page(name):
@@ -235,8 +235,9 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
 
 
 def test_the_guess_is_the_newest_final_release_pip_can_install_here():
-    from builder.prefetch import Offer, Prefetcher
     from packaging.specifiers import SpecifierSet
+
+    from builder.build.proxy.prefetch import Offer, Prefetcher
     p = Prefetcher(lambda n: (b"", []), lambda k, cap: 0, target("distro=debian:12;python=3.11", "amd64"))
     offers = [Offer("k1", "x-1.0-py3-none-any.whl", None, False),
               Offer("k2", "x-2.0-cp311-cp311-win_amd64.whl", None, False),
@@ -268,7 +269,7 @@ def test_prefetch_threads_end_with_the_proxy(a, tmp_path):  # noqa: F811
 
 
 def test_a_large_file_is_never_a_guess_pip_fetches_it_itself(a, tmp_path, monkeypatch):  # noqa: F811
-    import builder.prefetch as prefetch
+    import builder.build.proxy.prefetch as prefetch
     monkeypatch.setattr(prefetch, "GUESS_FILE_BYTES", 100)  # every wheel here is larger
     serve_index(a, TRICKY)
     with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
@@ -288,7 +289,7 @@ def test_a_queued_prefetch_is_given_up_to_pips_request_at_once(monkeypatch):
     is answered from upstream at once (it never waits on the queue), and the queued job is dropped."""
     import time
 
-    import builder.prefetch as prefetch
+    import builder.build.proxy.prefetch as prefetch
     release, asked = threading.Event(), []
 
     def page(name):
@@ -308,7 +309,7 @@ def test_a_queued_prefetch_is_given_up_to_pips_request_at_once(monkeypatch):
 
 
 def test_guesses_under_way_count_against_the_budget(monkeypatch):
-    import builder.prefetch as prefetch
+    import builder.build.proxy.prefetch as prefetch
     monkeypatch.setattr(prefetch, "GUESS_BYTES", 1000)
     monkeypatch.setattr(prefetch, "GUESS_FILE_BYTES", 600)
     release, caps = threading.Event(), {}
@@ -331,7 +332,7 @@ def test_guesses_under_way_count_against_the_budget(monkeypatch):
 
 
 def test_a_wheel_with_a_huge_directory_is_not_opened(monkeypatch, tmp_path):
-    import builder.prefetch as prefetch
+    import builder.build.proxy.prefetch as prefetch
     monkeypatch.setattr(prefetch, "ZIP_ENTRIES", 10)
     small, big = tmp_path / "small.whl", tmp_path / "big.whl"
     small.write_bytes(wheel("x-1.0-py3-none-any.whl", requires=("dep-a",)))

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.downloadcache import DownloadCache, identity
-from builder.indexproxy import IndexProxy, proxy_url
-from builder.upstream import Upstream
+from builder.build.proxy.cache import DownloadCache, identity
+from builder.build.proxy.server import IndexProxy
+from builder.build.proxy.upstream import Upstream
+from builder.plan.proxied import proxy_url
 from tests.test_sandbox import link_local  # noqa: F401 (fixture)
 
 WHEEL = b"PK-fake-wheel-" * 100
@@ -359,7 +360,7 @@ def test_unix_socket_and_allowed_extra_hosts(a, b, tmp_path):
 
 
 def test_a_direct_reference_is_served_only_as_the_requirements_name_it(a, b, tmp_path):
-    from builder.indexpages import direct_url
+    from builder.plan.proxied import direct_url
     b.file("/files/bar-2.whl", b"direct")
     b.file("/files/bad-1.whl", b"not what the hash says")
     good = f"http://localhost:{b.port}/files/bar-2.whl#sha256={hashlib.sha256(b'direct').hexdigest()}"
@@ -386,7 +387,7 @@ def test_a_direct_reference_is_served_only_as_the_requirements_name_it(a, b, tmp
 
 def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a, tmp_path):
     """An index that is not on loopback cannot point the proxy at the builder's own services."""
-    from builder.upstream import Fetcher, Refused
+    from builder.build.proxy.upstream import Fetcher, Refused
     fetcher = Fetcher(loopback_ok=False)
     for url in (f"{a.base}/x", f"http://localhost:{a.port}/x", f"http://0.0.0.0:{a.port}/x",
                 f"http://[::ffff:127.0.0.1]:{a.port}/x"):
@@ -396,8 +397,7 @@ def test_links_to_the_builders_loopback_are_refused_unless_the_index_is_there(a,
 
 
 def test_allowed_index_urls_in_requirements_become_proxy_urls():
-    from builder.indexpages import direct_url
-    from builder.indexproxy import proxied_requirements
+    from builder.plan.proxied import direct_url, proxied_requirements
     text = ("tinyreq==1.0\n--extra-index-url https://extra.example/simple/\n-i https://EXTRA.example/x/simple/\n"
             "--find-links=https://extra.example/links/\n-f https://other.example/links/\n"
             "--trusted-host extra.example\nfoo @ https://extra.example/foo-1.whl#sha256=ab ; python_version>'3'\n")
@@ -416,8 +416,7 @@ def test_allowed_index_urls_in_requirements_become_proxy_urls():
 def test_index_options_are_read_as_pip_reads_them_and_keep_their_line_numbers():
     """The alias --pypi-url, a quoted URL and a continued line are each the same option to pip:
     all proxied; pip's errors name lines, so every line keeps its number."""
-    from builder.indexpages import direct_url
-    from builder.indexproxy import proxied_requirements
+    from builder.plan.proxied import direct_url, proxied_requirements
     text = ("--pypi-url https://extra.example/alias/\r\n--extra-index-url 'https://extra.example/quoted/'\n"
             "--index-url \\\n   https://extra.example/continued/\nafter==1\n# -i https://extra.example/comment/\n"
             "https://extra.example/bar-2.tar.gz\n--extra-index-url https://extra.example/s/ --pre\n")

@@ -20,11 +20,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from builder.api import BuildOptions, build_image
-from builder.layercache import own_previous
-from builder.errors import (EXIT_CODES, PackageValidationError, Redactor, current_redactor, redact,
-                            redaction_scope)
-from builder.manifest import parse_manifest
-from builder.requirements import read_requirements
+from builder.build.reuse import own_previous
+from builder.core.errors import EXIT_CODES, PackageValidationError, Redactor, current_redactor, redact, redaction_scope
+from builder.package.manifest import parse_manifest
+from builder.package.requirements import read_requirements
 from tests.conftest import AGENT_YAML, BIN, MAIN_PY, engine_tags, make_agent, run_in_image
 
 AGENT_IMAGE = str(BIN / "agent-image")
@@ -241,7 +240,9 @@ def test_moving_tags_of_another_agent_are_not_a_layer_cache(agent_factory, index
 
 def test_index_proxy_request_threads_redact_with_their_build(tmp_path):
     """The proxy answers pip from its own threads; their log lines must use the build's redactor."""
-    from builder.indexproxy import DownloadCache, IndexProxy, Upstream
+    from builder.build.proxy.cache import DownloadCache
+    from builder.build.proxy.server import IndexProxy
+    from builder.build.proxy.upstream import Upstream
     seen = []
 
     def handle(handler, head=False):
@@ -257,7 +258,7 @@ def test_index_proxy_request_threads_redact_with_their_build(tmp_path):
 
 
 def test_an_option_pip_does_not_know_is_a_syntax_error_before_the_build(tmp_path):
-    from builder.errors import RequirementsSyntaxError
+    from builder.core.errors import RequirementsSyntaxError
     (tmp_path / "requirements.txt").write_text("requests\n--no-such-option x\n")
     with pytest.raises(RequirementsSyntaxError) as caught:
         read_requirements(tmp_path)

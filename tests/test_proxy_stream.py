@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.downloadcache import DownloadCache
-from builder.indexproxy import IndexProxy
-from builder.upstream import Upstream
+from builder.build.proxy.cache import DownloadCache
+from builder.build.proxy.server import IndexProxy
+from builder.build.proxy.upstream import Upstream
 
 PIECE = 64 * 1024
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import io
 import os
 import tarfile
-import io
 from pathlib import Path
 
 import pytest
 
-from builder.context import build_context
-from builder.dockerfile import parse_steps, render
-from builder.errors import PackageValidationError, redact, redaction_scope, register_secret
-from builder.indexproxy import DownloadCache, IndexProxy, Upstream
-from builder.manifest import parse_manifest
-from builder.reqlines import logical_lines
-from builder.requirements import read_requirements
+from builder.build.proxy.cache import DownloadCache
+from builder.build.proxy.server import IndexProxy
+from builder.build.proxy.upstream import Upstream
+from builder.core.errors import PackageValidationError, redact, redaction_scope, register_secret
+from builder.package.manifest import parse_manifest
+from builder.package.piplines import logical_lines
+from builder.package.requirements import read_requirements
+from builder.plan.context import build_context
+from builder.plan.dockerfile import parse_steps, render
 
 YAML = """\
 name: demo
@@ -62,7 +64,7 @@ def test_include_outside_the_package_is_refused(tmp_path):
                                   "--extra-index-url=https://evil.example/simple", "--find-links https://evil.example/",
                                   "-f https://evil.example/", "--trusted-host evil.example"])
 def test_index_policy(tmp_path, line):
-    from builder.errors import IndexPolicyError
+    from builder.core.errors import IndexPolicyError
     (tmp_path / "requirements.txt").write_text(f"requests\n{line}\n")
     with pytest.raises(IndexPolicyError) as info:
         read_requirements(tmp_path)
@@ -116,7 +118,7 @@ def test_requirements_that_need_the_code_install_after_it():
 
 
 def test_a_marked_step_names_the_install_that_failed():
-    from builder.buildlog import marked_step
+    from builder.build.steplog import marked_step
     lines = ["Step 14/16 : RUN if ...", "--- agent-image step: package", "Obtaining file:///app",
              "--- agent-image step: requirements", "ERROR: No matching distribution found for x"]
     assert marked_step(lines, "install") == ("requirements", ["ERROR: No matching distribution found for x"])
@@ -233,7 +235,7 @@ def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):
 
 def test_engine_rejoins_lines_cut_across_stream_chunks():
     """uv writes a line in several writes; the classifiers must see it whole."""
-    from builder.buildstream import rejoin_lines
+    from builder.build.stream import rejoin_lines
     chunks = [{"stream": "Step 3/9 : RUN x\n"}, {"stream": "error"}, {"stream": ": No solution found"},
               {"stream": " when resolving\n + tiny"}, {"stream": "req==2.0\n"}, {"aux": {"ID": "sha256:1"}},
               {"stream": "tail without newline"}]
@@ -244,7 +246,7 @@ def test_engine_rejoins_lines_cut_across_stream_chunks():
 
 
 def test_versions_on_an_index_page():
-    from builder.indexproxy import versions_on_page
+    from builder.build.proxy.pages import versions_on_page
     hrefs = ["../../packages/tinyreq-1.0-py3-none-any.whl#sha256=ab", "/f/TinyReq-1.1.tar.gz",
              "tinyreq-2.0-py3-none-any.whl", "tinyreq-2.0.tar.gz", "other-9.0-py3-none-any.whl", "README.txt"]
     assert versions_on_page("tinyreq", hrefs) == ["1.0", "1.1", "2.0"]
@@ -268,7 +270,7 @@ def test_environment_cannot_override_what_the_image_sets(key):
 def test_requirements_cannot_pull_dotenv_into_the_build(tmp_path, option):
     """.env stays out of the image, so requirements.txt may not include it either."""
     from builder.api import BuildOptions, prepare
-    from builder.apkg import open_package
+    from builder.package.reader import open_package
     from tests.conftest import make_agent
     agent = make_agent(tmp_path, "dotenv-include", requirements=f"{option} .env\n")
     with open_package(agent) as pkg, pytest.raises(PackageValidationError) as info:
@@ -280,7 +282,7 @@ def test_with_a_pip_that_reports_the_second_pass_runs_only_when_the_first_change
     """The seed's order (package, then requirements.txt so its pins win); the second pass is
     skipped when the first installed nothing but the package: the lines are then as the
     dependency layer left them. pip 20 (the py3.9 base) has no --report: the one pass stays."""
-    from builder.dockerfile import pip_reports
+    from builder.plan.dockerfile import pip_reports
     runs = [i for i in _render(pip_report=True).instructions if i.startswith("RUN")]
     first = runs[1].index("pip install --no-compile -e /app --report /tmp/.agent-image-report.json")
     check = runs[1].index("sys.exit(any(i['download_info']['url'] != 'file:///app'")
@@ -300,9 +302,9 @@ def test_the_image_copy_of_requirements_is_rewritten_past_a_byte_order_mark(tmp_
     """pip reads past a UTF-8 BOM; the rewrite to proxy URLs must read the same line 1
     (the copy in /app is what the seed's second pass, pip 20 and uv read)."""
     from builder.api import BuildOptions
-    from builder.apkg import open_package
-    from builder.indexpages import proxy_url
-    from builder.plan import generated_files, read_split
+    from builder.package.reader import open_package
+    from builder.plan.inputs import generated_files, read_split
+    from builder.plan.proxied import proxy_url
     from tests.conftest import make_agent
     agent = make_agent(tmp_path, "bom-extra", requirements=None)
     (agent / "requirements.txt").write_bytes(b"\xef\xbb\xbf--extra-index-url https://extra.example/simple/\nidna\n")

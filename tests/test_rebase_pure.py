@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from builder.errors import RebaseError, RegistryError
-from builder.rebase import (ABI_LABEL, TOP_LAYER_LABEL, ImageDoc, abi_label, base_labels, parse_abi, rebase)
-from builder.registryapi import DOCKER_MANIFEST, OCI_MANIFEST, docker_config_auth, parse_ref
+from builder.core.errors import RebaseError, RegistryError
+from builder.core.labels import ABI_LABEL, TOP_LAYER_LABEL, abi_label, base_labels, parse_abi
+from builder.ship.client import DOCKER_MANIFEST, OCI_MANIFEST, docker_config_auth, parse_ref
+from builder.ship.rebase import ImageDoc, rebase
 
 ABI = {"distro": "debian:12", "python": "3.11", "venv": "/opt/venv", "uid": "10001", "pip": "23.0.1",
        "setuptools": "66.1.1"}

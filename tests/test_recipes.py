@@ -8,7 +8,7 @@ import shlex
 import pytest
 import yaml
 
-from builder.cli import parser
+from builder.cli.main import parser
 from tests.conftest import ROOT
 
 RECIPES = ROOT / "examples" / "ci"

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from builder import __version__
-from builder.dockerfile import drain_seconds, parse_steps, render
-from builder.errors import PackageValidationError
-from builder.manifest import Manifest, parse_manifest
+from builder.core.errors import PackageValidationError
+from builder.package.manifest import Manifest, parse_manifest
+from builder.plan.dockerfile import drain_seconds, parse_steps, render
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

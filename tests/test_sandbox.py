@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.sandbox import LABEL
+from builder.core.labels import SANDBOX_LABEL as LABEL
 from tests.conftest import image_holds, start_index
 
 AGENT_IMAGE = str(Path(sys.executable).parent / "agent-image")
@@ -84,7 +84,7 @@ def link_local():
 
 @pytest.fixture
 def listeners(link_local):
-    from builder.doctor import host_addresses
+    from builder.build.doctor import host_addresses
     opened = [Counting("0.0.0.0"), Counting("127.0.0.1"), Counting(link_local)]
     opened += [Counting(a) for a in host_addresses() if ":" not in a and a != "127.0.0.1"]
     yield opened
@@ -280,7 +280,7 @@ class SandboxWatch:
 def test_sandbox_lives_exactly_as_long_as_a_build(agent_factory, index_url, docker_client, cleanup_images, tmp_path):
     """Started for a build, removed after success, failure and timeout; never for a no-op build."""
     from builder.api import BuildOptions, build_image
-    from builder.errors import BuildTimeoutError, DependencyError
+    from builder.core.errors import BuildTimeoutError, DependencyError
     cleanup_images("agents/sbx-life")
     opts = dict(index_url=index_url, cache_dir=tmp_path / "c")
     agent = agent_factory("sbx-life", requirements="tinyreq==1.0\n")
@@ -345,7 +345,7 @@ def test_a_direct_reference_on_an_allowed_host_is_fetched_through_the_proxy(
 
 def test_a_file_over_the_download_cap_fails_the_build_naming_it(agent_factory, index_url, tmp_path):
     from builder.api import BuildOptions, build_image
-    from builder.errors import IndexResponseError
+    from builder.core.errors import IndexResponseError
     agent = agent_factory("sbx-cap", requirements="tinyreq==1.0\n")
     with pytest.raises(IndexResponseError) as info:
         build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c", download_max_bytes=100,
@@ -358,7 +358,7 @@ def test_a_file_over_the_download_cap_fails_the_build_naming_it(agent_factory, i
 def test_the_next_build_removes_a_dead_builders_sandbox(agent_factory, index_url, engine, docker_client,
                                                         cleanup_images, tmp_path):
     from builder.api import BuildOptions, build_image
-    from builder.api import base_image_for
+    from builder.core.defaults import base_image_for
     gone = subprocess.Popen(["true"])
     gone.wait()
     labels = {LABEL: "1", f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1", f"{LABEL}.host": socket.gethostname()}

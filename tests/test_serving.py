@@ -214,7 +214,7 @@ def test_the_image_records_its_drain_window(image, docker_client):
 
 
 def test_an_agent_set_drain_window_is_the_label():
-    from builder.dockerfile import drain_seconds
+    from builder.plan.dockerfile import drain_seconds
     assert drain_seconds({"AGENT_DRAIN_SECONDS": "40"}) == 40
     assert drain_seconds({"AGENT_DRAIN_SECONDS": "${DRAIN}"}) == 25  # decided at deploy: the shim's default
 

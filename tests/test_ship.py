@@ -10,14 +10,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-
-from builder.api import base_image_for
 from testcontainers.core.container import DockerContainer
 
 from builder.api import BuildOptions, build_image
-from builder.engine import Engine
-from builder.errors import ImageVerificationError, RegistryError
-from builder.registry import pull_image
+from builder.build.engine import Engine
+from builder.core.defaults import base_image_for
+from builder.core.errors import ImageVerificationError, RegistryError
+from builder.ship.pushpull import pull_image
 from tests.conftest import BIN, image_holds
 
 AGENT_IMAGE = str(BIN / "agent-image")

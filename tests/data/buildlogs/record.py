@@ -31,14 +31,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from builder.api import BuildOptions, base_image_for, prepare  # noqa: E402
-from builder.apkg import open_package  # noqa: E402
-from builder.buildlog import marked_step, step_lines  # noqa: E402
-from builder.dockerfile import TOOL_PIP_DIR, TOOL_PIP_LABEL, UV_VERSION  # noqa: E402
-from builder.engine import Engine  # noqa: E402
-from builder.index import resolve_index  # noqa: E402
-from builder.indexproxy import DownloadCache, IndexProxy  # noqa: E402
-from builder.reqlines import logical_lines  # noqa: E402
+from builder.api import BuildOptions, prepare  # noqa: E402
+from builder.build.engine import Engine  # noqa: E402
+from builder.build.proxy.cache import DownloadCache  # noqa: E402
+from builder.build.proxy.index import resolve_index  # noqa: E402
+from builder.build.proxy.server import IndexProxy  # noqa: E402
+from builder.build.steplog import marked_step, step_lines  # noqa: E402
+from builder.core.defaults import base_image_for  # noqa: E402
+from builder.core.labels import TOOL_PIP_LABEL  # noqa: E402
+from builder.package.piplines import logical_lines  # noqa: E402
+from builder.package.reader import open_package  # noqa: E402
+from builder.plan.dockerfile import TOOL_PIP_DIR, UV_VERSION  # noqa: E402
 from tests.conftest import (BIN, CACHE, _start_pypiserver, fill_wheelhouse, free_port, make_agent,  # noqa: E402
                             start_index)
 

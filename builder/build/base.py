@@ -1,0 +1,110 @@
+"""Build the shared base image every agent image starts FROM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from builder.build.engine import Engine
+from builder.core.errors import BaseImageMissingError, RegistryError
+from builder.core.labels import ABI_LABEL, abi_label
+from builder.core.resources import resource
+from builder.plan.context import build_context
+
+log = structlog.get_logger("agent_image.base")
+
+SHIM = Path(__file__).resolve().parents[1] / "shim"  # builder/shim: copied into the base
+DOCKERFILE_BASE = resource("Dockerfile.base")
+PYTHON_IMAGES = {"3.11": "agent-image/python:3.11", "3.9": "agent-image/python:3.9"}
+BASE_NAME = "agent-image.base"  # in a registry: REGISTRY/agent-image.base:pyX.Y (no agent name has a dot)
+# What the agent's layers depend on, read from the built base itself (a LABEL
+# cannot be computed by a RUN): the distro release, Python major.minor, the venv,
+# the agent user's uid, and what the base seeds into the venv.
+_PROBE = """. /etc/os-release; echo "distro=$ID:$VERSION_ID"; echo "venv=$1"; echo "uid=$(id -u agent)"
+"$1/bin/python" - <<'EOF'
+import sys, importlib.metadata as m
+print("python=%d.%d" % sys.version_info[:2])
+for name in ("pip", "setuptools"):
+    try:
+        print(f"{name}={m.version(name)}")
+    except m.PackageNotFoundError:
+        pass
+EOF"""
+
+
+def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None = None,
+               tag: str | None = None, index_url: str | None = None, ca_bundle: str | None = None,
+               cache_dir: Path | None = None) -> str:
+    """Build Dockerfile.base FROM a Python image; return the image id.
+
+    uv goes into the base from the package index, through the same loopback
+    proxy an agent build uses (so credentials stay out of the base too)."""
+    from_image = from_image or PYTHON_IMAGES.get(python)
+    if not from_image:
+        raise BaseImageMissingError(f"no default Python image for {python}", hint="Pass --from IMAGE.")
+    engine.require_image(from_image, hint="Run scripts/setup.sh (debootstrap + docker import) or pass "
+                                          "--from with a Python image the engine has.")
+    from builder.build.proxy.cache import DownloadCache
+    from builder.build.proxy.index import resolve_index
+    from builder.build.proxy.server import IndexProxy
+    from builder.build.sandbox import Sandbox
+    from builder.core.defaults import DEFAULT_CACHE_DIR, base_image_for
+    from builder.plan.dockerfile import PIP_INDEX_HOST, PIP_INDEX_URL, UV_VERSION, tool_pip_version
+    tag = tag or base_image_for(python)
+    files = {"Dockerfile": DOCKERFILE_BASE.read_bytes()}
+    for path in sorted(SHIM.glob("*.py")):  # serve.py, its serve_*.py modules, healthcheck.py
+        files[f"shim/{path.name}"] = path.read_bytes()
+    empty = SHIM / "__absent__"
+    context = build_context(empty, files)
+    upstream = resolve_index(index_url)
+    log.info("Building base image", tag=tag, python_image=from_image, index=upstream.url, uv=UV_VERSION)
+    cache = DownloadCache(Path(cache_dir or DEFAULT_CACHE_DIR) / "downloads")
+    args = {"PYTHON_IMAGE": from_image, "UV_VERSION": UV_VERSION, "PIP_INDEX_URL": PIP_INDEX_URL,
+            "PIP_TRUSTED_HOST": PIP_INDEX_HOST, "TOOL_PIP_VERSION": tool_pip_version(python)}
+    # the base's build steps get the network an agent build gets (builder/build/sandbox.py):
+    # the index proxy and nothing else
+    with Sandbox(engine, from_image) as sandbox, \
+            IndexProxy(upstream, cache, ca_bundle=ca_bundle, unix_path=sandbox.socket_path) as proxy:
+        sandbox.wait(proxy.ready)
+
+        def build(labels: dict[str, str] | None = None):
+            return engine.build(context=context.data, network_mode=sandbox.network_mode, labels=labels,
+                                buildargs={**args, "http_proxy": sandbox.proxy_url(proxy)},
+                                on_step=lambda n, m, instr: log.info("build step", step=f"{n}/{m}",
+                                                                     instruction=instr[:100]))
+        outcome = build()
+        if outcome.image_id is None:
+            raise BaseImageMissingError(f"building the base image failed: {outcome.error}",
+                                        log_tail=outcome.lines[-20:],
+                                        hint=f"The base installs uv=={UV_VERSION} and pip=="
+                                             f"{tool_pip_version(python) or '(none)'} from {upstream.url}: check that "
+                                             "the index is reachable (--index-url, --ca-bundle).")
+        venv = engine.image(outcome.image_id).labels.get("io.pixell.agent-image.venv", "/opt/venv")
+        facts = dict(line.split("=", 1) for line in engine.run_once(
+            outcome.image_id, ["sh", "-c", _PROBE, "probe", venv]).splitlines() if "=" in line)
+        abi = abi_label(facts)
+        # the same build again (every step cached: the same args) with the label the engine appends
+        labelled = build({ABI_LABEL: abi})
+    if labelled.image_id is None:
+        raise BaseImageMissingError(f"labelling the base image failed: {labelled.error}",
+                                    log_tail=labelled.lines[-20:])
+    engine.tag(labelled.image_id, tag)
+    log.info("Base image ready", tag=tag, image_id=labelled.image_id, abi=abi)
+    return labelled.image_id
+
+
+def push_base(engine: Engine, image_id: str, *, registry: str, python: str, auth: dict | None = None) -> str:
+    """Tag the base REGISTRY/agent-image.base:pyX.Y, push it, return its digest reference."""
+    target = f"{registry.rstrip('/')}/{BASE_NAME}:py{python}"
+    engine.tag(image_id, target)
+    for attempt in (1, 2, 3):
+        try:
+            digest = engine.push(target, auth=auth)
+            break
+        except RegistryError:
+            if attempt == 3:
+                raise
+    pinned = f"{target.rsplit(':', 1)[0]}@{digest}"
+    log.info("Pushed the base image", image=target, digest_ref=pinned)
+    return pinned

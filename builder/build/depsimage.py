@@ -1,0 +1,164 @@
+"""The dependency image: a base plus one set of dependency lines, installed.
+
+Agents whose lines agree (same base, index and who reads it, installer, lines
+and constraint files, same registry prefix) build FROM one image,
+``PREFIX/agent-image.deps:deps-KEY``. Its layers are built once, stored once in
+the registry and pulled once by an ECS host, whichever runner builds the next
+agent. The classic builder's layer cache gave that only on the engine that
+built the layer: elsewhere, or with --no-cache, the layer was rebuilt and its
+digest differed (file mtimes).
+
+It is built in the build sandbox from a context of the dependency files alone:
+no file of any agent is in it, so no agent's code runs there (sdists from the
+index still run their own build code, as in any install).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from builder import __version__
+from builder.build.engine import Engine, Image
+from builder.core.errors import EngineError, PackageLoadError, RegistryError
+from builder.core.labels import DEPS_LABEL
+from builder.core.refs import split_ref
+from builder.package.requirements import Split
+from builder.plan.context import Context, build_context
+from builder.plan.dockerfile import Rendered, deps_dockerfile
+
+log = structlog.get_logger("agent_image")
+
+# a dot: no agent name (^[a-z][a-z0-9-]*$) can take this repository, so no
+# package can push an image under a dependency image's name by naming itself
+REPOSITORY_NAME = "agent-image.deps"
+_LAYER_INSTRUCTIONS = ("RUN", "COPY", "ADD")
+
+
+@dataclass
+class Plan:
+    """One build's dependency image: what it is, and (once found or built) where it came from."""
+    dockerfile: Rendered
+    key: str
+    repo: str
+    ref: str
+    layers: int                      # layers it adds over the base
+    image: Image | None = None
+    origin: str = ""                 # "local" | "pulled" | "built"
+    cached: list[str] = field(default_factory=list)  # its steps the engine's layer cache served, when built
+
+
+def plan(agent_dockerfile: Rendered, split: Split, base: Image, agent_repo: str, registry: str | None,
+         auth_header: str | None) -> Plan | None:
+    """The dependency image an agent with these lines builds FROM; None without lines."""
+    if not split.deps:
+        return None
+    dockerfile = deps_dockerfile(agent_dockerfile.text)
+    repo = repository(agent_repo, registry)
+    deps_key = key(dockerfile, split, base.id, reader=index_user(auth_header), repo=repo)
+    return Plan(dockerfile=dockerfile, key=deps_key, repo=repo, ref=ref(repo, deps_key),
+                layers=layer_count(dockerfile))
+
+
+def repository(agent_repo: str, registry: str | None) -> str:
+    """Next to the agent's repository: the registry prefix is the tenant's scope."""
+    if registry:
+        return f"{registry.rstrip('/')}/{REPOSITORY_NAME}"
+    parent = agent_repo.rsplit("/", 1)[0] if "/" in agent_repo else ""
+    return f"{parent}/{REPOSITORY_NAME}" if parent else REPOSITORY_NAME
+
+
+def index_user(auth_header: str | None) -> str:
+    """Who reads the index: the user of its credentials, not the token, so a
+    rotated token keeps the key and another account never shares it."""
+    if not auth_header or not auth_header.startswith("Basic "):
+        return ""
+    try:
+        return base64.b64decode(auth_header[6:]).decode("utf-8", "replace").split(":", 1)[0]
+    except (binascii.Error, ValueError):
+        return "?"
+
+
+def key(dockerfile: Rendered, split: Split, base_id: str, *, reader: str, repo: str) -> str:
+    """Everything that shapes the dependency layer, and who may read it: the base
+    image, the Dockerfile up to the layer (index URL, installer, its flags), the
+    lines and their constraint files, the index user, the repository (tenant) and
+    this builder's version."""
+    return hashlib.sha256(json.dumps([base_id, dockerfile.text, split.deps_text, split.constraints, reader, repo,
+                                      __version__], sort_keys=True).encode()).hexdigest()
+
+
+def ref(repo: str, deps_key: str) -> str:
+    return f"{repo}:deps-{deps_key[:48]}"
+
+
+def layer_count(dockerfile: Rendered) -> int:
+    """Layers the Dockerfile adds over its FROM (classic builder: every RUN, COPY, ADD)."""
+    return sum(1 for i in dockerfile.instructions if i.split(None, 1)[0].upper() in _LAYER_INSTRUCTIONS)
+
+
+def refusal(image: Image, deps_key: str, base: Image, added: int) -> str | None:
+    """Why IMAGE may not serve as this dependency image, or None. A repository can
+    hold anything: it must carry the key, sit on exactly this base and add exactly
+    the dependency layers, and belong to no agent."""
+    if image.labels.get(DEPS_LABEL) != deps_key:
+        return "its deps-key label differs"
+    if "io.pixell.agent.name" in image.labels:
+        return f"it is an agent's image ({image.labels['io.pixell.agent.name']!r})"
+    if image.layers[:len(base.layers)] != base.layers:
+        return "it is not built on this base"
+    if len(image.layers) != len(base.layers) + added:
+        return f"it adds {len(image.layers) - len(base.layers)} layers over the base, not {added}"
+    return None
+
+
+def context(dockerfile: Rendered, generated: dict[str, bytes]) -> Context:
+    """The Dockerfile and the dependency files (requirements lines, constraints): nothing of the package."""
+    files = {name: data for name, data in generated.items() if name.startswith(".agent-image/deps/")}
+    return build_context(None, {"Dockerfile": dockerfile.text.encode(), **files})
+
+
+def find(engine: Engine, image_ref: str, deps_key: str, base: Image, added: int, *,
+         auth: dict | None, remote: bool) -> tuple[Image | None, str]:
+    """The dependency image from the engine, else (REMOTE) from the registry:
+    (image, "local" | "pulled"), or (None, "") when it must be built."""
+    image = engine.image(image_ref)
+    if image is not None:
+        why = refusal(image, deps_key, base, added)
+        if why is None:
+            return image, "local"
+        log.warning("Not using the local dependency image", image=image_ref, reason=why)
+        return None, ""
+    if not remote:
+        return None, ""
+    started = time.monotonic()
+    try:
+        image = engine.pull(image_ref, auth=auth)
+    except (RegistryError, EngineError) as exc:
+        log.debug("no dependency image in the registry", image=image_ref, reason=str(exc)[:200])
+        return None, ""
+    why = refusal(image, deps_key, base, added)
+    if why is None:
+        log.info("Using the dependency image from the registry", image=image_ref, image_id=image.id,
+                 pull_s=round(time.monotonic() - started, 2))
+        return image, "pulled"
+    log.warning("Not using the dependency image from the registry", image=image_ref, reason=why)
+    try:  # not kept either: nothing else may take it for this key
+        engine.remove_image(image_ref)
+    except PackageLoadError as exc:
+        log.debug("could not remove the refused dependency image", image=image_ref, reason=str(exc)[:200])
+    return None, ""
+
+
+def push(engine: Engine, image_ref: str, *, auth: dict | None) -> str:
+    """Push the dependency image: its layers are the agent's too, so after the agent's
+    push this sends only a manifest (and the next runner finds it by name)."""
+    digest = engine.push(image_ref, auth=auth)
+    log.info("Pushed dependency image", image=image_ref, digest_ref=f"{split_ref(image_ref)[0]}@{digest}")
+    return digest

@@ -1,0 +1,390 @@
+"""The one seam that knows the container engine (repo2docker's ContainerEngine).
+
+``Engine`` offers a few keyword-only verbs (build, image, tag, push, pull,
+run) and returns neutral values (``Image``, ``BuildOutcome``); nothing else
+in agent-image imports docker-py. Engine failures become ``EngineError`` or
+``RegistryError`` here, once.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import docker
+import docker.errors
+import requests.exceptions
+import urllib3.exceptions
+from docker.api.client import APIClient
+
+from builder.build.stream import BuildOutcome, consume, rejoin_lines
+from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
+                                 RegistryError, redact)
+from builder.core.refs import split_ref
+
+DEFAULT_TIMEOUT = 300.0
+# what a cut or dropped engine connection raises mid-stream
+_STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
+                  urllib3.exceptions.HTTPError, OSError)
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    size: int
+    layers: tuple[str, ...]
+    digests: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    user: str = ""
+    exposed_ports: tuple[str, ...] = ()    # "8080/tcp"
+    healthcheck: dict | None = None        # Docker's {"Test", "Interval", ...}; durations in ns
+    architecture: str = ""
+    os: str = ""
+
+
+class _CancellableAPIClient(APIClient):
+    """APIClient that remembers each thread's streaming response.
+
+    docker-py's build generator cannot be closed from another thread, but its
+    socket can be shut down, which makes the engine cancel the build.
+    """
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self._local = threading.local()
+
+    def _stream_helper(self, response, decode=False):  # noqa: D401 (docker-py override)
+        self._local.response = response
+        return super()._stream_helper(response, decode=decode)
+
+    def current_response(self):
+        return getattr(self._local, "response", None)
+
+
+def _shutdown(response) -> None:
+    """Cut a streaming response's socket from any thread."""
+    try:
+        raw = response.raw._fp.fp.raw
+        sock = getattr(raw, "_sock", raw)
+        sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # already closed, or a transport without a socket
+        try:
+            response.close()
+        except Exception:
+            pass
+
+
+def _image(attrs: dict) -> Image:
+    cfg = attrs.get("Config") or {}
+    return Image(
+        id=attrs["Id"],
+        tags=tuple(attrs.get("RepoTags") or ()),
+        labels=dict(cfg.get("Labels") or {}),
+        size=int(attrs.get("Size") or 0),
+        layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+        digests=tuple(attrs.get("RepoDigests") or ()),
+        env=tuple(cfg.get("Env") or ()),
+        user=cfg.get("User") or "",
+        exposed_ports=tuple(sorted(cfg.get("ExposedPorts") or {})),
+        healthcheck=dict(cfg["Healthcheck"]) if cfg.get("Healthcheck") else None,
+        architecture=attrs.get("Architecture") or "",
+        os=attrs.get("Os") or "",
+    )
+
+
+def _engine_error(exc: Exception, doing: str) -> EngineError:
+    return EngineError(f"the Docker engine is unreachable while {doing}: {redact(str(exc))[:300]}",
+                       hint="Start it (scripts/setup.sh starts dockerd) or set DOCKER_HOST, then retry.")
+
+
+class Engine:
+    """The container engine, through docker-py. One instance per process is fine."""
+
+    def __init__(self, base_url: str | None = None, *, api_timeout: float = 120.0) -> None:
+        try:
+            kwargs = docker.utils.kwargs_from_env()
+            if base_url:
+                kwargs["base_url"] = base_url
+            kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
+            self.api = _CancellableAPIClient(version="auto", timeout=api_timeout, **kwargs)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "connecting") from None
+
+    # -- facts ------------------------------------------------------------------
+    def ping(self) -> str:
+        try:
+            return self.api.version().get("Version", "?")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "checking it") from None
+
+    def image(self, ref: str) -> Image | None:
+        try:
+            return _image(self.api.inspect_image(ref))
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise _engine_error(exc, f"inspecting {ref}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"inspecting {ref}") from None
+
+    def require_image(self, ref: str, hint: str) -> Image:
+        img = self.image(ref)
+        if img is None:
+            raise BaseImageMissingError(f"base image {ref} is not present in the engine", hint=hint)
+        return img
+
+    # -- build ------------------------------------------------------------------
+    def build(
+        self,
+        *,
+        context: bytes,
+        buildargs: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        cache_from: list[str] | None = None,
+        network_mode: str = "host",
+        nocache: bool = False,
+        on_line: Callable[[str], None] | None = None,
+        on_step: Callable[[int, int, str], None] | None = None,
+    ) -> BuildOutcome:
+        """Build the tar CONTEXT (Dockerfile at its root) without tagging.
+
+        Tagging is the caller's move, after success, so a failed or cancelled
+        build never moves a tag. At the wall-clock TIMEOUT the stream's socket
+        is cut, which makes the engine cancel the build and remove its
+        container; then ``BuildTimeoutError`` is raised. Ctrl-C does the same
+        and raises ``BuildInterruptedError``.
+        """
+        outcome = BuildOutcome(image_id=None)
+        started = time.monotonic()
+        fired = threading.Event()
+        state: dict[str, Any] = {}
+
+        def cut() -> None:
+            fired.set()
+            resp = state.get("response")
+            if resp is not None:
+                _shutdown(resp)
+
+        timer = threading.Timer(timeout, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            stream = self.api.build(
+                fileobj=io.BytesIO(context), custom_context=True, encoding=None, rm=True, forcerm=True,
+                buildargs=buildargs or {}, labels=labels or {}, network_mode=network_mode,
+                cache_from=cache_from or None, nocache=nocache, decode=True,
+            )
+            state["response"] = self.api.current_response()
+            if fired.is_set() and state["response"] is not None:
+                _shutdown(state["response"])
+            for chunk in rejoin_lines(stream):
+                consume(chunk, outcome, on_line, on_step)
+        except KeyboardInterrupt:
+            cut()
+            self._settle()
+            raise BuildInterruptedError("the build was interrupted and cancelled; no tag was changed",
+                                        log_tail=outcome.lines[-20:]) from None
+        except _STREAM_ERRORS as exc:
+            if not fired.is_set():
+                if isinstance(exc, docker.errors.APIError) and exc.status_code and exc.status_code < 500:
+                    outcome.error = redact(exc.explanation or str(exc))
+                else:
+                    raise EngineError(
+                        f"the connection to the Docker engine dropped mid-build: {redact(str(exc))[:200]}",
+                        hint="Check that dockerd is running (it may have restarted), then rerun the build.",
+                        log_tail=outcome.lines[-20:]) from None
+        finally:
+            timer.cancel()
+        outcome.duration_s = time.monotonic() - started
+        if fired.is_set():
+            self._settle()
+            raise BuildTimeoutError(
+                f"the build timed out after {timeout:g}s and was cancelled; no tag was changed",
+                hint="Check for very large dependencies or a slow index, or raise --timeout.",
+                log_tail=outcome.lines[-20:])
+        if outcome.image_id is None and outcome.error is None:
+            raise EngineError("the Docker engine ended the build without a result (did dockerd restart?)",
+                              hint="Rerun the build once the engine is up.", log_tail=outcome.lines[-20:])
+        return outcome
+
+    @staticmethod
+    def _settle() -> None:
+        # the engine cancels asynchronously once the stream is cut; give it a moment
+        time.sleep(0.5)
+
+    def tag(self, image_id: str, ref: str) -> None:
+        repo, tag = split_ref(ref)
+        try:
+            self.api.tag(image_id, repo, tag, force=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"tagging {ref}") from None
+
+    def remove_image(self, ref: str, *, force: bool = False) -> None:
+        try:
+            self.api.remove_image(ref, force=force, noprune=False)
+        except docker.errors.ImageNotFound:
+            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"removing {ref}") from None
+
+    def push(self, ref: str, *, auth: dict | None = None, on_line: Callable[[str], None] | None = None) -> str:
+        """Push REF; return the manifest digest. Scans the stream: docker-py
+        does not raise on an error chunk sent with HTTP 200 (docker-py #3161)."""
+        repo, tag = split_ref(ref)
+        digest = None
+        try:
+            for chunk in self.api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+                if "error" in chunk:
+                    raise RegistryError(f"pushing {ref} failed: {redact(chunk['error'])}",
+                                        hint=_registry_hint(chunk["error"]))
+                aux = chunk.get("aux") or {}
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = aux["Digest"]
+                if on_line and chunk.get("status"):
+                    on_line(f"{chunk.get('id', '')} {chunk['status']}".strip())
+        except docker.errors.APIError as exc:
+            raise RegistryError(f"pushing {ref} failed: {redact(exc.explanation or str(exc))}",
+                                hint=_registry_hint(str(exc))) from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"pushing {ref}") from None
+        if not digest:
+            raise RegistryError(f"pushing {ref} ended without a digest", hint="Check the registry's logs.")
+        return digest
+
+    def pull(self, ref: str, *, auth: dict | None = None) -> Image:
+        repo, tag = split_ref(ref)
+        try:
+            for chunk in self.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+                if "error" in chunk:
+                    raise RegistryError(f"pulling {ref} failed: {redact(chunk['error'])}",
+                                        hint=_registry_hint(chunk["error"]))
+        except docker.errors.APIError as exc:
+            raise RegistryError(f"pulling {ref} failed: {redact(exc.explanation or str(exc))}",
+                                hint=_registry_hint(str(exc))) from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"pulling {ref}") from None
+        img = self.image(ref)
+        if img is None:
+            raise RegistryError(f"pulled {ref} but the engine does not show it")
+        return img
+
+    # -- containers ------------------------------------------------------------------
+    def run(self, image: str, *, env: dict[str, str] | None = None, ports: dict[int, int] | None = None,
+            name: str | None = None, network_mode: str | None = None) -> str:
+        try:
+            host_config = self.api.create_host_config(
+                port_bindings={p: ("127.0.0.1", hp) for p, hp in (ports or {}).items()},
+                network_mode=network_mode)
+            container = self.api.create_container(
+                image, environment=env or {}, ports=list((ports or {}).keys()), name=name,
+                host_config=host_config, labels={"io.pixell.agent-image.run": "1"})
+            self.api.start(container["Id"])
+            return container["Id"]
+        except docker.errors.APIError as exc:
+            raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
+
+    def start_isolated(self, image: str, *, command: list[str], labels: dict[str, str],
+                       binds: dict[str, str]) -> str:
+        """Start IMAGE running COMMAND with no network but its own loopback
+        (``--network none``), a read-only root, no capabilities, and the host
+        folders BINDS {host: container} mounted; the engine removes it once it
+        exits. Returns the container id."""
+        try:
+            host_config = self.api.create_host_config(
+                network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                auto_remove=True,  # a kill is the whole clean-up: the engine removes it
+                binds={src: {"bind": dst, "mode": "rw"} for src, dst in binds.items()})
+            container = self.api.create_container(image, entrypoint=command[:1], command=command[1:],
+                                                  user="0:0", labels=labels, host_config=host_config,
+                                                  healthcheck={"test": ["NONE"]})  # not the base's agent check
+            self.api.start(container["Id"])
+            return container["Id"]
+        except docker.errors.APIError as exc:
+            raise EngineError(f"starting a build sandbox from {image} failed: "
+                              f"{redact(exc.explanation or str(exc))}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, "starting a build sandbox") from None
+
+    def containers(self, *, label: str) -> list[dict]:
+        """Every container (running or not) carrying LABEL: [{"id", "labels", "running"}]."""
+        try:
+            found = self.api.containers(all=True, filters={"label": label})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "listing containers") from None
+        return [{"id": c["Id"], "labels": c.get("Labels") or {}, "running": c.get("State") == "running"}
+                for c in found]
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL; returns once sent (an auto-removed container then goes by itself)."""
+        try:
+            self.api.kill(container_id)
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or not running: either way it is on its way out
+                raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+
+    def remove_container(self, container_id: str) -> None:
+        """Kill and remove; gone already is fine."""
+        try:
+            self.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+
+    def run_once(self, image: str, command: list[str], *, timeout: float = 60.0) -> str:
+        """Run COMMAND in IMAGE (no network) to completion; return its output; remove the container."""
+        try:
+            cid = self.api.create_container(image, command=command, entrypoint=[], user="0",
+                                            healthcheck={"test": ["NONE"]},
+                                            host_config=self.api.create_host_config(network_mode="none"))["Id"]
+            try:
+                self.api.start(cid)
+                code = self.api.wait(cid, timeout=timeout).get("StatusCode")
+                out = self.api.logs(cid).decode("utf-8", "replace")
+            finally:
+                self.api.remove_container(cid, force=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"running a command in {image}") from None
+        if code != 0:
+            raise EngineError(f"{command[0]} in {image} exited {code}: {redact(out)[-300:]}")
+        return out
+
+    def logs(self, container_id: str, tail: int = 50) -> str:
+        return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
+
+    def stop(self, container_id: str, *, remove: bool = True, timeout: int = 10) -> None:
+        try:
+            self.api.stop(container_id, timeout=timeout)
+            if remove:
+                self.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def container_state(self, container_id: str) -> dict:
+        try:
+            return self.api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:  # an auto-removed container that exited
+            return {"Running": False, "Status": "removed"}
+
+
+def _registry_hint(text: str) -> str:
+    low = text.lower()
+    if "unauthorized" in low or "authentication required" in low or "denied" in low:
+        return "Log in to the registry (docker login) or pass --registry-username/--registry-password."
+    if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
+        return "The registry is unreachable: check the address and that it is running, then retry."
+    return "Check the registry address and its logs, then retry."

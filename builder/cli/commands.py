@@ -1,0 +1,262 @@
+"""What each `agent-image` subcommand does, from parsed options to a result dict.
+
+``cli`` parses and reports; a command returns the JSON-able result or raises
+a ``PackageLoadError``. Heavy modules are imported inside the commands, so
+`--help` and a usage error stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import structlog
+
+from builder.core.errors import RunError
+from builder.package.reader import Limits
+
+log = structlog.get_logger("agent_image")
+
+
+def _registry_auth(args) -> dict | None:
+    """Registry credentials from options + environment; None means the Docker config's."""
+    user = getattr(args, "registry_username", None)
+    if not user:
+        return None
+    from builder.core.errors import register_secret
+    password = os.environ.get("AGENT_IMAGE_REGISTRY_PASSWORD", "")
+    register_secret(password)
+    return {"username": user, "password": password}
+
+
+def _limits(args) -> Limits:
+    return Limits(max_entries=args.max_entries, max_total_bytes=args.max_total_bytes, max_ratio=args.max_ratio)
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    from builder.core.errors import TaskDefinitionError
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        raise TaskDefinitionError(f"{option} {bad[0]!r} is not KEY=VALUE.", field=option)
+    return dict(kv.split("=", 1) for kv in items)
+
+
+def _task_options(args):
+    from builder.ship.ecs import TaskOptions, check_options
+    env = {k: v for k, v in (("AGENT_APP_ID", args.agent_app_id), ("DEPLOYMENT_ID", args.deployment_id),
+                             ("BASE_PATH", args.base_path)) if v is not None}
+    opts = TaskOptions(
+        cpu=args.cpu, memory=args.memory, launch_type=args.launch_type, execution_role_arn=args.execution_role_arn,
+        task_role_arn=args.task_role_arn, log_group=args.log_group, log_region=args.log_region,
+        log_stream_prefix=args.log_stream_prefix, secrets_prefix=args.secrets_prefix,
+        secrets=_pairs(args.secret, "--secret"), environment={**_pairs(args.task_env, "--env"), **env})
+    check_options(opts)
+    return opts
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: a reader never sees half a file."""
+    import tempfile
+    path = path.resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ecs_precheck(args):
+    """--ecs-task-def: every option and secret mapping checked before the build starts."""
+    from builder.core.errors import TaskDefinitionError
+    from builder.package.reader import open_package
+    from builder.ship.ecs import secret_entries
+    if not args.push:
+        raise TaskDefinitionError("--ecs-task-def needs --push: the task definition names the pushed image "
+                                  "by its registry digest.", field="--ecs-task-def", hint="Add --push --registry ....")
+    if not args.ecs_task_def.resolve().parent.is_dir():
+        raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder.", field="--ecs-task-def")
+    opts = _task_options(args)
+    with open_package(args.source, _limits(args)) as pkg:
+        secret_entries(pkg.manifest.environment_refs, opts)
+    return opts
+
+
+def cmd_ecs_task_def(args, engine_factory) -> dict:
+    from builder.ship.ecs import digest_ref, task_definition
+    opts = _task_options(args)  # option errors come before the engine is asked
+    engine = engine_factory()
+    image = engine.image(args.ref) or engine.pull(args.ref, auth=_registry_auth(args))
+    request = task_definition(image, digest_ref(image, args.ref), opts)
+    if not args.json:
+        print(json.dumps(request, indent=2))
+    return request
+
+
+def cmd_build(args, engine_factory) -> dict:
+    from builder.api import BuildOptions, build_image, prepare
+    from builder.build.proxy.index import resolve_index
+    from builder.package.reader import open_package
+
+    opts = BuildOptions(
+        repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
+        allow_index_hosts=frozenset(args.allow_index_host), ca_bundle=args.ca_bundle,
+        ca_bundle_in_image=args.ca_bundle_in_image, timeout=args.timeout,
+        base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
+        limits=_limits(args), registry_auth=_registry_auth(args),
+        expect_name=args.expect_name, expect_version=args.expect_version,
+        index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
+        **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    if args.dry_run:
+        with open_package(args.source, opts.limits) as pkg:
+            upstream = resolve_index(opts.index_url)
+            _, rendered, context, digest = prepare(pkg, opts, upstream.url, base_id="(not resolved in --dry-run)")
+            if not args.json:
+                sys.stdout.write(rendered.text)
+            return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size}
+    task_opts = _ecs_precheck(args) if args.ecs_task_def else None
+    engine = engine_factory()
+    result = build_image(args.source, opts, engine=engine)
+    out = result.to_dict()
+    if task_opts is not None:
+        out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def))
+    if not args.json:
+        print(f"{result.image} {result.image_id}" + (f"\n{result.digest_ref}" if result.digest_ref else ""))
+    return out
+
+
+def _write_task_def(engine, result, task_opts, path: Path) -> Path:
+    from builder.core.errors import TaskDefinitionError
+    from builder.ship.ecs import task_definition
+    try:
+        request = task_definition(engine.image(result.image_id), result.digest_ref, task_opts)
+    except TaskDefinitionError as err:
+        pushed = (f"The image is pushed as {result.digest_ref}: "
+                  f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")
+        err.hint = " ".join(filter(None, (err.hint, pushed)))
+        raise
+    _write_atomically(path, json.dumps(request, indent=2) + "\n")
+    log.info("Wrote the ECS task definition", path=str(path), image=result.digest_ref)
+    return path
+
+
+def cmd_rebase(args, engine_factory) -> dict:
+    from builder.ship.rebaser import rebase_refs
+    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run)
+    failed = next((o for o in outcomes if not o.ok), None)
+    if not args.json:
+        for o in outcomes:
+            if not o.ok:
+                continue
+            note = " (unchanged: already on this base)" if o.unchanged else " (dry run: nothing pushed)" if args.dry_run else ""
+            print(f"{o.from_ref} -> {o.digest_ref}{note}")
+            if args.dry_run:
+                for key, (old, new) in o.changes.items():
+                    print(f"    {key}: {old or '-'} -> {new}")
+                print(f"    agent layers kept: {o.layers_kept}")
+    if failed is not None:
+        # each image was done or refused on its own; the exit code is the first failure's
+        failed.error.result = {"results": [o.to_dict() for o in outcomes]}
+        for o in outcomes:
+            if not o.ok and o is not failed and not args.json:
+                sys.stderr.write(f"\nerror[{o.error.reference}]: {o.image}: {o.error}\n")
+        raise failed.error
+    return {"ok": True, "results": [o.to_dict() for o in outcomes]}
+
+
+def cmd_base(args, engine_factory) -> dict:
+    from builder.build.base import build_base, push_base
+    from builder.core.errors import PackageValidationError
+    if args.push and not args.registry:
+        raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
+                                     hint="Add --registry HOST[:PORT]/PREFIX.")
+    from builder.core.defaults import base_image_for
+    from builder.core.refs import check_image_ref
+    tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python)
+    engine = engine_factory()
+    image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=tag,
+                          index_url=args.index_url, ca_bundle=args.ca_bundle)
+    pinned = push_base(engine, image_id, registry=args.registry, python=args.python,
+                       auth=_registry_auth(args)) if args.push else None
+    if not args.json:
+        print(f"{tag} {image_id}" + (f"\n{pinned}" if pinned else ""))
+    return {"ok": True, "image": tag, "image_id": image_id, "digest_ref": pinned}
+
+
+def cmd_pull(args, engine_factory) -> dict:
+    from builder.ship.pushpull import pull_image
+    image_id = pull_image(engine_factory(), args.ref, expect_name=args.expect_name,
+                          expect_version=args.expect_version, auth=_registry_auth(args))
+    if not args.json:
+        print(image_id)
+    return {"ok": True, "image": args.ref, "image_id": image_id}
+
+
+def wait_healthy(url: str, wait: float, is_running) -> float:
+    """Poll URL until 200; return seconds taken. Raise RunError on timeout or exit."""
+    started = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - started < wait:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - started
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        if not is_running():
+            raise RunError(f"the agent container exited before {url} answered", hint="Read its logs.")
+        time.sleep(0.1)
+    raise RunError(f"{url} did not answer 200 within {wait:g}s (last: {last})", hint="Read the container logs.")
+
+
+def cmd_run(args, engine_factory) -> dict:
+    engine = engine_factory()
+    env = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
+    env.setdefault("REST_PORT", "8080")
+    cid = engine.run(args.ref, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
+    url = f"http://127.0.0.1:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
+    try:
+        took = wait_healthy(f"{url}/health", args.wait, lambda: engine.container_state(cid).get("Running", False))
+    except RunError as err:
+        err.log_tail = engine.logs(cid).splitlines()[-20:]
+        engine.stop(cid)
+        raise
+    log.info("Agent is serving", url=url, container=cid[:12], ready_s=round(took, 3))
+    if not args.json:
+        print(url)
+    return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3)}
+
+
+def cmd_doctor(args, engine_factory) -> dict:
+    from builder.build.doctor import render, run_doctor
+    from builder.core.defaults import base_image_for
+    from builder.core.errors import SandboxError
+    engine = engine_factory()
+    base = args.base_image or base_image_for(args.python)
+    engine.require_image(base, hint=f"Run `agent-image base --python {args.python}` and retry.")
+    report = run_doctor(engine, base_image=base, targets=args.target or None)
+    if not args.json:
+        sys.stdout.write(render(report))
+    if not report["ok"]:
+        reached = [c["target"] for c in report["checks"] if c["reached"] != c["expected"]]
+        err = SandboxError(f"a build step on this engine is not confined to the index proxy: {', '.join(reached)}",
+                           hint="Builds must run in the sandbox (builder/build/sandbox.py); see README "
+                                "'What a build can reach'.")
+        err.result = report
+        raise err
+    return report
+
+
+COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "doctor": cmd_doctor,
+            "ecs-task-def": cmd_ecs_task_def, "rebase": cmd_rebase}

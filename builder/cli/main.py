@@ -1,0 +1,299 @@
+"""The `agent-image` command: parse options, run (``commands``), render the result or the error.
+
+Exit codes come from one table, ``errors.EXIT_CODES``: 0 is success, 2 a
+usage error, every PackageLoadError subclass its own code (see --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from builder import __version__
+from builder.cli.commands import COMMANDS
+from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
+from builder.core.errors import EXIT_CODES, PackageLoadError
+from builder.package.reader import DEFAULT_LIMITS
+
+log = structlog.get_logger("agent_image")
+
+
+def _codes_epilog() -> str:
+    rows = sorted(EXIT_CODES.items(), key=lambda kv: kv[1])
+    return "exit codes:\n  0  success\n  2  bad command-line usage\n" + "\n".join(
+        f"  {code:<2} {name}" for name, code in rows)
+
+
+def _positive(kind):
+    """argparse type: a finite number above 0 (a usage error, exit 2, otherwise)."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+        return value
+    return convert
+
+
+def _port(text: str) -> int:
+    value = _positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout; logs are JSON too")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
+    p.add_argument("--engine", metavar="URL", help="Docker engine address (default: DOCKER_HOST or the local socket)")
+
+
+def _add_ecs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ECS task definition")
+    g.add_argument("--cpu", type=int, default=256, help="task CPU units (default 256; Fargate's pairs are checked)")
+    g.add_argument("--memory", type=int, default=512, help="task memory in MiB (default 512)")
+    g.add_argument("--launch-type", choices=["FARGATE", "EC2"], default="FARGATE", help="default FARGATE")
+    g.add_argument("--execution-role-arn", help="task execution role (needed for secrets, awslogs, ECR on Fargate)")
+    g.add_argument("--task-role-arn", help="the role the agent's own AWS calls use")
+    g.add_argument("--log-group", help="awslogs group (no logConfiguration without it)")
+    g.add_argument("--log-region", help="awslogs region (required with --log-group)")
+    g.add_argument("--log-stream-prefix", help="awslogs stream prefix (default: the agent name)")
+    g.add_argument("--secrets-prefix", metavar="ARN_PREFIX",
+                   help="valueFrom for each ${...} reference in agent.yaml's environment: ARN_PREFIX + NAME")
+    g.add_argument("--secret", action="append", default=[], metavar="NAME=ARN", help="valueFrom for one reference")
+    g.add_argument("--agent-app-id", help="AGENT_APP_ID for the task")
+    g.add_argument("--deployment-id", help="DEPLOYMENT_ID for the task")
+    g.add_argument("--base-path", help="BASE_PATH for the task (the image's default is /)")
+    g.add_argument("--env", dest="task_env", action="append", default=[], metavar="KEY=VALUE",
+                   help="another environment variable for the task (A2A_PORT, MULTIPLEXED, ...)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="agent-image", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Turn an AI agent package (.apkg or its folder) into a container image.",
+        epilog=_codes_epilog())
+    top.add_argument("--version", action="version", version=f"agent-image {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build the image of one agent package",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
+                       description="Build SOURCE (an .apkg file or a folder with agent.yaml) into an image "
+                                   "tagged REPOSITORY:VERSION (default agents/NAME:VERSION).")
+    b.add_argument("source", help=".apkg file or agent folder")
+    b.add_argument("--repository", help="image repository (default agents/NAME, or REGISTRY/NAME)")
+    b.add_argument("--registry", metavar="HOST[:PORT]/PREFIX", help="registry to tag for (and push to with --push); "
+                   "the dependency image shared by agents with the same lines is PREFIX/agent-image.deps")
+    b.add_argument("--expect-name", metavar="NAME", help="the agent this upload is for: refuse a package whose "
+                                                         "agent.yaml names another (it picks the repository)")
+    b.add_argument("--expect-version", metavar="VERSION", help="refuse a package whose metadata.version differs "
+                                                               "(it picks the tag)")
+    b.add_argument("--push", action="store_true", help="push REGISTRY/NAME:VERSION and report the digest")
+    b.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
+                                               "default: the Docker config's credentials")
+    b.add_argument("--index-url", help="package index (default: PIP_INDEX_URL, CodeArtifact when "
+                                       "ENABLE_CODEARTIFACT=true, else https://pypi.org/simple/)")
+    b.add_argument("--allow-index-host", action="append", default=[], metavar="HOST",
+                   help="let requirements.txt name this host in --index-url/--extra-index-url/--find-links/"
+                        "--trusted-host (refused by default)")
+    b.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching the index (used by the "
+                                                      "builder's index proxy; not copied into the image)")
+    b.add_argument("--ca-bundle-in-image", action="store_true",
+                   help="also add the --ca-bundle CAs to the image's trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE)")
+    b.add_argument("--timeout", type=_positive(float), default=300.0, help="wall-clock build timeout in seconds (default 300)")
+    b.add_argument("--base-image", help="image to build FROM (default agent-image/base:pyX.Y for the runtime; the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
+    b.add_argument("--include-env", action="store_true", help="copy the package's .env into the image "
+                                                              "(off by default: it may hold secrets)")
+    b.add_argument("--installer", choices=["pip", "uv"], default="pip",
+                   help="what installs the requirements (default pip; uv runs from its own venv in the image)")
+    b.add_argument("--no-cache", action="store_true", help="ignore the layer cache and the input-digest cache, and "
+                   "rebuild the dependency image (PREFIX/agent-image.deps) too")
+    b.add_argument("--dry-run", action="store_true", help="print the Dockerfile and stop (rendered without the "
+                   "engine, as one file FROM the base: a build splits it at the dependency image and uses the "
+                   "base's own pip and uv when it has them)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="with --push, replace NAME:VERSION even when the registry holds other content under it "
+                        "(refused by default: version tags are immutable, exit 62)")
+    b.add_argument("--ecs-task-def", metavar="FILE", type=Path,
+                   help="with --push: write the image's ECS RegisterTaskDefinition request to FILE "
+                        "(options: see 'ECS task definition')")
+    b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
+    b.add_argument("--max-index-page-bytes", type=_positive(int), default=DEFAULT_PAGE_BYTES,
+                   help=f"largest index page the proxy passes to the build (default {DEFAULT_PAGE_BYTES})")
+    b.add_argument("--max-download-bytes", type=_positive(int), default=DEFAULT_FILE_BYTES,
+                   help=f"largest file the proxy downloads for the build (default {DEFAULT_FILE_BYTES}); "
+                        "a bigger one fails the build (exit 33) and is not kept")
+    b.add_argument("--max-entries", type=_positive(int), default=DEFAULT_LIMITS.max_entries,
+                   help=f"most entries a package may hold (default {DEFAULT_LIMITS.max_entries})")
+    b.add_argument("--max-total-bytes", type=_positive(int), default=DEFAULT_LIMITS.max_total_bytes,
+                   help=f"most bytes a package may expand to (default {DEFAULT_LIMITS.max_total_bytes})")
+    b.add_argument("--max-ratio", type=_positive(int), default=DEFAULT_LIMITS.max_ratio,
+                   help=f"highest compression ratio of an entry over 1 MiB (default {DEFAULT_LIMITS.max_ratio})")
+    _add_common(b)
+    _add_ecs(b)
+
+    base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
+    base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
+    base.add_argument("--from", dest="from_image", help="Python image to start from "
+                                                        "(default agent-image/python:X.Y from scripts/setup.sh)")
+    base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
+                                    "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
+    base.add_argument("--registry", metavar="HOST[:PORT]/PREFIX",
+                      help="with --push: push the base as REGISTRY/agent-image.base:pyX.Y")
+    base.add_argument("--push", action="store_true", help="push the base and print its digest reference")
+    base.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    base.add_argument("--index-url", help="index the base's uv (for --installer uv) comes from "
+                                          "(default as for build)")
+    base.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching that index")
+    _add_common(base)
+
+    rb = sub.add_parser("rebase", help="move agent images onto a new base in the registry, without rebuilding",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
+                        description="Replace the base layers of each REF (in its registry) with BASE's, keep the "
+                                    "agent's own layers byte for byte, and move REF's tag to the result.")
+    rb.add_argument("refs", nargs="+", metavar="REF", help="REGISTRY/NAME:TAG of an agent image")
+    rb.add_argument("--base", required=True, metavar="BASE_REF", help="the new base, e.g. REGISTRY/agent-image.base@sha256:...")
+    rb.add_argument("--dry-run", action="store_true", help="show what would change; push nothing")
+    rb.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
+                                                "default: the Docker config's credentials")
+    _add_common(rb)
+
+    pull = sub.add_parser("pull", help="pull an agent image and verify its labels")
+    pull.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
+    pull.add_argument("--expect-name", help="fail unless io.pixell.agent.name matches")
+    pull.add_argument("--expect-version", help="fail unless io.pixell.agent.version matches")
+    pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    _add_common(pull)
+
+    doc = sub.add_parser("doctor", help="check what a build step on this engine can reach (exit 0: the index "
+                                        "proxy and nothing else; else 52)")
+    doc.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
+                     help="an address a build must not reach (repeatable; replaces the defaults "
+                          "169.254.169.254:80, 169.254.170.2:80, pypi.org:443); listeners on every host "
+                          "address are always tried")
+    doc.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="base image to probe from")
+    doc.add_argument("--base-image", help="image to probe from (default the shared base for --python)")
+    _add_common(doc)
+
+    run = sub.add_parser("run", help="start an agent image locally and wait for /health")
+    run.add_argument("ref", help="image reference or id")
+    run.add_argument("--port", type=_port, default=8080, help="host port on 127.0.0.1 (default 8080)")
+    run.add_argument("--wait", type=_positive(float), default=30.0, help="seconds to wait for /health (default 30)")
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
+    run.add_argument("--name", help="container name")
+    _add_common(run)
+
+    ecs = sub.add_parser("ecs-task-def", help="print the ECS RegisterTaskDefinition request for a pushed image",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
+                         description="Derive the task definition from the image itself (labels, user, port, "
+                                     "HEALTHCHECK, architecture, registry digest); pulls REF when not local. "
+                                     "--json prints the request alone, for "
+                                     "`aws ecs register-task-definition --cli-input-json`.")
+    ecs.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:... (a pushed image)")
+    ecs.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    _add_common(ecs)
+    _add_ecs(ecs)
+    return top
+
+
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (CI cancelling a job) cancels the build the same way Ctrl-C does
+    raise KeyboardInterrupt
+
+
+def _progress(args):
+    """A live progress view for `build` when a person watches stderr; None everywhere else."""
+    if args.command != "build" or args.json or args.dry_run or not sys.stderr.isatty():
+        return None
+    from builder.cli.progress import BuildProgress
+    return BuildProgress(verbose=args.verbose, pushing=args.push)
+
+
+def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int, int, str] | None:
+    """(image bytes, base bytes, base ref) for the summary; None when the engine cannot say."""
+    from builder.core.defaults import base_image_for
+    from builder.package.manifest import SUPPORTED_RUNTIMES
+    python = SUPPORTED_RUNTIMES.get(runtime or "")
+    base = args.base_image or (base_image_for(python) if python else None)
+    try:
+        engine = engine_factory()
+        image, base_image = engine.image(result["image_id"]), engine.image(base) if base else None
+    except PackageLoadError:
+        return None
+    return (image.size, base_image.size, base) if image and base_image else None
+
+
+def _report(err: PackageLoadError, as_json: bool) -> int:
+    if as_json:
+        # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error
+        print(json.dumps({"ok": False, **getattr(err, "result", {}), "error": err.to_dict()}, default=str))
+    else:
+        sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
+        for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
+            if value:
+                sys.stderr.write(f"  {label}: {value}\n")
+        if err.log_tail:
+            sys.stderr.write("  log tail:\n" + "".join(f"    | {ln}\n" for ln in err.log_tail[-12:]))
+        if err.hint:
+            sys.stderr.write(f"hint: {err.hint}\n")
+    return err.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def engine_factory():
+        from builder.build.engine import Engine
+        return Engine(args.engine)
+
+    from builder.core.errors import redaction_scope
+
+    # the command's credentials (registry password...) are hidden for its whole run,
+    # error reports and crash files included; each build adds its own, for itself
+    with redaction_scope():
+        return _run(args, engine_factory)
+
+
+def _run(args, engine_factory) -> int:
+    from builder.core.log import configure
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        progress = _progress(args)
+        configure(json_output=True if args.json else None, verbose=args.verbose, progress=progress)
+        if progress:
+            # the result line waits for the summary: written mid-display it would be painted over
+            with progress, contextlib.redirect_stdout(io.StringIO()) as result_line:
+                out = COMMANDS[args.command](args, engine_factory)
+            progress.summary(out, _sizes(args, out, progress.runtime, engine_factory))
+            sys.stdout.write(result_line.getvalue())
+        else:
+            out = COMMANDS[args.command](args, engine_factory)
+        if args.json:
+            print(json.dumps(out, default=str))
+        return 0
+    except PackageLoadError as err:
+        return _report(err, args.json)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as exc:  # anything else is our bug: one line and a traceback file, never a traceback
+        from builder.core.crash import internal_error
+        err = internal_error(exc, getattr(args, "cache_dir", None))
+        try:
+            return _report(err, args.json)
+        except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
+            return err.exit_code
+
+if __name__ == "__main__":
+    sys.exit(main())

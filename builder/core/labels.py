@@ -1,0 +1,57 @@
+"""Every label agent-image writes or reads, in one place (CNB's platform/labels.go),
+and the few pure functions that format or read their values."""
+
+from __future__ import annotations
+
+# the agent (written from agent.yaml by package.manifest.Manifest.labels)
+AGENT_NAME_LABEL = "io.pixell.agent.name"
+AGENT_VERSION_LABEL = "io.pixell.agent.version"
+ENV_REFS_LABEL = "io.pixell.agent.env-refs"
+DRAIN_LABEL = "io.pixell.agent.drain-seconds"  # the serving drain window (templates/agent.Dockerfile.j2)
+
+# the build
+BASE_NAME_LABEL = "org.opencontainers.image.base.name"
+BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+TOP_LAYER_LABEL = "io.pixell.agent-image.base.top-layer"
+BUILDER_LABEL = "io.pixell.agent-image.builder"
+INPUT_LABEL = "io.pixell.agent-image.input-digest"
+REBASED_FROM_LABEL = "io.pixell.agent-image.rebased-from"
+# what the image is made of, without what the runner adds (base image id, host):
+# equal on two runners for one package and options, so a retried push is recognised
+CONTENT_LABEL = "io.pixell.agent-image.content-digest"
+# ABI fields that must be equal for the agent's layers to run on the new base;
+# the rest (the versions the base seeds into the venv) may move, and are reported
+ABI_MUST_MATCH = ("distro", "python", "venv", "uid")
+ABI_FIELDS = (*ABI_MUST_MATCH, "pip", "setuptools")
+DEPS_LABEL = "io.pixell.agent-image.deps-key"  # what shapes the dependency layer (build.depsimage)
+
+# the base (Dockerfile.base, build.base)
+ABI_LABEL = "io.pixell.agent-image.abi"
+VENV_LABEL = "io.pixell.agent-image.venv"  # on our base: /opt/venv is there already
+TOOL_PIP_LABEL = "io.pixell.agent-image.pip"
+RUNTIME_LABEL = "io.pixell.agent-image.runtime"  # the base carries ENV PATH, EXPOSE, HEALTHCHECK, CMD for agents
+UV_LABEL = "io.pixell.agent-image.uv"  # on our base: the uv version in /opt/agent-image/tools
+
+# containers the builder starts (found again by these when a builder died)
+SANDBOX_LABEL = "io.pixell.agent-image.sandbox"
+RUN_LABEL = "io.pixell.agent-image.run"
+DOCTOR_LABEL = "io.pixell.agent-image.doctor"
+
+
+def abi_label(facts: dict[str, str]) -> str:
+    """The ABI label's value: ``distro=debian:12;python=3.11;venv=/opt/venv;uid=10001;pip=...;setuptools=...``."""
+    return ";".join(f"{k}={facts[k]}" for k in ABI_FIELDS if facts.get(k) is not None)
+
+
+def parse_abi(text: str | None) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in (text or "").split(";") if "=" in part)
+
+
+def base_labels(base_image: str, repo_digests: tuple[str, ...], layers: tuple[str, ...]) -> dict[str, str]:
+    """What an agent image records of its base at build time (OCI's base.name and
+    base.digest, CNB's top layer), so rebase can tell its own layers from the base's."""
+    name, _, digest = base_image.partition("@")
+    if not digest:  # the manifest digest the engine knows for that repository, if it was pushed or pulled
+        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+        digest = next((d.split("@", 1)[1] for d in repo_digests if d.split("@", 1)[0] == repo), "")
+    return {BASE_NAME_LABEL: name, BASE_DIGEST_LABEL: digest, TOP_LAYER_LABEL: layers[-1] if layers else ""}

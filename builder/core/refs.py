@@ -1,0 +1,36 @@
+"""Image references (REPOSITORY[:TAG][@sha256:DIGEST]): the one reader of them."""
+
+from __future__ import annotations
+
+import re
+
+from builder.core.errors import PackageValidationError
+
+REPOSITORY_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+
+
+def check_image_ref(ref: str, option: str) -> str:
+    """REPOSITORY[:TAG][@sha256:DIGEST] or an image id, checked before the engine is
+    asked: a malformed one would come back from the engine as a 400, told as
+    'engine unreachable'."""
+    name, _, digest = ref.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    repo, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, None)
+    if DIGEST_RE.match(ref) or (REPOSITORY_RE.match(repo) and (tag is None or TAG_RE.match(tag))
+                                  and (not digest or DIGEST_RE.match(digest))):
+        return ref
+    raise PackageValidationError(f"{ref!r} is not a valid image reference", field=option,
+                                 hint="Use REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST, e.g. agent-image/base:py3.11.")
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); digests stay in the repo part."""
+    if "@" in ref:
+        return ref, None
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:]
+    return ref, "latest"

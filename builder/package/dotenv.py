@@ -1,0 +1,61 @@
+""".env files: which paths of a package are one, and the values they hold.
+
+A package's `.env` may hold real secrets (the `pixell build` kit copies it
+in). Every file or folder named `.env` or `.env.*`, at any depth, stays out of
+the build context unless `--include-env` asks for it; their values are what
+the build's redactor hides (builder/core/errors.py decides which ones qualify).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+
+def is_env_name(name: str) -> bool:
+    name = name.lower()  # `.ENV` is the same file on a case-insensitive disk
+    return name == ".env" or name.startswith(".env.")
+
+
+def is_env_path(rel: str) -> bool:
+    """Is REL (relative to the package root) a .env file, or inside a folder named like one?"""
+    return any(is_env_name(part) for part in PurePosixPath(rel).parts)
+
+
+def env_paths(root: Path) -> list[str]:
+    """Every .env path under ROOT (a folder named like one is listed, not its contents), sorted."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            if is_env_name(name):
+                out.append((Path(dirpath) / name).relative_to(root).as_posix())
+        dirnames[:] = sorted(d for d in dirnames if not is_env_name(d))
+    return sorted(out)
+
+
+def _value(raw: str) -> str:
+    raw = raw.strip()
+    if raw[:1] in "'\"" and raw.endswith(raw[:1]) and len(raw) > 1:
+        return raw[1:-1]
+    return raw.split(" #", 1)[0].strip()  # an unquoted value ends at an inline comment
+
+
+def env_values(root: Path, paths: list[str]) -> list[str]:
+    """The values of KEY=VALUE lines in the regular .env files among PATHS."""
+    values: list[str] = []
+    for rel in paths:
+        path = root / rel
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("export "):
+                line = line[7:]
+            if "=" in line and not line.startswith("#"):
+                values.append(_value(line.split("=", 1)[1]))
+    return [v for v in values if v]

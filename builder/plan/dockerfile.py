@@ -1,0 +1,199 @@
+"""Render the per-agent Dockerfile. Pure: text in, text out, no engine.
+
+Rendering goes through one Jinja ``Environment`` with ``StrictUndefined``
+so a missing value is an error, not an empty string in a RUN line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import jinja2
+
+from builder import __version__
+from builder.core.errors import PackageValidationError
+from builder.core.resources import resource
+from builder.package.manifest import ENV_KEY_RE, Manifest
+
+TEMPLATES = resource("templates")
+
+# what pip inside the build sees; the proxy behind http_proxy serves it
+PIP_INDEX_HOST = "agent-image-index.invalid"
+PIP_INDEX_URL = f"http://{PIP_INDEX_HOST}/simple/"
+INSTALLERS = ("pip", "uv")
+# the serving shim's SIGTERM drain window (serve_core.DRAIN_SECONDS), under
+# ECS's 30 s stopTimeout; recorded in a label for the task definition
+DRAIN_SECONDS = 25
+UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools with --installer uv
+# A current pip for the dependency layer, in the base under /opt/agent-image/tools/pip (the venv's own
+# pip, which the agent's editable install and the runtime use, stays as `python -m venv` made it):
+# pip 26 resolves and fetches a real agent's tree in 4.3 s where Debian 12's pip 23.0.1 takes 7.4
+# (bench/proxy_stream.py --sandbox). pip 26 needs Python 3.10+; 25.3 is the last for 3.9.
+TOOL_PIP_DIR = "/opt/agent-image/tools/pip"
+
+
+def tool_pip_version(python: str) -> str:
+    """The pip the base carries for PYTHON ("major.minor"); "" for one older than 3.9."""
+    major, minor = (int(x) for x in python.split(".")[:2])
+    return "26.3" if (major, minor) >= (3, 10) else "25.3" if (major, minor) == (3, 9) else ""
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dq(value: object) -> str:
+    """Quote a value for a Dockerfile ENV/ARG; refuse anything that ends a line."""
+    text = "" if value is None else str(value)
+    if _UNSAFE.search(text):
+        raise PackageValidationError(
+            f"value {text[:40]!r} contains a newline or control character and cannot go into the Dockerfile",
+            hint="Use single-line printable values in agent.yaml.")
+    # JSON escaping covers \ and "; $ would expand in ENV, so escape it too
+    return json.dumps(text, ensure_ascii=False).replace("$", "\\$")
+
+
+def envkey(value: str) -> str:
+    if not ENV_KEY_RE.match(value):
+        raise PackageValidationError(f"environment key {value!r} is not a valid variable name",
+                                     field=f"environment.{value}")
+    return value
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["dq"] = dq
+    env.filters["envkey"] = envkey
+    return env
+
+
+_ENV = _environment()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    steps: tuple[str, ...]  # step name of each instruction, in order (Step N -> steps[N-1])
+    instructions: tuple[str, ...]
+
+    def step_name(self, number: int) -> str:
+        """Name of 'Step N/M' in the engine's log (labels the engine adds come last)."""
+        return self.steps[number - 1] if 1 <= number <= len(self.steps) else "labels"
+
+
+def parse_steps(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Instruction list of a Dockerfile with the '#> step NAME' marker that precedes each."""
+    steps: list[str] = []
+    instructions: list[str] = []
+    current = "base"
+    continued = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#> step "):
+            current = line[len("#> step "):].strip()
+            continue
+        if continued:
+            continued = line.endswith("\\")
+            instructions[-1] += " " + line.rstrip("\\").strip()
+            continue
+        if not line or line.startswith("#"):
+            continue
+        steps.append(current)
+        instructions.append(line.rstrip("\\").strip())
+        continued = line.endswith("\\")
+    return tuple(steps), tuple(instructions)
+
+
+def drain_seconds(environment: dict[str, str]) -> int:
+    """The drain window the image will use: agent.yaml's AGENT_DRAIN_SECONDS when
+    it is a whole number the shim accepts, else the shim's default."""
+    value = str(environment.get("AGENT_DRAIN_SECONDS", "")).strip()
+    return int(value) if value.isdigit() and int(value) <= 3600 else DRAIN_SECONDS
+
+
+def render(
+    manifest: Manifest,
+    *,
+    base_image: str,
+    index_identity: str,
+    deps: bool,
+    editable: bool,
+    requirements: bool,
+    installer: str = "pip",
+    ca_bundle: bool = False,
+    base_has_venv: bool = True,
+    base_has_uv: bool = False,
+    base_has_runtime: bool = False,
+    require_hashes: bool = False,
+    source_requirements: bool = False,
+    base_labels: dict[str, str] | None = None,
+    deps_image: str = "",
+    pip_report: bool = False,
+    tool_pip: bool = False,
+    template: str = "agent.Dockerfile.j2",
+) -> Rendered:
+    """Render the agent Dockerfile. ``index_identity`` must carry no credentials.
+    With ``deps_image`` the Dockerfile starts FROM it and leaves out what it holds
+    (the venv, uv and the dependency layer). ``pip_report``: the base's pip has
+    ``--report``, so the seed's second pass can be skipped when it would change nothing."""
+    if installer not in INSTALLERS:
+        raise PackageValidationError(f"unknown installer {installer!r}", field="--installer",
+                                     hint=f"Use one of: {', '.join(INSTALLERS)}.")
+    text = _ENV.get_template(template).render(
+        builder_version=__version__,
+        name=manifest.name,
+        version=manifest.version,
+        base_image=base_image,
+        index_identity=index_identity,
+        pip_index_url=PIP_INDEX_URL,
+        pip_trusted_host=PIP_INDEX_HOST,
+        deps=deps,
+        editable=editable,
+        requirements=requirements,
+        installer=installer,
+        ca_bundle=ca_bundle,
+        base_has_venv=base_has_venv,
+        base_has_uv=base_has_uv,
+        base_has_runtime=base_has_runtime,
+        require_hashes=require_hashes,
+        source_requirements=source_requirements,
+        uv_version=UV_VERSION,
+        entrypoint=manifest.entrypoint or "",
+        rest_entry=manifest.rest_entry or "",
+        environment=manifest.environment,
+        labels=manifest.labels,  # one LABEL instruction, not one engine step per label
+        base_labels=base_labels or {},  # what the image records of its base (for rebase)
+        drain_seconds=drain_seconds(manifest.environment),
+        deps_image=deps_image,
+        pip_report=pip_report,  # the base's pip writes --report (22.2+)
+        tool_pip=tool_pip and installer == "pip",  # the base carries a current pip for the dependency layer
+        tool_pip_dir=TOOL_PIP_DIR,
+    )
+    steps, instructions = parse_steps(text)
+    return Rendered(text=text, steps=steps, instructions=instructions)
+
+
+def deps_dockerfile(agent_dockerfile: str) -> Rendered:
+    """The dependency image's Dockerfile: the agent Dockerfile (rendered without
+    ``deps_image``) from its FROM up to the agent's own steps. Nothing in it names
+    the agent, so every agent with the same lines renders the same text."""
+    head = agent_dockerfile.split("#> step config", 1)[0]
+    head = head[head.find("#> step base"):]
+    steps, instructions = parse_steps(head)
+    if "deps" not in steps:
+        raise ValueError("the Dockerfile has no dependency step")
+    return Rendered(text=head, steps=steps, instructions=instructions)
+
+
+def pip_reports(base_labels: dict[str, str]) -> bool:
+    """Does the base's pip (its ABI label) write ``--report`` (pip 22.2+)?"""
+    abi = dict(part.split("=", 1) for part in base_labels.get("io.pixell.agent-image.abi", "").split(";") if "=" in part)
+    try:
+        return tuple(int(x) for x in abi.get("pip", "0").split(".")[:2]) >= (22, 2)
+    except ValueError:
+        return False

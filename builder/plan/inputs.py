@@ -1,0 +1,157 @@
+"""What a build sends the engine, worked out from the package alone: the
+requirements read and split, the Dockerfile, the generated files and the
+content identity. No engine here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from builder.core.errors import PackageValidationError
+from builder.package.dotenv import is_env_path
+from builder.package.piplines import decode
+from builder.package.reader import Package
+from builder.package.requirements import Split, read_requirements
+from builder.plan.context import files_digest
+from builder.plan.dockerfile import render
+from builder.plan.proxied import proxied_requirements
+
+if TYPE_CHECKING:
+    from builder.api import BuildOptions
+
+log = structlog.get_logger("agent_image")
+
+PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt")
+
+
+def check_identity(manifest, options: BuildOptions) -> None:
+    """The caller says which agent this upload is for; the package may not name another.
+
+    NAME picks the repository (REGISTRY/NAME) and VERSION the tag, so a package
+    naming another agent would push over that agent's images and its layer cache.
+    """
+    for field_name, have, want, option in (("name", manifest.name, options.expect_name, "--expect-name"),
+                                          ("metadata.version", manifest.version, options.expect_version,
+                                           "--expect-version")):
+        if want is not None and have != want:
+            raise PackageValidationError(
+                f"agent.yaml {field_name} is {have!r}, but this build is for {want!r} ({option})",
+                field=field_name, hint=f"Upload the package of {want!r}, or fix {field_name} in its agent.yaml.")
+
+
+def log_requirements(pkg: Package, split, venv: str) -> None:
+    """The seed's log lines, so operators grepping for them still find them."""
+    if pkg.requirements_path is None:
+        log.info("No requirements.txt found, skipping dependency installation", venv=venv,
+                 package_path=str(pkg.source))
+    elif split.real_lines == 0:
+        log.info("requirements.txt is empty, skipping dependency installation", venv=venv)
+    else:
+        log.info("Found requirements.txt with dependencies", venv=venv, line_count=split.real_lines)
+
+
+
+
+def read_ca_bundle(path: str | None) -> bytes:
+    """The --ca-bundle file, checked before any work: a wrong path fails here, not mid-build."""
+    if not path:
+        raise PackageValidationError("--ca-bundle-in-image needs --ca-bundle PEM.", field="--ca-bundle",
+                                     hint="Name the PEM file with --ca-bundle.")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PackageValidationError(f"Cannot read the CA bundle {path}: {exc.strerror}.", field="--ca-bundle",
+                                     hint="Pass a readable PEM file.") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise PackageValidationError(f"The CA bundle {path} holds no PEM certificate.", field="--ca-bundle",
+                                     hint="Pass a file with one or more '-----BEGIN CERTIFICATE-----' blocks.")
+    return data
+
+
+def check_cache_dir(path: Path) -> None:
+    """The cache folder must be a folder we can write, checked before any work."""
+    try:
+        (Path(path) / "downloads").mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=Path(path) / "downloads").close()
+    except OSError as exc:
+        reason = "it is a file" if Path(path).is_file() else exc.strerror or str(exc)
+        raise PackageValidationError(
+            f"The cache folder {path} is not a writable folder: {reason}.", field="--cache-dir",
+            hint="Pass --cache-dir with a folder you can write (default ~/.cache/agent-image, "
+                 "or $AGENT_IMAGE_CACHE).") from None
+
+
+def kept_out(pkg: Package, options: BuildOptions) -> set[str]:
+    """Package paths that never enter the build context: every .env file (and .env folder)."""
+    return set() if options.include_env else set(pkg.env_paths)
+
+
+def read_split(pkg: Package, options: BuildOptions) -> Split:
+    """requirements.txt read, policed and split; no include may pull a kept-out file in."""
+    # -r/-c .env (or a requirements.txt linking to it) would carry its secrets into the build
+    return read_requirements(pkg.root, options.allow_index_hosts, keep_out=None if options.include_env else is_env_path)
+
+
+def render_agent(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
+                 base_has_venv: bool, base_labels: dict[str, str] | None, base_has_uv: bool = True,
+                 deps_image: str = "", pip_report: bool = False, tool_pip: bool = False,
+                 base_has_runtime: bool = False):
+    return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
+                  deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
+                  installer=options.installer, ca_bundle=options.ca_bundle_in_image,
+                  base_has_venv=base_has_venv, base_has_uv=base_has_uv, base_has_runtime=base_has_runtime,
+                  require_hashes=split.hashed,
+                  source_requirements=bool(split.source), base_labels=base_labels or {},
+                  deps_image=deps_image, pip_report=pip_report, tool_pip=tool_pip)
+
+
+def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
+                   base_has_venv: bool = True, base_has_uv: bool = True, tool_pip: bool = False) -> str:
+    """The content identity: the input digest without the base image (its name, id and
+    labels are rendered as placeholders) and without anything of the runner. Two
+    runners building one package with one set of options agree on it; tag
+    immutability compares it, not image bytes."""
+    text = render_agent(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
+                   base_labels={}, base_has_uv=base_has_uv, tool_pip=tool_pip).text
+    # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
+    files = files_digest(pkg.root, generated_files(pkg, options, split, text)[0], exclude=kept_out(pkg, options))
+    return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()
+
+
+def generated_files(pkg: Package, options: BuildOptions, split: Split,
+               dockerfile: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The files the builder adds to the context next to the package, and the package
+    files whose content it replaces (index URLs rewritten to the proxy)."""
+    generated = {"Dockerfile": dockerfile.encode()}
+    # the packaging files, for the install pass that runs before the code is copied;
+    # package __init__.py files too, so setup(packages=[...]) finds its folders
+    inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
+    # index URLs on --allow-index-host hosts become proxy URLs in what the build reads (the sandbox reaches
+    # nothing else); without that option every file goes in as it is
+    proxied = {}
+    for rel in ("requirements.txt", *split.includes) if options.allow_index_hosts else ():
+        path = pkg.root / rel
+        if path.is_file() and not path.is_symlink():
+            text = decode(path.read_bytes(), rel)  # as the policy read it (a UTF-8 byte-order mark is not text)
+            rewritten = proxied_requirements(text, options.allow_index_hosts)
+            if rewritten != text:
+                proxied[rel] = rewritten.encode()
+    for rel in (*PACKAGING_FILES, *split.includes, *inits):
+        if not options.include_env and is_env_path(rel):
+            continue
+        path = pkg.root / rel
+        if path.is_file() and not path.is_symlink():
+            generated[f".agent-image/meta/{rel}"] = proxied.get(rel) or path.read_bytes()
+    if options.ca_bundle_in_image:
+        generated[".agent-image/extra-ca.pem"] = read_ca_bundle(options.ca_bundle)
+    if split.deps:
+        hosts = options.allow_index_hosts
+        generated[".agent-image/deps/requirements-deps.txt"] = proxied_requirements(split.deps_text, hosts).encode()
+        for name, text in split.constraints.items():
+            generated[f".agent-image/deps/{name}"] = proxied_requirements(text, hosts).encode()
+    return generated, proxied

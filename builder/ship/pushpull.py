@@ -1,0 +1,122 @@
+"""Push agent images to a registry and pull them back, verified."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import structlog
+
+from builder.build.engine import Engine
+from builder.core.errors import EngineError, ImageVerificationError, RegistryError, TagExistsError
+from builder.core.refs import split_ref
+
+log = structlog.get_logger("agent_image.registry")
+
+
+def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, retries: int = 3,
+               auth: dict | None = None) -> str:
+    """Push REF (and its input-digest tag); return REPO@sha256:... pinned by digest."""
+    repo, _ = split_ref(ref)
+    # VERSION, the input-digest tag (no-op builds find it), and latest (the
+    # layer cache an empty CI runner starts from)
+    refs = [ref] + ([f"{repo}:in-{input_digest[:20]}"] if input_digest else []) + [f"{repo}:latest"]
+    digest = ""
+    image = engine.image(ref)
+    for target in refs:
+        if image is not None and target != ref:
+            engine.tag(image.id, target)
+        for attempt in range(1, retries + 1):
+            try:
+                d = engine.push(target, auth=auth)
+                digest = digest or d
+                break
+            except (RegistryError, EngineError) as exc:
+                if attempt == retries or "unauthorized" in str(exc).lower():
+                    raise
+                log.warning("push failed, retrying", image=target, attempt=attempt, error=str(exc))
+                time.sleep(min(2 ** attempt, 10) * 0.5)
+    pinned = f"{repo}@{digest}"
+    log.info("Pushed agent image", image=ref, digest_ref=pinned)
+    return pinned
+
+
+def verify_labels(labels: dict[str, str], *, ref: str, name: str | None, version: str | None) -> None:
+    """An agent image must carry its name/version labels, matching what the caller expects."""
+    for key, want in (("io.pixell.agent.name", name), ("io.pixell.agent.version", version)):
+        have = labels.get(key)
+        if have is None:
+            raise ImageVerificationError(f"{ref} has no {key} label: it was not built by agent-image",
+                                         hint="Pull an image built with `agent-image build`.")
+        if want is not None and have != want:
+            raise ImageVerificationError(f"{ref} is {key}={have!r}, expected {want!r}",
+                                         hint="Check the reference: it points at another agent or version.")
+
+
+def pull_image(engine: Engine, ref: str, *, expect_name: str | None = None, expect_version: str | None = None,
+               auth: dict | None = None, retries: int = 3) -> str:
+    """Pull REF, check its agent labels, return the local image id."""
+    for attempt in range(1, retries + 1):
+        try:
+            image = engine.pull(ref, auth=auth)
+            break
+        except RegistryError as exc:
+            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
+                raise
+            log.warning("pull failed, retrying", image=ref, attempt=attempt, error=str(exc))
+            time.sleep(0.5 * attempt)
+    verify_labels(image.labels, ref=ref, name=expect_name, version=expect_version)
+    log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get("io.pixell.agent.name"))
+    return image.id
+
+
+def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> str:
+    """Pull a base image the engine lacks (`build --base-image REGISTRY/...`)."""
+    for attempt in range(1, retries + 1):
+        try:
+            image = engine.pull(ref, auth=auth)
+            log.info("Pulled the base image", image=ref, image_id=image.id)
+            return image.id
+        except RegistryError as exc:
+            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def remote_image(ref: str, *, auth: dict | None = None) -> tuple[str, dict[str, str]] | None:
+    """(REPO@digest, config labels) of what the registry holds under REF, or None: read
+    through the registry's HTTP API, not the engine (whose copy may be stale)."""
+    from builder.ship.client import RegistryClient, parse_ref
+    r = parse_ref(ref)
+    client = RegistryClient(r.host, auth=auth)
+    found = client.manifest(r.repo, r.reference)
+    if found is None:
+        return None
+    data, _, digest = found
+    doc = json.loads(data)
+    if "config" not in doc:  # an index: its platforms' labels are not one image's
+        return f"{r.name}@{digest}", {}
+    config = json.loads(client.blob(r.repo, doc["config"]["digest"]))
+    return f"{r.name}@{digest}", dict((config.get("config") or {}).get("Labels") or {})
+
+
+def guard_tag(ref: str, *, image_id: str, content: str, auth: dict | None = None) -> str | None:
+    """Version tags are immutable: when the registry's REF already holds this content
+    (its content-digest label), return its digest ref and push nothing (a retry on
+    another runner, whose bytes differ, keeps what is there); when it holds other
+    content, TagExistsError. None: the tag is free."""
+    from builder.core.labels import CONTENT_LABEL
+    held = remote_image(ref, auth=auth)
+    if held is None:
+        return None
+    digest_ref, labels = held
+    theirs = labels.get(CONTENT_LABEL)
+    if theirs == content:
+        log.info("The registry's tag already holds this package: kept, nothing pushed", image=ref,
+                 digest_ref=digest_ref, content_digest=content)
+        return digest_ref
+    raise TagExistsError(
+        f"{ref} already holds {digest_ref.split('@', 1)[1]} (content {theirs or 'unknown'}); this build is image "
+        f"{image_id} (content {content}); version tags are immutable", field="metadata.version",
+        hint="Bump metadata.version in agent.yaml, or pass --overwrite to replace the tag on purpose.")
