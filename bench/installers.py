@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from tests.conftest import engine_tags, fill_wheelhouse, start_index  # noqa: E402
+from tests.support.engine import engine_tags  # noqa: E402
+from tests.support.index import fill_wheelhouse, start_index  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

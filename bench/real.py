@@ -46,7 +46,9 @@ from timeline import TimedEngine, breakdown  # noqa: E402
 from builder.api import BuildOptions, build_image  # noqa: E402
 from builder.build.engine import Engine  # noqa: E402
 from builder.core.defaults import base_image_for  # noqa: E402
-from tests.conftest import Registry, free_port, make_agent  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.packages import make_agent  # noqa: E402
+from tests.support.registry import Registry  # noqa: E402
 
 PYPI = "https://pypi.org/simple/"
 CA = os.environ.get("BENCH_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")

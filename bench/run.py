@@ -36,7 +36,10 @@ sys.path.insert(0, str(ROOT))
 from builder.api import BuildOptions, build_image  # noqa: E402
 from builder.build.engine import Engine  # noqa: E402
 from builder.core.errors import BuildInterruptedError  # noqa: E402
-from tests.conftest import Registry, fill_wheelhouse, free_port, make_agent, start_index  # noqa: E402
+from tests.support.index import fill_wheelhouse, start_index  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.packages import make_agent  # noqa: E402
+from tests.support.registry import Registry  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BASE_IMAGE = "agent-image/base:py3.11"

@@ -29,7 +29,8 @@ from builder.build.proxy.server import IndexProxy  # noqa: E402
 from builder.build.proxy.upstream import Upstream  # noqa: E402
 from builder.build.sandbox import HOST_NETWORK_ENV, Sandbox  # noqa: E402
 from builder.core.defaults import base_image_for  # noqa: E402
-from tests.conftest import engine_tags, fill_wheelhouse, start_index  # noqa: E402
+from tests.support.engine import engine_tags  # noqa: E402
+from tests.support.index import fill_wheelhouse, start_index  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MODES = {"host": {HOST_NETWORK_ENV: "1"}, "sandbox": {}}

@@ -39,7 +39,10 @@ import docker  # noqa: E402
 
 from builder.api import BuildOptions, build_image  # noqa: E402
 from builder.core.defaults import base_image_for  # noqa: E402
-from tests.conftest import engine_tags, fill_wheelhouse, make_agent, start_index, wait_http  # noqa: E402
+from tests.support.engine import engine_tags  # noqa: E402
+from tests.support.index import fill_wheelhouse, start_index  # noqa: E402
+from tests.support.net import wait_http  # noqa: E402
+from tests.support.packages import make_agent  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "serve-results.json"
 REPO = "bench-serve"

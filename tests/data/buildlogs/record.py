@@ -42,8 +42,10 @@ from builder.core.labels import TOOL_PIP_LABEL  # noqa: E402
 from builder.package.piplines import logical_lines  # noqa: E402
 from builder.package.reader import open_package  # noqa: E402
 from builder.plan.dockerfile import TOOL_PIP_DIR, UV_VERSION  # noqa: E402
-from tests.conftest import (BIN, CACHE, _start_pypiserver, fill_wheelhouse, free_port, make_agent,  # noqa: E402
-                            start_index)
+from tests.support.index import fill_wheelhouse, start_index, start_pypiserver  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.packages import make_agent  # noqa: E402
+from tests.support.paths import BIN, CACHE  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {  # folder -> (agent.yaml runtime, installer, whole lines?, the base's tools pip for the deps step?)
@@ -155,7 +157,7 @@ def run_case(engine: Engine, agent: Path, index, which: str, runtime: str, insta
         # an index that worked (so uv's tools layer is cached), then went away
         pkgs = work / "down" / "packages"
         shutil.copytree(index.root, pkgs)
-        url, down = _start_pypiserver(pkgs)
+        url, down = start_pypiserver(pkgs)
         good = url
     try:
         if which in ("bad-password", "down") and installer == "uv":
