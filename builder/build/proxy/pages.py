@@ -15,12 +15,12 @@ from urllib.parse import unquote
 from builder.build.proxy.wheeltags import Target
 from builder.package.piplines import normalise
 
-_ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
+ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
 _ELEMENT = re.compile(r"<a\s[^>]*>[^<]*</a>[ \t]*(?:<br\s*/?>)?", re.I)  # one PEP 503 link, as indexes write it
 _REQUIRES_PYTHON = re.compile(r"""\bdata-requires-python\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 _YANKED = re.compile(r"\bdata-yanked\b", re.I)
-_HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
-_SHA = re.compile(r"sha256=([0-9a-f]{64})")
+HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
+SHA256 = re.compile(r"sha256=([0-9a-f]{64})")
 
 
 def filename_of(href: str) -> str:
@@ -54,7 +54,7 @@ def versions_on_page(project: str, hrefs: list[str]) -> list[str]:
 
 
 def href_of(tag: str) -> str | None:
-    m = _HREF.search(tag)
+    m = HREF.search(tag)
     return None if m is None else html.unescape(m.group(1) or m.group(2) or "")
 
 

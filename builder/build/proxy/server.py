@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 import structlog
 
 from builder.build.proxy.cache import DownloadCache, identity  # noqa: F401 (re-exported)
-from builder.build.proxy.pages import _ANCHOR, _HREF, _SHA, drop_foreign, offer_attrs, versions_on_page
+from builder.build.proxy.pages import ANCHOR, HREF, SHA256, drop_foreign, offer_attrs, versions_on_page
 from builder.build.proxy.prefetch import Offer, Prefetcher
 from builder.build.proxy.routes import PROJECT_NAME, Denied, route, unb64
 from builder.build.proxy.tee import Tee, begin, send, send_file
@@ -197,7 +197,7 @@ class IndexProxy:
     def _link(self, page_url: str, tag: str, auth: Upstream | None, ident: str,
               offers: list[Offer] | None = None) -> str:
         """Register one anchor's target; return the tag pointing at the proxy (or at nothing)."""
-        m = _HREF.search(tag)
+        m = HREF.search(tag)
         if not m:
             return tag
         parts = urlsplit(urljoin(page_url, html.unescape(m.group(1) or m.group(2) or "")))
@@ -205,7 +205,7 @@ class IndexProxy:
             return tag[:m.start()] + 'href=""' + tag[m.end():]  # file:, data:, ftp: ... lead nowhere
         url = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
         name = unquote(parts.path.rsplit("/", 1)[-1]) or "index"
-        sha = _SHA.search(parts.fragment)
+        sha = SHA256.search(parts.fragment)
         meta = re.search(r"\bdata-(?:dist-info|core)-metadata\s*=\s*[\"'](?!false)", tag, re.I) is not None
         key = _link_key(ident, url)
         with self._lock:
@@ -228,7 +228,7 @@ class IndexProxy:
             self.stats.upstream_bytes += len(data)
         text = data.decode("utf-8", "replace")
         if project:
-            found = versions_on_page(project, [a or b for a, b in _HREF.findall(text)])
+            found = versions_on_page(project, [a or b for a, b in HREF.findall(text)])
             if found:
                 with self._lock:
                     self.stats.versions[normalise(project)] = found
@@ -237,7 +237,7 @@ class IndexProxy:
             if dropped:
                 log.debug("index page: left off wheels for other platforms", project=project, dropped=dropped)
         offers: list[Offer] = []
-        text = _ANCHOR.sub(lambda m: self._link(final, m.group(0), auth, ident, offers), text)
+        text = ANCHOR.sub(lambda m: self._link(final, m.group(0), auth, ident, offers), text)
         return text.encode(), offers
 
     def _prefetch_page(self, project: str) -> tuple[bytes, list[Offer]]:
@@ -276,7 +276,7 @@ class IndexProxy:
                 if url not in self.direct_urls:
                     raise Denied(403, "not a file the requirements name on a host --allow-index-host names")
                 plain, _, fragment = url.partition("#")
-                ident, sha = identity(plain, None), _SHA.search(fragment)
+                ident, sha = identity(plain, None), SHA256.search(fragment)
                 key = _link_key(ident, plain)
                 with self._lock:  # (the name asked for must be the URL's own: _serve_file)
                     self._links[key] = Link(plain, direct_name(plain), sha.group(1) if sha else None, None, ident)
