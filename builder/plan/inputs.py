@@ -22,7 +22,7 @@ from builder.plan.dockerfile import render
 from builder.plan.proxied import proxied_requirements
 
 if TYPE_CHECKING:
-    from builder.api import BuildOptions
+    from builder.plan.options import BuildOptions
 
 log = structlog.get_logger("agent_image")
 
