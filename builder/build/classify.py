@@ -1,5 +1,5 @@
 """``Failure`` -> one classified ``PackageLoadError``: what pip or uv said
-went wrong (each installer's wording: see ``buildlog``). Pure: no engine.
+went wrong (each installer's wording: see ``steplog``). Pure: no engine.
 Apart from ``buildlog``, which reads the log, so each module stays small.
 
 Like structlog's processors, classification is a plain list of small
