@@ -1,21 +1,17 @@
 """agent-image: turn an AI agent package (APKG) into a container image.
 
-The pipeline, in the order data flows: ``apkg`` (open and check the
-package) -> ``manifest`` (agent.yaml) -> ``requirements`` (policy and layer
-split; ``reqlines`` reads lines as pip does) -> ``dockerfile`` (render) ->
-``plan`` (what one build sends the engine) -> ``context`` (deterministic
-tar) -> ``layercache`` (earlier images to
-reuse) -> ``depsimage`` (the dependency image agents with the same lines
-share) ->
-``indexproxy`` (credentials stay outside the build; ``proxyroutes`` what a
-build may ask it for, ``upstream`` its one outbound client, ``downloadcache``
-its files, ``proxyfile`` the tee that sends a file on while it downloads) ->
-``sandbox`` (the build
-reaches that proxy and nothing else) -> ``engine`` (the one place that
-knows Docker) -> ``buildlog`` (read the log) -> ``pipfailures`` (its failure
-to an error class) ->
-``registry`` (push/pull). ``api.build_image`` ties them together; ``cli``
-is the command line.
+The folders are the pipeline, in the order data flows (each folder's
+docstring says what it owns and what it may import; imports only point down
+this list, checked by tests/unit/test_layers.py):
+
+- ``core``: errors and exit codes, labels, image references, defaults, retry, logging;
+- ``package``: read the upload as hostile input (archive, agent.yaml, .env, requirements);
+- ``plan``: pure: the options, the Dockerfile, the generated files, digests, the context;
+- ``build``: drive the engine in the sandbox, through the index proxy (``build/proxy``),
+  and read its log into an error class;
+- ``ship``: the registry (push, pull, rebase) and ECS task definitions;
+- ``api``: ``build_image`` runs the phases in order; ``cli``: the ``agent-image`` command;
+- ``shim``: the serving code copied into the base image (imports nothing of the builder).
 """
 
 __version__ = "0.1.0"

@@ -7,9 +7,10 @@ from pathlib import Path
 import structlog
 
 from builder.build.engine import Engine
-from builder.core.errors import BaseImageMissingError, RegistryError
-from builder.core.labels import ABI_LABEL, abi_label
+from builder.core.errors import BaseImageMissingError
+from builder.core.labels import ABI_LABEL, VENV_LABEL, abi_label
 from builder.core.resources import resource
+from builder.core.retry import with_retries
 from builder.plan.context import build_context
 
 log = structlog.get_logger("agent_image.base")
@@ -80,7 +81,7 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
                                         hint=f"The base installs uv=={UV_VERSION} and pip=="
                                              f"{tool_pip_version(python) or '(none)'} from {upstream.url}: check that "
                                              "the index is reachable (--index-url, --ca-bundle).")
-        venv = engine.image(outcome.image_id).labels.get("io.pixell.agent-image.venv", "/opt/venv")
+        venv = engine.image(outcome.image_id).labels.get(VENV_LABEL, "/opt/venv")
         facts = dict(line.split("=", 1) for line in engine.run_once(
             outcome.image_id, ["sh", "-c", _PROBE, "probe", venv]).splitlines() if "=" in line)
         abi = abi_label(facts)
@@ -98,13 +99,7 @@ def push_base(engine: Engine, image_id: str, *, registry: str, python: str, auth
     """Tag the base REGISTRY/agent-image.base:pyX.Y, push it, return its digest reference."""
     target = f"{registry.rstrip('/')}/{BASE_NAME}:py{python}"
     engine.tag(image_id, target)
-    for attempt in (1, 2, 3):
-        try:
-            digest = engine.push(target, auth=auth)
-            break
-        except RegistryError:
-            if attempt == 3:
-                raise
+    digest = with_retries(lambda: engine.push(target, auth=auth), doing="push", image=target)
     pinned = f"{target.rsplit(':', 1)[0]}@{digest}"
     log.info("Pushed the base image", image=target, digest_ref=pinned)
     return pinned

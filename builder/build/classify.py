@@ -1,5 +1,5 @@
 """``Failure`` -> one classified ``PackageLoadError``: what pip or uv said
-went wrong (each installer's wording: see ``buildlog``). Pure: no engine.
+went wrong (each installer's wording: see ``steplog``). Pure: no engine.
 Apart from ``buildlog``, which reads the log, so each module stays small.
 
 Like structlog's processors, classification is a plain list of small
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from builder.build.steplog import NAME, Failure, subprocess_reason
+from builder.build.steplog import DIST_NAME, Failure, subprocess_reason
 from builder.core.errors import (BuildError, DependencyConflictError, DependencyError, DependencyNotFoundError,
                                  EditableInstallError, HashMismatchError, IndexAuthError, IndexResponseError,
                                  IndexUnreachableError, PackageLoadError, RequirementsSyntaxError, VersionNotFoundError,
@@ -25,7 +25,7 @@ DEPS_FILE = "requirements-deps.txt"
 
 
 def _project(req: str) -> str:
-    m = re.match(rf"\s*({NAME})", req)
+    m = re.match(rf"\s*({DIST_NAME})", req)
     return m.group(1) if m else req
 
 
@@ -143,12 +143,12 @@ def classify_wheel_build(f: Failure) -> PackageLoadError | None:
     if f.step == "package":
         return None  # the agent's own package: classify_editable says it better
     m = (re.search(r"Failed to build `([^`]+)`", text)                       # uv
-         or re.search(rf"Failed to build (?!installable wheels)({NAME})", text)  # pip 23+ summary
-         or re.search(rf"Failed to build installable wheels.*\n\W*({NAME})", text)  # pip 25+: "╰─> name"
-         or re.search(rf"Failed building wheel for ({NAME})", text)
-         or re.search(rf"Running setup\.py install for ({NAME})", text)      # pip 20/23 legacy install
+         or re.search(rf"Failed to build (?!installable wheels)({DIST_NAME})", text)  # pip 23+ summary
+         or re.search(rf"Failed to build installable wheels.*\n\W*({DIST_NAME})", text)  # pip 25+: "╰─> name"
+         or re.search(rf"Failed building wheel for ({DIST_NAME})", text)
+         or re.search(rf"Running setup\.py install for ({DIST_NAME})", text)      # pip 20/23 legacy install
          or re.search(r"Discarding \S*/([A-Za-z0-9][\w.]*?)-\d[^/\s]*?\.(?:tar\.gz|zip|tar\.bz2)", text)  # pip 20
-         or re.search(rf"Collecting ({NAME}\S*)[^\n]*\n(?:(?!Collecting).*\n)*?.*subprocess-exited-with-error", text))
+         or re.search(rf"Collecting ({DIST_NAME}\S*)[^\n]*\n(?:(?!Collecting).*\n)*?.*subprocess-exited-with-error", text))
     req = m.group(1).split(" @ ")[0] if m else None
     if req:  # each installer names it its own way: report the requirements.txt line when there is one
         line = f.find_line(_project(req))
@@ -188,7 +188,7 @@ def classify_conflict(f: Failure) -> PackageLoadError | None:
         # "Because all versions of A depend on B<2 and you require A==1.0 ... And because you require B==2.0"
         users = re.findall(r"(?<!conclude that )you require (\S+?)(?=,| and |$)", text, re.M)
         depends = []
-        for a, b in re.findall(rf"(?:all versions of )?({NAME}(?:==\S+)?) depends? on ({NAME}[^\s,]*)", text):
+        for a, b in re.findall(rf"(?:all versions of )?({DIST_NAME}(?:==\S+)?) depends? on ({DIST_NAME}[^\s,]*)", text):
             b = b.rstrip(".")
             if (a, b) not in depends and not any(_project(a) == _project(x) and b == y for x, y in depends):
                 depends.append((a, b))
@@ -253,10 +253,10 @@ def classify_not_found(f: Failure) -> PackageLoadError | None:
     kind = _uv_unsolvable(text)
     if kind == "not-found":
         # "Because X was not found in the package registry and you require X==1 / and Y depends on X"
-        m = re.search(rf"({NAME}) was not found in the package registry", text)
+        m = re.search(rf"({DIST_NAME}) was not found in the package registry", text)
         missing = m.group(1)
         user = re.search(rf"you require ({re.escape(missing)}\S*?)(?=,| and |$)", text, re.M)
-        parent = re.search(rf"({NAME})(?:==\S+)? depends? on {re.escape(missing)}", text)
+        parent = re.search(rf"({DIST_NAME})(?:==\S+)? depends? on {re.escape(missing)}", text)
         return _not_found(f, user.group(1) if user else missing, parent.group(1) if parent and not user else None)
     if kind == "version":
         m = re.search(r"there is no version of (\S+?)(?=,| and |$)", text, re.M) or \

@@ -27,7 +27,7 @@ import structlog
 from builder import __version__
 from builder.build.engine import Engine, Image
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
-from builder.core.labels import DEPS_LABEL
+from builder.core.labels import AGENT_NAME_LABEL, DEPS_LABEL
 from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
@@ -109,7 +109,7 @@ def refusal(image: Image, deps_key: str, base: Image, added: int) -> str | None:
     the dependency layers, and belong to no agent."""
     if image.labels.get(DEPS_LABEL) != deps_key:
         return "its deps-key label differs"
-    if "io.pixell.agent.name" in image.labels:
+    if AGENT_NAME_LABEL in image.labels:
         return f"it is an agent's image ({image.labels['io.pixell.agent.name']!r})"
     if image.layers[:len(base.layers)] != base.layers:
         return "it is not built on this base"

@@ -27,6 +27,7 @@ from builder.build.proxy.server import IndexProxy
 from builder.build.proxy.upstream import PUBLIC_INDEX, Upstream
 from builder.build.sandbox import Sandbox, remove_stale
 from builder.core.errors import SandboxError
+from builder.core.labels import DOCTOR_LABEL
 from builder.plan.context import build_context
 
 log = structlog.get_logger("agent_image.doctor")
@@ -169,7 +170,7 @@ def run_doctor(engine: Engine, *, base_image: str, targets: list[str] | None = N
                 sandbox.wait(proxy.ready)
                 outcome = engine.build(context=context, buildargs={"http_proxy": sandbox.proxy_url(proxy)},
                                        network_mode=sandbox.network_mode, nocache=True, timeout=timeout,
-                                       labels={"io.pixell.agent-image.doctor": "1"})
+                                       labels={DOCTOR_LABEL: "1"})
                 mode = sandbox.network_mode.split(":", 1)[0]
             if outcome.image_id:
                 engine.remove_image(outcome.image_id, force=True)

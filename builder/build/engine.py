@@ -24,6 +24,7 @@ from docker.api.client import APIClient
 from builder.build.stream import BuildOutcome, consume, rejoin_lines
 from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
                                  RegistryError, redact)
+from builder.core.labels import RUN_LABEL
 from builder.core.refs import split_ref
 
 DEFAULT_TIMEOUT = 300.0
@@ -286,7 +287,7 @@ class Engine:
                 network_mode=network_mode)
             container = self.api.create_container(
                 image, environment=env or {}, ports=list((ports or {}).keys()), name=name,
-                host_config=host_config, labels={"io.pixell.agent-image.run": "1"})
+                host_config=host_config, labels={RUN_LABEL: "1"})
             self.api.start(container["Id"])
             return container["Id"]
         except docker.errors.APIError as exc:

@@ -16,6 +16,7 @@ import structlog
 
 from builder.build.engine import Engine
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
+from builder.core.labels import AGENT_NAME_LABEL
 
 log = structlog.get_logger("agent_image")
 
@@ -23,7 +24,7 @@ log = structlog.get_logger("agent_image")
 def same_agent(image, manifest) -> bool:
     """Is IMAGE one of this agent's own images? The moving tags (:latest, :in-DIGEST)
     are only trusted when their labels say so: a repository can hold anything."""
-    return image is not None and image.labels.get("io.pixell.agent.name") == manifest.name
+    return image is not None and image.labels.get(AGENT_NAME_LABEL) == manifest.name
 
 
 def own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
@@ -73,7 +74,7 @@ def drop_foreign(engine: Engine, ref: str, image, manifest) -> None:
     """Another agent's image under this agent's moving tag: not used, and not kept
     either, so no other route (the shared dependency layer's label) takes it as a cache."""
     log.warning("Not using the last pushed image as a layer cache: it is another agent's", image=ref,
-                labelled=image.labels.get("io.pixell.agent.name"), agent=manifest.name)
+                labelled=image.labels.get(AGENT_NAME_LABEL), agent=manifest.name)
     try:
         engine.remove_image(ref)
     except PackageLoadError as exc:  # in use: it stays, unused by this build
@@ -96,7 +97,7 @@ def fence(dockerfile: str, generated: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def _fence_file(cache_dir: Path, image_id: str) -> Path:
+def fence_file(cache_dir: Path, image_id: str) -> Path:
     return Path(cache_dir) / "fences" / image_id.split(":", 1)[-1]
 
 
@@ -105,7 +106,7 @@ def remember_fence(cache_dir: Path, image_id: str, value: str, lines: list[str])
     (a package that needs its code to install needs the index after it, every time)."""
     if any(line.lstrip().startswith(LATE_INSTALL) for line in lines if not line.startswith("Step ")):
         return
-    path = _fence_file(cache_dir, image_id)
+    path = fence_file(cache_dir, image_id)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -123,7 +124,7 @@ def only_code_changed(cache_dir: Path, previous_id: str, value: str) -> bool:
     """Is PREVIOUS_ID (the agent's last image, the layer cache) built from the same
     fence? Then every step before the code is cached and none after it needs the index."""
     try:
-        return _fence_file(cache_dir, previous_id).read_text() == value
+        return fence_file(cache_dir, previous_id).read_text() == value
     except OSError:
         return False
 

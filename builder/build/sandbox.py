@@ -96,7 +96,7 @@ while True:
 """
 
 
-def _started(pid: int) -> str:
+def process_started(pid: int) -> str:
     """A process's start time (clock ticks since boot): pid plus this survives pid reuse."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -108,7 +108,7 @@ def _owner_alive(labels: dict[str, str]) -> bool:
     if labels.get(f"{SANDBOX_LABEL}.host") != socket.gethostname():
         return True  # another machine's builder on a shared engine: not ours to judge
     pid = labels.get(f"{SANDBOX_LABEL}.pid", "")
-    return pid.isdigit() and _started(int(pid)) == labels.get(f"{SANDBOX_LABEL}.started", "") != ""
+    return pid.isdigit() and process_started(int(pid)) == labels.get(f"{SANDBOX_LABEL}.started", "") != ""
 
 
 def remove_stale(engine: Engine) -> int:
@@ -179,7 +179,7 @@ class Sandbox:
         t0 = time.monotonic()
         try:
             pid = os.getpid()
-            labels = {SANDBOX_LABEL: "1", f"{SANDBOX_LABEL}.pid": str(pid), f"{SANDBOX_LABEL}.started": _started(pid),
+            labels = {SANDBOX_LABEL: "1", f"{SANDBOX_LABEL}.pid": str(pid), f"{SANDBOX_LABEL}.started": process_started(pid),
                       f"{SANDBOX_LABEL}.host": socket.gethostname()}
             self.container_id = self.engine.start_isolated(
                 self.image, command=["python3", "-I", "-S", "-c", FORWARDER, f"{MOUNT}/{SOCKET_NAME}", str(PORT)],

@@ -21,7 +21,7 @@ from builder.core.errors import PackageLoadError
 from builder.package.piplines import Line, normalise
 
 TAIL = 25
-NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+DIST_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 # --- uv's lines arrive in pieces -----------------------------------------------
 # uv writes one line in several write()s (Rust's stderr is unbuffered) and the
@@ -100,7 +100,7 @@ class Failure:
         """The requirements line that names PROJECT (normalised as pip does)."""
         want = normalise(project)
         for line in self.requirements:
-            m = re.match(rf"\s*({NAME})", line.text)
+            m = re.match(rf"\s*({DIST_NAME})", line.text)
             if m and normalise(m.group(1)) == want:
                 return line
         return None
@@ -110,7 +110,7 @@ class Failure:
         where = None
         line_no = None
         if requirement:
-            name = re.match(rf"\s*({NAME})", requirement)
+            name = re.match(rf"\s*({DIST_NAME})", requirement)
             found = self.find_line(name.group(1)) if name else None
             if found:
                 where, line_no = found.where, found.number
@@ -180,7 +180,7 @@ def installed_packages(lines: list[str]) -> list[str]:
                 m = re.match(r"(.+?)-(\d[^-]*)$", token)
                 out[normalise(m.group(1) if m else token)] = token
             continue
-        m = re.match(rf"^\s*\+ ({NAME})==(\S+)", ln)  # uv: " + name==version"
+        m = re.match(rf"^\s*\+ ({DIST_NAME})==(\S+)", ln)  # uv: " + name==version"
         if m:
             out[normalise(m.group(1))] = f"{m.group(1)}-{m.group(2)}"
     return list(out.values())

@@ -3,6 +3,8 @@ and the few pure functions that format or read their values."""
 
 from __future__ import annotations
 
+from builder.core.refs import parse
+
 # the agent (written from agent.yaml by package.manifest.Manifest.labels)
 AGENT_NAME_LABEL = "io.pixell.agent.name"
 AGENT_VERSION_LABEL = "io.pixell.agent.version"
@@ -50,8 +52,8 @@ def parse_abi(text: str | None) -> dict[str, str]:
 def base_labels(base_image: str, repo_digests: tuple[str, ...], layers: tuple[str, ...]) -> dict[str, str]:
     """What an agent image records of its base at build time (OCI's base.name and
     base.digest, CNB's top layer), so rebase can tell its own layers from the base's."""
-    name, _, digest = base_image.partition("@")
+    name = base_image.partition("@")[0]
+    repo, _, digest = parse(base_image)
     if not digest:  # the manifest digest the engine knows for that repository, if it was pushed or pulled
-        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
         digest = next((d.split("@", 1)[1] for d in repo_digests if d.split("@", 1)[0] == repo), "")
-    return {BASE_NAME_LABEL: name, BASE_DIGEST_LABEL: digest, TOP_LAYER_LABEL: layers[-1] if layers else ""}
+    return {BASE_NAME_LABEL: name, BASE_DIGEST_LABEL: digest or "", TOP_LAYER_LABEL: layers[-1] if layers else ""}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from builder.core.errors import PackageValidationError
 
@@ -11,13 +12,26 @@ TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
+class ImageRef(NamedTuple):
+    repository: str        # [HOST[:PORT]/]PATH
+    tag: str | None
+    digest: str | None
+
+
+def parse(ref: str) -> ImageRef:
+    """REPOSITORY[:TAG][@DIGEST] split, unchecked: a tag is a colon after the last slash
+    (a colon before it is the registry's port)."""
+    name, _, digest = ref.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    repo, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, None)
+    return ImageRef(repo, tag, digest or None)
+
+
 def check_image_ref(ref: str, option: str) -> str:
     """REPOSITORY[:TAG][@sha256:DIGEST] or an image id, checked before the engine is
     asked: a malformed one would come back from the engine as a 400, told as
     'engine unreachable'."""
-    name, _, digest = ref.partition("@")
-    slash, colon = name.rfind("/"), name.rfind(":")
-    repo, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, None)
+    repo, tag, digest = parse(ref)
     if DIGEST_RE.match(ref) or (REPOSITORY_RE.match(repo) and (tag is None or TAG_RE.match(tag))
                                   and (not digest or DIGEST_RE.match(digest))):
         return ref
@@ -27,10 +41,5 @@ def check_image_ref(ref: str, option: str) -> str:
 
 def split_ref(ref: str) -> tuple[str, str | None]:
     """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); digests stay in the repo part."""
-    if "@" in ref:
-        return ref, None
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return ref[:colon], ref[colon + 1:]
-    return ref, "latest"
+    repo, tag, digest = parse(ref)
+    return (ref, None) if digest else (repo, tag or "latest")

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from builder.core.errors import PackageValidationError
+from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, ENV_REFS_LABEL
 
 # \Z, not $: '$' also matches before a trailing newline, so an environment key
 # "A\n" passed ENV_KEY_RE and split its ENV instruction in two
@@ -66,13 +67,13 @@ class Manifest:
             "org.opencontainers.image.description": self.description,
             "org.opencontainers.image.authors": self.author,
             "org.opencontainers.image.licenses": self.license,
-            "io.pixell.agent.name": self.name,
-            "io.pixell.agent.version": self.version,
+            AGENT_NAME_LABEL: self.name,
+            AGENT_VERSION_LABEL: self.version,
             "io.pixell.agent.entrypoint": self.entrypoint or "",
             "io.pixell.agent.runtime": self.runtime,
             "io.pixell.agent.rest-entry": self.rest_entry or "",
             # names only (the values are the deploy's secrets): what an ECS task definition must map
-            "io.pixell.agent.env-refs": ",".join(self.environment_refs),
+            ENV_REFS_LABEL: ",".join(self.environment_refs),
         }
 
 

@@ -29,7 +29,7 @@ BACKEND_OPTIONS = {"config_settings": "--config-settings", "global_options": "--
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 APP = PurePosixPath("/app")  # where the package is in the image; the installs that need it run there
 # an option line naming an index or find-links URL, and what it may carry beside them: the
-# rewrite to the build's proxy (indexpages.py) rebuilds such a line from these alone
+# rewrite to the build's proxy (plan/proxied.py) rebuilds such a line from these alone
 INDEX_URL_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-index-url", "find_links": "--find-links"}
 BESIDE_INDEX_URL = {"trusted_hosts": "--trusted-host", "no_index": "--no-index", "pre": "--pre",
                     "prefer_binary": "--prefer-binary", "require_hashes": "--require-hashes"}

@@ -107,17 +107,8 @@ def _target(value: str, line: Line, root: Path, allowed: set[str]) -> str:
                   "Publish the package to the index.")
 
 
-def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = False,
-               direct: list[str] | None = None) -> tuple[str, tuple[str, str] | None]:
-    """Police one line. Returns ('deps' | 'source', None), or ('include', (option, file)).
-    DIRECT gets the URLs on allowed hosts the line installs from (the proxy serves those only)."""
-    if ENV_VAR.search(line.text):
-        raise refuse(line, f"'{ENV_VAR.search(line.text).group(0)}' is filled from the build's environment, "
-                            "so the line could name anything", "Write the value out.")
-    if line.text.endswith("\\"):  # what is written back (the dependency file, a rewrite) would join the next line
-        raise refuse(line, "ends in a backslash that pip does not join to the next line (a space or a comment "
-                            "follows it)", "Remove the backslash, or end the line with it.")
-    parsed = parse_line(line)
+def _check_options(line: Line, parsed, allowed: set[str]) -> None:
+    """The line's options: indexes only on allowed hosts, nothing that steers a package's build."""
     for dest, option in INDEX_OPTIONS.items():
         if dest not in parsed.opts:
             continue
@@ -146,6 +137,20 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
     for dest, given in parsed.abbreviated.items():
         raise refuse(line, f"'{given}' is an abbreviated option (pip expands it to the option it prefixes; the "
                             "older pips in the images may expand it to another)", "Write the option's full name.")
+
+
+def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = False,
+               direct: list[str] | None = None) -> tuple[str, tuple[str, str] | None]:
+    """Police one line. Returns ('deps' | 'source', None), or ('include', (option, file)).
+    DIRECT gets the URLs on allowed hosts the line installs from (the proxy serves those only)."""
+    if ENV_VAR.search(line.text):
+        raise refuse(line, f"'{ENV_VAR.search(line.text).group(0)}' is filled from the build's environment, "
+                            "so the line could name anything", "Write the value out.")
+    if line.text.endswith("\\"):  # what is written back (the dependency file, a rewrite) would join the next line
+        raise refuse(line, "ends in a backslash that pip does not join to the next line (a space or a comment "
+                            "follows it)", "Remove the backslash, or end the line with it.")
+    parsed = parse_line(line)
+    _check_options(line, parsed, allowed)
     includes = [(INCLUDES[d], v) for d in INCLUDES for v in parsed.opts.get(d, [])]
     if includes and not parsed.args:
         if constraint:

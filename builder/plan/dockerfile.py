@@ -14,6 +14,7 @@ import jinja2
 
 from builder import __version__
 from builder.core.errors import PackageValidationError
+from builder.core.labels import ABI_LABEL, parse_abi
 from builder.core.resources import resource
 from builder.package.manifest import ENV_KEY_RE, Manifest
 
@@ -192,7 +193,7 @@ def deps_dockerfile(agent_dockerfile: str) -> Rendered:
 
 def pip_reports(base_labels: dict[str, str]) -> bool:
     """Does the base's pip (its ABI label) write ``--report`` (pip 22.2+)?"""
-    abi = dict(part.split("=", 1) for part in base_labels.get("io.pixell.agent-image.abi", "").split(";") if "=" in part)
+    abi = parse_abi(base_labels.get(ABI_LABEL))
     try:
         return tuple(int(x) for x in abi.get("pip", "0").split(".")[:2]) >= (22, 2)
     except ValueError:

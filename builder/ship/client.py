@@ -30,6 +30,7 @@ import urllib3
 from urllib3.util import Retry, Timeout
 
 from builder.core.errors import RegistryError, redact, register_secret
+from builder.core.refs import DIGEST_RE, parse
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -71,17 +72,14 @@ class Ref:
 
 def parse_ref(ref: str) -> Ref:
     """Split a registry reference; the first component must name a registry host."""
-    rest, _, digest = ref.partition("@")
-    host, slash, path = rest.partition("/")
+    repository, tag, digest = parse(ref)
+    host, slash, path = repository.partition("/")
     if not slash or not _HOST_RE.match(host) or not path:
         raise RegistryError(f"{ref!r} does not name a registry (HOST[:PORT]/REPOSITORY[:TAG][@sha256:...])",
                             hint="Give the image's full registry reference, e.g. 127.0.0.1:5000/agents/NAME:1.0.")
-    tag = None
-    if ":" in path.rsplit("/", 1)[-1]:
-        path, _, tag = path.rpartition(":")
-    if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+    if digest and not DIGEST_RE.match(digest):
         raise RegistryError(f"{ref!r} has a malformed digest", hint="Digests look like sha256:<64 hex>.")
-    return Ref(host=host, repo=path, tag=tag or (None if digest else "latest"), digest=digest or None)
+    return Ref(host=host, repo=path, tag=tag or (None if digest else "latest"), digest=digest)
 
 
 def _loopback(host: str) -> bool:

@@ -20,7 +20,7 @@ import structlog
 
 from builder.build.engine import Image
 from builder.core.errors import TaskDefinitionError
-from builder.core.labels import DRAIN_LABEL, ENV_REFS_LABEL, INPUT_LABEL
+from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, DRAIN_LABEL, ENV_REFS_LABEL, INPUT_LABEL
 from builder.core.refs import split_ref
 from builder.package.manifest import ENV_KEY_RE, RESERVED_ENV
 
@@ -259,8 +259,8 @@ def digest_ref(image: Image, ref: str) -> str:
 def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
     """The RegisterTaskDefinition request for IMAGE, pinned by the digest reference REF."""
     check_options(o)
-    name = image.labels.get("io.pixell.agent.name")
-    version = image.labels.get("io.pixell.agent.version")
+    name = image.labels.get(AGENT_NAME_LABEL)
+    version = image.labels.get(AGENT_VERSION_LABEL)
     if not name or not version:
         raise _fail(f"{ref} has no io.pixell.agent.name/version labels: it was not built by agent-image",
                     "image", "Pass an image built with `agent-image build`.")
@@ -306,7 +306,7 @@ def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
         "memory": str(o.memory),
         "runtimePlatform": runtime_platform(image),
         "containerDefinitions": [container],
-        "tags": [{"key": "io.pixell.agent.name", "value": name}, {"key": "io.pixell.agent.version", "value": version}]
+        "tags": [{"key": AGENT_NAME_LABEL, "value": name}, {"key": AGENT_VERSION_LABEL, "value": version}]
         + ([{"key": INPUT_LABEL, "value": image.labels[INPUT_LABEL]}] if image.labels.get(INPUT_LABEL) else []),
     })
     return request

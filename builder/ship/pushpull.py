@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 
 import structlog
 
 from builder.build.engine import Engine
-from builder.core.errors import EngineError, ImageVerificationError, RegistryError, TagExistsError
+from builder.core.errors import ImageVerificationError, TagExistsError
+from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.core.refs import split_ref
+from builder.core.retry import with_retries
 
 log = structlog.get_logger("agent_image.registry")
 
@@ -26,16 +27,8 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
     for target in refs:
         if image is not None and target != ref:
             engine.tag(image.id, target)
-        for attempt in range(1, retries + 1):
-            try:
-                d = engine.push(target, auth=auth)
-                digest = digest or d
-                break
-            except (RegistryError, EngineError) as exc:
-                if attempt == retries or "unauthorized" in str(exc).lower():
-                    raise
-                log.warning("push failed, retrying", image=target, attempt=attempt, error=str(exc))
-                time.sleep(min(2 ** attempt, 10) * 0.5)
+        d = with_retries(lambda: engine.push(target, auth=auth), doing="push", attempts=retries, image=target)
+        digest = digest or d
     pinned = f"{repo}@{digest}"
     log.info("Pushed agent image", image=ref, digest_ref=pinned)
     return pinned
@@ -43,7 +36,7 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
 
 def verify_labels(labels: dict[str, str], *, ref: str, name: str | None, version: str | None) -> None:
     """An agent image must carry its name/version labels, matching what the caller expects."""
-    for key, want in (("io.pixell.agent.name", name), ("io.pixell.agent.version", version)):
+    for key, want in ((AGENT_NAME_LABEL, name), (AGENT_VERSION_LABEL, version)):
         have = labels.get(key)
         if have is None:
             raise ImageVerificationError(f"{ref} has no {key} label: it was not built by agent-image",
@@ -56,32 +49,17 @@ def verify_labels(labels: dict[str, str], *, ref: str, name: str | None, version
 def pull_image(engine: Engine, ref: str, *, expect_name: str | None = None, expect_version: str | None = None,
                auth: dict | None = None, retries: int = 3) -> str:
     """Pull REF, check its agent labels, return the local image id."""
-    for attempt in range(1, retries + 1):
-        try:
-            image = engine.pull(ref, auth=auth)
-            break
-        except RegistryError as exc:
-            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
-                raise
-            log.warning("pull failed, retrying", image=ref, attempt=attempt, error=str(exc))
-            time.sleep(0.5 * attempt)
+    image = with_retries(lambda: engine.pull(ref, auth=auth), doing="pull", attempts=retries, image=ref)
     verify_labels(image.labels, ref=ref, name=expect_name, version=expect_version)
-    log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get("io.pixell.agent.name"))
+    log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get(AGENT_NAME_LABEL))
     return image.id
 
 
 def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> str:
     """Pull a base image the engine lacks (`build --base-image REGISTRY/...`)."""
-    for attempt in range(1, retries + 1):
-        try:
-            image = engine.pull(ref, auth=auth)
-            log.info("Pulled the base image", image=ref, image_id=image.id)
-            return image.id
-        except RegistryError as exc:
-            if attempt == retries or "not found" in str(exc).lower() or "unauthorized" in str(exc).lower():
-                raise
-            time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
+    image = with_retries(lambda: engine.pull(ref, auth=auth), doing="pull", attempts=retries, image=ref)
+    log.info("Pulled the base image", image=ref, image_id=image.id)
+    return image.id
 
 
 def remote_image(ref: str, *, auth: dict | None = None) -> tuple[str, dict[str, str]] | None:

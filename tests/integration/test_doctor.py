@@ -12,7 +12,7 @@ import os
 import socket
 import subprocess
 
-from builder.build.sandbox import HOST_NETWORK_ENV, _started
+from builder.build.sandbox import HOST_NETWORK_ENV, process_started
 from builder.core.defaults import base_image_for
 from builder.core.labels import SANDBOX_LABEL as LABEL
 from tests.support.cli import AGENT_IMAGE
@@ -57,7 +57,7 @@ def test_doctor_removes_sandboxes_left_by_a_dead_builder(engine, docker_client):
     gone = subprocess.Popen(["true"])
     gone.wait()
     host = socket.gethostname()
-    mine = {LABEL: "1", f"{LABEL}.pid": str(os.getpid()), f"{LABEL}.started": _started(os.getpid()),
+    mine = {LABEL: "1", f"{LABEL}.pid": str(os.getpid()), f"{LABEL}.started": process_started(os.getpid()),
             f"{LABEL}.host": host}
     dead = {**mine, f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1"}
     sleep = ["python3", "-c", "import time; time.sleep(300)"]

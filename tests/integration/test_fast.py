@@ -189,7 +189,7 @@ def test_a_failed_offline_attempt_leaves_nothing_in_the_layer_cache(agent_factor
     """Should the offline attempt run a step it expected cached (its fence said only the code
     changed), the layers it committed without a network (with the package's 'install after
     the code' mark) are removed: no later build can take them from the layer cache."""
-    from builder.build.reuse import _fence_file
+    from builder.build.reuse import fence_file
     cleanup_images("agents/offline-stale")
     agent = agent_factory("offline-stale", requirements="tinyreq==1.0\n")
     first = build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "c"))
@@ -199,7 +199,7 @@ def test_a_failed_offline_attempt_leaves_nothing_in_the_layer_cache(agent_factor
     with capture_logs():
         build_image(agent, BuildOptions(index_url=index_url, cache_dir=tmp_path / "probe", use_cache=False))
     probe = sorted((tmp_path / "probe" / "fences").iterdir())[0].read_text()  # the new packaging's fence
-    _fence_file(tmp_path / "c", first.image_id).write_text(probe)
+    fence_file(tmp_path / "c", first.image_id).write_text(probe)
     docker_client.images.remove("agents/offline-stale:0.1.0", force=True)
     docker_client.images.get(first.image_id).tag("agents/offline-stale", "0.1.0")  # the previous image again
     (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nW = 1\n")

@@ -20,7 +20,7 @@ _ELEMENT = re.compile(r"<a\s[^>]*>[^<]*</a>[ \t]*(?:<br\s*/?>)?", re.I)  # one P
 _REQUIRES_PYTHON = re.compile(r"""\bdata-requires-python\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 _YANKED = re.compile(r"\bdata-yanked\b", re.I)
 HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
-SHA = re.compile(r"sha256=([0-9a-f]{64})")
+SHA256 = re.compile(r"sha256=([0-9a-f]{64})")
 
 
 def filename_of(href: str) -> str:

@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 import structlog
 
 from builder.build.proxy.cache import DownloadCache, identity  # noqa: F401 (re-exported)
-from builder.build.proxy.pages import ANCHOR, HREF, SHA, drop_foreign, offer_attrs, versions_on_page
+from builder.build.proxy.pages import ANCHOR, HREF, SHA256, drop_foreign, offer_attrs, versions_on_page
 from builder.build.proxy.prefetch import Offer, Prefetcher
 from builder.build.proxy.routes import PROJECT_NAME, Denied, route, unb64
 from builder.build.proxy.tee import Tee, begin, send, send_file
@@ -205,7 +205,7 @@ class IndexProxy:
             return tag[:m.start()] + 'href=""' + tag[m.end():]  # file:, data:, ftp: ... lead nowhere
         url = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
         name = unquote(parts.path.rsplit("/", 1)[-1]) or "index"
-        sha = SHA.search(parts.fragment)
+        sha = SHA256.search(parts.fragment)
         meta = re.search(r"\bdata-(?:dist-info|core)-metadata\s*=\s*[\"'](?!false)", tag, re.I) is not None
         key = _link_key(ident, url)
         with self._lock:
@@ -276,7 +276,7 @@ class IndexProxy:
                 if url not in self.direct_urls:
                     raise Denied(403, "not a file the requirements name on a host --allow-index-host names")
                 plain, _, fragment = url.partition("#")
-                ident, sha = identity(plain, None), SHA.search(fragment)
+                ident, sha = identity(plain, None), SHA256.search(fragment)
                 key = _link_key(ident, plain)
                 with self._lock:  # (the name asked for must be the URL's own: _serve_file)
                     self._links[key] = Link(plain, direct_name(plain), sha.group(1) if sha else None, None, ident)
