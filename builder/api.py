@@ -29,6 +29,7 @@ from builder.build.reuse import (drop_attempt, fence, from_registry, only_code_c
                                  remote, same_agent)
 from builder.build.sandbox import Sandbox
 from builder.build.steplog import Failure, conflict_warnings, installed_packages, marked_step, step_lines
+from builder.core import events
 from builder.core.defaults import base_image_for
 from builder.core.errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,
                                  redaction_scope)
@@ -145,7 +146,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
     with open_package(source, options.limits) as pkg, contextlib.ExitStack() as early:
         m = pkg.manifest
         venv = f"{m.name}-{m.version}"
-        log.info("Opened agent package", agent=m.name, version=m.version, runtime=m.runtime,
+        log.info(events.OPENED, agent=m.name, version=m.version, runtime=m.runtime,
                  source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
         dotenv = pkg.env_paths
         _learn_env_values(pkg, dotenv)
@@ -189,7 +190,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             if hit is not None and hit.labels.get(INPUT_LABEL) == digest and same_agent(hit, m):
                 kept = _guard_tag(ref, hit.id, content, options)
                 engine.tag(hit.id, ref)
-                log.info("Inputs unchanged: reusing the image", image=ref, image_id=hit.id, input_digest=digest)
+                log.info(events.REUSED_IMAGE, image=ref, image_id=hit.id, input_digest=digest)
                 result = BuildResult(ok=True, image=ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
                                      duration_s=round(time.monotonic() - started, 3), cached=True, input_digest=digest)
                 return _maybe_push(result, engine, options, kept)
@@ -203,14 +204,14 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             deps.image, deps.origin = depsimage.find(engine, deps.ref, deps.key, base, deps.layers,
                                                      auth=options.registry_auth, remote=remote(deps.repo))
             if deps.image is not None:
-                log.info("Dependency image reused", image=deps.ref, origin=deps.origin, venv=venv)
+                log.info(events.DEPS_REUSED, image=deps.ref, origin=deps.origin, venv=venv)
         # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
         # (the deps-key label comes with the dependency image: one LABEL step fewer per build)
         labels = {INPUT_LABEL: digest, CONTENT_LABEL: content}
         deadline = time.monotonic() + options.timeout  # every build of this call shares --timeout
         if options.use_cache and not options.nocache and not cache_from:
             cache_from = own_previous(engine, repo, ref, m)
-        log.info("Installing dependencies from requirements.txt" if split.real_lines else "Building agent image",
+        log.info(events.INSTALLING if split.real_lines else events.BUILDING,
                  venv=venv, index=upstream.url, context_bytes=context.size, steps=len(rendered.steps))
 
         # the files the build adds: only the Dockerfile among them differs between the renderings below
@@ -232,11 +233,11 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                 name = plan.step_name(n)
                 if name == "package" and instr.startswith("RUN"):
                     log.info("Installing agent package in editable mode", venv=venv, step=f"{n}/{total}")
-                log.info("build step", step=f"{n}/{total}", name=name, instruction=instr[:200])
+                log.info(events.STEP, step=f"{n}/{total}", name=name, instruction=instr[:200])
             return engine.build(context=ctx.data, buildargs=buildargs, labels=build_labels,
                                 timeout=max(1.0, deadline - time.monotonic()), nocache=options.nocache,
                                 cache_from=cache, network_mode=network, on_step=on_step,
-                                on_line=lambda line: log.debug("build", line=line))
+                                on_line=lambda line: log.debug(events.LINE, line=line))
 
         fenced = None
         if deps and deps.image is not None:
@@ -266,7 +267,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                 sandbox.wait(proxy.ready)
                 args = {"http_proxy": sandbox.proxy_url(proxy)}
                 if deps and deps.image is None:
-                    log.info("Building the dependency image", image=deps.ref, deps_key=deps.key, venv=venv)
+                    log.info(events.DEPS_BUILDING, image=deps.ref, deps_key=deps.key, venv=venv)
                     # no cache_from: the engine's own layer cache (same base, same lines) is this image's
                     outcome = build(depsimage.context(deps.dockerfile, generated), deps.dockerfile,
                                     {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
@@ -323,7 +324,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             steps_cached=cached_names, steps_total=outcome.total_steps, installed=installed,
             warnings=warnings, index={"url": upstream.url, **stats.as_dict()},
             deps_image=deps.ref if deps else "", deps_origin=deps.origin if deps else "")
-        log.info("Agent image ready", venv=venv, image=ref, image_id=outcome.image_id,
+        log.info(events.READY, venv=venv, image=ref, image_id=outcome.image_id,
                  package_installed=pkg.has_setup, requirements_installed=split.real_lines > 0,
                  cached_steps=cached_names, duration_s=result.duration_s)
         return _maybe_push(result, engine, options, kept)

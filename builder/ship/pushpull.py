@@ -8,6 +8,7 @@ import time
 import structlog
 
 from builder.build.engine import Engine
+from builder.core import events
 from builder.core.errors import EngineError, ImageVerificationError, RegistryError, TagExistsError
 from builder.core.refs import split_ref
 
@@ -37,7 +38,7 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
                 log.warning("push failed, retrying", image=target, attempt=attempt, error=str(exc))
                 time.sleep(min(2 ** attempt, 10) * 0.5)
     pinned = f"{repo}@{digest}"
-    log.info("Pushed agent image", image=ref, digest_ref=pinned)
+    log.info(events.PUSHED, image=ref, digest_ref=pinned)
     return pinned
 
 
