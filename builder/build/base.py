@@ -7,6 +7,7 @@ from pathlib import Path
 import structlog
 
 from builder.build.engine import Engine
+from builder.core import events
 from builder.core.errors import BaseImageMissingError
 from builder.core.labels import ABI_LABEL, VENV_LABEL, abi_label
 from builder.core.resources import resource
@@ -72,7 +73,7 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
         def build(labels: dict[str, str] | None = None):
             return engine.build(context=context.data, network_mode=sandbox.network_mode, labels=labels,
                                 buildargs={**args, "http_proxy": sandbox.proxy_url(proxy)},
-                                on_step=lambda n, m, instr: log.info("build step", step=f"{n}/{m}",
+                                on_step=lambda n, m, instr: log.info(events.STEP, step=f"{n}/{m}",
                                                                      instruction=instr[:100]))
         outcome = build()
         if outcome.image_id is None:

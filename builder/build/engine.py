@@ -108,14 +108,26 @@ class Engine:
     """The container engine, through docker-py. One instance per process is fine."""
 
     def __init__(self, base_url: str | None = None, *, api_timeout: float = 120.0) -> None:
-        try:
-            kwargs = docker.utils.kwargs_from_env()
-            if base_url:
-                kwargs["base_url"] = base_url
-            kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
-            self.api = _CancellableAPIClient(version="auto", timeout=api_timeout, **kwargs)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, "connecting") from None
+        # no connection yet: the checks before a build must not depend on the engine
+        # (version="auto" asks the daemon), so the first real call connects
+        self._base_url, self._api_timeout = base_url, api_timeout
+        self._api: _CancellableAPIClient | None = None
+        self._connecting = threading.Lock()
+
+    @property
+    def api(self) -> _CancellableAPIClient:
+        """The docker-py client, connected on first use."""
+        with self._connecting:
+            if self._api is None:
+                try:
+                    kwargs = docker.utils.kwargs_from_env()
+                    if self._base_url:
+                        kwargs["base_url"] = self._base_url
+                    kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
+                    self._api = _CancellableAPIClient(version="auto", timeout=self._api_timeout, **kwargs)
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                    raise _engine_error(exc, "connecting") from None
+            return self._api
 
     # -- facts ------------------------------------------------------------------
     def ping(self) -> str:

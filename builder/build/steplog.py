@@ -184,3 +184,11 @@ def installed_packages(lines: list[str]) -> list[str]:
         if m:
             out[normalise(m.group(1))] = f"{m.group(1)}-{m.group(2)}"
     return list(out.values())
+
+
+def cached_steps(rendered, cached: set[int]) -> list[str]:
+    """The build steps of RENDERED (plan.dockerfile.Rendered) the layer cache served, by the
+    step numbers it served (BuildOutcome.cached): a step counts when every instruction in it did."""
+    return sorted({name for name in rendered.steps
+                   if all(n in cached for n, other in enumerate(rendered.steps, 1)
+                          if other == name and n > 1)} - {"base"})

@@ -202,7 +202,14 @@ def parser() -> argparse.ArgumentParser:
     ecs.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(ecs)
     _add_ecs(ecs)
+    top.commands = sub.choices  # each command's parser, for the usage errors argparse cannot see (_check_usage)
     return top
+
+
+def _check_usage(top: argparse.ArgumentParser, args) -> None:
+    """Combinations of options that cannot work: a usage error (exit 2) before anything runs."""
+    if args.command == "build" and args.push and not (args.registry or args.repository):
+        top.commands["build"].error("--push needs --registry (or --repository) to know where to push")
 
 
 
@@ -251,7 +258,9 @@ def _report(err: PackageLoadError, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    _check_usage(top, args)
 
     def engine_factory():
         from builder.build.engine import Engine

@@ -2,8 +2,8 @@
 
 Used only when stderr is a TTY and --json is off; everywhere else output is
 exactly the JSON/console log it always was. It learns what happens from the
-structlog events the pipeline already emits ("build step", the debug "build"
-lines the engine's on_line callback logs, ...) through one processor, so the
+structlog events the pipeline already emits (named in builder/core/events.py:
+each step, the debug build-log lines, ...) through one processor, so the
 pipeline does not know it exists. Without -v the processor keeps the screen to
 the progress and warnings; with -v every log line is printed above it.
 """
@@ -20,6 +20,8 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
+
+from builder.core import events
 
 # build-log lines that are the engine's bookkeeping, not the step's own output
 _ENGINE_LINES = ("Step ", "--->", "Removing intermediate container", "Successfully built", "Successfully tagged",
@@ -107,12 +109,12 @@ class BuildProgress:
     # -- events (a structlog processor) --------------------------------------------------
     def processor(self, logger: Any, method: str, event_dict: dict) -> dict:
         event = event_dict.get("event")
-        if event == "build step":
+        if event == events.STEP:
             n, _, total = str(event_dict.get("step", "")).partition("/")
             self._finish_step({"n": n, "total": total, "name": event_dict.get("name", ""), "cached": False,
                                "instruction": _instruction(str(event_dict.get("instruction", ""))),
                                "started": time.monotonic()})
-        elif event == "build":
+        elif event == events.LINE:
             line = str(event_dict.get("line", "")).strip()
             if line == "---> Using cache" and self.step:
                 self.step["cached"] = True
@@ -120,22 +122,22 @@ class BuildProgress:
                 first, self.activity = not self.activity, _URL_PATH.sub("", line)
                 if first:  # a fast step may print and end between two timed refreshes: show its first line now
                     self._live.refresh()
-        elif event == "Opened agent package":
+        elif event == events.OPENED:
             self.runtime = event_dict.get("runtime")
             self.phase = f"checking {event_dict.get('agent')} {event_dict.get('version')}"
-        elif event == "Inputs unchanged: reusing the image":
+        elif event == events.REUSED_IMAGE:
             self.phase = "inputs unchanged: reusing the image"
-        elif event in ("Installing dependencies from requirements.txt", "Building agent image"):
+        elif event in (events.INSTALLING, events.BUILDING):
             self.phase = "starting the build"
-        elif event == "Dependency image reused":  # its steps are not in this build: one line for them
+        elif event == events.DEPS_REUSED:  # its steps are not in this build: one line for them
             self.console.print(Text.assemble(("✔ ", "green"), f"deps: {event_dict.get('image')} "
                                              f"({event_dict.get('origin')}) ", ("cached", "cyan")), soft_wrap=True)
-        elif event == "Building the dependency image":
+        elif event == events.DEPS_BUILDING:
             self.phase = "building the dependency image"
-        elif event == "Agent image ready":
+        elif event == events.READY:
             self._finish_step(None)
             self.phase = "pushing to the registry" if self.pushing else "done"
-        elif event == "Pushed agent image":
+        elif event == events.PUSHED:
             self.console.print(Text.assemble(("✔ ", "green"), f"pushed {event_dict.get('digest_ref')}"),
                                soft_wrap=True)
         if self.verbose or event_dict.get("level") == "warning":

@@ -117,6 +117,12 @@ def drain_seconds(environment: dict[str, str]) -> int:
     return int(value) if value.isdigit() and int(value) <= 3600 else DRAIN_SECONDS
 
 
+def check_installer(installer: str) -> None:
+    if installer not in INSTALLERS:
+        raise PackageValidationError(f"unknown installer {installer!r}", field="--installer",
+                                     hint=f"Use one of: {', '.join(INSTALLERS)}.")
+
+
 def render(
     manifest: Manifest,
     *,
@@ -142,9 +148,7 @@ def render(
     With ``deps_image`` the Dockerfile starts FROM it and leaves out what it holds
     (the venv, uv and the dependency layer). ``pip_report``: the base's pip has
     ``--report``, so the seed's second pass can be skipped when it would change nothing."""
-    if installer not in INSTALLERS:
-        raise PackageValidationError(f"unknown installer {installer!r}", field="--installer",
-                                     hint=f"Use one of: {', '.join(INSTALLERS)}.")
+    check_installer(installer)
     text = _ENV.get_template(template).render(
         builder_version=__version__,
         name=manifest.name,

@@ -8,11 +8,12 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import structlog
 
 from builder.core.errors import PackageValidationError
+from builder.core.refs import REPOSITORY_RE
 from builder.package.dotenv import is_env_path
 from builder.package.piplines import decode
 from builder.package.reader import Package
@@ -86,6 +87,20 @@ def check_cache_dir(path: Path) -> None:
                  "or $AGENT_IMAGE_CACHE).") from None
 
 
+def repository(manifest_name: str, options: BuildOptions) -> str:
+    """The agent's image repository: --repository, else REGISTRY/NAME, else agents/NAME."""
+    if options.repository:
+        repo = options.repository
+    elif options.registry:
+        repo = f"{options.registry.rstrip('/')}/{manifest_name}"
+    else:
+        repo = f"agents/{manifest_name}"
+    if not REPOSITORY_RE.match(repo):
+        raise PackageValidationError(f"{repo!r} is not a valid image repository", field="--repository",
+                                     hint="Use lowercase host[:port]/path components.")
+    return repo
+
+
 def kept_out(pkg: Package, options: BuildOptions) -> set[str]:
     """Package paths that never enter the build context: every .env file (and .env folder)."""
     return set() if options.include_env else set(pkg.env_paths)
@@ -110,24 +125,31 @@ def render_agent(pkg: Package, options: BuildOptions, upstream_url: str, split: 
                   deps_image=deps_image, pip_report=pip_report, tool_pip=tool_pip)
 
 
-def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *,
+def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, added: Mapping[str, bytes], *,
                    base_has_venv: bool = True, base_has_uv: bool = True, tool_pip: bool = False) -> str:
     """The content identity: the input digest without the base image (its name, id and
     labels are rendered as placeholders) and without anything of the runner. Two
     runners building one package with one set of options agree on it; tag
-    immutability compares it, not image bytes."""
+    immutability compares it, not image bytes. ADDED: ``added_files``' files."""
     text = render_agent(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
                    base_labels={}, base_has_uv=base_has_uv, tool_pip=tool_pip).text
     # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
-    files = files_digest(pkg.root, generated_files(pkg, options, split, text)[0], exclude=kept_out(pkg, options))
+    files = files_digest(pkg.root, {"Dockerfile": text.encode(), **added}, exclude=kept_out(pkg, options))
     return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()
 
 
 def generated_files(pkg: Package, options: BuildOptions, split: Split,
                dockerfile: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """The files the builder adds to the context next to the package, and the package
-    files whose content it replaces (index URLs rewritten to the proxy)."""
-    generated = {"Dockerfile": dockerfile.encode()}
+    """``added_files`` with DOCKERFILE: the files the builder adds to the context."""
+    added, proxied = added_files(pkg, options, split)
+    return {"Dockerfile": dockerfile.encode(), **added}, proxied
+
+
+def added_files(pkg: Package, options: BuildOptions, split: Split) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The files the builder adds to the context next to the package, but the Dockerfile
+    (it differs between renderings, these do not), and the package files whose content
+    it replaces (index URLs rewritten to the proxy)."""
+    generated = {}
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))

@@ -7,6 +7,7 @@ import json
 import structlog
 
 from builder.build.engine import Engine
+from builder.core import events
 from builder.core.errors import ImageVerificationError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.core.refs import split_ref
@@ -30,7 +31,7 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
         d = with_retries(lambda: engine.push(target, auth=auth), doing="push", attempts=retries, image=target)
         digest = digest or d
     pinned = f"{repo}@{digest}"
-    log.info("Pushed agent image", image=ref, digest_ref=pinned)
+    log.info(events.PUSHED, image=ref, digest_ref=pinned)
     return pinned
 
 

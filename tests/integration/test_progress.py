@@ -16,6 +16,7 @@ import subprocess
 import termios
 import threading
 
+from builder.core.events import OPENED, READY
 from tests.support.cli import AGENT_IMAGE
 
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -90,7 +91,7 @@ def test_build_on_a_tty_shows_steps_a_live_line_and_a_summary(agent_factory, ind
                for ln in shown), shown
     assert re.search(r"cached +[1-9]\d*/\d+ steps \([a-z, ]*deps", "\n".join(shown))
     # -v: every log line, debug build lines included, above the progress
-    assert any("[info" in ln and "Opened agent package" in ln for ln in shown), shown
+    assert any("[info" in ln and OPENED in ln for ln in shown), shown
     assert any("[debug" in ln and "Step 1/" in ln for ln in shown), shown
 
 
@@ -102,7 +103,7 @@ def test_off_a_tty_output_is_unchanged(agent_factory, index_url, cleanup_images)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.fullmatch(r"agents/pipe-agent:0\.1\.0 sha256:[0-9a-f]{64}\n", proc.stdout)
     events = [json.loads(ln) for ln in proc.stderr.splitlines()]  # every stderr line a JSON log event
-    assert "Agent image ready" in {e["event"] for e in events}
+    assert READY in {e["event"] for e in events}
     assert "✔" not in proc.stderr and "\x1b[" not in proc.stderr
 
 

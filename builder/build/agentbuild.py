@@ -1,0 +1,133 @@
+"""The agent's build, from its plan: FROM the dependency image or the base, without a
+network when only the code changed, else in the sandbox behind the index proxy
+(the dependency image first when it must be built). ``builder.api`` runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from builder.build import depsimage
+from builder.build.engine import Engine, Image
+from builder.build.proxy import wheeltags
+from builder.build.proxy.cache import DownloadCache
+from builder.build.proxy.server import IndexProxy, Stats
+from builder.build.proxy.upstream import Upstream
+from builder.build.reuse import drop_attempt, fence, only_code_changed
+from builder.build.sandbox import Sandbox
+from builder.build.steplog import cached_steps
+from builder.build.stream import BuildOutcome
+from builder.core import events
+from builder.core.labels import ABI_LABEL, CONTENT_LABEL, DEPS_LABEL, INPUT_LABEL
+from builder.package.reader import Package
+from builder.plan.agent import Plan, from_deps
+from builder.plan.context import Context
+from builder.plan.dockerfile import Rendered
+from builder.plan.options import BuildOptions
+
+log = structlog.get_logger("agent_image")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the agent's own build sends the engine, and its fence (None: no build without a network)."""
+    rendered: Rendered
+    context: Context
+    fenced: str | None
+
+
+def target_of(pkg: Package, options: BuildOptions, plan: Plan, deps: depsimage.Plan | None) -> Target:
+    """FROM the dependency image once there is one; FROM the base without dependency lines."""
+    if deps and deps.image is not None:
+        rendered, files, context = from_deps(pkg, options, plan, deps.image.id)
+        return Target(rendered, context, fence(rendered.text, files))
+    return Target(plan.rendered, plan.context, None if deps else fence(plan.rendered.text, plan.files))
+
+
+@dataclass(frozen=True)
+class Builder:
+    """One engine build: this call's shared deadline, its step events."""
+    engine: Engine
+    deadline: float
+    nocache: bool
+    venv: str
+
+    def __call__(self, context: Context, dockerfile: Rendered, labels: dict[str, str], cache_from: list[str] | None,
+                 network: str, buildargs: dict[str, str] | None = None) -> BuildOutcome:
+        def on_step(n: int, total: int, instr: str) -> None:
+            name = dockerfile.step_name(n)
+            if name == "package" and instr.startswith("RUN"):
+                log.info("Installing agent package in editable mode", venv=self.venv, step=f"{n}/{total}")
+            log.info(events.STEP, step=f"{n}/{total}", name=name, instruction=instr[:200])
+        return self.engine.build(context=context.data, buildargs=buildargs, labels=labels,
+                                 timeout=max(1.0, self.deadline - time.monotonic()), nocache=self.nocache,
+                                 cache_from=cache_from, network_mode=network, on_step=on_step,
+                                 on_line=lambda line: log.debug(events.LINE, line=line))
+
+
+@dataclass(frozen=True)
+class Built:
+    """A build's end: its outcome, what it built, what the index was asked."""
+    outcome: BuildOutcome
+    target: Target
+    stats: Stats
+    deps_lines: list[str] = field(default_factory=list)  # the dependency image's build log, when built
+    failed: Rendered | None = None                       # the Dockerfile whose build failed
+
+
+def agent_labels(plan: Plan) -> dict[str, str]:
+    # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
+    # (the deps-key label comes with the dependency image: one LABEL step fewer per build)
+    return {INPUT_LABEL: plan.digest, CONTENT_LABEL: plan.content}
+
+
+def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[str], cache_dir: Path) -> Built | None:
+    """Only the code changed since the agent's last image: every step before the code is
+    cached and none after it needs the index, so no sandbox and no proxy: no network at all.
+    None when that is not so, or a step needed the index after all."""
+    if not (cache_from and target.fenced and not plan.split.source
+            and only_code_changed(cache_dir, cache_from[0], target.fenced)):
+        return None
+    log.info("Only the code changed: building without a network", previous=cache_from[0])
+    outcome = build(target.context, target.rendered, agent_labels(plan), cache_from, "none")
+    if outcome.error is None and outcome.image_id is not None:
+        return Built(outcome, target, Stats())
+    log.info("A step needs the index after all: building in the sandbox", error=(outcome.error or "")[:200])
+    drop_attempt(build.engine, outcome)
+    return None
+
+
+def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstream: Upstream, plan: Plan, base: Image,
+                     deps: depsimage.Plan | None, target: Target, cache_from: list[str],
+                     sandbox_early: Sandbox | None) -> Built:
+    """The build's network (builder/build/sandbox.py) reaches the index proxy and nothing else:
+    the dependency image first when it must be built, then the agent FROM it."""
+    split, engine = plan.split, build.engine
+    with (contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, plan.base.image)) as sandbox, \
+            IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
+                       ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
+                       direct_urls=split.direct, page_max_bytes=options.index_page_max_bytes,
+                       file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path,
+                       target=wheeltags.target(base.labels.get(ABI_LABEL), base.architecture)) as proxy:
+        if deps and deps.image is None:  # its pages can come while the sandbox starts
+            proxy.expect([line.text for line in split.deps])
+        sandbox.wait(proxy.ready)
+        args, deps_lines = {"http_proxy": sandbox.proxy_url(proxy)}, []
+        if deps and deps.image is None:
+            log.info(events.DEPS_BUILDING, image=deps.ref, deps_key=deps.key, venv=build.venv)
+            # no cache_from: the engine's own layer cache (same base, same lines) is this image's
+            outcome = build(depsimage.context(deps.dockerfile, plan.files), deps.dockerfile,
+                            {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
+            if outcome.error is not None or outcome.image_id is None:
+                return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
+            engine.tag(outcome.image_id, deps.ref)
+            deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"
+            deps.cached, deps_lines = cached_steps(deps.dockerfile, outcome.cached), outcome.lines
+            target = target_of(pkg, options, plan, deps)
+        outcome = build(target.context, target.rendered, agent_labels(plan), cache_from, sandbox.network_mode, args)
+        failed = target.rendered if outcome.error is not None or outcome.image_id is None else None
+        return Built(outcome, target, proxy.stats, deps_lines, failed)

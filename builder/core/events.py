@@ -1,0 +1,17 @@
+"""The log events other code follows: the live progress view (builder/cli/progress.py)
+and the tests. The values are the ``event`` field of the JSON log, unchanged:
+a reword is one edit here, and the view follows it.
+
+Other log lines are for people and may say anything.
+"""
+
+OPENED = "Opened agent package"
+REUSED_IMAGE = "Inputs unchanged: reusing the image"       # the input digest matched: nothing is built
+INSTALLING = "Installing dependencies from requirements.txt"  # the build starts (with dependency lines)
+BUILDING = "Building agent image"                            # the build starts (without)
+DEPS_REUSED = "Dependency image reused"
+DEPS_BUILDING = "Building the dependency image"
+STEP = "build step"                                          # one Dockerfile step starts: step=N/M, name, instruction
+LINE = "build"                                               # one line of the engine's build log (debug)
+READY = "Agent image ready"
+PUSHED = "Pushed agent image"

@@ -1,0 +1,94 @@
+"""Everything the package and the options can get wrong is reported before the engine
+is asked anything (README: the name is checked "before the engine is asked
+anything"). No engine here: DOCKER_HOST points nowhere, and the docker-py client is
+replaced by one that records being made, so each test also proves no engine call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from builder.api import BuildOptions, build_image
+from builder.build.engine import Engine
+from builder.cli import main as cli
+from builder.core.errors import EngineError, PackageValidationError
+from tests.conftest import BIN, ROOT
+
+HELLO = ROOT / "examples" / "hello-agent"
+NOWHERE = "tcp://127.0.0.1:1"
+
+
+@pytest.fixture
+def engine_calls(monkeypatch) -> list:
+    """Each time a docker-py client would be made (the first engine call of an Engine)."""
+    calls = []
+
+    def client(*args, **kwargs):
+        calls.append(kwargs.get("base_url"))
+        raise AssertionError("the engine was asked")
+    monkeypatch.setenv("DOCKER_HOST", NOWHERE)
+    monkeypatch.setattr("builder.build.engine._CancellableAPIClient", client)
+    return calls
+
+
+def _cli_json(argv: list[str], capsys) -> tuple[int, dict]:
+    code = cli.main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_engine_connects_on_its_first_call_not_when_made():
+    engine = Engine(NOWHERE)  # nothing listens there: making it must not fail
+    with pytest.raises(EngineError) as info:
+        engine.ping()
+    assert info.value.exit_code == 50
+
+
+def test_a_package_naming_another_agent_is_refused_before_the_engine(engine_calls, tmp_path, capsys):
+    code, out = _cli_json(["build", str(HELLO), "--expect-name", "other", "--cache-dir", str(tmp_path)], capsys)
+    assert (code, out["error"]["class"], out["error"]["field"]) == (10, "PackageValidationError", "name"), out
+    assert engine_calls == []
+
+
+def test_push_without_a_registry_is_a_usage_error_and_nothing_is_built(engine_calls, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["build", str(HELLO), "--push", "--cache-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--push needs --registry" in capsys.readouterr().err
+    assert engine_calls == []
+
+
+def test_the_api_refuses_push_without_a_registry_before_the_engine(engine_calls, tmp_path):
+    with pytest.raises(PackageValidationError) as info:
+        build_image(HELLO, BuildOptions(push=True, cache_dir=tmp_path, env={}))
+    assert info.value.field == "--registry" and info.value.exit_code == 10
+    assert engine_calls == []
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--base-image", "Not A Ref!"], "--base-image"),
+    (["--ca-bundle-in-image"], "--ca-bundle"),  # was found only once the base was resolved
+    (["--repository", "UPPER/case"], "--repository"),
+])
+def test_option_errors_come_before_the_engine(argv, field, engine_calls, tmp_path, capsys):
+    code, out = _cli_json(["build", str(HELLO), *argv, "--cache-dir", str(tmp_path)], capsys)
+    assert (code, out["error"]["field"]) == (10, field), out
+    assert engine_calls == []
+
+
+def test_the_api_checks_the_installer_before_the_engine(engine_calls, tmp_path):
+    with pytest.raises(PackageValidationError) as info:
+        build_image(HELLO, BuildOptions(installer="poetry", cache_dir=tmp_path, env={}))
+    assert info.value.field == "--installer"
+    assert engine_calls == []
+
+
+def test_the_command_with_no_engine_reachable_exits_10_not_50(tmp_path):
+    """The issue's case, end to end: the engine is down and the package names another agent."""
+    proc = subprocess.run([str(BIN / "agent-image"), "build", str(HELLO), "--expect-name", "other", "--json",
+                           "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DOCKER_HOST": NOWHERE})
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["error"]["field"] == "name"
