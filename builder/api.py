@@ -21,13 +21,13 @@ import structlog
 
 from builder.build import agentbuild, depsimage
 from builder.build.classify import classify
-from builder.build.engine import Engine, Image
+from builder.build.engine import Engine
+from builder.build.image import Image
 from builder.build.proxy.index import resolve_index
 from builder.build.proxy.upstream import Upstream
 from builder.build.reuse import from_registry, own_previous, remember_fence, remote, same_agent
 from builder.build.sandbox import Sandbox
-from builder.build.steplog import (Failure, cached_steps, conflict_warnings, installed_packages, marked_step,
-                                   step_lines)
+from builder.build.steplog import Failure, cached_steps, conflict_warnings, installed_packages, marked_step, step_lines
 from builder.core import events
 from builder.core.defaults import base_image_for
 from builder.core.errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,

@@ -12,7 +12,8 @@ from pathlib import Path
 import structlog
 
 from builder.build import depsimage
-from builder.build.engine import Engine, Image
+from builder.build.engine import Engine
+from builder.build.image import Image
 from builder.build.proxy import wheeltags
 from builder.build.proxy.cache import DownloadCache
 from builder.build.proxy.server import IndexProxy, Stats

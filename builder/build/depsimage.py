@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from builder import __version__
-from builder.build.engine import Engine, Image
+from builder.build.engine import Engine
+from builder.build.image import Image
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
 from builder.core.labels import AGENT_NAME_LABEL, DEPS_LABEL
 from builder.core.refs import split_ref

@@ -12,7 +12,6 @@ import io
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import docker
@@ -21,6 +20,7 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.api.client import APIClient
 
+from builder.build.image import Image, image_from
 from builder.build.stream import BuildOutcome, consume, rejoin_lines
 from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
                                  RegistryError, redact)
@@ -31,22 +31,6 @@ DEFAULT_TIMEOUT = 300.0
 # what a cut or dropped engine connection raises mid-stream
 _STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
                   urllib3.exceptions.HTTPError, OSError)
-
-
-@dataclass(frozen=True)
-class Image:
-    id: str
-    tags: tuple[str, ...]
-    labels: dict[str, str]
-    size: int
-    layers: tuple[str, ...]
-    digests: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
-    user: str = ""
-    exposed_ports: tuple[str, ...] = ()    # "8080/tcp"
-    healthcheck: dict | None = None        # Docker's {"Test", "Interval", ...}; durations in ns
-    architecture: str = ""
-    os: str = ""
 
 
 class _CancellableAPIClient(APIClient):
@@ -79,24 +63,6 @@ def _shutdown(response) -> None:
             response.close()
         except Exception:
             pass
-
-
-def _image(attrs: dict) -> Image:
-    cfg = attrs.get("Config") or {}
-    return Image(
-        id=attrs["Id"],
-        tags=tuple(attrs.get("RepoTags") or ()),
-        labels=dict(cfg.get("Labels") or {}),
-        size=int(attrs.get("Size") or 0),
-        layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
-        digests=tuple(attrs.get("RepoDigests") or ()),
-        env=tuple(cfg.get("Env") or ()),
-        user=cfg.get("User") or "",
-        exposed_ports=tuple(sorted(cfg.get("ExposedPorts") or {})),
-        healthcheck=dict(cfg["Healthcheck"]) if cfg.get("Healthcheck") else None,
-        architecture=attrs.get("Architecture") or "",
-        os=attrs.get("Os") or "",
-    )
 
 
 def _engine_error(exc: Exception, doing: str) -> EngineError:
@@ -138,7 +104,7 @@ class Engine:
 
     def image(self, ref: str) -> Image | None:
         try:
-            return _image(self.api.inspect_image(ref))
+            return image_from(self.api.inspect_image(ref))
         except docker.errors.ImageNotFound:
             return None
         except docker.errors.APIError as exc:

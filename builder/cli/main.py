@@ -84,7 +84,18 @@ def parser() -> argparse.ArgumentParser:
         epilog=_codes_epilog())
     top.add_argument("--version", action="version", version=f"agent-image {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    _add_base(sub)
+    _add_rebase(sub)
+    _add_pull(sub)
+    _add_doctor(sub)
+    _add_run(sub)
+    _add_ecs_task_def(sub)
+    top.commands = sub.choices  # each command's parser, for the usage errors argparse cannot see (_check_usage)
+    return top
 
+
+def _add_build(sub) -> None:
     b = sub.add_parser("build", help="build the image of one agent package",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
                        description="Build SOURCE (an .apkg file or a folder with agent.yaml) into an image "
@@ -141,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
     _add_common(b)
     _add_ecs(b)
 
+
+def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
     base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
     base.add_argument("--from", dest="from_image", help="Python image to start from "
@@ -156,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching that index")
     _add_common(base)
 
+
+def _add_rebase(sub) -> None:
     rb = sub.add_parser("rebase", help="move agent images onto a new base in the registry, without rebuilding",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
                         description="Replace the base layers of each REF (in its registry) with BASE's, keep the "
@@ -167,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
                                                 "default: the Docker config's credentials")
     _add_common(rb)
 
+
+def _add_pull(sub) -> None:
     pull = sub.add_parser("pull", help="pull an agent image and verify its labels")
     pull.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
     pull.add_argument("--expect-name", help="fail unless io.pixell.agent.name matches")
@@ -174,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(pull)
 
+
+def _add_doctor(sub) -> None:
     doc = sub.add_parser("doctor", help="check what a build step on this engine can reach (exit 0: the index "
                                         "proxy and nothing else; else 52)")
     doc.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
@@ -184,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
     doc.add_argument("--base-image", help="image to probe from (default the shared base for --python)")
     _add_common(doc)
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
     run.add_argument("--port", type=_port, default=8080, help="host port on 127.0.0.1 (default 8080)")
@@ -192,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="container name")
     _add_common(run)
 
+
+def _add_ecs_task_def(sub) -> None:
     ecs = sub.add_parser("ecs-task-def", help="print the ECS RegisterTaskDefinition request for a pushed image",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
                          description="Derive the task definition from the image itself (labels, user, port, "
@@ -202,8 +225,6 @@ def parser() -> argparse.ArgumentParser:
     ecs.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(ecs)
     _add_ecs(ecs)
-    top.commands = sub.choices  # each command's parser, for the usage errors argparse cannot see (_check_usage)
-    return top
 
 
 def _check_usage(top: argparse.ArgumentParser, args) -> None:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import structlog
 
-from builder.build.engine import Image
+from builder.build.image import Image
 from builder.core.errors import TaskDefinitionError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, DRAIN_LABEL, ENV_REFS_LABEL, INPUT_LABEL
 from builder.core.refs import split_ref

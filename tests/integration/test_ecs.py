@@ -10,11 +10,9 @@ import json
 import shutil
 import subprocess
 
-
 from tests.support.cli import AGENT_IMAGE
+from tests.support.ecs import ROLE, SSM, TASK_ROLE, S, api_errors
 from tests.support.paths import BIN
-from tests.support.ecs import ROLE, S, SSM, TASK_ROLE, api_errors
-
 
 # --- pure: every shape the generator can take passes the API model ---------------------------
 

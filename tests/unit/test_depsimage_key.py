@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from builder.build import depsimage
-from builder.build.engine import Image
+from builder.build.image import Image
 from builder.core.labels import DEPS_LABEL
 from builder.package.manifest import parse_manifest
 from builder.package.requirements import read_requirements

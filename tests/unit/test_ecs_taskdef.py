@@ -10,11 +10,11 @@ import itertools
 
 import pytest
 
-from builder.build.engine import Image
+from builder.build.image import Image
 from builder.core.errors import TaskDefinitionError
 from builder.package.manifest import parse_manifest
 from builder.ship.ecs import TaskOptions, digest_ref, health_check, stop_timeout, task_definition
-from tests.support.ecs import ROLE, S, SSM, TASK_ROLE, api_errors
+from tests.support.ecs import ROLE, SSM, TASK_ROLE, S, api_errors
 from tests.support.packages import AGENT_YAML
 
 
