@@ -15,7 +15,7 @@ from builder.api import BuildOptions, build_image
 from builder.build.engine import Engine
 from builder.cli import main as cli
 from builder.core.errors import EngineError, PackageValidationError
-from tests.conftest import BIN, ROOT
+from tests.support.paths import BIN, ROOT
 
 HELLO = ROOT / "examples" / "hello-agent"
 NOWHERE = "tcp://127.0.0.1:1"
