@@ -34,7 +34,7 @@ from builder.core.errors import (EngineError, PackageLoadError, PackageValidatio
                                  redaction_scope)
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
-from builder.core.refs import check_image_ref, split_ref
+from builder.core.refs import check_image_ref, input_tag, split_ref
 from builder.package.dotenv import env_values
 from builder.package.piplines import logical_lines
 from builder.package.reader import Package, open_package
@@ -220,10 +220,10 @@ def _identical_image(engine: Engine, job: _Job, plan: Plan) -> tuple[Image | Non
     options, m = job.options, job.pkg.manifest
     if not options.use_cache or options.nocache:
         return None, []
-    input_tag, cache_from = f"{job.repo}:in-{plan.digest[:20]}", []
-    hit = engine.image(input_tag)
+    same_inputs, cache_from = f"{job.repo}:{input_tag(plan.digest)}", []
+    hit = engine.image(same_inputs)
     if hit is None and remote(job.repo):
-        hit, cache_from = from_registry(engine, job.repo, input_tag, options.registry_auth, m)
+        hit, cache_from = from_registry(engine, job.repo, same_inputs, options.registry_auth, m)
     if hit is not None and hit.labels.get(INPUT_LABEL) == plan.digest and same_agent(hit, m):
         return hit, cache_from
     return None, cache_from
@@ -290,7 +290,7 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
     image_id, venv = built.outcome.image_id, job.venv
     kept = _guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
     engine.tag(image_id, job.ref)
-    engine.tag(image_id, f"{job.repo}:in-{plan.digest[:20]}")
+    engine.tag(image_id, f"{job.repo}:{input_tag(plan.digest)}")
     if built.target.fenced:
         remember_fence(job.options.cache_dir, image_id, built.target.fenced, built.outcome.lines)
     cached_names = cached_steps(built.target.rendered, built.outcome.cached)

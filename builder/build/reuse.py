@@ -17,6 +17,7 @@ import structlog
 from builder.build.engine import Engine
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
 from builder.core.labels import AGENT_NAME_LABEL
+from builder.core.refs import CACHE_TAG
 
 log = structlog.get_logger("agent_image")
 
@@ -33,7 +34,7 @@ def own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
     steps are the same for every agent: one other agent's --no-cache build
     would then cost this agent a full dependency reinstall. Only an image
     whose labels name this agent is used."""
-    for candidate in (ref, f"{repo}:latest"):
+    for candidate in (ref, f"{repo}:{CACHE_TAG}"):
         image = engine.image(candidate)
         if same_agent(image, manifest):
             return [image.id]
@@ -58,7 +59,7 @@ def from_registry(engine: Engine, repo: str, input_tag: str, auth: dict | None, 
     except (RegistryError, EngineError) as exc:
         log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
     try:
-        last = f"{repo}:latest"
+        last = f"{repo}:{CACHE_TAG}"
         image = engine.pull(last, auth=auth)
         if not same_agent(image, manifest):
             drop_foreign(engine, last, image, manifest)
@@ -66,7 +67,7 @@ def from_registry(engine: Engine, repo: str, input_tag: str, auth: dict | None, 
         log.info("Using the last pushed image as a layer cache", cache_from=last, image_id=image.id)
         return None, [image.id]
     except (RegistryError, EngineError) as exc:
-        log.debug("no previous image in the registry", image=f"{repo}:latest", reason=str(exc)[:200])
+        log.debug("no previous image in the registry", image=f"{repo}:{CACHE_TAG}", reason=str(exc)[:200])
         return None, []
 
 

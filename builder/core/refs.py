@@ -12,6 +12,22 @@ TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
+# tags agent-image moves itself in an agent's repository: no version may take one
+CACHE_TAG = "latest"              # the layer cache an empty runner builds from
+INPUT_TAG_PREFIX = "in-"          # in-<input digest>: a build of the same inputs is skipped, on any runner
+REFERRER_TAG_PREFIX = "sha256-"   # the OCI referrers tag schema (signatures, SBOMs where a registry lacks the API)
+
+
+def input_tag(digest: str) -> str:
+    return f"{INPUT_TAG_PREFIX}{digest[:20]}"
+
+
+def builder_tag(tag: str) -> bool:
+    """Is TAG one agent-image writes itself? (Compared without case: registries differ on it.)"""
+    low = tag.lower()
+    return low == CACHE_TAG or low.startswith((INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX))
+
+
 class ImageRef(NamedTuple):
     repository: str        # [HOST[:PORT]/]PATH
     tag: str | None

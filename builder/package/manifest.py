@@ -15,6 +15,7 @@ import yaml
 
 from builder.core.errors import PackageValidationError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, ENV_REFS_LABEL
+from builder.core.refs import CACHE_TAG, INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX, builder_tag
 
 # \Z, not $: '$' also matches before a trailing newline, so an environment key
 # "A\n" passed ENV_KEY_RE and split its ENV instruction in two
@@ -201,6 +202,10 @@ def parse_manifest(text: str) -> Manifest:
     if not VERSION_RE.match(version):
         raise _bad(f"'metadata.version' {version!r} cannot be an image tag", "metadata.version",
                    "Use letters, digits, '.', '_' and '-' only (e.g. 1.2.0).")
+    if builder_tag(version):  # it would move the builder's own tag: the layer cache, a skip marker, a signature
+        raise _bad(f"'metadata.version' {version!r} is a tag agent-image writes itself ({CACHE_TAG!r}, "
+                   f"'{INPUT_TAG_PREFIX}...' or '{REFERRER_TAG_PREFIX}...')", "metadata.version",
+                   "Use a release version such as 1.2.0.")
 
     runtime = _str_field(data, "runtime", required=False) or "python3.11"
     if runtime not in SUPPORTED_RUNTIMES:

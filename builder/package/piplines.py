@@ -117,6 +117,8 @@ class Parsed:
     opts: dict[str, Any]        # pip's dest -> value, for the options the line sets
     written: dict[str, str]     # pip's dest -> the long option as written, when it is not pip's main name
     abbreviated: dict[str, str]  # pip's dest -> an abbreviation optparse expanded (--extra-index)
+    tokens: tuple[str, ...] = ()  # the options part as pip split it (shlex)
+    stray: tuple[str, ...] = ()   # words after the options that pip's option parser drops (uv reads them)
 
 
 def parse_line(line: Line) -> Parsed:
@@ -141,7 +143,8 @@ def parse_line(line: Line) -> Parsed:
     values.index_url = None  # as pip's own line parser does: a line naming the default index still names one
     args, options = break_args_options(line.text)
     try:
-        values, _ = parser.parse_args(shlex.split(options), values)
+        tokens = shlex.split(options)
+        values, stray = parser.parse_args(tokens, values)
     except (ValueError, OptionParsingError) as exc:
         msg = getattr(exc, "msg", str(exc))
         for name in BACKEND_OPTIONS.values():
@@ -161,7 +164,39 @@ def parse_line(line: Line) -> Parsed:
             written[option.dest] = given
         if given not in parser._long_opt:
             abbreviated[option.dest] = given
-    return Parsed(args=args, opts=opts, written=written, abbreviated=abbreviated)
+    return Parsed(args=args, opts=opts, written=written, abbreviated=abbreviated, tokens=tuple(tokens),
+                  stray=tuple(stray))
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# a word every reader of requirement files takes alike: nothing quoted, escaped,
+# commented or filled from the environment (pip, the older pips, uv)
+PLAIN_WORD = re.compile(r"""[^\s'"\\#$`]+\Z""")
+# the one option pip reads on a requirement line (config-settings is refused); it drops the others
+REQUIREMENT_OPTIONS = frozenset({"hashes"})
+
+
+def written_as_read(line: Line) -> str:
+    """LINE as pip read it, in the plainest form: the requirement and its hashes, or the
+    option words, one logical line on one physical line, without a comment. What the
+    build's installers read is this, never the package's own text, so pip, the older
+    pip in the image and uv cannot read a line three ways (requirements.check_line
+    refuses the lines that would not survive the rewrite)."""
+    parsed = parse_line(line)
+    if parsed.args:
+        hashes = parsed.opts.get("hashes") or {}
+        return " ".join([parsed.args.strip(), *(f"--hash={alg}:{h}" for alg in sorted(hashes) for h in hashes[alg])])
+    return " ".join(parsed.tokens)
+
+
+def written_as_read_text(text: str, file: str) -> str:
+    """A requirements file written as pip read it (written_as_read), each logical line at
+    the number of its first physical line (pip's errors name it), the rest left empty."""
+    physical = text.splitlines()
+    out = [""] * len(physical)
+    for line, _ in logical_spans(text, file):
+        out[line.number - 1] = written_as_read(line)
+    return "".join(f"{ln}\n" for ln in out)
 
 
 def names_own_index(texts: list[str]) -> bool:

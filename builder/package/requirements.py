@@ -22,9 +22,10 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from builder.core.errors import PackageValidationError, RequirementsSyntaxError
-from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, SCHEME, Line, decode,
-                                      logical_lines, parse_line, pip_path, refuse, requirement_targets, strip_extras,
-                                      subdirectories, under_app)
+from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, CONTROL, INDEX_URL_OPTIONS, PLAIN_WORD,
+                                      REQUIREMENT_OPTIONS, SCHEME, Line, decode, logical_lines, parse_line, pip_path,
+                                      refuse, requirement_targets, strip_extras, subdirectories, under_app,
+                                      written_as_read)
 
 # options that point pip at another index or file source (pip's dest -> its name)
 INDEX_OPTIONS = {**INDEX_URL_OPTIONS, "trusted_hosts": "--trusted-host"}
@@ -48,7 +49,8 @@ class Split:
 
     @property
     def deps_text(self) -> str:
-        return "".join(f"{ln.text}\n" for ln in self.deps)
+        """The dependency lines as pip read them (piplines.written_as_read), one a line."""
+        return "".join(f"{written_as_read(ln)}\n" for ln in self.deps)
 
     @property
     def hashed(self) -> bool:
@@ -107,6 +109,26 @@ def _target(value: str, line: Line, root: Path, allowed: set[str]) -> str:
                   "Publish the package to the index.")
 
 
+def _check_readers_agree(line: Line, parsed) -> None:
+    """What the build's installers read is the line as pip read it (piplines.written_as_read);
+    refused here: what pip drops or splits in a way another reader (uv) would not."""
+    if parsed.stray:
+        raise refuse(line, f"pip drops '{' '.join(parsed.stray)}' after the options, but uv would install it",
+                     "Put each requirement on its own line.")
+    if parsed.args:
+        ignored = sorted(set(parsed.opts) - REQUIREMENT_OPTIONS)
+        if ignored:
+            raise refuse(line, f"pip ignores the option for {ignored[0]!r} on a requirement line; uv may not",
+                         "Put the option on a line of its own.")
+        if CONTROL.search(parsed.args.strip()):
+            raise refuse(line, "has a tab or a control character, which readers of requirement files split "
+                               "differently", "Separate words with spaces.")
+    odd = next((t for t in parsed.tokens if not PLAIN_WORD.match(t)), None)
+    if odd is not None:
+        raise refuse(line, f"the option word {odd!r} is quoted, escaped, or holds a space, '#', '$' or '`': "
+                           "readers of requirement files split it differently", "Write the value plainly.")
+
+
 def _check_options(line: Line, parsed, allowed: set[str]) -> None:
     """The line's options: indexes only on allowed hosts, nothing that steers a package's build."""
     for dest, option in INDEX_OPTIONS.items():
@@ -150,6 +172,7 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
         raise refuse(line, "ends in a backslash that pip does not join to the next line (a space or a comment "
                             "follows it)", "Remove the backslash, or end the line with it.")
     parsed = parse_line(line)
+    _check_readers_agree(line, parsed)
     _check_options(line, parsed, allowed)
     includes = [(INCLUDES[d], v) for d in INCLUDES for v in parsed.opts.get(d, [])]
     if includes and not parsed.args:

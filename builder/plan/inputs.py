@@ -15,7 +15,7 @@ import structlog
 from builder.core.errors import PackageValidationError
 from builder.core.refs import REPOSITORY_RE
 from builder.package.dotenv import is_env_path
-from builder.package.piplines import decode
+from builder.package.piplines import decode, written_as_read_text
 from builder.package.reader import Package
 from builder.package.requirements import Split, read_requirements
 from builder.plan.context import files_digest
@@ -153,14 +153,15 @@ def added_files(pkg: Package, options: BuildOptions, split: Split) -> tuple[dict
     # the packaging files, for the install pass that runs before the code is copied;
     # package __init__.py files too, so setup(packages=[...]) finds its folders
     inits = sorted(f for f in pkg.files if f == "__init__.py" or f.endswith("/__init__.py"))
-    # index URLs on --allow-index-host hosts become proxy URLs in what the build reads (the sandbox reaches
-    # nothing else); without that option every file goes in as it is
+    # what the installers read is each requirement file as pip read it (no comment, continuation or
+    # word pip drops: uv and the image's older pip cannot read it otherwise), with index URLs on
+    # --allow-index-host hosts turned into proxy URLs (the sandbox reaches nothing else)
     proxied = {}
-    for rel in ("requirements.txt", *split.includes) if options.allow_index_hosts else ():
+    for rel in ("requirements.txt", *split.includes):
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
             text = decode(path.read_bytes(), rel)  # as the policy read it (a UTF-8 byte-order mark is not text)
-            rewritten = proxied_requirements(text, options.allow_index_hosts)
+            rewritten = proxied_requirements(written_as_read_text(text, rel), options.allow_index_hosts)
             if rewritten != text:
                 proxied[rel] = rewritten.encode()
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
@@ -175,5 +176,6 @@ def added_files(pkg: Package, options: BuildOptions, split: Split) -> tuple[dict
         hosts = options.allow_index_hosts
         generated[".agent-image/deps/requirements-deps.txt"] = proxied_requirements(split.deps_text, hosts).encode()
         for name, text in split.constraints.items():
-            generated[f".agent-image/deps/{name}"] = proxied_requirements(text, hosts).encode()
+            generated[f".agent-image/deps/{name}"] = proxied_requirements(written_as_read_text(text, name),
+                                                                          hosts).encode()
     return generated, proxied

@@ -10,7 +10,7 @@ from builder.build.engine import Engine
 from builder.core import events
 from builder.core.errors import ImageVerificationError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
-from builder.core.refs import split_ref
+from builder.core.refs import CACHE_TAG, input_tag, split_ref
 from builder.core.retry import with_retries
 
 log = structlog.get_logger("agent_image.registry")
@@ -22,7 +22,7 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
     repo, _ = split_ref(ref)
     # VERSION, the input-digest tag (no-op builds find it), and latest (the
     # layer cache an empty CI runner starts from)
-    refs = [ref] + ([f"{repo}:in-{input_digest[:20]}"] if input_digest else []) + [f"{repo}:latest"]
+    refs = [ref] + ([f"{repo}:{input_tag(input_digest)}"] if input_digest else []) + [f"{repo}:{CACHE_TAG}"]
     digest = ""
     image = engine.image(ref)
     for target in refs:

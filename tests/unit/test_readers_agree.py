@@ -1,0 +1,138 @@
+"""Trust, round 3: where pip, the image's older pip and uv could read one requirement
+line differently, the policy refuses it, and the installers read the line as pip read
+it (written_as_read), never the package's own text. And versions that would move the
+builder's own tags are refused. No engine here."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from builder.core.errors import IndexPolicyError, PackageValidationError
+from builder.package.manifest import parse_manifest
+from builder.package.piplines import logical_lines, parse_line, written_as_read_text
+from builder.package.requirements import read_requirements
+from builder.plan.dockerfile import render
+from tests.support.packages import AGENT_YAML
+
+OUTSIDE = "/usr/share/python-wheels/setuptools-66.1.1-py3-none-any.whl"
+
+
+def policy(tmp_path, text: str):
+    (tmp_path / "requirements.txt").write_text(text)
+    return read_requirements(tmp_path)
+
+
+@pytest.mark.parametrize("text, says", [
+    # the finding: pip's option parser drops the path, uv installs it
+    (f"--no-index {OUTSIDE}\n", "pip drops '" + OUTSIDE),
+    (f"--pre {OUTSIDE}\n", "pip drops"),
+    ("--prefer-binary tinyreq\n", "pip drops 'tinyreq'"),
+    ("-r other.txt extra\n", "pip drops 'extra'"),
+    # pip reads only --hash on a requirement line; the rest it ignores
+    ("tinyreq==1.0 --pre\n", "ignores the option for 'pre'"),
+    ("tinyreq==1.0 --no-index\n", "ignores the option for 'no_index'"),
+    ("tinyreq==1.0 -r other.txt\n", "ignores the option for 'requirements'"),
+    # words pip unquotes or unescapes, which another reader may split otherwise
+    ("-r 'other file.txt'\n", "quoted, escaped"),
+    ('--only-binary ":all:"\n', None),  # (unquoted by pip to a plain word: accepted, written plain)
+    ("-r other\\ file.txt\n", "quoted, escaped"),
+    ("tinyreq==1.0\t--hash=sha256:" + "a" * 64 + "\n", "tab or a control character"),
+])
+def test_lines_the_readers_disagree_on_are_refused(tmp_path, text, says):
+    (tmp_path / "other.txt").write_text("tinydep\n")
+    (tmp_path / "other file.txt").write_text("tinydep\n")
+    if says is None:
+        policy(tmp_path, text)
+        return
+    with pytest.raises(IndexPolicyError) as err:
+        policy(tmp_path, text)
+    assert says in str(err.value) and "requirements.txt:1" in str(err.value)
+
+
+def test_what_installers_read_is_each_line_as_pip_read_it():
+    text = ("# a comment \\\n"              # pip: a comment never continues
+            "tinyreq==1.0 \\\n"
+            "    --hash=sha256:" + "a" * 64 + "   # pinned\n"
+            "\n"
+            "--index-url=https://example.org/simple/\n"
+            "tinydep ; python_version < \"4\"  # marker kept, comment gone\n")
+    out = written_as_read_text(text, "requirements.txt").split("\n")
+    assert out[0] == ""                                                  # the comment
+    assert out[1] == "tinyreq==1.0 --hash=sha256:" + "a" * 64            # joined at its first line's number
+    assert out[2] == "" and out[3] == ""
+    assert out[4] == "--index-url=https://example.org/simple/"
+    assert out[5] == 'tinydep ; python_version < "4"'
+    assert len(out) == 7  # six lines and the final newline: every line keeps its number
+
+
+# requirement text built from pieces that readers have split differently
+_NAME = st.sampled_from(["tinyreq", "tinydep", "sharedlib", "Tiny_Req", "tinyreq[extra]"])
+_SPEC = st.sampled_from(["", "==1.0", ">=1,<2", " == 1.0", "~=1.0"])
+_MARK = st.sampled_from(["", " ; python_version >= '3'", ';platform_system=="Linux"'])
+_HASH = st.sampled_from(["", " --hash=sha256:" + "b" * 64, " --hash sha256:" + "c" * 64])
+_TAIL = st.sampled_from(["", "  # note", " #", "\t# tab note", " \\", " # note \\"])
+_OPTION = st.sampled_from(["--pre", "--prefer-binary", "--only-binary :all:", "--no-binary=tinyreq",
+                           "--index-url https://example.org/simple/", "-i https://example.org/simple/",
+                           "--no-index", "--require-hashes", "--trusted-host example.org"])
+_STRAY = st.sampled_from(["", " " + OUTSIDE, " tinyreq", " ./lib"])
+_LINE = st.one_of(
+    st.builds(lambda n, s, m, h, t: f"{n}{s}{m}{h}{t}", _NAME, _SPEC, _MARK, _HASH, _TAIL),
+    st.builds(lambda o, x, t: f"{o}{x}{t}", _OPTION, _STRAY, _TAIL),
+    st.sampled_from(["", "# only a comment", "   ", "\\"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LINE, max_size=6))
+def test_pip_reads_the_rewrite_as_it_read_the_package(tmp_path_factory, lines):
+    """For every text the policy accepts, the file the installers get parses, line for
+    line, to what pip parsed from the package's text; and it is in the plain form: no
+    comment, no continuation, no quoting, nothing after the options."""
+    root = tmp_path_factory.mktemp("p")
+    text = "\n".join(lines) + "\n"
+    try:
+        policy(root, text)
+    except (IndexPolicyError, PackageValidationError):
+        return
+    written = written_as_read_text(text, "requirements.txt")
+    assert written.count("\n") == len(text.splitlines())
+    before = [(ln.number, parse_line(ln)) for ln in logical_lines(text)]
+    after = [(ln.number, parse_line(ln)) for ln in logical_lines(written)]
+    assert [(n, p.args.strip(), p.opts) for n, p in before] == [(n, p.args, p.opts) for n, p in after]
+    for physical in written.splitlines():
+        assert "#" not in physical.replace("#sha256=", "") and not physical.endswith("\\")
+        assert not re.search(r"['\"\\\\]", physical.split(";", 1)[0])  # quotes only in a marker
+        assert "\t" not in physical
+    assert all(not parse_line(ln).stray for ln in logical_lines(written))
+
+
+@pytest.mark.parametrize("version", ["latest", "LATEST", "in-0123456789abcdef0123", "In-house", "sha256-" + "0" * 64])
+def test_a_version_that_is_one_of_the_builders_own_tags_is_refused(version):
+    with pytest.raises(PackageValidationError) as err:
+        parse_manifest(AGENT_YAML.format(name="a", display="A", runtime="python3.11", version=version))
+    assert err.value.field == "metadata.version" and "tag agent-image writes itself" in str(err.value)
+    assert err.value.exit_code == 10
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "2024.1", "1.0.0-rc.1", "latest-1", "main_3", "v1"])
+def test_release_versions_pass(version):
+    assert parse_manifest(AGENT_YAML.format(name="a", display="A", runtime="python3.11",
+                                            version=version)).version == version
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_no_installer_reads_a_configuration_file(tmp_path, installer):
+    """pip.conf (in the venv, a home folder, /etc) and uv.toml / [tool.uv] (found from /app, where
+    the package is) never steer an install: every install step runs with them off."""
+    manifest = parse_manifest(AGENT_YAML.format(name="cfg", display="Cfg", runtime="python3.11", version="1.0"))
+    text = render(manifest, base_image="agent-image/base:py3.11", index_identity="i", deps=True, editable=True,
+                  requirements=True, source_requirements=True, installer=installer).text
+    args = " ".join(re.findall(r"^ARG (?:.*\\\n)*.*", text, re.M))
+    first_run = min(text.index(m) for m in ("pip install", "uv pip install") if m in text)
+    assert "PIP_CONFIG_FILE=/dev/null" in args and text.index("PIP_CONFIG_FILE") < first_run
+    if installer == "uv":
+        assert "UV_NO_CONFIG=1" in args and "UV_NO_SOURCES=1" in args
