@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
@@ -71,6 +71,17 @@ def read_url(url: str, *, userinfo: bool = False) -> Where:
     if seen[0] != seen[1] or b_host != host or host.strip("[]") != a.hostname:
         raise Disagreement("an address urllib.parse and urllib3 read differently")
     return Where(a.scheme, a.hostname, a_port, m.group("userinfo"))
+
+
+def join(base: str, ref: str) -> str:
+    """REF (a link, a redirect's Location) against BASE, checked as written and as joined: urljoin
+    drops a tab or newline before it joins, so the joined URL alone would read one way."""
+    odd = _ODD_CHARACTER.search(ref)
+    if odd:
+        raise Disagreement(f"{_named(odd.group(0))} in the URL (URL parsers read those differently)")
+    url = urljoin(base, ref)
+    read_url(url)
+    return url
 
 
 def _named(char: str) -> str:

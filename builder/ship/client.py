@@ -32,7 +32,7 @@ from urllib3.util import Retry, Timeout
 
 from builder.core.errors import RegistryError, redact, register_secret
 from builder.core.refs import DIGEST_RE, parse
-from builder.core.urls import Disagreement, read_url
+from builder.core.urls import Disagreement, join, read_url
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -283,9 +283,12 @@ class RegistryClient:
                                     hint="Check the registry address and that it is running, then retry.") from None
             if resp.status not in _REDIRECTS or method not in ("GET", "HEAD"):
                 return resp
-            target = urljoin(url, resp.headers.get("Location", ""))
             resp.release_conn()
-            _one_reading(target, f"{method} {_clean(url)}: the registry's redirect")
+            try:  # the Location as written and as joined must read alike to urllib.parse and urllib3
+                target = join(url, resp.headers.get("Location", ""))
+            except Disagreement as exc:
+                raise RegistryError(f"{method} {_clean(url)}: the registry's redirect is refused: {exc}",
+                                    hint="Check the registry's configuration.") from None
             if urlsplit(target).scheme not in ("https", "http") or (
                     urlsplit(target).scheme == "http" and not _loopback(urlsplit(target).netloc)):
                 raise RegistryError(f"{method} {_clean(url)}: the registry redirected to a non-TLS address",

@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import structlog
 
@@ -44,7 +44,7 @@ from builder.build.proxy.upstream import Fetcher, Refused, Unreachable, Upstream
 from builder.build.proxy.wheeltags import Target
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import redact
-from builder.core.urls import Disagreement, read_url
+from builder.core.urls import Disagreement, join, read_url
 from builder.package.piplines import names_own_index, normalise
 from builder.plan.proxied import direct_name
 
@@ -201,9 +201,8 @@ class IndexProxy:
         m = HREF.search(tag)
         if not m:
             return tag
-        joined = urljoin(page_url, html.unescape(m.group(1) or m.group(2) or ""))
         try:  # (as Fetcher.open would refuse it: one reading of the URL, the connection's)
-            read_url(joined)
+            joined = join(page_url, html.unescape(m.group(1) or m.group(2) or ""))
         except Disagreement:  # file:, data:, ftp:, and what URL parsers read two ways lead nowhere
             return tag[:m.start()] + 'href=""' + tag[m.end():]
         parts = urlsplit(joined)
