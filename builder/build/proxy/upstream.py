@@ -221,8 +221,8 @@ class Fetcher:
                 resp.release_conn()
                 try:  # (checked as written too: the loop's _check sees only the joined URL)
                     url = join(url, resp.headers["Location"])
-                except Disagreement as exc:
-                    raise Refused(url, f"a redirect to an address it may not follow: {exc}") from None
+                except Disagreement as exc:  # (named as written: a joined one may read otherwise)
+                    raise Refused(resp.headers["Location"], f"a redirect from {shown(url)} refused ({exc})") from None
                 continue
             if resp.status >= 400:
                 resp.drain_conn()
