@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from builder.core.errors import PackageValidationError, RequirementsSyntaxError
+from builder.core.urls import Disagreement, read_url
 from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, CONTROL, INDEX_URL_OPTIONS, PLAIN_WORD,
                                       REQUIREMENT_OPTIONS, SCHEME, Line, decode, logical_lines, parse_line, pip_path,
                                       refuse, requirement_targets, strip_extras, subdirectories, under_app,
@@ -59,12 +60,17 @@ class Split:
 
 
 def _host(value: str, line: Line, option: str) -> str:
-    """The host a URL (or a --trusted-host value) names; refused when it could read two ways."""
-    parts = urlsplit(value if "://" in value else f"//{value}")
-    if "@" in parts.netloc or "\\" in value or re.search(r"\s", value):
-        raise refuse(line, f"{option} {value!r} has credentials, a backslash or a space in its address",
-                      "Name the host plainly; the builder adds index credentials itself.")
-    return (parts.hostname or "").lower()
+    """The host a URL (or a --trusted-host value) names, as the index proxy will connect to it
+    (builder/core/urls.py); refused when it could read two ways."""
+    url = value if "://" in value else f"http://{value}/"
+    try:
+        if re.search(r"\s", value):  # (Unicode spaces too: urls.py names only ASCII ones)
+            raise Disagreement("a space in the URL")
+        return read_url(url).host
+    except Disagreement as exc:
+        raise refuse(line, f"{option} {value!r} has credentials, a backslash, a space or an address URL parsers "
+                            f"read differently in it ({exc})",
+                      "Name the host plainly; the builder adds index credentials itself.") from None
 
 
 def _inside(path: str, line: Line, root: Path) -> None:

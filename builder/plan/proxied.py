@@ -8,6 +8,7 @@ import shlex
 from urllib.parse import quote, unquote, urlsplit
 
 from builder.core.errors import IndexPolicyError, PackageLoadError
+from builder.core.urls import Disagreement, read_url
 from builder.package.piplines import (APP, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, Line, logical_spans, parse_line,
                                       pip_path, requirement_spans, requirement_targets, under_app)
 
@@ -60,9 +61,11 @@ def _proxied_line(line: Line, allowed: set[str]) -> str | None:
     except PackageLoadError:  # refused before (check_line); nothing to rewrite
         return None
 
-    def ours(url: str) -> bool:
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and (parts.hostname or "").lower() in allowed
+    def ours(url: str) -> bool:  # (the host the proxy will connect to: builder/core/urls.py)
+        try:
+            return read_url(url).host in allowed
+        except Disagreement:
+            return False
 
     if parsed.args:  # a requirement: its direct reference, at the very place pip reads it (check_line let one be)
         spans = [(a, b) for a, b in requirement_spans(parsed.args) if ours(parsed.args[a:b])]

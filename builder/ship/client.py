@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from urllib3.util import Retry, Timeout
 
 from builder.core.errors import RegistryError, redact, register_secret
 from builder.core.refs import DIGEST_RE, parse
+from builder.core.urls import Disagreement, join, read_url
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -82,9 +84,27 @@ def parse_ref(ref: str) -> Ref:
     return Ref(host=host, repo=path, tag=tag or (None if digest else "latest"), digest=digest)
 
 
-def _loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.index("]")]
-    return name in ("localhost", "::1") or name.startswith("127.")
+def _loopback(netloc: str) -> bool:
+    """Is NETLOC (host[:port]) on loopback, read as the connection reads it? (Not by prefix: that let
+    http://127.0.0.1.example.com/ take credentials over plain http.)"""
+    try:
+        host = read_url(f"http://{netloc}/").host
+    except Disagreement:
+        return False
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _one_reading(url: str, what: str) -> None:
+    """A URL the registry gave (a redirect, a token service) must read alike to urllib.parse, which
+    decides here, and urllib3, which connects (builder/core/urls.py)."""
+    try:
+        read_url(url)
+    except Disagreement as exc:
+        raise RegistryError(f"{what} is refused: {exc}",
+                            hint="Check the registry's configuration.") from None
 
 
 def docker_config_auth(host: str, env: dict[str, str] | None = None) -> dict | None:
@@ -263,8 +283,12 @@ class RegistryClient:
                                     hint="Check the registry address and that it is running, then retry.") from None
             if resp.status not in _REDIRECTS or method not in ("GET", "HEAD"):
                 return resp
-            target = urljoin(url, resp.headers.get("Location", ""))
             resp.release_conn()
+            try:  # the Location as written and as joined must read alike to urllib.parse and urllib3
+                target = join(url, resp.headers.get("Location", ""))
+            except Disagreement as exc:
+                raise RegistryError(f"{method} {_clean(url)}: the registry's redirect is refused: {exc}",
+                                    hint="Check the registry's configuration.") from None
             if urlsplit(target).scheme not in ("https", "http") or (
                     urlsplit(target).scheme == "http" and not _loopback(urlsplit(target).netloc)):
                 raise RegistryError(f"{method} {_clean(url)}: the registry redirected to a non-TLS address",
@@ -297,6 +321,7 @@ class RegistryClient:
             return False
         params = dict(_CHALLENGE_RE.findall(challenge))
         realm = params.get("realm", "")
+        _one_reading(realm, f"{self.host}: the token service")
         parts = urlsplit(realm)
         if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.netloc)):
             raise RegistryError(f"{self.host}: the token service {parts.netloc or realm!r} is not https",

@@ -58,3 +58,27 @@ class Counting:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def own_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback or link-local (one a listener can bind),
+    or None: a target that is the builder itself without being its loopback."""
+    import fcntl
+    import ipaddress
+    import struct
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:  # SIOCGIFADDR: the interface's address, read locally (nothing is sent)
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))[20:24]
+            except OSError:
+                continue
+        addr = ipaddress.ip_address(socket.inet_ntoa(packed))
+        if addr.is_loopback or addr.is_link_local or addr.is_unspecified:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((str(addr), 0))  # bindable: it is on this machine
+            except OSError:
+                continue
+        return str(addr)
+    return None

@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import structlog
 
@@ -40,10 +40,11 @@ from builder.build.proxy.pages import ANCHOR, HREF, SHA256, drop_foreign, offer_
 from builder.build.proxy.prefetch import Offer, Prefetcher
 from builder.build.proxy.routes import PROJECT_NAME, Denied, route, unb64
 from builder.build.proxy.tee import Tee, begin, send, send_file
-from builder.build.proxy.upstream import SCHEMES, Fetcher, Refused, Unreachable, Upstream, UpstreamStatus, is_loopback
+from builder.build.proxy.upstream import Fetcher, Refused, Unreachable, Upstream, UpstreamStatus, is_loopback
 from builder.build.proxy.wheeltags import Target
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import redact
+from builder.core.urls import Disagreement, join, read_url
 from builder.package.piplines import names_own_index, normalise
 from builder.plan.proxied import direct_name
 
@@ -200,9 +201,11 @@ class IndexProxy:
         m = HREF.search(tag)
         if not m:
             return tag
-        parts = urlsplit(urljoin(page_url, html.unescape(m.group(1) or m.group(2) or "")))
-        if parts.scheme not in SCHEMES or not parts.hostname:
-            return tag[:m.start()] + 'href=""' + tag[m.end():]  # file:, data:, ftp: ... lead nowhere
+        try:  # (as Fetcher.open would refuse it: one reading of the URL, the connection's)
+            joined = join(page_url, html.unescape(m.group(1) or m.group(2) or ""))
+        except Disagreement:  # file:, data:, ftp:, and what URL parsers read two ways lead nowhere
+            return tag[:m.start()] + 'href=""' + tag[m.end():]
+        parts = urlsplit(joined)
         url = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
         name = unquote(parts.path.rsplit("/", 1)[-1]) or "index"
         sha = SHA256.search(parts.fragment)
@@ -247,9 +250,11 @@ class IndexProxy:
 
     def _extra(self, token: str) -> str:
         url = unb64(token)
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES or (parts.hostname or "").lower() not in self.allowed_hosts \
-                or parts.username or parts.password:
+        try:  # the host the connection will use: the one decided on here
+            host = read_url(url).host
+        except Disagreement as exc:
+            raise Denied(403, f"not an index on a host --allow-index-host names ({exc})") from None
+        if host not in self.allowed_hosts:
             raise Denied(403, "not an index on a host --allow-index-host names")
         return url
 

@@ -1,35 +1,35 @@
 """Every request that leaves the builder for a package index goes out here.
 
 One urllib3 ``PoolManager`` (redirects off, retries bounded), so what may
-leave the builder reads in one screen: only ``http``/``https``; never a
-link-local address (the cloud metadata services); the index's credentials
-only inside its scope (scheme, host and the index path minus a trailing
-``simple/``), never over plain http to a host that is not loopback, and
-never again once a redirect has left that scope; redirects followed by
+leave the builder reads in one screen: only ``http``/``https`` URLs that
+urllib.parse and urllib3 read alike (builder/core/urls.py: this module
+decides with the one, the connection acts on the other); never a link-local
+address (the cloud metadata services), checked by the connection itself on
+the address it connects to (builder/build/proxy/connect.py); the index's
+credentials only inside its scope (scheme, host and the index path minus a
+trailing ``simple/``), never over plain http to a host that is not loopback,
+and never again once a redirect has left that scope; redirects followed by
 hand and re-checked at every hop; a cap on every body, checked against
 Content-Length before reading and again while reading.
 """
-
 from __future__ import annotations
 
 import base64
 import ipaddress
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
 from typing import Iterator
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import urllib3
 
+from builder.build.proxy.connect import AddressRefused, checked_pools
 from builder.core.errors import redact, register_secret
+from builder.core.urls import Disagreement, join, read_url
 
 PUBLIC_INDEX = "https://pypi.org/simple/"
 MAX_REDIRECTS = 5
-SCHEMES = ("http", "https")
-# metadata services that are not link-local (Alibaba) besides 169.254.0.0/16 and fe80::/10
-_METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
 
 
 class Refused(Exception):
@@ -55,6 +55,10 @@ class Unreachable(Exception):
 
 def shown(url: str) -> str:
     """A URL as it may appear in a log or error: no userinfo, no query (presigned URLs sign there)."""
+    try:
+        read_url(url, userinfo=True)
+    except Disagreement:  # shown as written (escaped, cut before any query): a host picked out could mislead
+        return redact(repr(url.split("?", 1)[0].split("#", 1)[0][:200]))
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = host + (f":{parts.port}" if parts.port else "")
@@ -70,18 +74,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _forbidden_address(addr: str, loopback_ok: bool) -> str | None:
-    """Why the proxy may not connect to ADDR, or None."""
-    ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_link_local or ip in _METADATA:
-        return "a link-local (cloud metadata) address"
-    if (ip.is_loopback or ip.is_unspecified) and not loopback_ok:
-        return "the builder's own loopback (the index is not on loopback)"
-    return None
-
-
 @dataclass(frozen=True)
 class Upstream:
     """An index URL split into what may be shown and what may not."""
@@ -90,9 +82,11 @@ class Upstream:
 
     @classmethod
     def parse(cls, raw: str) -> "Upstream":
+        try:
+            read_url(raw.strip(), userinfo=True)
+        except Disagreement as exc:
+            raise ValueError(f"index URL must be a plain http(s)://host/... ({exc}): {shown(raw.strip())}") from None
         parts = urlsplit(raw.strip())
-        if parts.scheme not in SCHEMES or not parts.hostname:
-            raise ValueError(f"index URL must be http(s)://host/...: {redact(raw)!r}")
         auth = None
         if parts.username is not None:
             user, password = unquote(parts.username), unquote(parts.password or "")
@@ -184,25 +178,18 @@ class Fetcher:
         # connection past it is closed after one use and the next pays a new TLS handshake
         self.pool = urllib3.PoolManager(ssl_context=ctx, retries=self._retry, maxsize=64,
                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        # its connections refuse forbidden addresses themselves, at every connect (connect.py)
+        self.pool.pool_classes_by_scheme = checked_pools(loopback_ok)
         self.requests = 0
         self._count = threading.Lock()
-        self._checked: dict[str, str | None] = {}
 
-    def _check(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES or not parts.hostname:
-            raise Refused(url, "not an http(s) URL")
-        host = parts.hostname
-        if host not in self._checked:
-            try:
-                infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
-                self._checked[host] = next(filter(None, (_forbidden_address(info[4][0], self.loopback_ok)
-                                                         for info in infos)), None)
-            except (socket.gaierror, ValueError) as exc:
-                raise Unreachable(f"cannot resolve {host}: {exc}") from None
-        # (checked once per host and proxy: a name that re-resolves elsewhere later is not caught)
-        if self._checked[host]:
-            raise Refused(url, self._checked[host])
+    @staticmethod
+    def _check(url: str) -> None:
+        """URL must read alike to this module (urllib.parse: covers, shown) and to the connection (urllib3)."""
+        try:
+            read_url(url)
+        except Disagreement as exc:
+            raise Refused(url, str(exc)) from None
 
     def open(self, url: str, *, auth: Upstream | None, max_bytes: int, accept: str | None = None,
              method: str = "GET", start: int = 0) -> Body:
@@ -225,12 +212,17 @@ class Fetcher:
             try:
                 resp = self.pool.urlopen(method, url, headers=headers, redirect=False, retries=self._retry,
                                          preload_content=False)
+            except AddressRefused as exc:
+                raise Refused(url, exc.reason) from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise Unreachable(redact(str(exc))) from None
             if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
                 resp.drain_conn()
                 resp.release_conn()
-                url = urljoin(url, resp.headers["Location"])
+                try:  # (checked as written too: the loop's _check sees only the joined URL)
+                    url = join(url, resp.headers["Location"])
+                except Disagreement as exc:  # (named as written: a joined one may read otherwise)
+                    raise Refused(resp.headers["Location"], f"a redirect from {shown(url)} refused ({exc})") from None
                 continue
             if resp.status >= 400:
                 resp.drain_conn()
