@@ -340,7 +340,9 @@ def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = fro
         raise _unreadable(first, file, f"the file system cannot look up ({type(exc).__name__})") from None
     if present:
         real_rel = real.relative_to(root.resolve()).as_posix() if root.resolve() in real.parents else file
-        _kept(file, keep_out, first)  # (a hard link to a .env file is kept out by its inode, not its name)
+        if keep_out is not None and keep_out(file):  # a hard link to a .env file: kept out by its inode
+            raise PackageValidationError(f"{file} is the same file as a .env file (a hard link), which is kept "
+                                         "out of the image", field=file, hint=f"Make {file} a file of its own.")
         if real_rel != file:  # requirements.txt is a link: what it points at is read (and checked) too
             _kept(real_rel, keep_out, Line(file, 1, f"{file} -> {real_rel}"))
             reader.included.append(real_rel)
