@@ -142,6 +142,8 @@ def _extract_zip(path: Path, dest: Path, limits: Limits, deadline: float | None 
         names: dict[str, str] = {}  # entry name -> its checked, normalised path
         declared = 0
         for info in infos:
+            if "\x00" in info.orig_filename:  # zipfile cuts the name there: 'a.txt\0anything' would read 'a.txt'
+                raise _bad(f"package entry {info.orig_filename!r} has a NUL in its name", info.orig_filename)
             clean = names[info.filename] = _check_name(info.filename)
             if clean in seen:
                 raise _bad(f"package entry {info.filename!r} appears twice", info.filename)
@@ -232,6 +234,9 @@ def _walk_folder(root: Path, limits: Limits, deadline: float | None = None) -> l
             if _NAME_CONTROL.search(name):  # (as in a zip: these names reach the image and every listing)
                 raise _bad(f"{rel!r} has a control character in its name", rel,
                            "Rename the file (printable characters only).")
+            if re.search(r"[\udc80-\udcff]", name):  # bytes os.walk could not decode: no UTF-8 for the context's tar
+                raise _bad(f"{rel!r} has a name that is not UTF-8", rel.encode("utf-8", "replace").decode(),
+                           "Rename the file (a zip holds UTF-8 names only).")
             try:
                 st = full.lstat()
             except OSError as exc:  # gone or unreadable since the walk listed it
