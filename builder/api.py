@@ -114,7 +114,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         configure_logs()
     options = options or BuildOptions()
     started = time.monotonic()
-    with open_package(source, options.limits) as pkg, contextlib.ExitStack() as early:
+    deadline = started + options.timeout  # the whole command's: reading the package too, not only the build
+    with open_package(source, options.limits, deadline) as pkg, contextlib.ExitStack() as early:
         job = _check_inputs(pkg, options, started)
         engine = engine or Engine()  # (it connects on its first call: nothing above asked it anything)
         engine.ping()
@@ -127,8 +128,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         if hit is not None:
             return _ship(*_reuse(engine, job, plan, hit), engine, options)
         deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
-        # every build of this call shares --timeout
-        build = agentbuild.Builder(engine, time.monotonic() + options.timeout, options.nocache, job.venv)
+        # every build of this call shares --timeout, with the reading before them
+        build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
         if options.use_cache and not options.nocache and not cache_from:
             cache_from = own_previous(engine, job.repo, job.ref, pkg.manifest)
         log.info(events.INSTALLING if plan.split.real_lines else events.BUILDING, venv=job.venv,
@@ -180,7 +181,7 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
         read_ca_bundle(options.ca_bundle)
     check_cache_dir(options.cache_dir)
     check_installer(options.installer)
-    split = read_split(pkg, options)
+    split = read_split(pkg, options, deadline=started + options.timeout)
     if options.base_image:
         check_image_ref(options.base_image, "--base-image")
     added, replace = added_files(pkg, options, split)  # (--ca-bundle-in-image without --ca-bundle fails here)
@@ -193,7 +194,8 @@ def _learn_env_values(pkg: Package, paths: list[str]) -> None:
     """This build's redactor hides the values of the package's .env files; a value
     the package shows itself (agent.yaml, requirements, setup files) is no secret."""
     public = "\n".join((pkg.root / rel).read_text(encoding="utf-8", errors="replace")
-                       for rel in ("agent.yaml", *PACKAGING_FILES) if (pkg.root / rel).is_file())
+                       for rel in ("agent.yaml", *PACKAGING_FILES)
+                       if (pkg.root / rel).is_file() and not pkg.kept_out(rel))
     redactor = current_redactor()
     for value in env_values(pkg.root, paths):
         redactor.add_value(value, public)

@@ -280,7 +280,7 @@ class BuildError(PackageLoadError):
 
 
 class BuildTimeoutError(BuildError):
-    """The build ran past its wall-clock deadline and was cancelled."""
+    """The command ran past --timeout: the build was cancelled, or the package was still being read."""
     reference = "build-timeout"
     exit_code = 41
 

@@ -34,6 +34,34 @@ def env_paths(root: Path) -> list[str]:
     return sorted(out)
 
 
+def env_aliases(root: Path, paths: list[str]) -> list[str]:
+    """Files under ROOT, not named like .env, that are the same file (st_dev, st_ino) as a
+    regular file among PATHS or inside one of them: a hard link to `.env` under another name
+    holds its secrets as much as `.env` does. (A zip has no hard links: each entry is its own file.)"""
+    secret: set[tuple[int, int]] = set()
+    for rel in paths:
+        for path in [root / rel] + sorted((root / rel).rglob("*")) if (root / rel).is_dir() else [root / rel]:
+            st = _lstat(path)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                secret.add((st.st_dev, st.st_ino))
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root) if secret else ():
+        dirnames[:] = sorted(d for d in dirnames if not is_env_name(d))
+        for name in sorted(filenames):
+            st = _lstat(Path(dirpath) / name)
+            if (not is_env_name(name) and st is not None and stat.S_ISREG(st.st_mode)
+                    and (st.st_dev, st.st_ino) in secret):
+                out.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(out)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except OSError:
+        return None
+
+
 def _value(raw: str) -> str:
     raw = raw.strip()
     if raw[:1] in "'\"" and raw.endswith(raw[:1]) and len(raw) > 1:

@@ -28,6 +28,7 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # C1 controls and U+2028/U+2029 too: str.splitlines (parse_steps, editors, log
 # readers) breaks lines at U+0085/U+2028/U+2029, so they would split an instruction
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ENV_REF = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
 
 # runtime -> Python version of the shared base it builds FROM
@@ -158,6 +159,9 @@ def _str_field(data: dict, key: str, *, required: bool, path: str | None = None,
     if _CONTROL.search(value):
         raise _bad(f"field '{name}' contains a newline or control character", name,
                    "Use a single line of printable text.")
+    if _SURROGATE.search(value):  # YAML's "\ud800" escape: no UTF-8 for it, so no Dockerfile or label
+        raise _bad(f"field '{name}' contains a lone surrogate ({_SURROGATE.search(value).group(0)!r})", name,
+                   "Write the character itself, or a \\U escape of a real one.")
     if len(value) > max_len:
         raise _bad(f"field '{name}' is longer than {max_len} characters", name)
     if required and not value.strip():

@@ -34,6 +34,10 @@ INDEX_URL_OPTIONS = {"index_url": "--index-url", "extra_index_urls": "--extra-in
 BESIDE_INDEX_URL = {"trusted_hosts": "--trusted-host", "no_index": "--no-index", "pre": "--pre",
                     "prefer_binary": "--prefer-binary", "require_hashes": "--require-hashes"}
 _CODING = re.compile(rb"coding[:=]\s*([-\w.]+)")  # PEP 263, which pip honours in the first two lines
+# Control characters but tab, and CR but in CRLF: pip (str.splitlines) starts a new line at
+# \r, \v, \f, \x1c-\x1e, \x85, U+2028/9 where editors and reviewers see one; a terminal hides what
+# a lone \r precedes; NUL reaches os.stat as a path. No requirement needs any of them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]|\r(?!\n)")
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,20 @@ def decode(data: bytes, file: str) -> str:
                               f"declares the encoding {name!r}: requirements files must be UTF-8",
                               "Remove the coding line and save the file as UTF-8.")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         number = data[:exc.start].count(b"\n") + 1
         raise refuse(Line(file, number, data.split(b"\n")[number - 1].decode("utf-8", "replace")),
                       "is not UTF-8: pip would read it in the locale's encoding", "Save the file as UTF-8.") from None
+    bad = _CONTROL.search(text)
+    if bad:
+        number = text.count("\n", 0, bad.start()) + 1
+        shown = text.split("\n")[number - 1][:200].encode("unicode_escape").decode("ascii")
+        raise RequirementsSyntaxError(
+            f"{file}:{number}: holds the control character {bad.group(0)[:1]!r} (pip reads line ends, NUL "
+            "and controls other than editors do)", line=number, requirement=shown, field=file,
+            hint="Remove it; end lines with LF or CRLF only.")
+    return text
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import re
 import stat
 import tempfile
 import zipfile
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+from builder.core.deadline import check_deadline
 from builder.core.errors import PackageValidationError
-from builder.package.dotenv import env_paths
-from builder.package.manifest import Manifest, parse_manifest
+from builder.package.dotenv import env_aliases, env_paths, is_env_path
+from builder.package.manifest import MAX_YAML_BYTES, Manifest, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ DEFAULT_LIMITS = Limits()
 _UNREADABLE = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
                NotImplementedError, ValueError)
 _METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+# control characters in a file name: a newline splits every listing and log line that shows it,
+# a CR hides what precedes it on a terminal; no agent needs one (NUL is refused on its own)
+_NAME_CONTROL = re.compile(r"[\x01-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -56,6 +61,15 @@ class Package:
     def env_paths(self) -> list[str]:
         """Every .env file or folder in the package (one walk, whatever asks)."""
         return env_paths(self.root)
+
+    @cached_property
+    def env_aliases(self) -> list[str]:
+        """Files under other names that are hard links to a .env file: kept out with them."""
+        return env_aliases(self.root, self.env_paths)
+
+    def kept_out(self, rel: str) -> bool:
+        """Is REL (from the root) a .env path or the same file as one? (--include-env aside)"""
+        return is_env_path(rel) or rel in self.env_aliases
 
     @property
     def has_setup(self) -> bool:
@@ -86,6 +100,9 @@ def _check_name(name: str) -> str:
     """Return the normalised relative path of a zip entry or raise."""
     if not name or "\x00" in name:
         raise _bad(f"package entry {name!r} has an empty or NUL-containing name", name)
+    if _NAME_CONTROL.search(name):
+        raise _bad(f"package entry {name!r} has a control character in its name", name,
+                   "Rename the file (printable characters only) and rebuild the package.")
     if "\\" in name:
         raise _bad(f"package entry {name!r} uses backslashes", name, "Rebuild the package with `pixell build`.")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -103,14 +120,17 @@ def _check_name(name: str) -> str:
     return clean
 
 
-def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
+def _extract_zip(path: Path, dest: Path, limits: Limits, deadline: float | None = None) -> list[str]:
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise _bad(f"{path.name} is not a zip archive (an .apkg is a zip written by `pixell build`)",
-                   path.name, "Rebuild it with `pixell build` or pass the agent folder.") from None
+    except UnicodeDecodeError as exc:  # an entry flagged UTF-8 whose name is not
+        raise _bad(f"{path.name} has an entry whose name is flagged UTF-8 but is not ({exc.object[:60]!r})",
+                   path.name, "Rebuild it with `pixell build`.") from None
     except OSError as exc:
         raise _bad(f"cannot read {path}: {exc.strerror}", str(path)) from None
+    except _UNREADABLE:  # the central directory lies (offsets, sizes) in ways zipfile does not name
+        raise _bad(f"{path.name} is not a zip archive (an .apkg is a zip written by `pixell build`)",
+                   path.name, "Rebuild it with `pixell build` or pass the agent folder.") from None
     with zf:
         infos = zf.infolist()
         if not infos:
@@ -122,6 +142,8 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
         names: dict[str, str] = {}  # entry name -> its checked, normalised path
         declared = 0
         for info in infos:
+            if "\x00" in info.orig_filename:  # zipfile cuts the name there: 'a.txt\0anything' would read 'a.txt'
+                raise _bad(f"package entry {info.orig_filename!r} has a NUL in its name", info.orig_filename)
             clean = names[info.filename] = _check_name(info.filename)
             if clean in seen:
                 raise _bad(f"package entry {info.filename!r} appears twice", info.filename)
@@ -168,6 +190,7 @@ def _extract_zip(path: Path, dest: Path, limits: Limits) -> list[str]:
             # headers can lie about sizes: count what is really written
             with open(target, "wb") as out:
                 for chunk in _entry_chunks(zf, info):
+                    check_deadline(deadline, f"extracting {path.name}")
                     written += len(chunk)
                     if written > limits.max_total_bytes:
                         raise _bad(f"{path.name} expands past the {limits.max_total_bytes}-byte limit at entry "
@@ -199,7 +222,7 @@ def _entry_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
                    "The zip is corrupt; rebuild it with `pixell build`.") from None
 
 
-def _walk_folder(root: Path, limits: Limits) -> list[str]:
+def _walk_folder(root: Path, limits: Limits, deadline: float | None = None) -> list[str]:
     root_real = root.resolve()
     files: list[str] = []
     total = 0
@@ -207,7 +230,17 @@ def _walk_folder(root: Path, limits: Limits) -> list[str]:
         for name in sorted(dirnames) + sorted(filenames):
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            st = full.lstat()
+            check_deadline(deadline, f"reading {root}")
+            if _NAME_CONTROL.search(name):  # (as in a zip: these names reach the image and every listing)
+                raise _bad(f"{rel!r} has a control character in its name", rel,
+                           "Rename the file (printable characters only).")
+            if re.search(r"[\udc80-\udcff]", name):  # bytes os.walk could not decode: no UTF-8 for the context's tar
+                raise _bad(f"{rel!r} has a name that is not UTF-8", rel.encode("utf-8", "replace").decode(),
+                           "Rename the file (a zip holds UTF-8 names only).")
+            try:
+                st = full.lstat()
+            except OSError as exc:  # gone or unreadable since the walk listed it
+                raise _bad(f"{rel!r} cannot be read: {exc.strerror}", rel) from None
             if stat.S_ISLNK(st.st_mode):
                 try:
                     target = full.resolve()
@@ -238,22 +271,30 @@ def read_manifest_text(root: Path) -> str:
     if not path.is_file():
         raise _bad("the package has no agent.yaml at its root", "agent.yaml",
                    "Run `pixell init` or add agent.yaml next to src/.")
+    try:  # no more than the manifest's own cap and a byte (parse_manifest refuses more)
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise _bad(f"agent.yaml cannot be read: {exc.strerror}", "agent.yaml") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise _bad(f"agent.yaml is larger than {MAX_YAML_BYTES // 1024} KiB", "agent.yaml")
     try:
-        return path.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _bad(f"agent.yaml is not UTF-8 (byte {exc.start})", "agent.yaml", "Save it as UTF-8.") from None
 
 
-def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> Package:
+def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS, deadline: float | None = None) -> Package:
     """Open SOURCE (an .apkg file or a folder holding agent.yaml) and validate it.
 
-    The caller closes the returned Package (it may own a staging folder).
+    The caller closes the returned Package (it may own a staging folder). DEADLINE
+    (time.monotonic(), the command's --timeout) ends the reading with BuildTimeoutError.
     """
     src = Path(source)
     if not src.exists():
         raise _bad(f"{src} does not exist", str(src), "Pass an .apkg file or a folder with agent.yaml.")
     if src.is_dir():
-        files = _walk_folder(src, limits)
+        files = _walk_folder(src, limits, deadline)
         manifest = parse_manifest(read_manifest_text(src))
         return Package(root=src, manifest=manifest, source=src, source_kind="folder", files=files)
     if not src.is_file():  # a FIFO would block zipfile's open forever, a device would be read as a zip
@@ -261,7 +302,7 @@ def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> 
     tmp = tempfile.TemporaryDirectory(prefix="agent-image-pkg-")
     try:
         root = Path(tmp.name)
-        files = _extract_zip(src, root, limits)
+        files = _extract_zip(src, root, limits, deadline)
         manifest = parse_manifest(read_manifest_text(root))
     except BaseException:
         tmp.cleanup()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from builder.core.deadline import check_deadline
 from builder.core.errors import PackageValidationError, RequirementsSyntaxError
 from builder.core.urls import Disagreement, read_url
 from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, CONTROL, INDEX_URL_OPTIONS, PLAIN_WORD,
@@ -37,6 +38,14 @@ INCLUDES = {"requirements": "-r", "constraints": "-c"}
 VCS_SCHEMES = frozenset({"git", "hg", "svn", "bzr"})
 ENV_VAR = re.compile(r"\$\{[A-Z0-9_]+\}")  # pip fills these from the build's environment
 MAX_INCLUDE_DEPTH = 5
+# Bounds on the reading, which runs before the engine and the build's sandbox: a hashed lock file
+# of a thousand projects is ~3 MiB, a few thousand lines, its longest line (every wheel's hash) a
+# few KiB, and real packages include a handful of files. Each cap is far above that, and keeps
+# the reading under a second or two (a line costs ~0.2 ms through pip's own option parser).
+MAX_BYTES = 8 * 1024 * 1024   # read from all requirement files together (each file once)
+MAX_LINES = 5_000             # logical lines, all files together
+MAX_LINE_CHARS = 64 * 1024    # one logical line, continuations joined
+MAX_INCLUDES = 100            # -r/-c lines as pip follows them: repeats count, so a fan-out graph cannot hide
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,11 @@ def _inside(path: str, line: Line, root: Path) -> None:
     if pure.is_absolute():
         inside = inside and (pure == APP or APP in pure.parents)
         pure = pure.relative_to(APP) if inside else pure
-    target = (real_root / pure).resolve()
+    try:  # ('file:///app/%00' unquotes to a NUL: ValueError; a name too long: OSError)
+        target = (real_root / pure).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise refuse(line, f"'{path[:200]}' is a path the file system cannot look up ({type(exc).__name__})",
+                     "Name a file inside the package by a plain relative path.") from None
     if not inside or (target != real_root and real_root not in target.parents):
         raise refuse(line, f"'{path}' is outside the package: pip would install from the image's or the "
                             "builder's file system", "Put the file in the package and name it ./relative/path.")
@@ -232,65 +245,137 @@ def _kept(rel: str, keep_out, line: Line) -> None:
                                      hint=f"Do not include {rel} from requirements.")
 
 
-def _resolve_include(root: Path, base_file: str, name: str, line: Line, keep_out=None) -> tuple[str, str]:
+def _unreadable(line: Line, rel: str, why: str) -> PackageValidationError:
+    return PackageValidationError(f"{line.where}: '{line.text}' names {rel!r}, which {why}", line=line.number,
+                                  requirement=line.text, field=line.file,
+                                  hint="Name a file inside the package by a plain relative path.")
+
+
+def _resolve_include(root: Path, base_file: str, name: str, line: Line, keep_out=None) -> str:
+    """The included file's path from the package root (checked: inside, a file, not kept out)."""
     rel = (PurePosixPath(base_file).parent / name).as_posix()
-    target = (root / rel).resolve()
+    try:  # (a name too long for the file system is an OSError; NUL never gets here: decode refused it)
+        target = (root / rel).resolve()
+        is_file = target.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(line, rel, f"the file system cannot look up ({type(exc).__name__})") from None
     if root.resolve() not in target.parents:
         raise PackageValidationError(
             f"{line.where}: '{line.text}' includes a file outside the package", line=line.number,
             requirement=line.text, field=line.file)
-    if not target.is_file():
+    if not is_file:
         raise PackageValidationError(
             f"{line.where}: '{line.text}' names {rel}, which is not in the package", line=line.number,
             requirement=line.text, field=line.file, hint="Add the file to the package or remove the line.")
     inc_rel = target.relative_to(root.resolve()).as_posix()
     _kept(rel, keep_out, line)
     _kept(inc_rel, keep_out, line)
-    return inc_rel, decode(target.read_bytes(), inc_rel)
+    return inc_rel
 
 
-def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = frozenset(),
-                      file: str = "requirements.txt", keep_out=None) -> Split:
-    """Read ROOT/requirements.txt (following -r/-c inside the package), police and split it.
-    KEEP_OUT(rel) names files no include may read (the .env files)."""
-    allowed = {h.lower() for h in allowed_hosts}
-    deps: list[Line] = []
-    source: list[Line] = []
-    constraints: dict[str, str] = {}
-    included: list[str] = []
-    direct: list[str] = []
-    real = 0
+class _Reader:
+    """The include graph, read within bounds: each file once per reading (as requirements, as
+    constraints), cycles refused, and caps on what is read and on what pip would follow."""
 
-    def visit(rel: str, text: str, depth: int, constraint: bool = False) -> None:
-        nonlocal real
+    def __init__(self, root: Path, allowed: set[str], keep_out, deadline: float | None) -> None:
+        self.root, self.allowed, self.keep_out, self.deadline = root, allowed, keep_out, deadline
+        self.deps: list[Line] = []
+        self.source: list[Line] = []
+        self.constraints: dict[str, str] = {}
+        self.included: list[str] = []
+        self.direct: list[str] = []
+        self.real = self.lines = self.bytes = self.follows = 0
+        self.done: dict[tuple[str, bool], int] = {}  # (file, read as constraints) -> the includes pip follows in it
+        self.open: list[str] = []  # the files being read, outermost first
+
+    def read(self, rel: str, line: Line) -> str:
+        """REL's text, counted against the byte cap before it is read whole."""
+        check_deadline(self.deadline, "reading requirements")
+        try:
+            with open(self.root / rel, "rb") as fh:
+                data = fh.read(MAX_BYTES - self.bytes + 1)
+        except OSError as exc:
+            raise _unreadable(line, rel, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        self.bytes += len(data)
+        if self.bytes > MAX_BYTES:
+            raise _over(line, f"requirements files hold more than {MAX_BYTES // 1024 // 1024} MiB together "
+                              f"(at {rel})", "Keep requirements to names, versions and hashes.")
+        return decode(data, rel)
+
+    def visit(self, rel: str, text: str, depth: int, constraint: bool = False) -> None:
+        self.open.append(rel)
         for line in logical_lines(text, rel):
-            real += not constraint
-            kind, include = check_line(line, root, allowed, constraint, direct)
+            check_deadline(self.deadline, f"reading {line.where}")
+            self.lines += 1
+            if self.lines > MAX_LINES:
+                raise _over(line, f"requirements hold more than {MAX_LINES} lines together", "Trim them.")
+            if len(line.text) > MAX_LINE_CHARS:
+                raise _over(line, f"a line longer than {MAX_LINE_CHARS} characters", "Shorten the line.")
+            self.real += not constraint
+            kind, include = check_line(line, self.root, self.allowed, constraint, self.direct)
             if include is None:
                 if not constraint:
-                    (source if kind == "source" else deps).append(line)
+                    (self.source if kind == "source" else self.deps).append(line)
                 continue
             if depth >= MAX_INCLUDE_DEPTH:
                 raise PackageValidationError(f"{line.where}: requirements includes nest deeper than "
                                              f"{MAX_INCLUDE_DEPTH}", line=line.number, field=line.file)
-            option, target = include
-            inc_rel, inc_text = _resolve_include(root, rel, target, line, keep_out)
-            included.append(inc_rel)
-            if option == "-r":
-                visit(inc_rel, inc_text, depth + 1)
-            else:  # policed like any file pip reads; shipped whole, beside the dependency list
-                visit(inc_rel, inc_text, depth + 1, constraint=True)
-                key = f"constraints-{len(constraints) + 1}.txt"
-                constraints[key] = inc_text
-                deps.append(Line(line.file, line.number, f"-c {key}"))
+            self.include(line, include, depth)
+        self.open.pop()
 
+    def include(self, line: Line, include: tuple[str, str], depth: int) -> None:
+        option, target = include
+        inc_rel = _resolve_include(self.root, line.file, target, line, self.keep_out)
+        if inc_rel in self.open:
+            raise PackageValidationError(f"{line.where}: '{line.text}' includes {inc_rel}, which is being read "
+                                         "(a cycle): pip would follow it without end", line=line.number,
+                                         requirement=line.text, field=line.file, hint="Remove one of the includes.")
+        self.included.append(inc_rel)
+        constraint = option == "-c"
+        before = self.follows
+        if (inc_rel, constraint) in self.done:  # read (and policed this way) already: pip reads it again
+            self.follows += self.done[(inc_rel, constraint)]
+        else:
+            text = self.read(inc_rel, line)
+            self.visit(inc_rel, text, depth + 1, constraint)
+            if constraint:  # shipped whole, beside the dependency list (once, however often it is named)
+                key = f"constraints-{len(self.constraints) + 1}.txt"
+                self.constraints[key] = text
+                self.deps.append(Line(line.file, line.number, f"-c {key}"))
+            self.done[(inc_rel, constraint)] = self.follows - before
+        self.follows += 1
+        if self.follows > MAX_INCLUDES:
+            raise _over(line, f"pip would follow more than {MAX_INCLUDES} -r/-c includes (a file included n "
+                              "times is read n times, with all it includes)", "Include each file once.")
+
+
+def _over(line: Line, what: str, hint: str) -> PackageValidationError:
+    return PackageValidationError(f"{line.where}: {what}", line=line.number, requirement=line.text[:200],
+                                  field=line.file, hint=hint)
+
+
+def read_requirements(root: Path, allowed_hosts: frozenset[str] | set[str] = frozenset(),
+                      file: str = "requirements.txt", keep_out=None, deadline: float | None = None) -> Split:
+    """Read ROOT/requirements.txt (following -r/-c inside the package), police and split it.
+    KEEP_OUT(rel) names files no include may read (the .env files); DEADLINE (time.monotonic())
+    ends the reading with BuildTimeoutError."""
+    reader = _Reader(root, {h.lower() for h in allowed_hosts}, keep_out, deadline)
     path = root / file
-    if path.is_file():
-        real_rel = path.resolve().relative_to(root.resolve()).as_posix() if root.resolve() in path.resolve().parents \
-            else file
+    first = Line(file, 1, file)
+    try:
+        real = path.resolve()
+        present = path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(first, file, f"the file system cannot look up ({type(exc).__name__})") from None
+    if present:
+        real_rel = real.relative_to(root.resolve()).as_posix() if root.resolve() in real.parents else file
+        if keep_out is not None and keep_out(file):  # a hard link to a .env file: kept out by its inode
+            raise PackageValidationError(f"{file} is the same file as a .env file (a hard link), which is kept "
+                                         "out of the image", field=file, hint=f"Make {file} a file of its own.")
         if real_rel != file:  # requirements.txt is a link: what it points at is read (and checked) too
             _kept(real_rel, keep_out, Line(file, 1, f"{file} -> {real_rel}"))
-            included.append(real_rel)
-        visit(file, decode(path.read_bytes(), file), 0)
-    return Split(deps=deps, source=source, constraints=constraints, real_lines=real, direct=frozenset(direct),
-                 includes=tuple(dict.fromkeys(included)))
+            reader.included.append(real_rel)
+            reader.open.append(real_rel)
+        reader.visit(file, reader.read(file, first), 0)
+    return Split(deps=reader.deps, source=reader.source, constraints=reader.constraints, real_lines=reader.real,
+                 direct=frozenset(reader.direct), includes=tuple(dict.fromkeys(reader.included)))

@@ -14,7 +14,6 @@ import structlog
 
 from builder.core.errors import PackageValidationError
 from builder.core.refs import REPOSITORY_RE
-from builder.package.dotenv import is_env_path
 from builder.package.piplines import decode, written_as_read_text
 from builder.package.reader import Package
 from builder.package.requirements import Split, read_requirements
@@ -103,13 +102,16 @@ def repository(manifest_name: str, options: BuildOptions) -> str:
 
 def kept_out(pkg: Package, options: BuildOptions) -> set[str]:
     """Package paths that never enter the build context: every .env file (and .env folder)."""
-    return set() if options.include_env else set(pkg.env_paths)
+    # (and every file that is one of them under another name: a hard link)
+    return set() if options.include_env else {*pkg.env_paths, *pkg.env_aliases}
 
 
-def read_split(pkg: Package, options: BuildOptions) -> Split:
-    """requirements.txt read, policed and split; no include may pull a kept-out file in."""
-    # -r/-c .env (or a requirements.txt linking to it) would carry its secrets into the build
-    return read_requirements(pkg.root, options.allow_index_hosts, keep_out=None if options.include_env else is_env_path)
+def read_split(pkg: Package, options: BuildOptions, deadline: float | None = None) -> Split:
+    """requirements.txt read, policed and split; no include may pull a kept-out file in.
+    DEADLINE (time.monotonic()): --timeout, which covers the reading too."""
+    # -r/-c .env (or a requirements.txt linking to it, or a hard link to it) would carry its secrets into the build
+    return read_requirements(pkg.root, options.allow_index_hosts,
+                             keep_out=None if options.include_env else pkg.kept_out, deadline=deadline)
 
 
 def render_agent(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
@@ -165,7 +167,7 @@ def added_files(pkg: Package, options: BuildOptions, split: Split) -> tuple[dict
             if rewritten != text:
                 proxied[rel] = rewritten.encode()
     for rel in (*PACKAGING_FILES, *split.includes, *inits):
-        if not options.include_env and is_env_path(rel):
+        if not options.include_env and pkg.kept_out(rel):
             continue
         path = pkg.root / rel
         if path.is_file() and not path.is_symlink():
