@@ -212,6 +212,11 @@ def written_as_read_text(text: str, file: str) -> str:
     return "".join(f"{ln}\n" for ln in out)
 
 
+def values(value) -> list:
+    """An option's parsed value as a list: pip stores 'append' options as lists, the rest alone."""
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
 def names_own_index(texts: list[str]) -> bool:
     """Does a line set the index pip uses instead of the configured one (-i, --index-url and its
     alias --pypi-url, --no-index), as pip's own option table reads it? A line pip cannot read counts."""

@@ -96,6 +96,16 @@ def _bad(message: str, entry: str, hint: str | None = None) -> PackageValidation
     return PackageValidationError(message, field=entry, hint=hint)
 
 
+def _check_scheme_like(rel: str) -> None:
+    """A first folder named like a URL scheme ('http:', 'https:', 'file:') is refused: pip takes an
+    index or link URL for a path when that path exists (its build_source looks first), so
+    'http:/agent-image-index.invalid/simple/' in the package would be the build's index."""
+    first = rel.split("/", 1)[0]
+    if first.endswith(":"):
+        raise _bad(f"package entry {rel!r} starts with {first!r}, a folder named like a URL scheme: pip would "
+                   "read an index URL as this path", rel, "Rename the folder (no ':' at the end of its name).")
+
+
 def _check_name(name: str) -> str:
     """Return the normalised relative path of a zip entry or raise."""
     if not name or "\x00" in name:
@@ -117,6 +127,7 @@ def _check_name(name: str) -> str:
     clean = "/".join(p for p in parts if p not in ("", "."))
     if not clean:
         raise _bad(f"package entry {name!r} names the package root", name)
+    _check_scheme_like(clean)
     return clean
 
 
@@ -231,6 +242,7 @@ def _walk_folder(root: Path, limits: Limits, deadline: float | None = None) -> l
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
             check_deadline(deadline, f"reading {root}")
+            _check_scheme_like(rel)
             if _NAME_CONTROL.search(name):  # (as in a zip: these names reach the image and every listing)
                 raise _bad(f"{rel!r} has a control character in its name", rel,
                            "Rename the file (printable characters only).")

@@ -26,7 +26,7 @@ from builder.core.errors import PackageValidationError, RequirementsSyntaxError
 from builder.core.urls import Disagreement, read_url
 from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, CONTROL, INDEX_URL_OPTIONS, PLAIN_WORD,
                                       REQUIREMENT_OPTIONS, SCHEME, Line, decode, logical_lines, parse_line, pip_path,
-                                      refuse, requirement_targets, strip_extras, subdirectories, under_app,
+                                      refuse, requirement_targets, strip_extras, subdirectories, under_app, values,
                                       written_as_read)
 
 # options that point pip at another index or file source (pip's dest -> its name)
@@ -38,6 +38,8 @@ INCLUDES = {"requirements": "-r", "constraints": "-c"}
 VCS_SCHEMES = frozenset({"git", "hg", "svn", "bzr"})
 ENV_VAR = re.compile(r"\$\{[A-Z0-9_]+\}")  # pip fills these from the build's environment
 MAX_INCLUDE_DEPTH = 5
+ATTACHED = re.compile(r"^-[A-Za-z].")  # a short option with its value joined on: '-e=./x', '-rfile.txt'
+PATH_OR_URL_OPTIONS = ("editables", "requirements", "constraints", *INDEX_OPTIONS)
 # Bounds on the reading, which runs before the engine and the build's sandbox: a hashed lock file
 # of a thousand projects is ~3 MiB, a few thousand lines, its longest line (every wheel's hash) a
 # few KiB, and real packages include a handful of files. Each cap is far above that, and keeps
@@ -131,6 +133,14 @@ def _target(value: str, line: Line, root: Path, allowed: set[str]) -> str:
 def _check_readers_agree(line: Line, parsed) -> None:
     """What the build's installers read is the line as pip read it (piplines.written_as_read);
     refused here: what pip drops or splits in a way another reader (uv) would not."""
+    joined = next((t for t in parsed.tokens if ATTACHED.match(t)), None)
+    if joined is not None:  # optparse reads '-e=../x' as the path '=../x', uv as '../x'
+        raise refuse(line, f"'{joined}' joins a short option and its value: pip reads '{joined[2:]}', uv may "
+                           "read it without the '='", f"Write the option and its value apart ('{joined[:2]} VALUE').")
+    odd = next((v for dest in PATH_OR_URL_OPTIONS for v in values(parsed.opts.get(dest)) if v.startswith("=")), None)
+    if odd is not None:
+        raise refuse(line, f"the value {odd!r} starts with '=': pip keeps it, uv would drop it",
+                     "Write the value without the '='.")
     if parsed.stray:
         raise refuse(line, f"pip drops '{' '.join(parsed.stray)}' after the options, but uv would install it",
                      "Put each requirement on its own line.")
@@ -154,8 +164,7 @@ def _check_options(line: Line, parsed, allowed: set[str]) -> None:
         if dest not in parsed.opts:
             continue
         given = f" (written '{parsed.written[dest]}')" if dest in parsed.written else ""
-        values = parsed.opts[dest] if isinstance(parsed.opts[dest], list) else [parsed.opts[dest]]
-        for value in values:
+        for value in values(parsed.opts[dest]):
             if dest != "trusted_hosts" and not re.match(r"https?://", value, re.I):
                 raise refuse(line, f"'{option}'{given} {value!r} has no http:// or https://: pip would read it "
                                     "as a path in the image", "Write the index's whole URL (https://HOST/...).")
@@ -268,6 +277,10 @@ def _resolve_include(root: Path, base_file: str, name: str, line: Line, keep_out
             f"{line.where}: '{line.text}' names {rel}, which is not in the package", line=line.number,
             requirement=line.text, field=line.file, hint="Add the file to the package or remove the line.")
     inc_rel = target.relative_to(root.resolve()).as_posix()
+    if posixpath.normpath(rel) != inc_rel:  # pip joins a nested include to the path as written, the policy
+        raise refuse(line, f"includes {rel} through a symbolic link (it is {inc_rel}): pip, its older "  # would
+                     "versions and uv find the files it includes in different folders",          # not
+                     "Include the file by its own path.")
     _kept(rel, keep_out, line)
     _kept(inc_rel, keep_out, line)
     return inc_rel

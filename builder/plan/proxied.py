@@ -10,7 +10,7 @@ from urllib.parse import quote, unquote, urlsplit
 from builder.core.errors import IndexPolicyError, PackageLoadError
 from builder.core.urls import Disagreement, read_url
 from builder.package.piplines import (APP, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, Line, logical_spans, parse_line,
-                                      pip_path, requirement_spans, requirement_targets, under_app)
+                                      pip_path, requirement_spans, requirement_targets, under_app, values)
 
 PIP_INDEX_HOST = "agent-image-index.invalid"   # what pip in the build sees (dockerfile.PIP_INDEX_URL)
 
@@ -80,16 +80,13 @@ def _proxied_line(line: Line, allowed: set[str]) -> str | None:
                                    "build's proxy", line=line.number, requirement=line.text, field=line.file,
                                    hint="Write the line as 'name @ URL'.")
         return text
-    urls = [(dest, v) for dest in INDEX_URL_OPTIONS for v in _values(parsed.opts.get(dest))]
+    urls = [(dest, v) for dest in INDEX_URL_OPTIONS for v in values(parsed.opts.get(dest))]
     if not any(ours(v) for _, v in urls) or set(parsed.opts) - set(INDEX_URL_OPTIONS) - set(BESIDE_INDEX_URL):
         return None  # (other options beside an index URL: refused before, check_line)
     words = [w for dest, v in urls for w in (INDEX_URL_OPTIONS[dest],
                                              proxy_url(v, find_links=dest == "find_links") if ours(v) else v)]
     words += [w for dest in BESIDE_INDEX_URL if dest in parsed.opts
               for w in ([BESIDE_INDEX_URL[dest]] if parsed.opts[dest] is True else
-                        [x for v in _values(parsed.opts[dest]) for x in (BESIDE_INDEX_URL[dest], v)])]
+                        [x for v in values(parsed.opts[dest]) for x in (BESIDE_INDEX_URL[dest], v)])]
     return " ".join(shlex.quote(w) for w in words)
 
-
-def _values(value) -> list[str]:
-    return [] if value is None else value if isinstance(value, list) else [value]

@@ -16,7 +16,7 @@ from builder.package.manifest import parse_manifest
 from builder.package.piplines import logical_lines, parse_line, written_as_read_text
 from builder.package.requirements import read_requirements
 from builder.plan.dockerfile import render
-from tests.support.packages import AGENT_YAML
+from tests.support.packages import AGENT_YAML, make_agent
 
 OUTSIDE = "/usr/share/python-wheels/setuptools-66.1.1-py3-none-any.whl"
 
@@ -136,3 +136,64 @@ def test_no_installer_reads_a_configuration_file(tmp_path, installer):
     assert "PIP_CONFIG_FILE=/dev/null" in args and text.index("PIP_CONFIG_FILE") < first_run
     if installer == "uv":
         assert "UV_NO_CONFIG=1" in args and "UV_NO_SOURCES=1" in args
+
+
+# --- the review's findings: each a class -------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "-e=../outlib\n", "-e=/tmp/outside/lib\n", "-r=x.txt\n", "-c=x.txt\ntinyreq\n",  # pip: '=x', uv: 'x'
+    "-rx.txt\n", "-e.\n",                                                            # joined short options
+    "--editable==../outlib\n", "--requirement==x.txt\n",                              # a value starting with '='
+])
+def test_an_option_joined_to_its_value_is_refused(tmp_path, text):
+    (tmp_path / "x.txt").write_text("tinyreq\n")
+    (tmp_path / "=x.txt").write_text("tinyreq\n")
+    with pytest.raises(IndexPolicyError) as err:
+        policy(tmp_path, text)
+    assert "requirements.txt:1" in str(err.value)
+
+
+def test_an_include_through_a_symbolic_link_is_refused(tmp_path):
+    """pip and uv join a nested include to the path as written (/app/f.txt -> /app/s.txt),
+    not to where a link points (deep/dir/s.txt): the policy would read another file."""
+    (tmp_path / "deep" / "dir").mkdir(parents=True)
+    (tmp_path / "deep" / "dir" / "r.txt").write_text("-r s.txt\n")
+    (tmp_path / "deep" / "dir" / "s.txt").write_text("tinyreq\n")
+    (tmp_path / "s.txt").write_text("-e /\n")
+    (tmp_path / "f.txt").symlink_to("deep/dir/r.txt")
+    with pytest.raises(IndexPolicyError) as err:
+        policy(tmp_path, "-r f.txt\n")
+    assert "symbolic link" in str(err.value) and "requirements.txt:1" in str(err.value)
+    # '..' after a link: pip 24+ normalises the text (a/b.txt), pip 23 and uv follow the link (deep/b.txt)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lnk").symlink_to("../deep/dir")
+    (tmp_path / "a" / "b.txt").write_text("-e /\n")
+    (tmp_path / "deep" / "b.txt").write_text("tinyreq\n")
+    with pytest.raises(IndexPolicyError):
+        policy(tmp_path, "-r a/lnk/../b.txt\n")
+    # the same files without links pass
+    assert policy(tmp_path, "-r deep/dir/r.txt\n").deps
+
+
+@pytest.mark.parametrize("entry", ["http:/agent-image-index.invalid/simple/foo/index.html", "https:/x/y",
+                                   "file:/etc/x"])
+def test_a_folder_named_like_a_url_scheme_is_refused(tmp_path, entry):
+    """pip takes its index URL for a path when that path exists in /app: a package folder
+    'http:' holding 'agent-image-index.invalid/simple/' would be the build's index."""
+    import zipfile
+
+    from builder.package.reader import open_package
+    agent = make_agent(tmp_path, "schemey", requirements="tinyreq\n")
+    (agent / entry).parent.mkdir(parents=True)
+    (agent / entry).write_text('<a href="file:///tmp/outside/foo-1.0-py3-none-any.whl">foo</a>')
+    with pytest.raises(PackageValidationError) as err:
+        open_package(agent).__enter__()
+    assert "named like a URL scheme" in str(err.value)
+    apkg = tmp_path / "schemey-0.1.0.apkg"
+    with zipfile.ZipFile(apkg, "w") as zf:
+        for f in sorted(agent.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(agent).as_posix())
+    with pytest.raises(PackageValidationError) as err:
+        open_package(apkg).__enter__()
+    assert "named like a URL scheme" in str(err.value)
