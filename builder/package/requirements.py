@@ -24,10 +24,10 @@ from urllib.parse import unquote, urlsplit
 from builder.core.deadline import check_deadline
 from builder.core.errors import PackageValidationError, RequirementsSyntaxError
 from builder.core.urls import Disagreement, read_url
-from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, CONTROL, INDEX_URL_OPTIONS, PLAIN_WORD,
-                                      REQUIREMENT_OPTIONS, SCHEME, Line, decode, logical_lines, parse_line, pip_path,
-                                      refuse, requirement_targets, strip_extras, subdirectories, under_app, values,
-                                      written_as_read)
+from builder.package.agree import check_readers_agree
+from builder.package.piplines import (APP, BACKEND_OPTIONS, BESIDE_INDEX_URL, INDEX_URL_OPTIONS, SCHEME, Line, decode,
+                                      logical_lines, parse_line, pip_path, refuse, requirement_targets, strip_extras,
+                                      subdirectories, under_app, values, written_as_read)
 
 # options that point pip at another index or file source (pip's dest -> its name)
 INDEX_OPTIONS = {**INDEX_URL_OPTIONS, "trusted_hosts": "--trusted-host"}
@@ -38,8 +38,6 @@ INCLUDES = {"requirements": "-r", "constraints": "-c"}
 VCS_SCHEMES = frozenset({"git", "hg", "svn", "bzr"})
 ENV_VAR = re.compile(r"\$\{[A-Z0-9_]+\}")  # pip fills these from the build's environment
 MAX_INCLUDE_DEPTH = 5
-ATTACHED = re.compile(r"^-[A-Za-z].")  # a short option with its value joined on: '-e=./x', '-rfile.txt'
-PATH_OR_URL_OPTIONS = ("editables", "requirements", "constraints", *INDEX_OPTIONS)
 # Bounds on the reading, which runs before the engine and the build's sandbox: a hashed lock file
 # of a thousand projects is ~3 MiB, a few thousand lines, its longest line (every wheel's hash) a
 # few KiB, and real packages include a handful of files. Each cap is far above that, and keeps
@@ -130,34 +128,6 @@ def _target(value: str, line: Line, root: Path, allowed: set[str]) -> str:
                   "Publish the package to the index.")
 
 
-def _check_readers_agree(line: Line, parsed) -> None:
-    """What the build's installers read is the line as pip read it (piplines.written_as_read);
-    refused here: what pip drops or splits in a way another reader (uv) would not."""
-    joined = next((t for t in parsed.tokens if ATTACHED.match(t)), None)
-    if joined is not None:  # optparse reads '-e=../x' as the path '=../x', uv as '../x'
-        raise refuse(line, f"'{joined}' joins a short option and its value: pip reads '{joined[2:]}', uv may "
-                           "read it without the '='", f"Write the option and its value apart ('{joined[:2]} VALUE').")
-    odd = next((v for dest in PATH_OR_URL_OPTIONS for v in values(parsed.opts.get(dest)) if v.startswith("=")), None)
-    if odd is not None:
-        raise refuse(line, f"the value {odd!r} starts with '=': pip keeps it, uv would drop it",
-                     "Write the value without the '='.")
-    if parsed.stray:
-        raise refuse(line, f"pip drops '{' '.join(parsed.stray)}' after the options, but uv would install it",
-                     "Put each requirement on its own line.")
-    if parsed.args:
-        ignored = sorted(set(parsed.opts) - REQUIREMENT_OPTIONS)
-        if ignored:
-            raise refuse(line, f"pip ignores the option for {ignored[0]!r} on a requirement line; uv may not",
-                         "Put the option on a line of its own.")
-        if CONTROL.search(parsed.args.strip()):
-            raise refuse(line, "has a tab or a control character, which readers of requirement files split "
-                               "differently", "Separate words with spaces.")
-    odd = next((t for t in parsed.tokens if not PLAIN_WORD.match(t)), None)
-    if odd is not None:
-        raise refuse(line, f"the option word {odd!r} is quoted, escaped, or holds a space, '#', '$' or '`': "
-                           "readers of requirement files split it differently", "Write the value plainly.")
-
-
 def _check_options(line: Line, parsed, allowed: set[str]) -> None:
     """The line's options: indexes only on allowed hosts, nothing that steers a package's build."""
     for dest, option in INDEX_OPTIONS.items():
@@ -192,7 +162,16 @@ def _check_options(line: Line, parsed, allowed: set[str]) -> None:
 def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = False,
                direct: list[str] | None = None) -> tuple[str, tuple[str, str] | None]:
     """Police one line. Returns ('deps' | 'source', None), or ('include', (option, file)).
-    DIRECT gets the URLs on allowed hosts the line installs from (the proxy serves those only)."""
+    DIRECT gets the URLs on allowed hosts the line installs from (the proxy serves those only).
+    What the line does is checked first (its refusals name it plainest), then that every reader
+    reads it alike."""
+    verdict = _check_what(line, root, allowed, constraint, direct)
+    check_readers_agree(line, parse_line(line))
+    return verdict
+
+
+def _check_what(line: Line, root: Path, allowed: set[str], constraint: bool,
+                direct: list[str] | None) -> tuple[str, tuple[str, str] | None]:
     if ENV_VAR.search(line.text):
         raise refuse(line, f"'{ENV_VAR.search(line.text).group(0)}' is filled from the build's environment, "
                             "so the line could name anything", "Write the value out.")
@@ -200,7 +179,6 @@ def check_line(line: Line, root: Path, allowed: set[str], constraint: bool = Fal
         raise refuse(line, "ends in a backslash that pip does not join to the next line (a space or a comment "
                             "follows it)", "Remove the backslash, or end the line with it.")
     parsed = parse_line(line)
-    _check_readers_agree(line, parsed)
     _check_options(line, parsed, allowed)
     includes = [(INCLUDES[d], v) for d in INCLUDES for v in parsed.opts.get(d, [])]
     if includes and not parsed.args:
