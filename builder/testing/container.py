@@ -70,7 +70,7 @@ class AgentContainer(DockerContainer):
         self.with_exposed_ports(self.facts.port)
         self.with_tmpfs_mount("/tmp", TMP_SIZE)
         # ECS's user and a read-only root: an agent that writes outside /tmp fails here, not in production
-        self.with_kwargs(**{**self._kwargs, "read_only": True, "user": self.facts.user})
+        self.with_kwargs(**{"read_only": True, "user": self.facts.user, **self._kwargs})  # a caller's kwargs win
         super().start()
         try:
             try:

@@ -50,7 +50,7 @@ def run_smoke(source: str | Path, *, payload: Any = None, expect: Mapping[str, A
                 report["expected"] = bool(expect)
             report["drain"] = check_drain(agent, payload)
     except PackageLoadError as err:
-        err.result = report
+        err.result = {**report, **getattr(err, "result", {})}  # the drain check attaches its own details
         raise
     report["ok"] = True
     return report
