@@ -68,9 +68,14 @@ class AgentContainer(DockerContainer):
         for key, value in variables.items():
             self.with_env(key, value)
         self.with_exposed_ports(self.facts.port)
-        self.with_tmpfs_mount("/tmp", TMP_SIZE)
         # ECS's user and a read-only root: an agent that writes outside /tmp fails here, not in production
-        self.with_kwargs(**{"read_only": True, "user": self.facts.user, **self._kwargs})  # a caller's kwargs win
+        run = {"read_only": True, "user": self.facts.user}
+        tmp = {"/tmp": f"rw,size={TMP_SIZE}"}  # docker's mount options (with_tmpfs_mount passes its size as them)
+        if isinstance(getattr(self, "tmpfs", None), dict):  # testcontainers >= 4.13 passes tmpfs= itself
+            self.tmpfs.update(tmp)
+        else:
+            run["tmpfs"] = tmp
+        self.with_kwargs(**{**run, **self._kwargs})  # a caller's kwargs win
         super().start()
         try:
             try:
