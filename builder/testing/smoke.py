@@ -27,7 +27,6 @@ def run_smoke(source: str | Path, *, payload: Any = None, expect: Mapping[str, A
               start_timeout: float | None = None, build_options: Mapping[str, Any] | None = None) -> dict:
     from builder.testing.container import AgentContainer
     report: dict[str, Any] = {"ok": False, "source": str(source)}
-    started = time.monotonic()
     kw = {"env": env, "secrets": secrets, "start_timeout": start_timeout}
     try:
         if Path(source).exists():  # a package (folder or .apkg): build it, or reuse its identical image
@@ -36,6 +35,7 @@ def run_smoke(source: str | Path, *, payload: Any = None, expect: Mapping[str, A
         else:
             agent = AgentContainer(str(source), **kw)
             report["image"] = str(source)
+        started = time.monotonic()  # after a build: ready_s is the start alone
         with agent:
             report["ready_s"] = round(time.monotonic() - started, 3)
             report["health"] = agent.health()
@@ -44,7 +44,10 @@ def run_smoke(source: str | Path, *, payload: Any = None, expect: Mapping[str, A
                 bad = mismatches(expect or {}, report["answer"])
                 if bad:
                     report["mismatches"] = bad
-                    raise SmokeTestError(f"the answer to --invoke differs from --expect in {', '.join(bad)}",
+                    said = "; ".join(f"{k}: expected {json.dumps(v['expected'])}, "
+                                     + ("missing" if v.get("missing") else f"got {json.dumps(v['got'])}")
+                                     for k, v in bad.items())
+                    raise SmokeTestError(f"the answer to --invoke differs from --expect: {said}",
                                          field="--expect", hint="The answer and each differing key are in the "
                                                                 "--json report.")
                 report["expected"] = bool(expect)

@@ -158,7 +158,7 @@ class TestCommand:
         assert proc.returncode == 0 and proc.stdout.startswith("ok ") and "exit 0" in proc.stdout, proc.stderr
 
     @pytest.mark.parametrize("kind, args, code, said", [
-        ("behaves", ["--invoke", '{"x": 1}', "--expect", '{"ok": false}'], 71, "differs from --expect in ok"),
+        ("behaves", ["--invoke", '{"x": 1}', "--expect", '{"ok": false}'], 71, "differs from --expect: ok: expected false, got true"),
         ("behaves", ["--invoke", '{"boom": "x"}'], 72, "answered 500 agent-error"),
         ("broken", [], 70, "failed to import"),
     ])
