@@ -258,5 +258,21 @@ def cmd_doctor(args, engine_factory) -> dict:
     return report
 
 
+def cmd_test(args, engine_factory) -> dict:
+    from builder.testing.facts import json_option
+    from builder.testing.smoke import one_line, run_smoke
+    payload = json_option(args.invoke, "--invoke")
+    expect = json_option(args.expect, "--expect", want_object=True)
+    if args.engine:  # testcontainers reads the engine's address from the environment
+        os.environ["DOCKER_HOST"] = args.engine
+    report = run_smoke(args.source, payload=payload, expect=expect, env=_pairs(args.env, "--env"),
+                       secrets=_pairs(args.secret, "--secret"), start_timeout=args.start_timeout,
+                       build_options={"index_url": args.index_url})
+    if not args.json:
+        print(one_line(report))
+    return report
+
+
 COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "doctor": cmd_doctor,
-            "ecs-task-def": cmd_ecs_task_def, "rebase": cmd_rebase}
+            "ecs-task-def": cmd_ecs_task_def, "rebase": cmd_rebase,
+            "test": cmd_test}

@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     _add_doctor(sub)
     _add_run(sub)
     _add_ecs_task_def(sub)
+    _add_test(sub)
     top.commands = sub.choices  # each command's parser, for the usage errors argparse cannot see (_check_usage)
     return top
 
@@ -227,10 +228,35 @@ def _add_ecs_task_def(sub) -> None:
     _add_ecs(ecs)
 
 
+def _add_test(sub) -> None:
+    t = sub.add_parser("test", help="smoke-test an agent image: /health, an invoke, the drain on SIGTERM",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_codes_epilog(),
+                       description="Start SOURCE (an image reference, or a package folder/.apkg built first) as "
+                                   "its ECS task runs it (read-only root, tmpfs /tmp, its numeric user), wait "
+                                   "for /health within its start period, optionally POST --invoke and compare "
+                                   "--expect, then SIGTERM it during a request and check the drain. Exit 0, "
+                                   "70 (never healthy), 71 (a check failed) or 72 (--invoke got an error).")
+    t.add_argument("source", metavar="REF|PACKAGE", help="image reference or id, or an agent folder / .apkg")
+    t.add_argument("--invoke", metavar="JSON", help="POST this JSON to /invoke")
+    t.add_argument("--expect", metavar="JSON", help="a JSON object: each of its keys must be equal in the answer")
+    t.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
+    t.add_argument("--secret", action="append", default=[], metavar="KEY=VALUE",
+                   help="a secret as ECS would inject it (a plain value here)")
+    t.add_argument("--start-timeout", type=_positive(float), metavar="S",
+                   help="seconds to wait for /health (default: the image's HEALTHCHECK start period)")
+    t.add_argument("--index-url", help="package index for building a PACKAGE (default as for build)")
+    _add_common(t)
+
+
 def _check_usage(top: argparse.ArgumentParser, args) -> None:
     """Combinations of options that cannot work: a usage error (exit 2) before anything runs."""
     if args.command == "build" and args.push and not (args.registry or args.repository):
         top.commands["build"].error("--push needs --registry (or --repository) to know where to push")
+    if args.command == "test" and args.expect is not None and args.invoke is None:
+        top.commands["test"].error("--expect needs --invoke (the answer it is compared with)")
+    for kv in (args.env + args.secret) if args.command == "test" else []:
+        if "=" not in kv:
+            top.commands["test"].error(f"--env/--secret {kv!r} is not KEY=VALUE")
 
 
 

@@ -339,6 +339,30 @@ class RunError(PackageLoadError):
     exit_code = 70
 
 
+class SmokeTestError(PackageLoadError):
+    """A started agent image failed a check of `agent-image test` or builder.testing: its answer, its drain or its exit."""
+    reference = "smoke-test-failed"
+    exit_code = 71
+
+
+class AgentResponseError(SmokeTestError):
+    """The agent answered a call with an error status (its JSON error body: kind and request id).
+
+    ``status``, ``kind`` and ``request_id`` are the answer's; the request id
+    finds the agent's log line with the message and traceback.
+    """
+    reference = "agent-error-response"
+    exit_code = 72
+
+    def __init__(self, message: str, *, status: int = 0, kind: str = "", request_id: str = "",
+                 body: Any = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status, self.kind, self.request_id, self.body = status, kind, request_id, body
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "status": self.status, "kind": self.kind, "request_id": self.request_id}
+
+
 class TaskDefinitionError(PackageLoadError):
     """An ECS task definition cannot be made for the image with these options."""
     reference = "task-definition"
@@ -369,7 +393,7 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
     EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, TagExistsError,
-    RebaseError, RunError, TaskDefinitionError, InternalError,
+    RebaseError, RunError, SmokeTestError, AgentResponseError, TaskDefinitionError, InternalError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.

@@ -68,6 +68,11 @@ def test_wheel_installed_outside_the_checkout_builds_and_serves(tmp_path, index_
     _run([venv / "bin" / "pip", "install", "-q", wheel], cwd=elsewhere, env=env)
     where = _run([venv / "bin" / "python", "-c", "import builder; print(builder.__file__)"], cwd=elsewhere, env=env)
     assert where.stdout.strip().startswith(str(venv)), where.stdout
+    # builder.testing ships, its pytest plugin is registered, and it imports without the [testing] extra
+    plugin = _run([venv / "bin" / "python", "-c", "import builder.testing, importlib.metadata as m; "
+                   "print(sorted(e.value for e in m.entry_points(group='pytest11')))"], cwd=elsewhere, env=env)
+    assert plugin.stdout.strip() == "['builder.testing.plugin']", plugin.stdout
+    assert "builder/testing/container.py" in in_wheel
     tool = venv / "bin" / "agent-image"
 
     base = f"{PREFIX}/base:py3.11"

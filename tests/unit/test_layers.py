@@ -2,7 +2,7 @@
 
 The layers, lowest first: builder.core < builder.package < builder.plan <
 builder.build (builder.build.proxy inside it) < builder.ship < builder.api <
-builder.cli. A module imports its own layer or lower ones, never a higher one;
+builder.cli (builder.testing beside it). A module imports its own layer or lower ones, never a higher one;
 builder.shim (copied into images) imports nothing from builder; builder/__init__.py
 holds the version and the docs only. Besides: no import cycle between modules;
 only builder/build/engine.py imports docker (or requests, which docker-py brings);
@@ -25,6 +25,9 @@ from tests.support.paths import ROOT
 BUILDER = ROOT / "builder"
 LAYERS = ["builder.core", "builder.package", "builder.plan", "builder.build", "builder.ship", "builder.api",
           "builder.cli"]
+# packages that sit on a layer beside its own: builder.testing (the test container, the pytest plugin,
+# `agent-image test`) is at the cli level, so cli and testing may import each other's modules
+BESIDE = {"builder.testing": "builder.cli"}
 ENGINE_ONLY = {"docker", "requests"}
 ENGINE_MODULE = "builder.build.engine"
 MAX_MODULE_LINES = 400
@@ -74,6 +77,9 @@ def imports(module: str) -> list[tuple[int, str, str | None]]:
 
 def layer_of(module: str) -> int | None:
     """Index in LAYERS of MODULE's layer; None for builder.shim and builder itself (own rules)."""
+    for package, layer in BESIDE.items():
+        if module == package or module.startswith(package + "."):
+            return LAYERS.index(layer)
     for i, layer in reversed(list(enumerate(LAYERS))):
         if module == layer or module.startswith(layer + "."):
             return i
