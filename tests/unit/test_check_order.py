@@ -68,9 +68,7 @@ def test_the_api_refuses_push_without_a_registry_before_the_engine(engine_calls,
 
 
 @pytest.mark.parametrize("argv, field", [
-    (["--base-image", "Not A Ref!"], "--base-image"),
     (["--ca-bundle-in-image"], "--ca-bundle"),  # was found only once the base was resolved
-    (["--repository", "UPPER/case"], "--repository"),
 ])
 def test_option_errors_come_before_the_engine(argv, field, engine_calls, tmp_path, capsys):
     code, out = _cli_json(["build", str(HELLO), *argv, "--cache-dir", str(tmp_path)], capsys)
@@ -92,3 +90,43 @@ def test_the_command_with_no_engine_reachable_exits_10_not_50(tmp_path):
                           env={**os.environ, "DOCKER_HOST": NOWHERE})
     assert proc.returncode == 10, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["error"]["field"] == "name"
+
+
+# -- issue 22: usage errors are exit 2 at parse time, whatever the package says ---------------------------------
+
+@pytest.mark.parametrize("argv, said", [
+    (["build", str(HELLO), "--registry", "Bad_Reg:99999/X"], "--registry: 'Bad_Reg:99999/X' is not a valid registry"),
+    (["build", str(HELLO), "--registry", "127.0.0.1:99999/agents"], "a port of 1-65535"),
+    (["build", str(HELLO), "--repository", "UPPER/case"], "--repository: 'UPPER/case' is not a valid repository"),
+    (["build", str(HELLO), "--index-url", "notaurl"], "--index-url: index URL must be a plain http(s)"),
+    (["build", str(HELLO), "--base-image", "Not A Ref!"], "--base-image: 'Not A Ref!' is not a valid image"),
+    (["build", str(HELLO), "--base-image", "not a ref!!", "--dry-run"], "--base-image: 'not a ref!!'"),
+    (["base", "--registry", "Bad_Reg/x", "--push"], "--registry: 'Bad_Reg/x'"),
+    (["base", "--from", "Not/A Ref"], "--from: 'Not/A Ref'"),
+    (["pull", "bad ref"], "REF: 'bad ref' is not a valid image reference"),
+    (["run", "bad ref"], "REF: 'bad ref'"),
+    (["ecs-task-def", "bad ref"], "REF: 'bad ref'"),
+    (["rebase", "127.0.0.1:5000/a:1", "bad ref", "--base", "127.0.0.1:5000/b:1"], "REF: 'bad ref'"),
+    (["rebase", "127.0.0.1:5000/a:1", "--base", "Bad Base"], "--base: 'Bad Base'"),
+    (["doctor", "--base-image", "Bad Base"], "--base-image: 'Bad Base'"),
+])
+def test_malformed_options_are_usage_errors_before_anything_runs(argv, said, engine_calls, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--json"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err, err
+    assert engine_calls == []
+
+
+def test_a_usage_error_wins_over_a_package_error(engine_calls, capsys):
+    """A malformed option and a package naming another agent: the option is what CI reports (2, not 10)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["build", str(HELLO), "--expect-name", "other", "--registry", "Bad_Reg/x", "--json"])
+    assert exit_.value.code == 2 and "--registry" in capsys.readouterr().err
+
+
+def test_index_url_credentials_are_not_echoed_in_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["build", str(HELLO), "--index-url", "http://u:hunter2-secret@evil.example/simple/"])
+    err = capsys.readouterr().err
+    assert "--index-url" in err and "hunter2-secret" not in err
