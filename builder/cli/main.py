@@ -157,7 +157,8 @@ def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
     base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
     base.add_argument("--from", dest="from_image", help="Python image to start from "
-                                                        "(default agent-image/python:X.Y from scripts/setup.sh)")
+                                                        "(default agent-image/python:X.Y, made by scripts/setup.sh in a "
+                                                        "checkout; elsewhere e.g. python:3.11-slim)")
     base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
                                     "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     base.add_argument("--registry", metavar="HOST[:PORT]/PREFIX",

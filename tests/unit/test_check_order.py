@@ -130,3 +130,94 @@ def test_index_url_credentials_are_not_echoed_in_a_usage_error(capsys):
         cli.main(["build", str(HELLO), "--index-url", "http://u:hunter2-secret@evil.example/simple/"])
     err = capsys.readouterr().err
     assert "--index-url" in err and "hunter2-secret" not in err
+
+
+# -- issue 22: with --push the registry is checked after the package and before the engine --------------------
+
+class _FakeRegistry:
+    """A loopback registry answering only what the pre-build check sends (POST an upload, DELETE it)."""
+
+    def __init__(self, post_status: int = 202, auth: str | None = None):
+        import http.server
+        import threading
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, status, headers=()):
+                seen.append(f"{self.command} {self.path}")
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self):
+                if auth and self.headers.get("Authorization") != auth:
+                    return self._answer(401, [("WWW-Authenticate", 'Basic realm="test"')])
+                self._answer(post_status, [("Location", "/v2/agents/hello-agent/blobs/uploads/u-1?_state=x")])
+
+            def do_DELETE(self):
+                self._answer(204)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_registry_is_found_before_the_engine(engine_calls, tmp_path, capsys):
+    registry = f"127.0.0.1:{_free_port()}/agents"  # nothing listens there
+    code, out = _cli_json(["build", str(HELLO), "--registry", registry, "--push", "--cache-dir", str(tmp_path)],
+                          capsys)
+    err = out["error"]
+    assert (code, err["class"], err["field"]) == (60, "RegistryError", "--registry"), out
+    assert "checked before building" in err["message"] and "unreachable" in err["message"]
+    assert "Nothing was built" in err["hint"] and err["hint"] not in err["message"]
+    assert engine_calls == []
+
+
+def test_a_package_error_comes_before_the_registry(engine_calls, tmp_path, capsys):
+    registry = f"127.0.0.1:{_free_port()}/agents"
+    code, out = _cli_json(["build", str(HELLO), "--expect-name", "other", "--registry", registry, "--push",
+                           "--cache-dir", str(tmp_path)], capsys)
+    assert (code, out["error"]["field"]) == (10, "name"), out
+
+
+def test_the_registry_check_opens_an_upload_and_cancels_it_then_the_engine_is_asked(engine_calls, tmp_path, capsys):
+    fake = _FakeRegistry()
+    try:
+        code, out = _cli_json(["build", str(HELLO), "--registry", f"{fake.host}/agents", "--push",
+                               "--cache-dir", str(tmp_path)], capsys)
+    finally:
+        fake.close()
+    assert fake.seen == ["POST /v2/agents/hello-agent/blobs/uploads/",
+                         "DELETE /v2/agents/hello-agent/blobs/uploads/u-1?_state=x"], fake.seen
+    assert (code, out["error"]["class"]) == (99, "InternalError"), out  # the recording engine refused
+    assert engine_calls, "the engine comes after the registry check"
+
+
+def test_refused_credentials_are_found_before_the_engine(engine_calls, tmp_path, capsys, monkeypatch):
+    fake = _FakeRegistry(auth="Basic nobody-has-this")
+    monkeypatch.setenv("AGENT_IMAGE_REGISTRY_PASSWORD", "wrong-password-1234")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    try:
+        code, out = _cli_json(["build", str(HELLO), "--registry", f"{fake.host}/agents", "--push",
+                               "--registry-username", "ci", "--cache-dir", str(tmp_path)], capsys)
+    finally:
+        fake.close()
+    assert (code, out["error"]["class"]) == (60, "RegistryError"), out
+    assert "HTTP 401" in out["error"]["message"] and "wrong-password-1234" not in json.dumps(out)
+    assert engine_calls == []
