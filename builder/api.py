@@ -45,7 +45,7 @@ from builder.plan.inputs import (PACKAGING_FILES, added_files, check_cache_dir, 
                                  read_ca_bundle, read_split, repository)
 from builder.plan.options import BuildOptions
 
-__all__ = ["BuildOptions", "BuildResult", "build_image", "prepare"]
+__all__ = ["BuildOptions", "BuildResult", "build_image", "check_inputs", "prepare"]
 
 log = structlog.get_logger("agent_image")
 
@@ -202,6 +202,11 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     return _Job(pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
                 base_image=options.base_image or base_image_for(m.python))
+
+
+def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
+    """Every check a build makes before the engine (--dry-run runs them too)."""
+    return _check_inputs(pkg, options, time.monotonic())
 
 
 def _learn_env_values(pkg: Package, paths: list[str]) -> None:

@@ -103,9 +103,7 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
 
 
 def cmd_build(args, engine_factory) -> dict:
-    from builder.api import BuildOptions, build_image, prepare
-    from builder.build.proxy.index import resolve_index
-    from builder.package.reader import open_package
+    from builder.api import BuildOptions, build_image
 
     opts = BuildOptions(
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
@@ -117,12 +115,7 @@ def cmd_build(args, engine_factory) -> dict:
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
-        with open_package(args.source, opts.limits) as pkg:
-            upstream = resolve_index(opts.index_url)
-            _, rendered, context, digest = prepare(pkg, opts, upstream.url, base_id="(not resolved in --dry-run)")
-            if not args.json:
-                sys.stdout.write(rendered.text)
-            return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size}
+        return _dry_run(args, opts)
     task_opts = _ecs_precheck(args) if args.ecs_task_def else None
     engine = engine_factory()
     result = build_image(args.source, opts, engine=engine)
@@ -132,6 +125,34 @@ def cmd_build(args, engine_factory) -> dict:
     if not args.json:
         print(f"{result.image} {result.image_id}" + (f"\n{result.digest_ref}" if result.digest_ref else ""))
     return out
+
+
+def _dry_run(args, opts) -> dict:
+    """The Dockerfile, after every check a build makes without the engine (and the registry's,
+    with --push); what only a build can check is said, in the result and on stderr."""
+    from builder.api import check_inputs, prepare
+    from builder.build.reuse import remote
+    from builder.package.reader import open_package
+    with open_package(args.source, opts.limits) as pkg:
+        job = check_inputs(pkg, opts)
+        checked = ["options", "package", "requirements"]
+        if args.ecs_task_def:
+            _ecs_precheck(args)
+            checked.append("ecs-task-def options")
+        not_checked = [f"the engine: the base image {job.base_image} and what it holds, the build sandbox",
+                       f"the index {job.upstream.url}: that the requirements resolve and install"]
+        if args.push and remote(job.repo):
+            from builder.ship.preflight import check_push
+            check_push(job.repo, auth=opts.registry_auth, option="--repository" if args.repository else "--registry")
+            checked.append(f"the registry: {job.repo} takes a push")
+            if not args.overwrite:
+                not_checked.append(f"the registry: that {job.ref} is free or holds this content (it needs the image)")
+        _, rendered, context, _ = prepare(pkg, opts, job.upstream.url, base_id="(not resolved in --dry-run)")
+    if not args.json:
+        sys.stdout.write(rendered.text)
+        sys.stderr.write(f"dry run: checked {', '.join(checked)}; not checked: {'; '.join(not_checked)}\n")
+    return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size, "checked": checked,
+            "not_checked": not_checked}
 
 
 def _write_task_def(engine, result, task_opts, path: Path) -> Path:

@@ -55,6 +55,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout; logs are JSON too")
     p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
     p.add_argument("--engine", metavar="URL", help="Docker engine address (default: DOCKER_HOST or the local socket)")
+    p.add_argument("--progress", choices=["auto", "tty", "plain", "json"], default="auto",
+                   help="log format on stderr: tty (build's live view), plain (a line per event), json (a JSON "
+                        "object per event); auto (default): tty on a terminal without --json, else plain")
 
 
 def _add_ecs(p: argparse.ArgumentParser) -> None:
@@ -245,9 +248,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _progress(args):
-    """A live progress view for `build` when a person watches stderr; None everywhere else."""
-    if args.command != "build" or args.json or args.dry_run or not sys.stderr.isatty():
+def _progress(args, mode: str):
+    """A live progress view for `build` when a person watches stderr (--progress tty); None everywhere else."""
+    if args.command != "build" or args.dry_run or mode != "tty":
         return None
     from builder.cli.progress import BuildProgress
     return BuildProgress(verbose=args.verbose, pushing=args.push)
@@ -267,10 +270,13 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
     return (image.size, base_image.size, base) if image and base_image else None
 
 
-def _report(err: PackageLoadError, as_json: bool) -> int:
+def _report(err: PackageLoadError, as_json: bool, command: str = "") -> int:
+    from builder.cli import ciout
+    ciout.failed(command, err)
     if as_json:
         # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error
-        print(json.dumps({"ok": False, **getattr(err, "result", {}), "error": err.to_dict()}, default=str))
+        print(json.dumps({"schema": ciout.SCHEMA, "ok": False, **getattr(err, "result", {}),
+                          "error": err.to_dict()}, default=str))
     else:
         sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
         for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
@@ -301,11 +307,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, engine_factory) -> int:
+    from builder.cli import ciout
     from builder.core.log import configure
     try:
         signal.signal(signal.SIGTERM, _interrupt)
-        progress = _progress(args)
-        configure(json_output=True if args.json else None, verbose=args.verbose, progress=progress)
+        mode = ciout.log_mode(args)
+        progress = _progress(args, mode)
+        configure(json_output=mode == "json", verbose=args.verbose, progress=progress)
         if progress:
             # the result line waits for the summary: written mid-display it would be painted over
             with progress, contextlib.redirect_stdout(io.StringIO()) as result_line:
@@ -315,10 +323,11 @@ def _run(args, engine_factory) -> int:
         else:
             out = COMMANDS[args.command](args, engine_factory)
         if args.json:
-            print(json.dumps(out, default=str))
+            print(json.dumps(ciout.envelope(args.command, out), default=str))
+        ciout.succeeded(args.command, out)
         return 0
     except PackageLoadError as err:
-        return _report(err, args.json)
+        return _report(err, args.json, args.command)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
@@ -326,7 +335,7 @@ def _run(args, engine_factory) -> int:
         from builder.core.crash import internal_error
         err = internal_error(exc, getattr(args, "cache_dir", None))
         try:
-            return _report(err, args.json)
+            return _report(err, args.json, args.command)
         except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
             return err.exit_code
 
