@@ -195,14 +195,18 @@ def cmd_rebase(args, engine_factory) -> dict:
 
 
 def cmd_base(args, engine_factory) -> dict:
-    from builder.build.base import build_base, push_base
+    from builder.build.base import BASE_NAME, build_base, push_base
+    from builder.build.reuse import remote as remote_repo
     from builder.core.errors import PackageValidationError
-    if args.push and not args.registry:
+    if args.push and not args.registry:  # (the command line says it first, exit 2; this is for other callers)
         raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
                                      hint="Add --registry HOST[:PORT]/PREFIX.")
     from builder.core.defaults import base_image_for
     from builder.core.refs import check_image_ref
     tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python)
+    if args.push and remote_repo(f"{args.registry.rstrip('/')}/{BASE_NAME}"):  # before the build, as for build
+        from builder.ship.preflight import check_push
+        check_push(f"{args.registry.rstrip('/')}/{BASE_NAME}", auth=_registry_auth(args))
     engine = engine_factory()
     image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=tag,
                           index_url=args.index_url, ca_bundle=args.ca_bundle)

@@ -235,6 +235,8 @@ def _check_usage(top: argparse.ArgumentParser, args) -> None:
     """Combinations of options that cannot work: a usage error (exit 2) before anything runs."""
     if args.command == "build" and args.push and not (args.registry or args.repository):
         top.commands["build"].error("--push needs --registry (or --repository) to know where to push")
+    if args.command == "base" and args.push and not args.registry:
+        top.commands["base"].error("--push needs --registry to know where to push")
     from builder.cli.usage import problems
     said = problems(args)
     if said:

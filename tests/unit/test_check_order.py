@@ -221,3 +221,17 @@ def test_refused_credentials_are_found_before_the_engine(engine_calls, tmp_path,
     assert (code, out["error"]["class"]) == (60, "RegistryError"), out
     assert "HTTP 401" in out["error"]["message"] and "wrong-password-1234" not in json.dumps(out)
     assert engine_calls == []
+
+
+def test_base_push_without_a_registry_is_a_usage_error(engine_calls, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["base", "--push"])
+    assert exit_.value.code == 2 and "--push needs --registry" in capsys.readouterr().err
+    assert engine_calls == []
+
+
+def test_base_push_checks_the_registry_before_the_engine(engine_calls, tmp_path, capsys):
+    code, out = _cli_json(["base", "--registry", f"127.0.0.1:{_free_port()}/agents", "--push"], capsys)
+    assert (code, out["error"]["class"]) == (60, "RegistryError"), out
+    assert "agent-image.base" in out["error"]["message"]
+    assert engine_calls == []
