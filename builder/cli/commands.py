@@ -276,8 +276,9 @@ def cmd_doctor(args, engine_factory) -> dict:
     if not report["ok"]:
         reached = [c["target"] for c in report["checks"] if c["reached"] != c["expected"]]
         err = SandboxError(f"a build step on this engine is not confined to the index proxy: {', '.join(reached)}",
-                           hint="Builds must run in the sandbox (builder/build/sandbox.py); see README "
-                                "'What a build can reach'.")
+                           hint="Do not build on this runner until doctor passes: unset "
+                                "AGENT_IMAGE_TEST_HOST_NETWORK if set, and read agent-image's docs/security.md, "
+                                "'What a build can reach' and 'Doctor', for what the sandbox needs from the engine.")
         err.result = report
         raise err
     return report

@@ -52,7 +52,8 @@ def _port(text: str) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout; logs are JSON too")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (\"schema\": 1); "
+                                                       "the log on stderr follows --progress")
     p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
     p.add_argument("--engine", metavar="URL", help="Docker engine address (default: DOCKER_HOST or the local socket)")
     p.add_argument("--progress", choices=["auto", "tty", "plain", "json"], default="auto",
