@@ -121,7 +121,10 @@ def cmd_build(args, engine_factory) -> dict:
     result = build_image(args.source, opts, engine=engine)
     out = result.to_dict()
     if task_opts is not None:
+        started = time.monotonic()
         out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def))
+        took = round(time.monotonic() - started, 3)  # duration_s is the whole command's: this step too
+        out["phases"]["ecs_task_def"], out["duration_s"] = took, round(out["duration_s"] + took, 3)
     if not args.json:
         print(f"{result.image} {result.image_id}" + (f"\n{result.digest_ref}" if result.digest_ref else ""))
     return out
