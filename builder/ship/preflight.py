@@ -20,22 +20,28 @@ from builder.ship.client import RegistryClient, parse_ref
 
 log = structlog.get_logger("agent_image.registry")
 
+# names the engine accepts for Docker Hub, whose registry API answers at another host
+_HUB = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+
 
 def check_push(repository: str, *, auth: dict | None = None, option: str = "--registry", retries: int = 1) -> float:
     """Raise RegistryError unless REPOSITORY (HOST[:PORT]/PATH) would take a push; return seconds taken."""
     started = time.monotonic()
     ref = parse_ref(repository)
-    client = RegistryClient(ref.host, auth=auth, retries=retries, timeout=15.0)
+    client = RegistryClient(_HUB.get(ref.host, ref.host), auth=auth, retries=retries, timeout=15.0)
     scopes = (f"repository:{ref.repo}:pull,push",)
     try:
         # (the client's one sending path: auth challenges, redirects and redaction as for every request)
         opened = client._request("POST", f"/v2/{ref.repo}/blobs/uploads/", scopes=scopes, ok=(202,))
-        where = opened.headers.get("Location")
-        if where:
-            client._request("DELETE", client._location(opened), scopes=scopes, ok=(202, 204, 404, 405))
     except RegistryError as err:
         raise RegistryError(f"{repository}: the registry cannot take this push (checked before building): "
                             f"{err.message}", hint=_hint(err), field=option) from None
+    try:  # the answer was yes; closing the empty session is tidiness, and some registries cannot
+        if opened.headers.get("Location"):
+            client._request("DELETE", client._location(opened), scopes=scopes, ok=(202, 204, 404, 405))
+    except RegistryError as err:
+        log.debug("The registry kept the empty upload session (it expires)", repository=repository,
+                  reason=err.message)
     took = time.monotonic() - started
     log.info("Registry accepts the push", repository=repository, seconds=round(took, 3))
     return took

@@ -235,3 +235,17 @@ def test_base_push_checks_the_registry_before_the_engine(engine_calls, tmp_path,
     assert (code, out["error"]["class"]) == (60, "RegistryError"), out
     assert "agent-image.base" in out["error"]["message"]
     assert engine_calls == []
+
+
+@pytest.mark.parametrize("status, said", [(404, "Create the repository"), (403, "refused the credentials")])
+def test_a_refused_upload_says_what_to_do(status, said):
+    from builder.core.errors import RegistryError
+    from builder.ship.preflight import check_push
+    fake = _FakeRegistry(post_status=status)
+    try:
+        with pytest.raises(RegistryError) as info:
+            check_push(f"{fake.host}/agents/hello-agent", auth={"username": "u", "password": "p-1234"})
+    finally:
+        fake.close()
+    assert f"HTTP {status}" in info.value.message and said in info.value.hint and info.value.exit_code == 60
+    assert fake.seen == ["POST /v2/agents/hello-agent/blobs/uploads/"]  # nothing else was sent
