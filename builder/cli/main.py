@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from builder import __version__
+from builder.cli import ciout
 from builder.cli.commands import COMMANDS
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import EXIT_CODES, PackageLoadError
@@ -56,7 +57,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                                                        "the log on stderr follows --progress")
     p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
     p.add_argument("--engine", metavar="URL", help="Docker engine address (default: DOCKER_HOST or the local socket)")
-    p.add_argument("--progress", choices=["auto", "tty", "plain", "json"], default="auto",
+    p.add_argument("--progress", choices=ciout.MODES, default="auto",
                    help="log format on stderr: tty (build's live view), plain (a line per event), json (a JSON "
                         "object per event); auto (default): tty on a terminal without --json, else plain")
 
@@ -160,8 +161,8 @@ def _add_build(sub) -> None:
 def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
     base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
-    base.add_argument("--from", dest="from_image", help="Python image to start from "
-                                                        "(default agent-image/python:X.Y, made by scripts/setup.sh in a "
+    base.add_argument("--from", dest="from_image", help="Python image to start from (default "
+                                                        "agent-image/python:X.Y, made by scripts/setup.sh in a "
                                                         "checkout; elsewhere e.g. python:3.11-slim)")
     base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
                                     "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
@@ -274,7 +275,6 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
 
 
 def _report(err: PackageLoadError, as_json: bool, command: str = "") -> int:
-    from builder.cli import ciout
     ciout.failed(command, err)
     if as_json:
         # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error
@@ -310,7 +310,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, engine_factory) -> int:
-    from builder.cli import ciout
     from builder.core.log import configure
     try:
         signal.signal(signal.SIGTERM, _interrupt)
