@@ -249,3 +249,27 @@ def test_a_refused_upload_says_what_to_do(status, said):
         fake.close()
     assert f"HTTP {status}" in info.value.message and said in info.value.hint and info.value.exit_code == 60
     assert fake.seen == ["POST /v2/agents/hello-agent/blobs/uploads/"]  # nothing else was sent
+
+
+# -- issue 22: --dry-run checks what it can without the engine, and says what it could not -------------------
+
+@pytest.mark.parametrize("argv, code, field", [
+    (["--expect-name", "other"], 10, "name"),
+    (["--cache-dir", "/etc/hostname"], 10, "--cache-dir"),  # a dry run used to accept it
+    (["--ca-bundle-in-image"], 10, "--ca-bundle"),
+    (["--registry", "127.0.0.1:1/agents", "--push"], 60, "--registry"),
+])
+def test_dry_run_refuses_what_a_build_would(argv, code, field, engine_calls, tmp_path, capsys):
+    argv = ["--cache-dir", str(tmp_path), *argv]  # (a later --cache-dir wins)
+    got, out = _cli_json(["build", str(HELLO), "--dry-run", *argv], capsys)
+    assert (got, out["error"]["field"]) == (code, field), out
+    assert engine_calls == []
+
+
+def test_dry_run_says_what_it_did_not_check(engine_calls, tmp_path, capsys):
+    assert cli.main(["build", str(HELLO), "--dry-run", "--cache-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("# agent-image") and "FROM " in out
+    said = [ln for ln in err.splitlines() if ln.startswith("dry run: ")]
+    assert len(said) == 1 and "not checked: the engine" in said[0] and "the index" in said[0], err
+    assert engine_calls == []
