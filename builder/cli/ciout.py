@@ -17,6 +17,8 @@ block (the image, its digest and the time; or the error) is appended to the job 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import sys
@@ -111,6 +113,27 @@ def succeeded(command: str, out: dict) -> None:
     """A command succeeded: under GitHub Actions, its image in the job summary."""
     if _on_github() and isinstance(out, dict) and out.get("image"):
         _append_summary(_summary_of_success(command, out))
+
+
+@contextlib.contextmanager
+def usage_annotated():
+    """Under GitHub Actions a usage error (argparse's exit 2) is an annotation too: argparse's
+    own text is kept (it goes to stderr as always) and its last line becomes the annotation."""
+    if not _on_github():
+        yield
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            yield
+    except SystemExit as exc:
+        sys.stderr.write(said.getvalue())
+        last = (said.getvalue().strip().splitlines() or ["bad command-line usage"])[-1]
+        if exc.code == 2:
+            title = "agent-image: bad command-line usage (exit 2)"
+            sys.stderr.write(f"::error title={escape_property(title)}::{escape_data(last)}\n")
+        raise
+    sys.stderr.write(said.getvalue())
 
 
 def failed(command: str, err) -> None:

@@ -294,8 +294,9 @@ def _report(err: PackageLoadError, as_json: bool, command: str = "") -> int:
 
 def main(argv: list[str] | None = None) -> int:
     top = parser()
-    args = top.parse_args(argv)
-    _check_usage(top, args)
+    with ciout.usage_annotated():
+        args = top.parse_args(argv)
+        _check_usage(top, args)
 
     def engine_factory():
         from builder.build.engine import Engine

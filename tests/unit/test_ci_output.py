@@ -101,3 +101,12 @@ def test_a_success_summary_names_image_digest_and_time(tmp_path, monkeypatch):
                               "phases": {"check": 0.1, "build": 2.0, "push": 1.15}})
     text = (tmp_path / "s.md").read_text()
     assert "| digest | `r/a@sha256:00` |" in text and "3.2 s (check 0.1 s, build 2.0 s, push 1.1 s)" in text
+
+
+def test_under_github_actions_a_usage_error_is_an_annotation_too(tmp_path):
+    proc = _run(["build", str(HELLO), "--registry", "Bad_Reg/x", "--json"], tmp_path, GITHUB_ACTIONS="true")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "usage: agent-image build" in proc.stderr  # argparse's text, as always
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("::error ")]
+    assert len(notes) == 1 and "exit 2" in notes[0] and "--registry%3A" not in notes[0]
+    assert "'Bad_Reg/x' is not a valid registry" in notes[0]
