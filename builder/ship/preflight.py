@@ -48,7 +48,7 @@ def check_push(repository: str, *, auth: dict | None = None, option: str = "--re
 
 
 def _hint(err: RegistryError) -> str:
-    if "404" in err.message or "NAME_UNKNOWN" in err.message:
+    if "answered HTTP 404" in err.message or "NAME_UNKNOWN" in err.message:  # (not "404": a port may hold it)
         return ("Create the repository first (ECR: repositories must exist before a push), or fix the repository. "
                 "Nothing was built.")
     return f"{err.hint or 'Check --registry.'} Nothing was built."
