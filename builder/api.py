@@ -45,7 +45,7 @@ from builder.plan.inputs import (PACKAGING_FILES, added_files, check_cache_dir, 
                                  read_ca_bundle, read_split, repository)
 from builder.plan.options import BuildOptions
 
-__all__ = ["BuildOptions", "BuildResult", "build_image", "prepare"]
+__all__ = ["BuildOptions", "BuildResult", "build_image", "check_inputs", "prepare"]
 
 log = structlog.get_logger("agent_image")
 
@@ -68,6 +68,7 @@ class BuildResult:
     tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
     deps_image: str = ""    # the dependency image it was built FROM (builder/build/depsimage.py)
     deps_origin: str = ""   # "local" | "pulled" | "built"
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per stage; duration_s is the whole call
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +118,12 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
     deadline = started + options.timeout  # the whole command's: reading the package too, not only the build
     with open_package(source, options.limits, deadline) as pkg, contextlib.ExitStack() as early:
         job = _check_inputs(pkg, options, started)
+        _lap(job, "check")
+        if options.push and remote(job.repo):  # before the engine: a build the push would lose is not started
+            from builder.ship.preflight import check_push
+            check_push(job.repo, auth=options.registry_auth,
+                       option="--repository" if options.repository else "--registry")
+            _lap(job, "registry")
         engine = engine or Engine()  # (it connects on its first call: nothing above asked it anything)
         engine.ping()
         base = _base(engine, job.base_image, options, pkg.manifest.python)
@@ -126,7 +133,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
 
         hit, cache_from = _identical_image(engine, job, plan)
         if hit is not None:
-            return _ship(*_reuse(engine, job, plan, hit), engine, options)
+            return _ship(*_reuse(engine, job, plan, hit), engine, job)
         deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
         # every build of this call shares --timeout, with the reading before them
         build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
@@ -142,7 +149,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
             raise _failure(job, plan, built)
-        return _ship(*_finish(engine, job, plan, deps, built), engine, options)
+        return _ship(*_finish(engine, job, plan, deps, built), engine, job)
 
 
 # -- check the inputs: everything the package and the options can get wrong, before the engine ------------------
@@ -161,6 +168,13 @@ class _Job:
     added: dict[str, bytes]      # inputs.added_files: the same for every rendering
     replace: dict[str, bytes]
     base_image: str
+    laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
+
+
+def _lap(job: _Job, name: str) -> None:
+    """Close stage NAME: the seconds since the last one closed (or the start)."""
+    now = time.monotonic() - job.started
+    job.laps[name] = round(now - sum(job.laps.values()), 3)
 
 
 def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
@@ -190,6 +204,11 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
                 base_image=options.base_image or base_image_for(m.python))
 
 
+def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
+    """Every check a build makes before the engine (--dry-run runs them too)."""
+    return _check_inputs(pkg, options, time.monotonic())
+
+
 def _learn_env_values(pkg: Package, paths: list[str]) -> None:
     """This build's redactor hides the values of the package's .env files; a value
     the package shows itself (agent.yaml, requirements, setup files) is no secret."""
@@ -211,7 +230,7 @@ def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -
         from builder.ship.pushpull import pull_base
         pull_base(engine, base_image, auth=options.registry_auth)
     return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
-                                                 "(scripts/setup.sh does it) and retry.")
+                                                 "(or pass --base-image) and retry.")
 
 
 # -- reuse an identical image --------------------------------------------------------------------------------------
@@ -323,11 +342,22 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
 
 # -- ship ----------------------------------------------------------------------------------------------------------
 
-def _ship(result: BuildResult, kept: str | None, engine: Engine, options: BuildOptions) -> BuildResult:
+def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job) -> BuildResult:
     """With --push: the agent (unless the registry's tag already holds this content), then
-    its dependency image. --push without a place to push was refused by the checks."""
+    its dependency image. --push without a place to push was refused by the checks.
+    duration_s is the whole call, the push included; phases say where it went."""
+    _lap(job, "build")
+    _push(result, kept, engine, job.options)
+    if job.options.push:
+        _lap(job, "push")
+    result.phases = dict(job.laps)
+    result.duration_s = round(time.monotonic() - job.started, 3)
+    return result
+
+
+def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildOptions) -> None:
     if not options.push:
-        return result
+        return
     from builder.ship.pushpull import push_image
     if kept:
         result.digest_ref, result.tag_kept = kept, True
@@ -344,7 +374,6 @@ def _ship(result: BuildResult, kept: str | None, engine: Engine, options: BuildO
                    "repositories must exist before a push) or grant push to it.")
             log.warning("Dependency image not pushed", image=result.deps_image, reason=str(exc)[:300])
             result.warnings.append(why)
-    return result
 
 
 def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:

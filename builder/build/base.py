@@ -45,8 +45,8 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
     from_image = from_image or PYTHON_IMAGES.get(python)
     if not from_image:
         raise BaseImageMissingError(f"no default Python image for {python}", hint="Pass --from IMAGE.")
-    engine.require_image(from_image, hint="Run scripts/setup.sh (debootstrap + docker import) or pass "
-                                          "--from with a Python image the engine has.")
+    engine.require_image(from_image, hint="Pass --from with a Python image the engine has (e.g. python:3.11-slim "
+                                          "after `docker pull python:3.11-slim`).")
     from builder.build.proxy.cache import DownloadCache
     from builder.build.proxy.index import resolve_index
     from builder.build.proxy.server import IndexProxy

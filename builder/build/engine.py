@@ -67,7 +67,8 @@ def _shutdown(response) -> None:
 
 def _engine_error(exc: Exception, doing: str) -> EngineError:
     return EngineError(f"the Docker engine is unreachable while {doing}: {redact(str(exc))[:300]}",
-                       hint="Start it (scripts/setup.sh starts dockerd) or set DOCKER_HOST, then retry.")
+                       hint="Start dockerd (or Docker Desktop), or point DOCKER_HOST (or --engine) at a running "
+                            "engine, then retry.")
 
 
 class Engine:

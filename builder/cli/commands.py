@@ -103,9 +103,7 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
 
 
 def cmd_build(args, engine_factory) -> dict:
-    from builder.api import BuildOptions, build_image, prepare
-    from builder.build.proxy.index import resolve_index
-    from builder.package.reader import open_package
+    from builder.api import BuildOptions, build_image
 
     opts = BuildOptions(
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
@@ -117,21 +115,47 @@ def cmd_build(args, engine_factory) -> dict:
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
-        with open_package(args.source, opts.limits) as pkg:
-            upstream = resolve_index(opts.index_url)
-            _, rendered, context, digest = prepare(pkg, opts, upstream.url, base_id="(not resolved in --dry-run)")
-            if not args.json:
-                sys.stdout.write(rendered.text)
-            return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size}
+        return _dry_run(args, opts)
     task_opts = _ecs_precheck(args) if args.ecs_task_def else None
     engine = engine_factory()
     result = build_image(args.source, opts, engine=engine)
     out = result.to_dict()
     if task_opts is not None:
+        started = time.monotonic()
         out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def))
+        took = round(time.monotonic() - started, 3)  # duration_s is the whole command's: this step too
+        out["phases"]["ecs_task_def"], out["duration_s"] = took, round(out["duration_s"] + took, 3)
     if not args.json:
         print(f"{result.image} {result.image_id}" + (f"\n{result.digest_ref}" if result.digest_ref else ""))
     return out
+
+
+def _dry_run(args, opts) -> dict:
+    """The Dockerfile, after every check a build makes without the engine (and the registry's,
+    with --push); what only a build can check is said, in the result and on stderr."""
+    from builder.api import check_inputs, prepare
+    from builder.build.reuse import remote
+    from builder.package.reader import open_package
+    with open_package(args.source, opts.limits) as pkg:
+        job = check_inputs(pkg, opts)
+        checked = ["options", "package", "requirements"]
+        if args.ecs_task_def:
+            _ecs_precheck(args)
+            checked.append("ecs-task-def options")
+        not_checked = [f"the engine: the base image {job.base_image} and what it holds, the build sandbox",
+                       f"the index {job.upstream.url}: that the requirements resolve and install"]
+        if args.push and remote(job.repo):
+            from builder.ship.preflight import check_push
+            check_push(job.repo, auth=opts.registry_auth, option="--repository" if args.repository else "--registry")
+            checked.append(f"the registry: {job.repo} takes a push")
+            if not args.overwrite:
+                not_checked.append(f"the registry: that {job.ref} is free or holds this content (it needs the image)")
+        _, rendered, context, _ = prepare(pkg, opts, job.upstream.url, base_id="(not resolved in --dry-run)")
+    if not args.json:
+        sys.stdout.write(rendered.text)
+        sys.stderr.write(f"dry run: checked {', '.join(checked)}; not checked: {'; '.join(not_checked)}\n")
+    return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size, "checked": checked,
+            "not_checked": not_checked}
 
 
 def _write_task_def(engine, result, task_opts, path: Path) -> Path:
@@ -174,14 +198,18 @@ def cmd_rebase(args, engine_factory) -> dict:
 
 
 def cmd_base(args, engine_factory) -> dict:
-    from builder.build.base import build_base, push_base
+    from builder.build.base import BASE_NAME, build_base, push_base
+    from builder.build.reuse import remote as remote_repo
     from builder.core.errors import PackageValidationError
-    if args.push and not args.registry:
+    if args.push and not args.registry:  # (the command line says it first, exit 2; this is for other callers)
         raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
                                      hint="Add --registry HOST[:PORT]/PREFIX.")
     from builder.core.defaults import base_image_for
     from builder.core.refs import check_image_ref
     tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python)
+    if args.push and remote_repo(f"{args.registry.rstrip('/')}/{BASE_NAME}"):  # before the build, as for build
+        from builder.ship.preflight import check_push
+        check_push(f"{args.registry.rstrip('/')}/{BASE_NAME}", auth=_registry_auth(args))
     engine = engine_factory()
     image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=tag,
                           index_url=args.index_url, ca_bundle=args.ca_bundle)
@@ -251,8 +279,9 @@ def cmd_doctor(args, engine_factory) -> dict:
     if not report["ok"]:
         reached = [c["target"] for c in report["checks"] if c["reached"] != c["expected"]]
         err = SandboxError(f"a build step on this engine is not confined to the index proxy: {', '.join(reached)}",
-                           hint="Builds must run in the sandbox (builder/build/sandbox.py); see README "
-                                "'What a build can reach'.")
+                           hint="Do not build on this runner until doctor passes: unset "
+                                "AGENT_IMAGE_TEST_HOST_NETWORK if set, and read agent-image's docs/security.md, "
+                                "'What a build can reach' and 'Doctor', for what the sandbox needs from the engine.")
         err.result = report
         raise err
     return report

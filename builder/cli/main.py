@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from builder import __version__
+from builder.cli import ciout
 from builder.cli.commands import COMMANDS
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import EXIT_CODES, PackageLoadError
@@ -52,9 +53,13 @@ def _port(text: str) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout; logs are JSON too")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (\"schema\": 1); "
+                                                       "the log on stderr follows --progress")
     p.add_argument("-v", "--verbose", action="store_true", help="log every build-log line (debug level)")
     p.add_argument("--engine", metavar="URL", help="Docker engine address (default: DOCKER_HOST or the local socket)")
+    p.add_argument("--progress", choices=ciout.MODES, default="auto",
+                   help="log format on stderr: tty (build's live view), plain (a line per event), json (a JSON "
+                        "object per event); auto (default): tty on a terminal without --json, else plain")
 
 
 def _add_ecs(p: argparse.ArgumentParser) -> None:
@@ -157,8 +162,9 @@ def _add_build(sub) -> None:
 def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
     base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
-    base.add_argument("--from", dest="from_image", help="Python image to start from "
-                                                        "(default agent-image/python:X.Y from scripts/setup.sh)")
+    base.add_argument("--from", dest="from_image", help="Python image to start from (default "
+                                                        "agent-image/python:X.Y, made by scripts/setup.sh in a "
+                                                        "checkout; elsewhere e.g. python:3.11-slim)")
     base.add_argument("--tag", help="tag for the base (default agent-image/base:pyX.Y; "
                                     "the repository is $AGENT_IMAGE_BASE_REPOSITORY when set)")
     base.add_argument("--registry", metavar="HOST[:PORT]/PREFIX",
@@ -257,6 +263,12 @@ def _check_usage(top: argparse.ArgumentParser, args) -> None:
     for kv in (args.env + args.secret) if args.command == "test" else []:
         if "=" not in kv:
             top.commands["test"].error(f"--env/--secret {kv!r} is not KEY=VALUE")
+    if args.command == "base" and args.push and not args.registry:
+        top.commands["base"].error("--push needs --registry to know where to push")
+    from builder.cli.usage import problems
+    said = problems(args)
+    if said:
+        top.commands[args.command].error("; ".join(said))
 
 
 
@@ -266,9 +278,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _progress(args):
-    """A live progress view for `build` when a person watches stderr; None everywhere else."""
-    if args.command != "build" or args.json or args.dry_run or not sys.stderr.isatty():
+def _progress(args, mode: str):
+    """A live progress view for `build` when a person watches stderr (--progress tty); None everywhere else."""
+    if args.command != "build" or args.dry_run or mode != "tty":
         return None
     from builder.cli.progress import BuildProgress
     return BuildProgress(verbose=args.verbose, pushing=args.push)
@@ -288,10 +300,12 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
     return (image.size, base_image.size, base) if image and base_image else None
 
 
-def _report(err: PackageLoadError, as_json: bool) -> int:
+def _report(err: PackageLoadError, as_json: bool, command: str = "") -> int:
+    ciout.failed(command, err)
     if as_json:
         # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error
-        print(json.dumps({"ok": False, **getattr(err, "result", {}), "error": err.to_dict()}, default=str))
+        print(json.dumps({"schema": ciout.SCHEMA, "ok": False, **getattr(err, "result", {}),
+                          "error": err.to_dict()}, default=str))
     else:
         sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
         for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):
@@ -306,8 +320,9 @@ def _report(err: PackageLoadError, as_json: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     top = parser()
-    args = top.parse_args(argv)
-    _check_usage(top, args)
+    with ciout.usage_annotated():
+        args = top.parse_args(argv)
+        _check_usage(top, args)
 
     def engine_factory():
         from builder.build.engine import Engine
@@ -325,8 +340,9 @@ def _run(args, engine_factory) -> int:
     from builder.core.log import configure
     try:
         signal.signal(signal.SIGTERM, _interrupt)
-        progress = _progress(args)
-        configure(json_output=True if args.json else None, verbose=args.verbose, progress=progress)
+        mode = ciout.log_mode(args)
+        progress = _progress(args, mode)
+        configure(json_output=mode == "json", verbose=args.verbose, progress=progress)
         if progress:
             # the result line waits for the summary: written mid-display it would be painted over
             with progress, contextlib.redirect_stdout(io.StringIO()) as result_line:
@@ -336,10 +352,11 @@ def _run(args, engine_factory) -> int:
         else:
             out = COMMANDS[args.command](args, engine_factory)
         if args.json:
-            print(json.dumps(out, default=str))
+            print(json.dumps(ciout.envelope(args.command, out), default=str))
+        ciout.succeeded(args.command, out)
         return 0
     except PackageLoadError as err:
-        return _report(err, args.json)
+        return _report(err, args.json, args.command)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
@@ -347,7 +364,7 @@ def _run(args, engine_factory) -> int:
         from builder.core.crash import internal_error
         err = internal_error(exc, getattr(args, "cache_dir", None))
         try:
-            return _report(err, args.json)
+            return _report(err, args.json, args.command)
         except OSError:  # stdout/stderr gone (a closed pipe): the exit code still says it
             return err.exit_code
 

@@ -1,7 +1,7 @@
 """Build progress for a person at a terminal (rich): step, live line, summary.
 
-Used only when stderr is a TTY and --json is off; everywhere else output is
-exactly the JSON/console log it always was. It learns what happens from the
+Used with --progress tty (what auto picks when stderr is a TTY and --json is
+off); everywhere else the log is plain or JSON lines (builder/cli/ciout.py). It learns what happens from the
 structlog events the pipeline already emits (named in builder/core/events.py:
 each step, the debug build-log lines, ...) through one processor, so the
 pipeline does not know it exists. Without -v the processor keeps the screen to

@@ -173,7 +173,8 @@ class PackageLoadError(Exception):
         return {
             "class": type(self).__name__,
             "reference": self.reference,
-            "message": str(self),
+            "message": self.message,  # without the hint: that is its own key
+            "hint": self.hint,
             "requirement": self.requirement,
             "line": self.line,
             "field": self.field,

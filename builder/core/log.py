@@ -1,4 +1,4 @@
-"""structlog set-up: small composable processors, JSON off a TTY.
+"""structlog set-up: small composable processors, JSON off a TTY unless told (the CLI tells: --progress).
 
 ``redact_secrets`` sits in the chain once, so no log line anywhere can carry
 an index token, a URL password or a registered .env value.

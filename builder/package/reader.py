@@ -282,7 +282,8 @@ def read_manifest_text(root: Path) -> str:
     path = root / "agent.yaml"
     if not path.is_file():
         raise _bad("the package has no agent.yaml at its root", "agent.yaml",
-                   "Run `pixell init` or add agent.yaml next to src/.")
+                   "Add agent.yaml at the package root (`pixell init`, from the pixell-kit package, writes "
+                   "one), then rebuild the .apkg with `pixell build`.")
     try:  # no more than the manifest's own cap and a byte (parse_manifest refuses more)
         with open(path, "rb") as fh:
             data = fh.read(MAX_YAML_BYTES + 1)

@@ -142,6 +142,6 @@ def test_an_image_never_pushed_has_no_digest(agent_factory, index_url, cleanup_i
     assert proc.returncode == 0, proc.stderr[-2000:]
     bad = cli("ecs-task-def", "agents/local-ecs:0.1.0", "--json")
     assert bad.returncode == 80
-    assert "Push it first" in json.loads(bad.stdout)["error"]["message"]
+    assert "Push it first" in json.loads(bad.stdout)["error"]["hint"]
     no_push = cli("build", str(tmp_path), "--ecs-task-def", str(tmp_path / "x.json"), "--json")
     assert no_push.returncode == 80 and json.loads(no_push.stdout)["error"]["field"] == "--ecs-task-def"

@@ -1,7 +1,8 @@
 """Issue 9: `build` on a terminal, run under a real pseudo-terminal.
 
 stderr is the pty (what a person sees), stdout a pipe (what a script reads).
-Off a TTY the output is unchanged: JSON log lines on stderr.
+Off a TTY (--progress auto) the log is plain lines a person reads in a CI log; --progress json
+gives the JSON log lines tools follow (issue 22).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import termios
 import threading
 
-from builder.core.events import OPENED, READY
+from builder.core.events import OPENED, READY, REUSED_IMAGE
 from tests.support.cli import AGENT_IMAGE
 
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -95,22 +96,31 @@ def test_build_on_a_tty_shows_steps_a_live_line_and_a_summary(agent_factory, ind
     assert any("[debug" in ln and "Step 1/" in ln for ln in shown), shown
 
 
-def test_off_a_tty_output_is_unchanged(agent_factory, index_url, cleanup_images):
+def test_off_a_tty_the_log_is_plain_lines_and_json_on_request(agent_factory, index_url, cleanup_images):
     cleanup_images("agents/pipe-agent")
     agent = agent_factory("pipe-agent", requirements=None)
     proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--index-url", index_url], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.fullmatch(r"agents/pipe-agent:0\.1\.0 sha256:[0-9a-f]{64}\n", proc.stdout)
-    events = [json.loads(ln) for ln in proc.stderr.splitlines()]  # every stderr line a JSON log event
-    assert READY in {e["event"] for e in events}
+    lines = proc.stderr.splitlines()
+    assert any("[info" in ln and READY in ln for ln in lines), lines  # one readable line per event
+    assert not any(ln.startswith("{") for ln in lines), lines[:5]
     assert "✔" not in proc.stderr and "\x1b[" not in proc.stderr
+    proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--index-url", index_url, "--progress", "json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(ln) for ln in proc.stderr.splitlines()]  # every stderr line a JSON log event
+    assert {e["event"] for e in events} & {READY, REUSED_IMAGE}  # (the second build may reuse the first's image)
 
 
-def test_json_on_a_tty_keeps_one_object_and_json_logs(agent_factory, index_url, cleanup_images):
+def test_json_on_a_tty_keeps_one_object_and_plain_or_json_logs(agent_factory, index_url, cleanup_images):
     cleanup_images("agents/tty-json")
     agent = agent_factory("tty-json", requirements=None)
     code, raw, stdout = run_on_tty(["build", str(agent), "--index-url", index_url, "--json"])
+    assert code == 0 and json.loads(stdout)["ok"] is True and json.loads(stdout)["schema"] == 1
+    assert frames(raw) and not any(ln.startswith(("{", "✔")) for ln in frames(raw)), frames(raw)[:5]
+    code, raw, stdout = run_on_tty(["build", str(agent), "--index-url", index_url, "--json", "--progress", "json"])
     assert code == 0 and json.loads(stdout)["ok"] is True
     assert all(ln.startswith("{") for ln in frames(raw)), frames(raw)[:5]
 

@@ -52,6 +52,9 @@ def test_push_pull_by_digest_and_verify(agent_factory, index_url, registry, dock
     out = json.loads(proc.stdout)
     assert out["image"] == f"{prefix}/shipped:0.1.0"
     assert out["digest_ref"].startswith(f"{prefix}/shipped@sha256:")
+    # issue 22: the whole command's time, the push included, and where it went
+    assert out["schema"] == 1 and set(out["phases"]) == {"check", "registry", "build", "push"}, out["phases"]
+    assert abs(sum(out["phases"].values()) - out["duration_s"]) < 0.5 and out["phases"]["push"] > 0
     # the registry has the version tag and the input-digest tag
     with urllib.request.urlopen(f"http://{registry.host}/v2/agents/shipped/tags/list") as resp:
         tags = set(json.loads(resp.read())["tags"])
@@ -95,6 +98,9 @@ def test_registry_down_is_a_registry_error(agent_factory, index_url, tmp_path, c
     out = json.loads(proc.stdout)
     assert out["error"]["class"] == "RegistryError" and proc.returncode == 60
     assert "unreachable" in out["error"]["message"] or "refused" in out["error"]["message"]
+    # issue 22: found before the build, not after it
+    assert "checked before building" in out["error"]["message"], out
+    assert "Agent image ready" not in proc.stderr and "build step" not in proc.stderr
 
 
 def test_serves_health_meta_invoke(agent_factory, index_url, cleanup_images):

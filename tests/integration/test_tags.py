@@ -42,7 +42,7 @@ def test_a_different_package_under_a_pushed_version_is_refused(agent_factory, in
     error = out["error"]
     assert error["class"] == "TagExistsError" and error["field"] == "metadata.version"
     assert f"{prefix}/fixed-version:0.1.0" in error["message"] and held in error["message"]
-    assert "--overwrite" in error["message"] and "image sha256:" in error["message"]
+    assert "--overwrite" in error["hint"] and "image sha256:" in error["message"]
     assert tag_digest(registry.host, "immutable/fixed-version", "0.1.0") == held, "the refused push moved the tag"
     # no tag moved locally either: the refusal came before the build was tagged
     assert docker_client.images.get(f"{prefix}/fixed-version:0.1.0").id == first["image_id"]

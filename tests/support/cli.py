@@ -17,8 +17,9 @@ def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def build_json(source: Path, *args: str, timeout: float = 600) -> tuple[int, dict, str]:
-    """`agent-image build SOURCE --json ARGS`: (exit code, the one JSON object, stderr); never a traceback."""
-    proc = run_cli("build", source, "--json", *args, timeout=timeout)
+    """`agent-image build SOURCE --json ARGS`: (exit code, the one JSON object, stderr: JSON log lines, as
+    tools following events read them); never a traceback."""
+    proc = run_cli("build", source, "--json", "--progress", "json", *args, timeout=timeout)
     assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, f"--json must print exactly one object on stdout, got: {proc.stdout!r}"
