@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from tests.support.paths import ROOT
 from tests.support.recipes import (RECIPES, GitHubRunner, buildspec_env, buildspec_script, checkout_repo, fake_aws,
                                    gitlab_script, run_shell)
 
-PASSWORD = "ecr-login-password-NEVER-PRINTED-7f3a"  # what the stand-in `aws ecr get-login-password` prints
+# what the stand-in `aws ecr get-login-password` prints; made at run time, so no file holds it before the run
+PASSWORD = f"ecr-login-{secrets.token_hex(16)}"
 TAG = "v0.1.0"
 LOCAL_BASE = "agent-image/base:py3.11"  # `agent-image base` without --tag moves it: put back afterwards
 
@@ -60,9 +62,7 @@ def runner_env(tmp_path, index_url, registry, docker_client):
     before = docker_client.images.get(LOCAL_BASE).id
     env.update(PATH=os.pathsep.join(path), HOME=str(home), FAKE_ECR_PASSWORD=PASSWORD, FAKE_S3_ROOT=str(s3),
                FAKE_AWS_LOG=str(tmp_path / "aws.log"),
-               # the build's index: the local one (the recipes' CodeArtifact needs AWS); pip's own config
-               # (extra indexes, find-links) still serves the tool's dependencies
-               PIP_INDEX_URL=index_url, ENABLE_CODEARTIFACT="false")
+               TEST_INDEX_URL=index_url)  # the build's --index-url (REWRITE in tests/support/recipes.py)
     yield env, python, s3
     docker_client.images.get(before).tag(LOCAL_BASE)
 

@@ -8,9 +8,11 @@ recipe. What cannot run here is replaced, each in one marked place:
   make (``ecr get-login-password`` prints a password of the test's,
   ``s3 cp`` copies from a local folder, ``ecr describe/create-repository``
   and ``sts`` answer as AWS would), and fails on any other call.
-- REWRITE: the ECR host the recipes compute becomes the local registry, and
-  ``--create-repository`` (ECR only) is dropped; tests/unit/test_ecr.py
-  runs it against moto's ECR.
+- REWRITE: the ECR host the recipes compute becomes the local registry,
+  ``--create-repository`` (ECR only) is dropped (tests/unit/test_ecr.py
+  runs it against moto's ECR), and ``build`` gets ``--index-url`` of the
+  test index in place of the recipes' CodeArtifact (PIP_INDEX_URL would also
+  be pip's own index when the recipe installs the tool).
 - SKIPPED GitHub actions: aws-actions/configure-aws-credentials (no AWS),
   actions/cache (its path is checked by tests/unit/test_recipes.py),
   actions/upload-artifact (its files are checked to exist). The agent-image
@@ -72,8 +74,10 @@ def fake_aws(bin_dir: Path) -> Path:
 
 
 def rewrite(script: str, registry_host: str) -> str:
-    """REWRITE (see the module docstring): the local registry for ECR; no --create-repository."""
-    return script.replace(ECR_HOST, registry_host).replace(" --create-repository", "")
+    """REWRITE (see the module docstring): the local registry for ECR; no --create-repository; the build's
+    index is the test index (for the recipes' CodeArtifact, which --index-url overrides)."""
+    return (script.replace(ECR_HOST, registry_host).replace(" --create-repository", "")
+            .replace("agent-image build ", 'agent-image build --index-url "$TEST_INDEX_URL" '))
 
 
 def run_shell(args: list[str], script: str, env: dict, cwd: Path, what: str, timeout: float = 900) -> str:
