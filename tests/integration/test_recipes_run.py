@@ -46,7 +46,7 @@ def _apkg(dest: Path, name: str) -> Path:
 
 
 @pytest.fixture
-def runner_env(tmp_path, index_url, registry, docker_client):
+def runner_env(tmp_path, index_url, registry, docker_client, cleanup_images):
     """A fresh runner's environment, the stand-in aws first on PATH, and the local Python image in the
     registry (the base recipes `docker pull` theirs)."""
     home = tmp_path / "home"
@@ -56,6 +56,8 @@ def runner_env(tmp_path, index_url, registry, docker_client):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "AGENT_IMAGE_CACHE") and not k.startswith("PYTEST")}
     python = f"{registry.host}/recipe-test/python:3.11-slim"
+    cleanup_images(f"{registry.host}/recipe-test/")
+    cleanup_images(f"{registry.host}/agents/")
     docker_client.images.get("agent-image/python:3.11").tag(python)
     docker_client.images.push(python)
     s3 = tmp_path / "s3"
@@ -85,10 +87,8 @@ def _check_pushed(registry, digest_ref: str, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_github_actions_recipes_run_on_a_fresh_runner(tmp_path, runner_env, registry, cleanup_images):
+def test_github_actions_recipes_run_on_a_fresh_runner(tmp_path, runner_env, registry):
     env, python, s3 = runner_env
-    cleanup_images(f"{registry.host}/agents/")
-    cleanup_images(f"{registry.host}/recipe-test/")
     action = checkout_repo(tmp_path / "agent-image", TAG)  # what `uses: OWNER/agent-image@v0.1.0` checks out
 
     base_work = tmp_path / "base-run"
@@ -117,10 +117,8 @@ def test_github_actions_recipes_run_on_a_fresh_runner(tmp_path, runner_env, regi
 
 
 @pytest.mark.slow
-def test_codebuild_recipes_run_on_a_fresh_build_container(tmp_path, runner_env, registry, cleanup_images):
+def test_codebuild_recipes_run_on_a_fresh_build_container(tmp_path, runner_env, registry):
     env, python, s3 = runner_env
-    cleanup_images(f"{registry.host}/agents/")
-    cleanup_images(f"{registry.host}/recipe-test/")
     repo = checkout_repo(tmp_path / "agent-image", TAG)
     source = {"AGENT_IMAGE_SOURCE": f"git+file://localhost{repo}"}  # the recipe's git URL, here a local clone
 
@@ -149,11 +147,10 @@ def test_codebuild_recipes_run_on_a_fresh_build_container(tmp_path, runner_env, 
 
 
 @pytest.mark.slow
-def test_gitlab_recipe_runs_under_a_shell_executor(tmp_path, runner_env, registry, cleanup_images):
+def test_gitlab_recipe_runs_under_a_shell_executor(tmp_path, runner_env, registry):
     """The dind engine of the recipe cannot run builds until issue #29; its commands run here as a shell
     executor on a host with dockerd runs them (the recipe's own fallback): no apt-get, the local engine."""
     env, python, s3 = runner_env
-    cleanup_images(f"{registry.host}/agents/")
     repo = checkout_repo(tmp_path / "agent-image", TAG)
     base_ref = _push_base(tmp_path, env, python, registry, repo)
     _apkg(s3 / "uploads" / "recipe-gl-1.0.0.apkg", "recipe-gl")
