@@ -120,3 +120,20 @@ def test_build_option_creates_the_repositories_the_build_pushes_to(ecr):
 
     opts = BuildOptions(registry=args.registry, push=True)
     assert _create_repositories(args, opts) == [f"{HOST}/team-a/hello-agent", f"{HOST}/team-a/agent-image.deps"]
+
+
+def test_build_creates_them_before_the_engine_is_asked(ecr):
+    """A refused AWS call costs no build; the repositories exist when the push comes."""
+    from builder.cli.commands import cmd_build
+    from builder.cli.main import parser
+    from tests.support.paths import ROOT
+    args = parser().parse_args(["build", str(ROOT / "examples" / "hello-agent"), "--registry", f"{HOST}/agents",
+                                "--expect-name", "hello-agent", "--push", "--create-repository"])
+
+    def engine_factory():
+        names = {r["repositoryName"] for r in ecr.describe_repositories()["repositories"]}
+        assert names == {"agents/hello-agent", "agents/agent-image.deps"}
+        raise LookupError("the engine, asked after the repositories were made")
+
+    with pytest.raises(LookupError):
+        cmd_build(args, engine_factory)
