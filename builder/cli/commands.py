@@ -117,9 +117,12 @@ def cmd_build(args, engine_factory) -> dict:
     if args.dry_run:
         return _dry_run(args, opts)
     task_opts = _ecs_precheck(args) if args.ecs_task_def else None
+    created = _create_repositories(args, opts) if args.create_repository else None
     engine = engine_factory()
     result = build_image(args.source, opts, engine=engine)
     out = result.to_dict()
+    if created is not None:
+        out["created_repositories"] = created
     if task_opts is not None:
         started = time.monotonic()
         out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def))
@@ -156,6 +159,20 @@ def _dry_run(args, opts) -> dict:
         sys.stderr.write(f"dry run: checked {', '.join(checked)}; not checked: {'; '.join(not_checked)}\n")
     return {"ok": True, "dockerfile": rendered.text, "context_bytes": context.size, "checked": checked,
             "not_checked": not_checked}
+
+
+def _create_repositories(args, opts) -> list[str]:
+    """--create-repository: the agent's ECR repository and the dependency images', before the build."""
+    from builder.build.depsimage import repository as deps_repository
+    from builder.package.reader import open_package
+    from builder.plan.inputs import repository
+    from builder.ship.ecr import ensure_repositories
+    name = args.expect_name
+    if not name:
+        with open_package(args.source, opts.limits) as pkg:
+            name = pkg.manifest.name
+    agent_repo = repository(name, opts)
+    return ensure_repositories(agent_repo, deps_repository(agent_repo, opts.registry))
 
 
 def _write_task_def(engine, result, task_opts, path: Path) -> Path:

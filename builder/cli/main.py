@@ -143,6 +143,9 @@ def _add_build(sub) -> None:
     b.add_argument("--ecs-task-def", metavar="FILE", type=Path,
                    help="with --push: write the image's ECS RegisterTaskDefinition request to FILE "
                         "(options: see 'ECS task definition')")
+    b.add_argument("--create-repository", action="store_true",
+                   help="ECR only: create the agent's repository and PREFIX/agent-image.deps when missing "
+                        "(version tags immutable, lifecycle policies; docs/ci.md)")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
     b.add_argument("--max-index-page-bytes", type=_positive(int), default=DEFAULT_PAGE_BYTES,
                    help=f"largest index page the proxy passes to the build (default {DEFAULT_PAGE_BYTES})")
@@ -258,6 +261,12 @@ def _check_usage(top: argparse.ArgumentParser, args) -> None:
     """Combinations of options that cannot work: a usage error (exit 2) before anything runs."""
     if args.command == "build" and args.push and not (args.registry or args.repository):
         top.commands["build"].error("--push needs --registry (or --repository) to know where to push")
+    if args.command == "build" and args.create_repository:
+        from builder.ship.ecr import ecr_registry
+        where = args.repository or args.registry
+        if not args.push or not where or ecr_registry(where) is None:
+            top.commands["build"].error("--create-repository needs --push and an ECR registry "
+                                        f"(ACCOUNT.dkr.ecr.REGION.amazonaws.com/PREFIX), not {where or 'none'}")
     if args.command == "test" and args.expect is not None and args.invoke is None:
         top.commands["test"].error("--expect needs --invoke (the answer it is compared with)")
     for kv in (args.env + args.secret) if args.command == "test" else []:
