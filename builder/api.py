@@ -30,10 +30,10 @@ from builder.build.sandbox import Sandbox
 from builder.build.steplog import Failure, cached_steps, conflict_warnings, installed_packages, marked_step, step_lines
 from builder.core import events
 from builder.core.defaults import base_image_for
-from builder.core.errors import (EngineError, PackageLoadError, PackageValidationError, RegistryError, current_redactor,
-                                 redaction_scope)
+from builder.core.errors import EngineError, PackageLoadError, PackageValidationError, RegistryError
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
+from builder.core.redact import current_redactor, redaction_scope
 from builder.core.refs import check_image_ref, input_tag, split_ref
 from builder.package.dotenv import env_values
 from builder.package.piplines import logical_lines

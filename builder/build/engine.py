@@ -23,8 +23,9 @@ from docker.api.client import APIClient
 from builder.build.image import Image, image_from
 from builder.build.stream import BuildOutcome, consume, rejoin_lines
 from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
-                                 RegistryError, redact)
+                                 RegistryError)
 from builder.core.labels import RUN_LABEL
+from builder.core.redact import redact
 from builder.core.refs import split_ref
 
 DEFAULT_TIMEOUT = 300.0

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from builder.core.errors import redact
+from builder.core.redact import redact
 
 # the classic builder paints a RUN step's stderr red; the log parser wants plain text
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -27,7 +27,7 @@ def _registry_auth(args) -> dict | None:
     user = getattr(args, "registry_username", None)
     if not user:
         return None
-    from builder.core.errors import register_secret
+    from builder.core.redact import register_secret
     password = os.environ.get("AGENT_IMAGE_REGISTRY_PASSWORD", "")
     register_secret(password)
     return {"username": user, "password": password}

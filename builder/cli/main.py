@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         from builder.build.engine import Engine
         return Engine(args.engine)
 
-    from builder.core.errors import redaction_scope
+    from builder.core.redact import redaction_scope
 
     # the command's credentials (registry password...) are hidden for its whole run,
     # error reports and crash files included; each build adds its own, for itself

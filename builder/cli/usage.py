@@ -8,7 +8,8 @@ here the same readers run on the command line first, so a typo in CI reads as a 
 
 from __future__ import annotations
 
-from builder.core.errors import PackageLoadError, redact
+from builder.core.errors import PackageLoadError
+from builder.core.redact import redact
 from builder.core.refs import REPOSITORY_RE, check_image_ref, parse
 
 # options holding an image reference (dest -> how --help spells it), on whichever command has them

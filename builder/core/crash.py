@@ -13,7 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from builder.core.errors import InternalError, redact
+from builder.core.errors import InternalError
+from builder.core.redact import redact
 
 
 def _candidates(cache_dir: Path | None) -> list[Path]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from builder.core.errors import redact
+from builder.core.redact import redact
 
 
 def _scrub(value: Any) -> Any:

@@ -96,14 +96,14 @@ def _bad(message: str, entry: str, hint: str | None = None) -> PackageValidation
     return PackageValidationError(message, field=entry, hint=hint)
 
 
-def _check_scheme_like(rel: str) -> None:
+def _check_scheme_like(rel: str, shown: str | None = None) -> None:
     """A first folder named like a URL scheme ('http:', 'https:', 'file:') is refused: pip takes an
     index or link URL for a path when that path exists (its build_source looks first), so
     'http:/agent-image-index.invalid/simple/' in the package would be the build's index."""
     first = rel.split("/", 1)[0]
     if first.endswith(":"):
-        raise _bad(f"package entry {rel!r} starts with {first!r}, a folder named like a URL scheme: pip would "
-                   "read an index URL as this path", rel, "Rename the folder (no ':' at the end of its name).")
+        raise _bad(f"package entry {shown or rel!r} starts with {first!r}, a folder named like a URL scheme: pip "
+                   "would read an index URL as this path", shown or rel, "Rename the folder (no ':' at the end of its name).")
 
 
 def _check_name(name: str) -> str:
@@ -127,7 +127,7 @@ def _check_name(name: str) -> str:
     clean = "/".join(p for p in parts if p not in ("", "."))
     if not clean:
         raise _bad(f"package entry {name!r} names the package root", name)
-    _check_scheme_like(clean)
+    _check_scheme_like(clean, name)
     return clean
 
 

@@ -30,7 +30,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import urllib3
 from urllib3.util import Retry, Timeout
 
-from builder.core.errors import RegistryError, redact, register_secret
+from builder.core.errors import RegistryError
+from builder.core.redact import redact, register_secret
 from builder.core.refs import DIGEST_RE, parse
 from builder.core.urls import Disagreement, join, read_url
 

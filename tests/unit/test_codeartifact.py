@@ -11,7 +11,8 @@ import pytest
 from botocore.stub import Stubber
 
 from builder.build.proxy.index import resolve_index
-from builder.core.errors import CodeArtifactError, redact, redaction_scope
+from builder.core.errors import CodeArtifactError
+from builder.core.redact import redact, redaction_scope
 
 CA_ENV = {"ENABLE_CODEARTIFACT": "true", "AWS_REGION": "us-east-1", "CODEARTIFACT_DOMAIN": "pixell",
           "CODEARTIFACT_REPOSITORY": "agents", "AWS_ACCOUNT_ID": "123456789012"}

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from moto import mock_aws  # the test extra's moto[ecr]: a missing one fails here, it does not skip
 
 from builder.cli.main import main
 from builder.core.errors import RegistryError
 from builder.ship.ecr import ecr_registry, ensure_repositories
-
-from moto import mock_aws  # the test extra's moto[ecr]: a missing one fails here, it does not skip
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 HOST = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from builder.api import BuildOptions, build_image
-from builder.core.errors import PackageValidationError, Redactor, current_redactor, redact, redaction_scope
+from builder.core.errors import PackageValidationError
+from builder.core.redact import Redactor, current_redactor, redact, redaction_scope
 from builder.package.manifest import parse_manifest
 from builder.package.requirements import read_requirements
 from tests.support.packages import AGENT_YAML, make_agent

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.api import prepare
-from builder.core.errors import PackageLoadError, redact
+from builder.core.errors import PackageLoadError
+from builder.core.redact import redact
 from builder.package.dotenv import env_values
 from builder.package.reader import open_package
 from builder.plan.options import BuildOptions

@@ -14,7 +14,8 @@ import pytest
 from builder.build.proxy.cache import DownloadCache
 from builder.build.proxy.server import IndexProxy
 from builder.build.proxy.upstream import Upstream
-from builder.core.errors import PackageValidationError, redact, redaction_scope, register_secret
+from builder.core.errors import PackageValidationError
+from builder.core.redact import redact, redaction_scope, register_secret
 from builder.package.manifest import parse_manifest
 from builder.package.piplines import logical_lines
 from builder.package.requirements import read_requirements

@@ -12,8 +12,7 @@ import zipfile
 import pytest
 
 from builder.api import BuildOptions, build_image
-from builder.core.errors import (BuildTimeoutError, PackageLoadError, PackageValidationError,
-                                 RequirementsSyntaxError)
+from builder.core.errors import BuildTimeoutError, PackageLoadError, PackageValidationError, RequirementsSyntaxError
 from builder.package import requirements as req
 from builder.package.reader import open_package
 from builder.package.requirements import read_requirements

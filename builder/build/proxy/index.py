@@ -13,7 +13,8 @@ from typing import Mapping
 from urllib.parse import quote, urlsplit
 
 from builder.build.proxy.upstream import PUBLIC_INDEX, Upstream
-from builder.core.errors import CodeArtifactError, PackageValidationError, register_secret
+from builder.core.errors import CodeArtifactError, PackageValidationError
+from builder.core.redact import register_secret
 
 TOKEN_SECONDS = 12 * 3600
 

@@ -43,7 +43,7 @@ from builder.build.proxy.tee import Tee, begin, send, send_file
 from builder.build.proxy.upstream import Fetcher, Refused, Unreachable, Upstream, UpstreamStatus, is_loopback
 from builder.build.proxy.wheeltags import Target
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
-from builder.core.errors import redact
+from builder.core.redact import redact
 from builder.core.urls import Disagreement, join, read_url
 from builder.package.piplines import names_own_index, normalise
 from builder.plan.proxied import direct_name

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import urllib3
 
 from builder.build.proxy.connect import AddressRefused, checked_pools
-from builder.core.errors import redact, register_secret
+from builder.core.redact import redact, register_secret
 from builder.core.urls import Disagreement, join, read_url
 
 PUBLIC_INDEX = "https://pypi.org/simple/"
