@@ -35,15 +35,18 @@ def env_paths(root: Path) -> list[str]:
 
 
 def env_aliases(root: Path, paths: list[str]) -> list[str]:
-    """Files under ROOT, not named like .env, that are the same file (st_dev, st_ino) as a
-    regular file among PATHS or inside one of them: a hard link to `.env` under another name
-    holds its secrets as much as `.env` does. (A zip has no hard links: each entry is its own file.)"""
+    """Files under ROOT, not named like .env, that hold a .env file's bytes: the same file
+    (st_dev, st_ino) as a regular file among PATHS or inside one of them (a hard link under
+    another name), or the file (or folder's files) a `.env` symlink points at. (A zip has no
+    hard links, and its symlinks are refused.)"""
     secret: set[tuple[int, int]] = set()
     for rel in paths:
         for path in [root / rel] + sorted((root / rel).rglob("*")) if (root / rel).is_dir() else [root / rel]:
             st = _lstat(path)
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 secret.add((st.st_dev, st.st_ino))
+            elif st is not None and stat.S_ISLNK(st.st_mode):  # `.env -> config/prod.env`: the target is the secret
+                secret.update(_targets(root, path))
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root) if secret else ():
         dirnames[:] = sorted(d for d in dirnames if not is_env_name(d))
@@ -53,6 +56,18 @@ def env_aliases(root: Path, paths: list[str]) -> list[str]:
                     and (st.st_dev, st.st_ino) in secret):
                 out.append((Path(dirpath) / name).relative_to(root).as_posix())
     return sorted(out)
+
+
+def _targets(root: Path, link: Path) -> set[tuple[int, int]]:
+    """The (st_dev, st_ino) of the regular files LINK leads to inside ROOT (a file, or a folder's files)."""
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError):
+        return set()
+    if root.resolve() not in target.parents:
+        return set()  # (a link out of the package is refused by the reader)
+    files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+    return {(st.st_dev, st.st_ino) for st in map(_lstat, files) if st is not None and stat.S_ISREG(st.st_mode)}
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -74,7 +89,9 @@ def env_values(root: Path, paths: list[str]) -> list[str]:
     values: list[str] = []
     for rel in paths:
         path = root / rel
-        try:
+        try:  # a `.env` that is a link to a file in the package holds that file's values
+            if path.is_symlink() and root.resolve() in path.resolve().parents:
+                path = path.resolve()
             if not stat.S_ISREG(path.lstat().st_mode):
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")

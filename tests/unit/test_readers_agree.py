@@ -197,3 +197,51 @@ def test_a_folder_named_like_a_url_scheme_is_refused(tmp_path, entry):
     with pytest.raises(PackageValidationError) as err:
         open_package(apkg).__enter__()
     assert "named like a URL scheme" in str(err.value)
+
+
+# --- the second review's findings ----------------------------------------------------------
+
+@given(st.text(alphabet=" \t#a\xa0\u3000\u2003x", max_size=40))
+@settings(max_examples=2000, deadline=None)
+def test_comments_are_cut_where_pips_own_pattern_cuts_them(line):
+    from pip._internal.req.req_file import COMMENT_RE
+
+    from builder.package.piplines import comment_start
+    assert line[:comment_start(line)].strip() == COMMENT_RE.sub("", line).strip()
+
+
+def test_a_long_run_of_spaces_is_read_in_linear_time(tmp_path):
+    """pip's comment pattern took 50 s over 100,000 spaces; the policy reads the file at once."""
+    import time
+    started = time.monotonic()
+    with pytest.raises((IndexPolicyError, PackageValidationError)):
+        policy(tmp_path, "foo" + " " * 100_000 + "x\n")
+    assert time.monotonic() - started < 10  # (a generous bound: it takes well under a second)
+
+
+@pytest.mark.parametrize("text", ["--only-binary -x\n", "--no-binary -\n", "--only-binary --pre\n",
+                                  "tinyreq\n--only-binary=-\n"])
+def test_an_option_pips_own_callback_refuses_is_a_syntax_error(tmp_path, text):
+    from builder.core.errors import RequirementsSyntaxError
+    with pytest.raises(RequirementsSyntaxError) as err:
+        policy(tmp_path, text)
+    assert err.value.exit_code == 12 and "requirements.txt:" in str(err.value)
+
+
+def test_the_file_a_dotenv_link_points_at_stays_out(tmp_path):
+    """`.env -> config/prod.env`: the target holds the secrets, under a name that is not .env."""
+    from builder.package.reader import open_package
+    from builder.plan.inputs import kept_out, read_split
+    from builder.plan.options import BuildOptions
+    agent = make_agent(tmp_path, "linked", requirements="tinyreq\n", env_file=None)
+    (agent / "config").mkdir()
+    (agent / "config" / "prod.env").write_text("API_KEY=sk-live-SECRET-0123\n")
+    (agent / ".env").symlink_to("config/prod.env")
+    with open_package(agent) as pkg:
+        assert "config/prod.env" in kept_out(pkg, BuildOptions())
+        from builder.package.dotenv import env_values
+        assert "sk-live-SECRET-0123" in env_values(pkg.root, pkg.env_paths)
+    (agent / "requirements.txt").write_text("-r config/prod.env\n")
+    with open_package(agent) as pkg, pytest.raises(PackageValidationError) as err:
+        read_split(pkg, BuildOptions())
+    assert "kept out" in str(err.value) and "sk-live" not in str(err.value)

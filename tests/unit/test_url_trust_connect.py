@@ -104,7 +104,7 @@ def test_a_name_that_re_resolves_to_the_loopback_is_refused_at_connect(index, tr
     """Checked per connection, on the address connected to: a per-host check made once passed this."""
     index.file("/x.whl", b"from the index")
     rebinding += [[OWN], ["127.0.0.1"]]
-    fetcher = Fetcher(loopback_ok=False)
+    fetcher = Fetcher(loopback_ok=False, private_ok=True)
     with fetcher.open(f"http://rebind.test:{index.port}/x.whl", auth=None, max_bytes=100) as body:
         assert body.read() == b"from the index"
     with pytest.raises(Refused, match="loopback") as exc:
@@ -116,7 +116,7 @@ def test_a_name_that_re_resolves_to_the_loopback_is_refused_at_connect(index, tr
 def test_a_name_with_any_loopback_address_is_refused_whole(index, trap, rebinding):
     rebinding.append([OWN, "127.0.0.1"])
     with pytest.raises(Refused, match="loopback"):
-        Fetcher(loopback_ok=False).open(f"http://rebind.test:{index.port}/x.whl", auth=None, max_bytes=100)
+        Fetcher(loopback_ok=False, private_ok=True).open(f"http://rebind.test:{index.port}/x.whl", auth=None, max_bytes=100)
     assert index.seen == [] and trap.accepts == 0
 
 
@@ -124,3 +124,30 @@ def test_a_loopback_index_still_reaches_the_loopback(a):
     a.file("/x", b"on loopback")
     with Fetcher(loopback_ok=True).open(f"http://localhost:{a.port}/x", auth=None, max_bytes=100) as body:
         assert body.read() == b"on loopback"
+
+
+# --- a public index's pages may not lead the proxy onto a private network --------------
+
+@pytest.mark.parametrize("addr", ["10.0.0.1", "172.17.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1",
+                                  "fd00::1", "::ffff:10.1.2.3", OWN])
+def test_a_private_address_is_refused_unless_the_index_is_private(addr):
+    from builder.build.proxy.connect import forbidden_address
+    assert "private" in forbidden_address(addr, loopback_ok=False, private_ok=False)
+    assert forbidden_address(addr, loopback_ok=False, private_ok=True) is None
+    assert forbidden_address("8.8.8.8", loopback_ok=False, private_ok=False) is None  # (no connection made)
+    assert "link-local" in forbidden_address("169.254.169.254", loopback_ok=True, private_ok=True)
+
+
+def test_a_public_index_cannot_reach_the_builders_own_address(index):
+    """The review's case: an allowed host's page or redirect naming the builder's own address
+    (or the docker0 gateway): refused at connect when the index is on a public address."""
+    index.file("/admin", b"INTERNAL-ONLY")
+    with pytest.raises(Refused, match="private"):
+        Fetcher(loopback_ok=False, private_ok=False).open(f"http://{OWN}:{index.port}/admin", auth=None,
+                                                          max_bytes=100)
+    assert index.seen == []
+
+
+def test_the_proxy_allows_what_its_index_is_on():
+    from builder.build.proxy.connect import index_is_private
+    assert index_is_private(OWN) and index_is_private("127.0.0.1") and not index_is_private("8.8.8.8")

@@ -35,8 +35,11 @@ class AddressRefused(Exception):
         super().__init__(f"{reason} ({host} is {address})")
 
 
-def forbidden_address(addr: str, loopback_ok: bool) -> str | None:
-    """Why the proxy may not connect to ADDR (a numeric address, maybe with a %zone), or None."""
+def forbidden_address(addr: str, loopback_ok: bool, private_ok: bool = False) -> str | None:
+    """Why the proxy may not connect to ADDR (a numeric address, maybe with a %zone), or None.
+    LOOPBACK_OK, PRIVATE_OK: the index itself is on loopback, or on a private network, so
+    what its pages link to may be too; else an allowed host's link or redirect could read
+    services on the builder's own addresses or its network (a Docker API on 172.17.0.1)."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     if ip.version == 6:
         if ip.ipv4_mapped is not None:
@@ -47,16 +50,28 @@ def forbidden_address(addr: str, loopback_ok: bool) -> str | None:
         return "a link-local (cloud metadata) address"
     if (ip.is_loopback or ip.is_unspecified or ip in _THIS_NETWORK) and not loopback_ok:
         return "the builder's own loopback (the index is not on loopback)"
+    if not ip.is_global and not (private_ok or loopback_ok):
+        return "a private address (the index is on a public one)"
     return None
 
 
-def checked_socket(host: str, port: int, loopback_ok: bool, timeout, source_address, socket_options) -> socket.socket:
+def index_is_private(host: str) -> bool:
+    """Does the index's own host resolve to an address that is not public (an internal mirror)?"""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False
+    return any(not ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_global for info in infos)
+
+
+def checked_socket(host: str, port: int, loopback_ok: bool, timeout, source_address, socket_options,
+                   private_ok: bool = False) -> socket.socket:
     """A socket connected to HOST:PORT, to an address checked here. urllib3's create_connection,
     with every resolved address checked before any is tried."""
     host = host.strip("[]")
     infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
     for *_, sockaddr in infos:
-        why = forbidden_address(sockaddr[0], loopback_ok)
+        why = forbidden_address(sockaddr[0], loopback_ok, private_ok)
         if why:  # any: a name that also resolves somewhere allowed is no better
             raise AddressRefused(host, sockaddr[0], why)
     err: OSError | None = None
@@ -79,12 +94,13 @@ def checked_socket(host: str, port: int, loopback_ok: bool, timeout, source_addr
 
 class _Checked:
     loopback_ok = False
+    private_ok = False
 
     def _new_conn(self) -> socket.socket:  # as urllib3's, on checked_socket
         timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
         try:
             sock = checked_socket(self._dns_host, self.port, self.loopback_ok, timeout,
-                                  self.source_address, self.socket_options)
+                                  self.source_address, self.socket_options, self.private_ok)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
         except socket.timeout as exc:
@@ -96,10 +112,10 @@ class _Checked:
         return sock
 
 
-def checked_pools(loopback_ok: bool) -> dict[str, type]:
-    """PoolManager.pool_classes_by_scheme whose connections check their address (LOOPBACK_OK:
-    the index itself is on loopback, so the builder's loopback is allowed)."""
-    attrs = {"loopback_ok": loopback_ok}
+def checked_pools(loopback_ok: bool, private_ok: bool) -> dict[str, type]:
+    """PoolManager.pool_classes_by_scheme whose connections check their address (LOOPBACK_OK,
+    PRIVATE_OK: the index itself is on loopback, or on a private network: see forbidden_address)."""
+    attrs = {"loopback_ok": loopback_ok, "private_ok": private_ok}
     http = type("CheckedHTTPConnection", (_Checked, HTTPConnection), attrs)
     https = type("CheckedHTTPSConnection", (_Checked, HTTPSConnection), attrs)
     return {"http": type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),

@@ -47,6 +47,7 @@ from builder.core.redact import redact
 from builder.core.urls import Disagreement, join, read_url
 from builder.package.piplines import names_own_index, normalise
 from builder.plan.proxied import direct_name
+from builder.build.proxy.connect import index_is_private
 
 log = structlog.get_logger("agent_image.index")
 _HASH_FRAGMENT = re.compile(r"(?:md5|sha1|sha224|sha256|sha384|sha512)=[0-9a-fA-F]+")
@@ -125,8 +126,9 @@ class IndexProxy:
         self.target = target
         self.cache = cache
         self.stats = Stats()
-        self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries,
-                               loopback_ok=is_loopback(urlsplit(upstream.url).hostname or ""))
+        host = urlsplit(upstream.url).hostname or ""
+        self.fetcher = Fetcher(ca_bundle=ca_bundle, timeout=timeout, retries=retries, loopback_ok=is_loopback(host),
+                               private_ok=index_is_private(host))
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.direct_urls = direct_urls
         self.page_max_bytes, self.file_max_bytes = page_max_bytes, file_max_bytes

@@ -167,9 +167,10 @@ class Fetcher:
     """The builder's one HTTP client for index pages and files."""
 
     def __init__(self, *, ca_bundle: str | None = None, timeout: float = 60.0, retries: int = 2,
-                 loopback_ok: bool = False) -> None:
-        """LOOPBACK_OK: the index itself is on loopback (a local test index), so its links may be too."""
-        self.loopback_ok = loopback_ok
+                 loopback_ok: bool = False, private_ok: bool = False) -> None:
+        """LOOPBACK_OK, PRIVATE_OK: the index itself is on loopback (a local test index) or on a
+        private network (an internal mirror), so its links may be too (connect.forbidden_address)."""
+        self.loopback_ok, self.private_ok = loopback_ok, private_ok
         ctx = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
         self._retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=0, other=0,
                                     redirect=0, raise_on_redirect=False, raise_on_status=False,
@@ -179,7 +180,7 @@ class Fetcher:
         self.pool = urllib3.PoolManager(ssl_context=ctx, retries=self._retry, maxsize=64,
                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
         # its connections refuse forbidden addresses themselves, at every connect (connect.py)
-        self.pool.pool_classes_by_scheme = checked_pools(loopback_ok)
+        self.pool.pool_classes_by_scheme = checked_pools(loopback_ok, private_ok)
         self.requests = 0
         self._count = threading.Lock()
 
