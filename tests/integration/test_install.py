@@ -15,20 +15,9 @@ import zipfile
 from pathlib import Path
 
 from tests.support.net import free_port
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, checkout_copy
 
 PREFIX = "agent-image-test-wheel"  # every image this test tags lives under it
-
-
-def _checkout_copy(dest: Path) -> Path:
-    """The files a fresh clone has (tracked and new, not ignored): no .venv, no build/ of the checkout."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    return dest
 
 
 def _runtime_files() -> list[str]:
@@ -47,7 +36,7 @@ def _run(args: list, cwd: Path, env: dict, timeout: float = 600) -> subprocess.C
 def test_wheel_installed_outside_the_checkout_builds_and_serves(tmp_path, index_url, docker_client,
                                                                  cleanup_images):
     cleanup_images(PREFIX + "/")
-    src, dist, elsewhere = _checkout_copy(tmp_path / "clone"), tmp_path / "dist", tmp_path / "elsewhere"
+    src, dist, elsewhere = checkout_copy(tmp_path / "clone"), tmp_path / "dist", tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     _run([sys.executable, "-m", "build", "--outdir", dist, src], cwd=elsewhere, env=env)

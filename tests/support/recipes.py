@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, checkout_copy
 
 RECIPES = ROOT / "examples" / "ci"
 ECR_HOST = "$AWS_ACCOUNT_ID.dkr.ecr.$AWS_REGION.amazonaws.com"
@@ -53,12 +52,7 @@ esac
 def checkout_repo(dest: Path, tag: str) -> Path:
     """The files a fresh clone has, committed to a git repository at DEST and tagged TAG: what
     `pip install "agent-image @ git+URL@TAG"` and `uses: OWNER/agent-image@TAG` fetch."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    checkout_copy(dest)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(dest)]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "recipe test"], ["tag", tag]):
         subprocess.run(git + args, check=True, capture_output=True)
