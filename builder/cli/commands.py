@@ -153,7 +153,8 @@ def _dry_run(args, opts) -> dict:
             checked.append(f"the registry: {job.repo} takes a push")
             if not args.overwrite:
                 not_checked.append(f"the registry: that {job.ref} is free or holds this content (it needs the image)")
-        _, rendered, context, _ = prepare(pkg, opts, job.upstream.url, base_id="(not resolved in --dry-run)")
+        _, rendered, context, _ = prepare(pkg, opts, job.upstream.url, base_id="(not resolved in --dry-run)",
+                                          split=job.split)
     if not args.json:
         sys.stdout.write(rendered.text)
         sys.stderr.write(f"dry run: checked {', '.join(checked)}; not checked: {'; '.join(not_checked)}\n")
