@@ -74,11 +74,16 @@ def test_every_agent_image_command_in_the_recipe_parses(recipe):
     builds = [argv for argv in commands if argv[0] == "build"]
     assert builds, f"{recipe} builds nothing"
     for argv in builds:
-        assert {"--expect-name", "--expect-version", "--push", "--json", "--registry", "--base-image",
-                "--registry-username", "--cache-dir", "--create-repository"} <= set(argv), argv
+        assert {"--expect-name", "--expect-version", "--json", "--registry", "--base-image",
+                "--registry-username", "--cache-dir"} <= set(argv), argv
         base = argv[argv.index("--base-image") + 1]
         assert base == "$AGENT_IMAGE_BASE", f"{recipe}: the base comes pinned from a variable, not {base}"
     assert not [argv for argv in commands if argv[0] == "base"], f"{recipe} rebuilds the base on every upload"
+    # a broken image never reaches the registry: the one push comes after `agent-image test` of the build
+    pushes = [i for i, argv in enumerate(commands) if argv[0] == "build" and "--push" in argv]
+    tests = [i for i, argv in enumerate(commands) if argv[0] == "test"]
+    assert len(pushes) == 1 and {"--create-repository"} <= set(commands[pushes[0]]), commands
+    assert tests and tests[0] < pushes[0] and any(argv[0] == "build" for argv in commands[:tests[0]]), commands
 
 
 @pytest.mark.parametrize("recipe", ["github-actions-base.yml", "buildspec-base.yml"])
