@@ -79,7 +79,7 @@ def test_ctrl_c_cancels_cleanly(agent_factory, index_url, docker_client, engine,
     tags_before = engine_tags(docker_client)
     env, tmp = private_tmp(tmp_path)
     proc = subprocess.Popen([AGENT_IMAGE, "build", str(zip_agent(agent)), "--json", "--no-cache",
-                             "--index-url", index_url],
+                             "--progress", "json", "--index-url", index_url],  # (the log's events, as JSON)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # wait until pip is running inside the build
         if '"name": "deps"' in line and "RUN " in line and "pip install" in line:
