@@ -3,7 +3,9 @@
 Used only when the agent's own venv has FastAPI and uvicorn. A plain ASGI
 wrapper in front of the app answers the contract's routes (so a slow invoke
 cannot stall /health), caps and times bodies, adds the request id and the
-access log line to every request, and turns the drain on. We run
+access log line to every request, answers the agent's unhandled route
+exceptions with the JSON 500, and turns the drain on. uvicorn's protocol gets
+the 408 for a slow head and a lingering close (Lingering). We run
 uvicorn.Server ourselves and keep its signal handling off: uvicorn would stop
 listening at once, and the load balancer would see refused connections
 instead of 503s while requests drain.
