@@ -3,7 +3,9 @@
 Used only when the agent's own venv has FastAPI and uvicorn. A plain ASGI
 wrapper in front of the app answers the contract's routes (so a slow invoke
 cannot stall /health), caps and times bodies, adds the request id and the
-access log line to every request, and turns the drain on. We run
+access log line to every request, answers the agent's unhandled route
+exceptions with the JSON 500, and turns the drain on. uvicorn's protocol gets
+the 408 for a slow head and a lingering close (Lingering). We run
 uvicorn.Server ourselves and keep its signal handling off: uvicorn would stop
 listening at once, and the load balancer would see refused connections
 instead of 503s while requests drain.
@@ -69,9 +71,30 @@ async def read_body(receive) -> bytes:
             return b"".join(chunks)
 
 
+RID_KEY = "agent_image.request_id"  # in the scope: the 500 handler answers with the request's id
+
+
+def json_500s(app) -> None:
+    """An exception out of the agent's own route answers the shim's JSON 500
+    (as /invoke's) instead of Starlette's plain text. Not when the agent has its
+    own handler for 500 or Exception; its HTTPException and returned 500s are
+    untouched. Starlette still re-raises, so Shim.failed logs the traceback."""
+    handlers = getattr(app, "exception_handlers", None)
+    if not isinstance(handlers, dict) or 500 in handlers or Exception in handlers:
+        return
+    from starlette.responses import Response  # FastAPI's own dependency
+
+    async def agent_500(request, exc):
+        rid = request.scope.get(RID_KEY) or core.request_id(None)
+        reply = error(500, "agent-error", rid, **{"class": type(exc).__name__})
+        return Response(reply.body, status_code=500, media_type="application/json")
+    app.add_exception_handler(Exception, agent_500)
+
+
 class Shim:
     def __init__(self, app):
         self.app = app
+        json_500s(app)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -80,6 +103,7 @@ class Shim:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         rid = core.request_id(headers.get("x-request-id"))
         method, path = scope["method"], scope["path"]
+        scope[RID_KEY] = rid
         sent = {"status": 0, "bytes": 0}
 
         async def tagged_send(message):
@@ -146,22 +170,82 @@ def make_server(uvicorn, config):
     return Server(config)
 
 
-def with_head_timeout(protocol):
+class Lingering:
+    """uvicorn's transport, except that closing it while the request body is
+    still coming is a lingering close (serve_core's LINGER_*): uvicorn closes
+    at once after a 413, the unread body makes that a reset, and a client
+    still sending (urllib, requests) never reads the 413."""
+
+    def __init__(self, transport, loop, unread):
+        self._transport, self._loop, self._unread = transport, loop, unread
+        self._timer = None
+        self.lingering = False
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def write(self, data) -> None:
+        if not self.lingering:  # nothing may follow the half-close
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing() or not self._unread():
+            return self.stop()
+        self.lingering, self._seen = True, 0
+        self._until, self._last = self._loop.time() + core.LINGER_SECONDS, self._loop.time()
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._transport.resume_reading()  # uvicorn's flow control may have paused it
+        self._timer = self._loop.call_later(core.LINGER_IDLE, self._check)
+
+    def swallow(self, data: bytes) -> None:
+        self._seen += len(data)
+        self._last = self._loop.time()
+        if self._seen > core.LINGER_BYTES:
+            self.stop()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = min(self._until, self._last + core.LINGER_IDLE)
+        if now >= due:
+            return self.stop()
+        self._timer = self._loop.call_later(due - now, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport.close()
+
+
+def shim_protocol(protocol):
     """uvicorn's HTTP protocol plus what it lacks: a connection that starts a
-    request head and does not finish it within AGENT_HEADER_TIMEOUT (or opens
-    and sends nothing within AGENT_IDLE_TIMEOUT) is closed. Reads uvicorn's
-    `cycle`, `transport` and `loop`, present in its h11 and httptools
-    protocols for years; without them the class is left as it is."""
-    class HeadTimeout(protocol):
+    request head and does not finish it within AGENT_HEADER_TIMEOUT gets 408
+    `header-timeout` and is closed (one that opens and sends nothing within
+    AGENT_IDLE_TIMEOUT is closed), and a close with the request body unread
+    lingers (Lingering). Reads uvicorn's `cycle` (its `more_body`), `transport`
+    and `loop`, present in its h11 and httptools protocols for years; without
+    them the class is left as it is."""
+    class ShimProtocol(protocol):
         _shim_timer = None
         _shim_kind = None
         _shim_cycle = None
+        _shim_started = 0.0
 
         def connection_made(self, transport):
-            super().connection_made(transport)
+            super().connection_made(Lingering(transport, self.loop, self._shim_body_unread))
             self._shim_arm("idle", core.IDLE_TIMEOUT)
 
+        def _shim_body_unread(self) -> bool:
+            cycle = getattr(self, "cycle", None)
+            return bool(cycle is not None and getattr(cycle, "more_body", False))
+
         def data_received(self, data):
+            if self.transport.lingering:  # after the answer: read and drop
+                return self.transport.swallow(data)
             before = getattr(self, "cycle", None)
             if self._shim_kind != "head" and (before is None or getattr(before, "response_complete", False)):
                 self._shim_arm("head", core.HEADER_TIMEOUT)  # the first bytes of a head
@@ -172,10 +256,12 @@ def with_head_timeout(protocol):
         def connection_lost(self, exc):
             self._shim_disarm()
             super().connection_lost(exc)
+            self.transport.stop()
 
         def _shim_arm(self, kind: str, seconds: float) -> None:
             self._shim_disarm()
             self._shim_kind, self._shim_cycle = kind, getattr(self, "cycle", None)
+            self._shim_started = time.monotonic()
             self._shim_timer = self.loop.call_later(seconds, self._shim_expired)
 
         def _shim_disarm(self) -> None:
@@ -184,10 +270,17 @@ def with_head_timeout(protocol):
             self._shim_timer = self._shim_kind = None
 
         def _shim_expired(self) -> None:
+            kind = self._shim_kind
             self._shim_timer = self._shim_kind = None
-            if getattr(self, "cycle", None) is self._shim_cycle and not self.transport.is_closing():
-                self.transport.close()
-    return HeadTimeout
+            if getattr(self, "cycle", None) is not self._shim_cycle or self.transport.is_closing():
+                return
+            if kind == "head":  # as the stdlib path answers: the client learns why
+                rid = core.request_id(None)
+                reply = error(408, "header-timeout", rid, close=True)
+                self.transport.write(core.encode(reply, rid, True))
+                core.access("-", "-", 408, len(reply.body), self._shim_started, rid)
+            self.transport.close()
+    return ShimProtocol
 
 
 def uvicorn_config(uvicorn, app):
@@ -203,8 +296,8 @@ async def serve(app, uvicorn) -> int:
     config = uvicorn_config(uvicorn, app)
     try:
         config.load()
-        config.http_protocol_class = with_head_timeout(config.http_protocol_class)
-    except AttributeError:  # an older uvicorn: serve() loads it, without the head timeout
+        config.http_protocol_class = shim_protocol(config.http_protocol_class)
+    except AttributeError:  # an older uvicorn: serve() loads it, without the head timeout and linger
         pass
     server = make_server(uvicorn, config)
     loop = asyncio.get_running_loop()

@@ -63,6 +63,17 @@ BODY_TIMEOUT = _number("AGENT_BODY_TIMEOUT", 30.0, 0.1, float)
 IDLE_TIMEOUT = _number("AGENT_IDLE_TIMEOUT", 75.0, 0.1, float)
 MAX_CONNECTIONS = _number("AGENT_MAX_CONNECTIONS", 2048, 1)
 RETRY_AFTER = "1"
+# an error answered while the client is still sending (a 413 before the body)
+# is followed by a lingering close, as nginx does: half-close, then read and
+# discard until the client closes, it is quiet for LINGER_IDLE, LINGER_SECONDS
+# pass or LINGER_BYTES come. Closing with unread bytes sends a reset, and a
+# client still writing its body (urllib, requests) never reads the answer.
+LINGER_SECONDS = 30.0       # nginx's lingering_time
+LINGER_IDLE = 5.0           # nginx's lingering_timeout
+LINGER_BYTES = max(64 * 1024 * 1024, 4 * MAX_BODY)
+# every ECS/ALB/HEALTHCHECK probe of /health would be a log line (and a log
+# bill): a health answer below 400 is logged only with AGENT_LOG_HEALTH=1
+LOG_HEALTH = os.environ.get("AGENT_LOG_HEALTH", "").strip().lower() in ("1", "true", "yes", "on")
 
 HEALTH_PATHS = (f"{BASE}/health", f"{BASE}/agents/{APP_ID}/health")
 META_PATH = f"{BASE}/meta"
@@ -117,7 +128,18 @@ def reason_phrase(status: int) -> str:
         return "Unknown"
 
 
+def encode(reply: Reply, rid: str, close: bool, head_only: bool = False) -> bytes:
+    """REPLY as HTTP/1.1 bytes."""
+    lines = [f"HTTP/1.1 {reply.status} {reason_phrase(reply.status)}", "Content-Type: application/json",
+             f"Content-Length: {len(reply.body)}", f"X-Request-Id: {rid}",
+             "Connection: close" if close else "Connection: keep-alive"]
+    lines += [f"{k}: {v}" for k, v in reply.headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else reply.body)
+
+
 def access(method: str, path: str, status: int, nbytes: int, started: float, rid: str) -> None:
+    if path in HEALTH_PATHS and status < 400 and not LOG_HEALTH:
+        return
     # the path without its query string: a token in a URL stays out of the log
     log("request", method=method, path=path, status=status, bytes=nbytes,
         duration_ms=round((time.monotonic() - started) * 1000, 1), request_id=rid)

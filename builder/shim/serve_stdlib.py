@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import threading
 import time
@@ -18,9 +19,8 @@ from typing import Dict, Optional, Tuple
 import serve_core as core
 from serve_core import Reply, error, log, state
 
-HEAD_LIMIT = 64 * 1024       # request line and headers
-LINGER_SECONDS = 1.0         # after an error answer, read what the client still sends
-LINGER_BYTES = 1024 * 1024
+HEAD_LIMIT = 64 * 1024       # request line and headers (and a chunk-size line, and the trailers)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _connections: set = set()
 
 
@@ -56,14 +56,6 @@ def parse_head(head: bytes) -> Tuple[str, str, str, Dict[str, str]]:
     return parts[0], parts[1].split("?", 1)[0], parts[2], headers
 
 
-def encode(reply: Reply, rid: str, close: bool, head_only: bool = False) -> bytes:
-    lines = [f"HTTP/1.1 {reply.status} {core.reason_phrase(reply.status)}", "Content-Type: application/json",
-             f"Content-Length: {len(reply.body)}", f"X-Request-Id: {rid}",
-             "Connection: close" if close else "Connection: keep-alive"]
-    lines += [f"{k}: {v}" for k, v in reply.headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else reply.body)
-
-
 async def read_head(reader: asyncio.StreamReader) -> Optional[bytes]:
     """The next request's head; None when the client closed or stayed idle."""
     try:  # an idle keep-alive connection may wait long; a started head may not
@@ -82,19 +74,55 @@ async def read_head(reader: asyncio.StreamReader) -> Optional[bytes]:
 
 async def read_body(reader: asyncio.StreamReader, headers: Dict[str, str], rid: str,
                     writer: asyncio.StreamWriter) -> bytes:
-    if "transfer-encoding" in headers:
-        raise refuse(411, "length-required", rid, reason="send Content-Length, not chunked")
-    length, refusal = core.check_length(headers.get("content-length"), rid)
-    if refusal:
-        raise Refuse(refusal)
-    if not length:
-        return b""
+    chunked = "transfer-encoding" in headers
+    if chunked:
+        if headers["transfer-encoding"].lower() != "chunked":
+            raise refuse(400, "bad-request", rid, reason="the only Transfer-Encoding accepted is chunked")
+        if "content-length" in headers:  # which one frames the body? a smuggling vector: refuse both
+            raise refuse(400, "bad-request", rid, reason="both Transfer-Encoding and Content-Length")
+        length = 0
+    else:
+        length, refusal = core.check_length(headers.get("content-length"), rid)
+        if refusal:
+            raise Refuse(refusal)
+        if not length:
+            return b""
     if headers.get("expect", "").lower() == "100-continue":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     try:
-        return await asyncio.wait_for(reader.readexactly(length), core.BODY_TIMEOUT)
+        reading = read_chunked(reader, rid) if chunked else reader.readexactly(length)
+        return await asyncio.wait_for(reading, core.BODY_TIMEOUT)
     except asyncio.TimeoutError:
         raise refuse(408, "body-timeout", rid)
+
+
+async def read_chunked(reader: asyncio.StreamReader, rid: str) -> bytes:
+    """A chunked body, decoded, under the same cap (counted as decoded);
+    chunk extensions and trailers are read and dropped."""
+    body = bytearray()
+    try:
+        while True:
+            size = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise refuse(400, "bad-request", rid, reason="malformed chunk size")
+            size = int(size, 16)
+            if not size:
+                break
+            if len(body) + size > core.MAX_BODY:
+                raise refuse(413, "body-too-large", rid, limit=core.MAX_BODY)
+            body += await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise refuse(400, "bad-request", rid, reason="a chunk does not end with CRLF")
+        trailers = 0
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            trailers += len(line)
+            if line == b"\r\n":
+                return bytes(body)
+            if trailers > HEAD_LIMIT:
+                raise refuse(431, "headers-too-large", rid, limit=HEAD_LIMIT)
+    except (asyncio.LimitOverrunError, ValueError):  # a line longer than the stream's limit
+        raise refuse(400, "bad-request", rid, reason="a chunk line is too long")
 
 
 async def answer(method: str, path: str, body: bytes, rid: str, agent_loop) -> Reply:
@@ -107,13 +135,14 @@ async def answer(method: str, path: str, body: bytes, rid: str, agent_loop) -> R
 
 
 async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Half-close, then read (bounded) what the client is still sending: closing
-    with unread bytes resets the connection and the client may lose the answer."""
+    """Half-close, then read and drop what the client is still sending (bounded:
+    serve_core's LINGER_*): closing with unread bytes resets the connection,
+    and a client still writing its body would never read the answer."""
     try:
         writer.write_eof()
-        deadline, seen = time.monotonic() + LINGER_SECONDS, 0
-        while seen < LINGER_BYTES:
-            left = deadline - time.monotonic()
+        deadline, seen = time.monotonic() + core.LINGER_SECONDS, 0
+        while seen < core.LINGER_BYTES:
+            left = min(deadline - time.monotonic(), core.LINGER_IDLE)
             chunk = await asyncio.wait_for(reader.read(65536), max(left, 0.001))
             if not chunk:
                 return
@@ -125,7 +154,7 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, agent_loop) -> None:
     if len(_connections) >= core.MAX_CONNECTIONS:
         rid = core.request_id(None)
-        writer.write(encode(error(503, "busy", rid, close=True), rid, True))
+        writer.write(core.encode(error(503, "busy", rid, close=True), rid, True))
         writer.close()
         return
     _connections.add(writer)
@@ -156,13 +185,13 @@ async def one_request(reader, writer, agent_loop) -> bool:
     try:
         if head is not None:
             reply, rid, close, method, path = await answer_head(head, reader, writer, agent_loop)
-        writer.write(encode(reply, rid, close, head_only=method == "HEAD"))
+        writer.write(core.encode(reply, rid, close, head_only=method == "HEAD"))
         await asyncio.wait_for(writer.drain(), core.BODY_TIMEOUT)
-        if close and reply.status >= 400:
-            await linger(reader, writer)
     finally:
         state.in_flight -= counted
         core.access(method, path, reply.status, len(reply.body), started, rid)
+    if close and reply.status >= 400:  # after the count and the log: the drain does not wait for it
+        await linger(reader, writer)
     return not close
 
 

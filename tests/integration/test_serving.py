@@ -8,7 +8,6 @@ test index). Bounds are generous: they check behaviour, not speed.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -19,8 +18,8 @@ import pytest
 
 from builder.api import BuildOptions, build_image
 from tests.support.engine import engine_tags
-from tests.support.net import wait_for
 from tests.support.packages import make_agent
+from tests.support.serving import Served, raw_exchange
 
 AGENT = """\
 import time
@@ -34,10 +33,21 @@ def handler(context):
 """
 
 REST = """\
+from fastapi import HTTPException
+
+
 def mount(app):
     @app.get("/api/hello")
     def hello():
         return {"message": "Hello from REST"}
+
+    @app.get("/api/boom")
+    def boom():
+        raise RuntimeError("db-password-in-a-route-exception")
+
+    @app.get("/api/handled")
+    def handled():
+        raise HTTPException(500, "the agent's own 500")
 """
 
 REPO = "agents/issue12-serving"
@@ -64,60 +74,11 @@ def image(request, index, tmp_path_factory, docker_client):
                 pass
 
 
-class Served:
-    def __init__(self, client, image: str, env: dict | None = None):
-        self.container = client.containers.run(image, detach=True, environment=env or {},
-                                               ports={"8080/tcp": ("127.0.0.1", None)})
-        self.container.reload()
-        self.port = int(self.container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
-        wait_for(f"http://127.0.0.1:{self.port}/health")
-
-    def call(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
-             timeout: float = 30) -> tuple[int, dict, dict]:
-        """(status, lower-cased headers, JSON body)"""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(data) if data else {}
-        finally:
-            conn.close()
-
-    def logs(self, until=None, timeout: float = 5) -> list[dict]:
-        """The JSON log lines; with UNTIL, wait (bounded) for one it accepts:
-        the access line is written once the answer has gone out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.container.logs(stdout=True, stderr=False).decode().splitlines()
-            parsed = [json.loads(ln) for ln in lines if ln.startswith("{")]
-            if until is None or any(until(ln) for ln in parsed) or time.monotonic() > deadline:
-                return parsed
-            time.sleep(0.1)
-
-    def remove(self) -> None:
-        self.container.remove(force=True)
-
-
 @pytest.fixture(scope="class")
 def served(image, docker_client):
     s = Served(docker_client, image[1])
     yield s
     s.remove()
-
-
-def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
-    """Send DATA on a fresh connection and read until the server closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        out = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
 
 
 class TestLimitsAndErrors:
@@ -249,8 +210,7 @@ class TestTimeouts:
                     answer += chunk
                 took = time.monotonic() - started
             assert 1.5 < took < 15, f"closed after {took:.1f} s"
-            if image[0] == "stdlib":  # uvicorn closes without an answer
-                assert answer.startswith(b"HTTP/1.1 408") and b'"header-timeout"' in answer
+            assert answer.startswith(b"HTTP/1.1 408") and b'"header-timeout"' in answer  # both paths answer
             assert served.call("POST", "/invoke", {"x": 3})[0] == 200  # a whole request is unaffected
         finally:
             served.remove()
@@ -282,5 +242,80 @@ class TestDrain:
             assert took < 25, f"exit took {took:.1f} s: the drain must end when the requests are done"
             events = [ln["event"] for ln in served.logs()]
             assert "draining" in events and "stopped" in events
+        finally:
+            served.remove()
+
+
+def _post_with(client: str, url: str, body) -> tuple[int, dict]:
+    """POST BODY with a real client library: (status, JSON body)."""
+    if client == "urllib":
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as answered:
+            return answered.code, json.loads(answered.read())
+    if client == "requests":
+        import requests
+        resp = requests.post(url, data=body, timeout=60)
+    else:
+        httpx = pytest.importorskip("httpx")
+        resp = httpx.post(url, content=body, timeout=60)
+    return resp.status_code, resp.json()
+
+
+class TestIssue26:
+    """Issue 26: answers real clients can read; chunked bodies; JSON 500s; quiet health checks."""
+
+    @pytest.mark.parametrize("client", ["urllib", "requests", "httpx"])
+    def test_a_20_mib_post_gets_a_413_the_client_reads(self, served, client):
+        # the server answers before the body is read: closing at once reset the
+        # connection while the client was still sending, and it never saw the 413
+        code, body = _post_with(client, f"http://127.0.0.1:{served.port}/invoke", b"x" * (20 * 1024 * 1024))
+        assert (code, body["error"], body["limit"]) == (413, "body-too-large", 10 * 1024 * 1024)
+        assert served.call("GET", "/health")[0] == 200
+
+    def test_chunked_bodies_are_accepted_under_the_same_cap(self, served):
+        url = f"http://127.0.0.1:{served.port}/invoke"
+        code, body = _post_with("requests", url, iter([b'{"sle', b'ep": 0', b'}']))  # a generator: chunked
+        assert (code, body) == (200, {"ok": True, "slept": 0})
+        # extensions and trailers are read and dropped; the next request on the connection is unaffected
+        answer = raw_exchange(served.port, b"POST /invoke HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                           b"3;ext=1\r\n{\"x\r\n4\r\n\": 1\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\n"
+                                           b"GET /meta HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 200") == 2, answer[:300]
+        # the cap counts decoded bytes: 11 MiB in 1 MiB chunks is a 413, and the client reads it
+        code, body = _post_with("requests", url, (b"x" * 1024 * 1024 for _ in range(11)))
+        assert (code, body["error"]) == (413, "body-too-large")
+
+    def test_an_exception_in_the_agents_own_route_is_a_json_500(self, served, image):
+        if image[0] != "fastapi":
+            pytest.skip("only the FastAPI path has the agent's own routes")
+        code, headers, body = served.call("GET", "/api/boom", headers={"X-Request-Id": "route-boom-1"})
+        assert (code, body) == (500, {"error": "agent-error", "id": "route-boom-1", "class": "RuntimeError"})
+        assert headers["content-type"] == "application/json" and headers["x-request-id"] == "route-boom-1"
+        failed = [ln for ln in served.logs(lambda ln: ln.get("event") == "request failed")
+                  if ln.get("event") == "request failed" and ln.get("request_id") == "route-boom-1"]
+        assert failed and "db-password-in-a-route-exception" in failed[0]["error"]  # the log has it, not the body
+        # the agent's own handled error is untouched
+        code, _, body = served.call("GET", "/api/handled")
+        assert (code, body) == (500, {"detail": "the agent's own 500"})
+
+    def test_health_checks_are_not_access_logged_other_requests_are(self, served, image):
+        for path in ("/health", f"/agents/serve-{image[0]}/health"):
+            assert served.call("GET", path, headers={"X-Request-Id": "health-quiet"})[0] == 200
+        served.call("GET", "/meta", headers={"X-Request-Id": "meta-logged"})
+        lines = served.logs(lambda ln: ln.get("request_id") == "meta-logged")
+        assert [ln["path"] for ln in lines if ln.get("request_id") == "meta-logged"] == ["/meta"]
+        health = [ln for ln in lines if ln.get("event") == "request" and ln["path"].endswith("/health")]
+        assert health == []  # nor the image's own HEALTHCHECK every 5 s
+
+    def test_agent_log_health_turns_health_logging_back_on(self, image, docker_client):
+        served = Served(docker_client, image[1], env={"AGENT_LOG_HEALTH": "1"})
+        try:
+            served.call("GET", "/health", headers={"X-Request-Id": "health-loud"})
+            lines = served.logs(lambda ln: ln.get("request_id") == "health-loud")
+            assert [ln["path"] for ln in lines if ln.get("request_id") == "health-loud"] == ["/health"]
         finally:
             served.remove()
