@@ -45,7 +45,7 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in items)
 
 
-def _task_options(args):
+def _task_options(args, check: bool = True):
     from builder.ship.ecs import TaskOptions, check_options
     env = {k: v for k, v in (("AGENT_APP_ID", args.agent_app_id), ("DEPLOYMENT_ID", args.deployment_id),
                              ("BASE_PATH", args.base_path)) if v is not None}
@@ -53,8 +53,11 @@ def _task_options(args):
         cpu=args.cpu, memory=args.memory, launch_type=args.launch_type, execution_role_arn=args.execution_role_arn,
         task_role_arn=args.task_role_arn, log_group=args.log_group, log_region=args.log_region,
         log_stream_prefix=args.log_stream_prefix, secrets_prefix=args.secrets_prefix,
-        secrets=_pairs(args.secret, "--secret"), environment={**_pairs(args.task_env, "--env"), **env})
-    check_options(opts)
+        secrets=_pairs(args.secret, "--secret"), environment={**_pairs(args.task_env, "--env"), **env},
+        network_mode=args.network_mode, family_prefix=args.family_prefix,
+        ephemeral_storage=args.ephemeral_storage, writable_root=args.writable_root)
+    if check:
+        check_options(opts)
     return opts
 
 
@@ -79,15 +82,20 @@ def _ecs_precheck(args):
     """--ecs-task-def: every option and secret mapping checked before the build starts."""
     from builder.core.errors import TaskDefinitionError
     from builder.package.reader import open_package
-    from builder.ship.ecs import secret_entries
+    from builder.ship.ecsopts import Problems, option_problems, secret_problems
     if not args.push:
         raise TaskDefinitionError("--ecs-task-def needs --push: the task definition names the pushed image "
                                   "by its registry digest.", field="--ecs-task-def", hint="Add --push --registry ....")
     if not args.ecs_task_def.resolve().parent.is_dir():
         raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder.", field="--ecs-task-def")
-    opts = _task_options(args)
+    opts = _task_options(args, check=False)
     with open_package(args.source, _limits(args)) as pkg:
-        secret_entries(pkg.manifest.environment_refs, opts)
+        refs = pkg.manifest.environment_refs
+    # the options' problems and the secret mapping's, in one error
+    problems = Problems()
+    option_problems(opts, problems)
+    secret_problems(refs, opts, problems)
+    problems.raise_any()
     return opts
 
 
