@@ -81,8 +81,9 @@ def secret_ref_problem(value: str) -> str | None:
         return _arn_region_problem(value, _SSM_ARN)
     if not value.startswith("arn:") and _SSM_NAME.match(value):
         return None
-    return (f"{value[:100]!r} is neither a Secrets Manager secret ARN "
-            "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME) nor an SSM parameter ARN "
+    # (the template of a secret ARN is not spelled out: the log redactor hides what follows "secret:")
+    return (f"{value[:100]!r} is neither a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:..., "
+            "as `aws secretsmanager describe-secret` shows it) nor an SSM parameter ARN "
             "(arn:aws:ssm:REGION:ACCOUNT:parameter/NAME) or parameter name")
 
 
@@ -91,10 +92,10 @@ def prefix_problem(prefix: str) -> str | None:
     prefix + NAME is a name of its own (without one, .../hello-agent + KEY runs the two together)."""
     if not prefix.endswith(SEPARATORS):
         return (f"{prefix[:100]!r} does not end in a separator ({' '.join(SEPARATORS)}), so prefix + NAME "
-                f"would read {prefix[-20:]}NAME")
+                f"would read {prefix.rsplit('/', 1)[-1][-40:]}NAME")
     if not (prefix.startswith("arn:") or prefix.startswith("/")):
-        return (f"{prefix[:100]!r} is neither an ARN prefix (arn:aws:ssm:..:parameter/PATH/, "
-                "arn:aws:secretsmanager:..:secret:PATH/) nor a parameter path (/PATH/)")
+        return (f"{prefix[:100]!r} is neither an ARN prefix (arn:aws:ssm:REGION:ACCOUNT:parameter/PATH/ or a "
+                "Secrets Manager one) nor a parameter path (/PATH/)")
     sample = prefix + "NAME"
     problem = secret_ref_problem(sample)
     return f"{prefix[:100]!r} + NAME: {problem}" if problem else None

@@ -90,7 +90,8 @@ class Problems:
         if len(self.items) == 1:
             one = self.items[0]
             raise TaskDefinitionError(one["message"], field=one["field"], hint=one["hint"], problems=self.items)
-        lines = [f"- {i['field']}: {i['message']}" + (f" {i['hint']}" if i["hint"] else "") for i in self.items]
+        # "[--secret]", not "--secret:": the log redactor would hide the word after "secret:"
+        lines = [f"- [{i['field']}] {i['message']}" + (f" {i['hint']}" if i["hint"] else "") for i in self.items]
         fields = list(dict.fromkeys(i["field"] for i in self.items))
         raise TaskDefinitionError(f"{len(self.items)} problems with the task definition:\n" + "\n".join(lines),
                                   field=", ".join(fields), problems=self.items,
@@ -132,13 +133,13 @@ def _name_problems(o: TaskOptions, p: Problems) -> None:
     for value, option in ((o.execution_role_arn, "--execution-role-arn"), (o.task_role_arn, "--task-role-arn")):
         problem = role_problem(value) if value is not None else None
         if problem:
-            p.add(option, f"{option}: {problem}", "Pass the role's ARN, as `aws iam get-role` shows it.")
+            p.add(option, f"{option} {problem}", "Pass the role's ARN, as `aws iam get-role` shows it.")
     for value, option in ((o.log_group, "--log-group"), (o.log_region, "--log-region"),
                           (o.log_stream_prefix, "--log-stream-prefix")):
         if value is not None and not _TOKEN.match(value):
             p.add(option, f"{option} must be one word without spaces or control characters, got {value[:60]!r}")
     if o.log_region and _TOKEN.match(o.log_region) and (problem := region_problem(o.log_region)):
-        p.add("--log-region", f"--log-region: {problem}")
+        p.add("--log-region", f"--log-region {problem}")
     if o.log_group is None and (o.log_region or o.log_stream_prefix):
         p.add("--log-group", "--log-region/--log-stream-prefix without --log-group",
               "Add --log-group NAME (the awslogs group the task writes to).")
@@ -161,7 +162,7 @@ def _secret_problems(o: TaskOptions, p: Problems) -> None:
         if not ENV_KEY_RE.match(key):
             p.add("--secret", f"--secret {key!r}: not a valid variable name")
         elif (problem := secret_ref_problem(value)):
-            p.add("--secret", f"--secret {key}: {problem}")
+            p.add("--secret", f"--secret {key}={problem}")
         if key in o.environment:
             p.add("--secret", f"{key} is given both as --secret and as a plain environment value")
     if (o.secrets_prefix or o.secrets) and not o.execution_role_arn:
