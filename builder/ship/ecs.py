@@ -41,7 +41,8 @@ DEFAULT_DRAIN_S = 25  # the serving default when an image predates the drain lab
 STOP_MARGIN_S = 5     # after the drain: the process exits, the log flushes
 FARGATE_MAX_STOP_S = 120
 ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
-TMP_VOLUME = "tmp"  # the task volume mounted at /tmp when the root is read-only
+TMP_VOLUME = "tmp"  # the task volume mounted at /tmp when the root is read-only (Fargate)
+TMP_MIB = 64        # EC2's tmpfs /tmp, as `agent-image test` mounts it (builder/testing/facts.py TMP_SIZE)
 
 # ECS's ranges for a container health check, and Docker's values for a 0 (unset) field
 HEALTH_RANGES = {"interval": (5, 300), "timeout": (2, 60), "retries": (1, 10), "startPeriod": (0, 300)}
@@ -163,6 +164,27 @@ def task_user(image: Image) -> str | None:
     return image.user or None
 
 
+def read_only_root(image: Image, o: TaskOptions, user: str | None) -> dict:
+    """The container fields that make the root read-only with a writable /tmp, where the image allows it.
+
+    Agent images write only /tmp (`agent-image test` runs them so). On EC2 /tmp is a tmpfs, as in
+    that test. Fargate has no tmpfs: /tmp is a task volume, which Fargate creates root-owned 0755
+    unless the image declares VOLUME /tmp (then it copies the image's /tmp, mode 1777): a non-root
+    agent could not write an undeclared one, so such an image keeps a writable root.
+    """
+    if o.writable_root:
+        return {}
+    if o.launch_type == "EC2":
+        return {"readonlyRootFilesystem": True,
+                "linuxParameters": {"tmpfs": [{"containerPath": "/tmp", "size": TMP_MIB}]}}
+    if "/tmp" not in image.volumes and user not in (None, "0", "root"):
+        log.warning("The image declares no VOLUME /tmp, so on Fargate its non-root user could not write a "
+                    "mounted /tmp: the root filesystem stays writable", image=image.id[:19])
+        return {}
+    return {"readonlyRootFilesystem": True,
+            "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}]}
+
+
 def _container(image: Image, ref: str, name: str, o: TaskOptions, p: Problems) -> dict:
     container: dict = {
         "name": name,
@@ -177,10 +199,7 @@ def _container(image: Image, ref: str, name: str, o: TaskOptions, p: Problems) -
         container["user"] = user
     else:
         log.warning("The image runs as root; the task will too", image=ref)
-    if not o.writable_root:
-        # agent images write only /tmp (agent-image test runs them so): the rest of the root stays read-only
-        container["readonlyRootFilesystem"] = True
-        container["mountPoints"] = [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}]
+    container.update(read_only_root(image, o, user))
     if o.environment:
         container["environment"] = [{"name": k, "value": v} for k, v in sorted(o.environment.items())]
     check = p.run(health_check, image.healthcheck)
@@ -233,7 +252,7 @@ def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
         "runtimePlatform": platform,
         "containerDefinitions": [container],
     })
-    if not o.writable_root:
+    if "mountPoints" in container:
         request["volumes"] = [{"name": TMP_VOLUME}]  # no host: task storage (Fargate's ephemeral storage)
     if o.ephemeral_storage is not None:
         request["ephemeralStorage"] = {"sizeInGiB": o.ephemeral_storage}

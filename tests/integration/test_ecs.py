@@ -37,8 +37,15 @@ def assert_matches_inspect(request: dict, docker_client, image_id: str, digest: 
     # the numeric uid of the base's user (its ABI label), read-only root with a writable /tmp volume
     abi = dict(kv.split("=", 1) for kv in cfg["Labels"]["io.pixell.agent-image.abi"].split(";"))
     assert cfg["User"] == "agent" and container["user"] == abi["uid"] == "10001"
-    assert container["readonlyRootFilesystem"] is True and request["volumes"] == [{"name": "tmp"}]
-    assert container["mountPoints"] == [{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}]
+    # read-only root where the image allows it: EC2 a tmpfs /tmp; Fargate a /tmp volume only when the image
+    # declares VOLUME /tmp (Fargate makes an undeclared one root-owned 0755, unwritable for uid 10001)
+    if request["requiresCompatibilities"] == ["EC2"]:
+        assert container["readonlyRootFilesystem"] is True and "volumes" not in request
+        assert container["linuxParameters"]["tmpfs"][0]["containerPath"] == "/tmp"
+    elif "/tmp" in (cfg.get("Volumes") or {}):
+        assert container["readonlyRootFilesystem"] is True and request["volumes"] == [{"name": "tmp"}]
+    else:
+        assert "readonlyRootFilesystem" not in container and "volumes" not in request
     assert container["image"] == digest
     assert api_errors(request) == "" and registered(request)[0]["family"] == request["family"]
 

@@ -26,7 +26,7 @@ def facts(**over) -> Image:
     labels.update(over.pop("labels", {}))
     base = dict(id="sha256:" + "0" * 64, tags=(), labels=labels, size=1, layers=(),
                 digests=("127.0.0.1:5000/agents/demo@sha256:" + "1" * 64,), env=("REST_PORT=8080", "BASE_PATH=/"),
-                user="agent", exposed_ports=("8080/tcp",), architecture="amd64", os="linux",
+                user="agent", exposed_ports=("8080/tcp",), architecture="amd64", os="linux", volumes=("/tmp",),
                 healthcheck={"Test": ["CMD", "python", "/opt/agent-image/healthcheck.py"], "Interval": 5 * S,
                              "Timeout": 3 * S, "StartPeriod": 10 * S, "Retries": 3})
     base.update(over)
@@ -56,7 +56,8 @@ def test_every_option_combination_is_a_valid_request():
         container = request["containerDefinitions"][0]
         assert container["image"] == REF and container["user"] == "10001"
         assert container.get("readonlyRootFilesystem", False) is not writable
-        assert ("volumes" in request) is not writable
+        assert ("volumes" in request) == (not writable and launch == "FARGATE")  # EC2: a tmpfs instead
+        assert ("linuxParameters" in container) == (not writable and launch == "EC2")
         assert [s["name"] for s in container.get("secrets", [])] == [n for n in refs.split(",") if n]
         assert ("healthCheck" in container) == (hc is None)
         requests.append(request)
@@ -179,6 +180,19 @@ def test_image_facts_ecs_cannot_run_are_errors():
     with pytest.raises(TaskDefinitionError, match="pulls from ECR"):
         task_definition(facts(), ecr, TaskOptions())
     assert task_definition(facts(), ecr, TaskOptions(execution_role_arn=ROLE))["executionRoleArn"] == ROLE
+
+
+def test_read_only_root_where_the_image_allows_it():
+    ec2 = task_definition(facts(volumes=()), REF, TaskOptions(launch_type="EC2"))
+    container = ec2["containerDefinitions"][0]
+    assert container["readonlyRootFilesystem"] is True and "volumes" not in ec2
+    assert container["linuxParameters"] == {"tmpfs": [{"containerPath": "/tmp", "size": 64}]}
+    # Fargate mounts /tmp root-owned 0755 unless the image declares VOLUME /tmp: uid 10001 could not write it
+    fargate = task_definition(facts(volumes=()), REF, TaskOptions())
+    assert "readonlyRootFilesystem" not in fargate["containerDefinitions"][0] and "volumes" not in fargate
+    writable = task_definition(facts(), REF, TaskOptions(writable_root=True))
+    assert "readonlyRootFilesystem" not in writable["containerDefinitions"][0] and "volumes" not in writable
+    assert registered(ec2, fargate, writable)[0]["containerDefinitions"][0]["readonlyRootFilesystem"] is True
 
 
 def test_user_is_the_numeric_uid_when_the_base_says_it():
