@@ -112,6 +112,7 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
 
 def cmd_build(args, engine_factory) -> dict:
     from builder.api import BuildOptions, build_image
+    from builder.plan.provenance import provenance
 
     opts = BuildOptions(
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
@@ -121,6 +122,7 @@ def cmd_build(args, engine_factory) -> dict:
         limits=_limits(args), registry_auth=_registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
+        provenance=provenance(args.source_url, args.revision, os.environ),
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         return _dry_run(args, opts)

@@ -155,6 +155,9 @@ def _add_build(sub) -> None:
     b.add_argument("--create-repository", action="store_true",
                    help="ECR only: create the agent's repository and PREFIX/agent-image.deps when missing "
                         "(version tags immutable, lifecycle policies; docs/ci.md)")
+    b.add_argument("--source-url", metavar="URL", help="org.opencontainers.image.source (default: the CI's repository URL)")
+    b.add_argument("--revision", metavar="SHA", help="org.opencontainers.image.revision (default: the CI's commit; "
+                   "image.created comes from SOURCE_DATE_EPOCH when set)")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
     b.add_argument("--max-index-page-bytes", type=_positive(int), default=DEFAULT_PAGE_BYTES,
                    help=f"largest index page the proxy passes to the build (default {DEFAULT_PAGE_BYTES})")
