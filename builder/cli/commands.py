@@ -41,23 +41,28 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     from builder.core.errors import TaskDefinitionError
     bad = [kv for kv in items if "=" not in kv]
     if bad:
-        raise TaskDefinitionError(f"{option} {bad[0]!r} is not KEY=VALUE.", field=option)
+        raise TaskDefinitionError(f"{option} {', '.join(map(repr, bad))}: not KEY=VALUE.", field=option)
     return dict(kv.split("=", 1) for kv in items)
 
 
-def _task_options(args, check: bool = True):
-    from builder.ship.ecs import TaskOptions, check_options
+def _task_options(args, problems=None):
+    """The ECS options; their problems (a malformed KEY=VALUE too) go into PROBLEMS, or are raised
+    together when none is given."""
+    from builder.ship.ecsopts import Problems, TaskOptions, option_problems
+    p = Problems() if problems is None else problems
     env = {k: v for k, v in (("AGENT_APP_ID", args.agent_app_id), ("DEPLOYMENT_ID", args.deployment_id),
                              ("BASE_PATH", args.base_path)) if v is not None}
     opts = TaskOptions(
         cpu=args.cpu, memory=args.memory, launch_type=args.launch_type, execution_role_arn=args.execution_role_arn,
         task_role_arn=args.task_role_arn, log_group=args.log_group, log_region=args.log_region,
         log_stream_prefix=args.log_stream_prefix, secrets_prefix=args.secrets_prefix,
-        secrets=_pairs(args.secret, "--secret"), environment={**_pairs(args.task_env, "--env"), **env},
+        secrets=p.run(_pairs, args.secret, "--secret", default={}),
+        environment={**p.run(_pairs, args.task_env, "--env", default={}), **env},
         network_mode=args.network_mode, family_prefix=args.family_prefix,
         ephemeral_storage=args.ephemeral_storage, writable_root=args.writable_root)
-    if check:
-        check_options(opts)
+    option_problems(opts, p)
+    if problems is None:
+        p.raise_any()
     return opts
 
 
@@ -82,19 +87,17 @@ def _ecs_precheck(args):
     """--ecs-task-def: every option and secret mapping checked before the build starts."""
     from builder.core.errors import TaskDefinitionError
     from builder.package.reader import open_package
-    from builder.ship.ecsopts import Problems, option_problems, secret_problems
+    from builder.ship.ecsopts import Problems, secret_problems
     if not args.push:
         raise TaskDefinitionError("--ecs-task-def needs --push: the task definition names the pushed image "
                                   "by its registry digest.", field="--ecs-task-def", hint="Add --push --registry ....")
     if not args.ecs_task_def.resolve().parent.is_dir():
         raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder.", field="--ecs-task-def")
-    opts = _task_options(args, check=False)
-    with open_package(args.source, _limits(args)) as pkg:
-        refs = pkg.manifest.environment_refs
     # the options' problems and the secret mapping's, in one error
     problems = Problems()
-    option_problems(opts, problems)
-    secret_problems(refs, opts, problems)
+    opts = _task_options(args, problems)
+    with open_package(args.source, _limits(args)) as pkg:
+        secret_problems(pkg.manifest.environment_refs, opts, problems)
     problems.raise_any()
     return opts
 

@@ -124,7 +124,9 @@ def test_build_precheck_reports_options_and_secret_mapping_at_once(tmp_path, cap
     (agent / "agent.yaml").write_text((agent / "agent.yaml").read_text()
                                       + "environment:\n  OPENAI_API_KEY: ${OPENAI_API_KEY}\n")
     code = main(["build", str(agent), "--registry", "127.0.0.1:9/ecs", "--push", "--json",
-                 "--ecs-task-def", str(tmp_path / "t.json"), "--cpu", "300"])
+                 "--ecs-task-def", str(tmp_path / "t.json"), "--cpu", "300", "--env", "NOVALUE"])
     out, _ = capsys.readouterr()
     error = json.loads(out)["error"]  # build's stdout is its result object: the error stays there
-    assert code == 80 and {p["field"] for p in error["problems"]} == {"--cpu", "--secret", "--execution-role-arn"}
+    assert code == 80 and {p["field"] for p in error["problems"]} == {"--cpu", "--secret", "--execution-role-arn",
+                                                                      "--env"}
+    assert "'NOVALUE': not KEY=VALUE" in error["message"]
