@@ -75,14 +75,16 @@ def _add_ecs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ephemeral-storage", type=int, metavar="GiB",
                    help="Fargate's task storage, 21-200 GiB (default: Fargate's 20)")
     g.add_argument("--writable-root", action="store_true",
-                   help="leave the root filesystem writable (default: read-only, with a writable /tmp volume)")
+                   help="leave the root filesystem writable (default: read-only with a writable /tmp where "
+                        "the image allows it: EC2 a tmpfs, Fargate a volume if the image declares VOLUME /tmp)")
     g.add_argument("--execution-role-arn", help="task execution role (needed for secrets, awslogs, ECR on Fargate)")
     g.add_argument("--task-role-arn", help="the role the agent's own AWS calls use")
     g.add_argument("--log-group", help="awslogs group (no logConfiguration without it)")
     g.add_argument("--log-region", help="awslogs region (required with --log-group)")
     g.add_argument("--log-stream-prefix", help="awslogs stream prefix (default: the agent name)")
     g.add_argument("--secrets-prefix", metavar="ARN_PREFIX",
-                   help="valueFrom for each ${...} reference in agent.yaml's environment: ARN_PREFIX + NAME")
+                   help="valueFrom for each ${...} reference in agent.yaml's environment: ARN_PREFIX + NAME "
+                        "(ends in /, - or :)")
     g.add_argument("--secret", action="append", default=[], metavar="NAME=ARN", help="valueFrom for one reference")
     g.add_argument("--agent-app-id", help="AGENT_APP_ID for the task")
     g.add_argument("--deployment-id", help="DEPLOYMENT_ID for the task")
