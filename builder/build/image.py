@@ -20,6 +20,7 @@ class Image:
     healthcheck: dict | None = None        # Docker's {"Test", "Interval", ...}; durations in ns
     architecture: str = ""
     os: str = ""
+    volumes: tuple[str, ...] = ()          # the image's VOLUME paths
 
 
 def image_from(attrs: dict) -> Image:
@@ -37,4 +38,5 @@ def image_from(attrs: dict) -> Image:
         healthcheck=dict(cfg["Healthcheck"]) if cfg.get("Healthcheck") else None,
         architecture=attrs.get("Architecture") or "",
         os=attrs.get("Os") or "",
+        volumes=tuple(sorted(cfg.get("Volumes") or {})),
     )

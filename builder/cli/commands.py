@@ -41,20 +41,28 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     from builder.core.errors import TaskDefinitionError
     bad = [kv for kv in items if "=" not in kv]
     if bad:
-        raise TaskDefinitionError(f"{option} {bad[0]!r} is not KEY=VALUE.", field=option)
+        raise TaskDefinitionError(f"{option} {', '.join(map(repr, bad))}: not KEY=VALUE.", field=option)
     return dict(kv.split("=", 1) for kv in items)
 
 
-def _task_options(args):
-    from builder.ship.ecs import TaskOptions, check_options
+def _task_options(args, problems=None):
+    """The ECS options; their problems (a malformed KEY=VALUE too) go into PROBLEMS, or are raised
+    together when none is given."""
+    from builder.ship.ecsopts import Problems, TaskOptions, option_problems
+    p = Problems() if problems is None else problems
     env = {k: v for k, v in (("AGENT_APP_ID", args.agent_app_id), ("DEPLOYMENT_ID", args.deployment_id),
                              ("BASE_PATH", args.base_path)) if v is not None}
     opts = TaskOptions(
         cpu=args.cpu, memory=args.memory, launch_type=args.launch_type, execution_role_arn=args.execution_role_arn,
         task_role_arn=args.task_role_arn, log_group=args.log_group, log_region=args.log_region,
         log_stream_prefix=args.log_stream_prefix, secrets_prefix=args.secrets_prefix,
-        secrets=_pairs(args.secret, "--secret"), environment={**_pairs(args.task_env, "--env"), **env})
-    check_options(opts)
+        secrets=p.run(_pairs, args.secret, "--secret", default={}),
+        environment={**p.run(_pairs, args.task_env, "--env", default={}), **env},
+        network_mode=args.network_mode, family_prefix=args.family_prefix,
+        ephemeral_storage=args.ephemeral_storage, writable_root=args.writable_root)
+    option_problems(opts, p)
+    if problems is None:
+        p.raise_any()
     return opts
 
 
@@ -79,15 +87,18 @@ def _ecs_precheck(args):
     """--ecs-task-def: every option and secret mapping checked before the build starts."""
     from builder.core.errors import TaskDefinitionError
     from builder.package.reader import open_package
-    from builder.ship.ecs import secret_entries
+    from builder.ship.ecsopts import Problems, secret_problems
     if not args.push:
         raise TaskDefinitionError("--ecs-task-def needs --push: the task definition names the pushed image "
                                   "by its registry digest.", field="--ecs-task-def", hint="Add --push --registry ....")
     if not args.ecs_task_def.resolve().parent.is_dir():
         raise TaskDefinitionError(f"--ecs-task-def {args.ecs_task_def}: no such folder.", field="--ecs-task-def")
-    opts = _task_options(args)
+    # the options' problems and the secret mapping's, in one error
+    problems = Problems()
+    opts = _task_options(args, problems)
     with open_package(args.source, _limits(args)) as pkg:
-        secret_entries(pkg.manifest.environment_refs, opts)
+        secret_problems(pkg.manifest.environment_refs, opts, problems)
+    problems.raise_any()
     return opts
 
 
@@ -104,6 +115,7 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
 
 def cmd_build(args, engine_factory) -> dict:
     from builder.api import BuildOptions, build_image
+    from builder.plan.provenance import provenance
 
     opts = BuildOptions(
         repository=args.repository, registry=args.registry, push=args.push, index_url=args.index_url,
@@ -113,6 +125,7 @@ def cmd_build(args, engine_factory) -> dict:
         limits=_limits(args), registry_auth=_registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
+        provenance=provenance(args.source_url, args.revision, os.environ),
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         return _dry_run(args, opts)

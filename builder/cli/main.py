@@ -66,14 +66,25 @@ def _add_ecs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ECS task definition")
     g.add_argument("--cpu", type=int, default=256, help="task CPU units (default 256; Fargate's pairs are checked)")
     g.add_argument("--memory", type=int, default=512, help="task memory in MiB (default 512)")
-    g.add_argument("--launch-type", choices=["FARGATE", "EC2"], default="FARGATE", help="default FARGATE")
+    g.add_argument("--launch-type", choices=["FARGATE", "EC2"], default="FARGATE",
+                   help="default FARGATE; picks networkMode (Fargate awsvpc, EC2 bridge)")
+    g.add_argument("--network-mode", choices=["awsvpc", "bridge", "host"],
+                   help="EC2 only: override the networkMode (Fargate takes awsvpc alone)")
+    g.add_argument("--family-prefix", default="", metavar="PREFIX",
+                   help="family = PREFIX + the agent name (letters, digits, - and _)")
+    g.add_argument("--ephemeral-storage", type=int, metavar="GiB",
+                   help="Fargate's task storage, 21-200 GiB (default: Fargate's 20)")
+    g.add_argument("--writable-root", action="store_true",
+                   help="leave the root filesystem writable (default: read-only with a writable /tmp where "
+                        "the image allows it: EC2 a tmpfs, Fargate a volume if the image declares VOLUME /tmp)")
     g.add_argument("--execution-role-arn", help="task execution role (needed for secrets, awslogs, ECR on Fargate)")
     g.add_argument("--task-role-arn", help="the role the agent's own AWS calls use")
     g.add_argument("--log-group", help="awslogs group (no logConfiguration without it)")
     g.add_argument("--log-region", help="awslogs region (required with --log-group)")
     g.add_argument("--log-stream-prefix", help="awslogs stream prefix (default: the agent name)")
     g.add_argument("--secrets-prefix", metavar="ARN_PREFIX",
-                   help="valueFrom for each ${...} reference in agent.yaml's environment: ARN_PREFIX + NAME")
+                   help="valueFrom for each ${...} reference in agent.yaml's environment: ARN_PREFIX + NAME "
+                        "(ends in /, - or :)")
     g.add_argument("--secret", action="append", default=[], metavar="NAME=ARN", help="valueFrom for one reference")
     g.add_argument("--agent-app-id", help="AGENT_APP_ID for the task")
     g.add_argument("--deployment-id", help="DEPLOYMENT_ID for the task")
@@ -146,6 +157,9 @@ def _add_build(sub) -> None:
     b.add_argument("--create-repository", action="store_true",
                    help="ECR only: create the agent's repository and PREFIX/agent-image.deps when missing "
                         "(version tags immutable, lifecycle policies; docs/ci.md)")
+    b.add_argument("--source-url", metavar="URL", help="org.opencontainers.image.source (default: the CI's repository URL)")
+    b.add_argument("--revision", metavar="SHA", help="org.opencontainers.image.revision (default: the CI's commit; "
+                   "image.created comes from SOURCE_DATE_EPOCH when set)")
     b.add_argument("--cache-dir", type=Path, help="download cache folder (default ~/.cache/agent-image)")
     b.add_argument("--max-index-page-bytes", type=_positive(int), default=DEFAULT_PAGE_BYTES,
                    help=f"largest index page the proxy passes to the build (default {DEFAULT_PAGE_BYTES})")
@@ -312,9 +326,11 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
 def _report(err: PackageLoadError, as_json: bool, command: str = "") -> int:
     ciout.failed(command, err)
     if as_json:
-        # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error
+        # a command may attach its partial result (doctor's checks, rebase's per-image outcomes) to the error;
+        # ecs-task-def's stdout is a task definition or nothing (`> task.json` must not catch an error object)
+        out = sys.stderr if command == "ecs-task-def" else sys.stdout
         print(json.dumps({"schema": ciout.SCHEMA, "ok": False, **getattr(err, "result", {}),
-                          "error": err.to_dict()}, default=str))
+                          "error": err.to_dict()}, default=str), file=out)
     else:
         sys.stderr.write(f"\nerror[{err.reference}]: {err.message}\n")
         for label, value in (("requirement", err.requirement), ("field", err.field), ("step", err.step)):

@@ -264,6 +264,14 @@ class TaskDefinitionError(PackageLoadError):
     reference = "task-definition"
     exit_code = 80
 
+    def __init__(self, message: str, *, problems: list[dict[str, str | None]] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        # every problem found in one pass ({"field", "message", "hint"}), so one run reports them all
+        self.problems = problems or [{"field": self.field, "message": self.message, "hint": self.hint}]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "problems": self.problems}
+
 
 # --- agent-image itself --------------------------------------------------------
 

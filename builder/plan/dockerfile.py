@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 import jinja2
 
@@ -143,6 +144,7 @@ def render(
     pip_report: bool = False,
     tool_pip: bool = False,
     template: str = "agent.Dockerfile.j2",
+    provenance: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Render the agent Dockerfile. ``index_identity`` must carry no credentials.
     With ``deps_image`` the Dockerfile starts FROM it and leaves out what it holds
@@ -173,6 +175,7 @@ def render(
         environment=manifest.environment,
         labels=manifest.labels,  # one LABEL instruction, not one engine step per label
         base_labels=base_labels or {},  # what the image records of its base (for rebase)
+        provenance=provenance or {},  # OCI source/revision/created (builder/plan/provenance.py)
         drain_seconds=drain_seconds(manifest.environment),
         deps_image=deps_image,
         pip_report=pip_report,  # the base's pip writes --report (22.2+)

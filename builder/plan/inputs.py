@@ -117,14 +117,15 @@ def read_split(pkg: Package, options: BuildOptions, deadline: float | None = Non
 def render_agent(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, *, base_image: str,
                  base_has_venv: bool, base_labels: dict[str, str] | None, base_has_uv: bool = True,
                  deps_image: str = "", pip_report: bool = False, tool_pip: bool = False,
-                 base_has_runtime: bool = False):
+                 base_has_runtime: bool = False, provenance: Mapping[str, str] | None = None):
     return render(pkg.manifest, base_image=base_image, index_identity=upstream_url,
                   deps=bool(split.deps), editable=pkg.has_setup, requirements=split.real_lines > 0,
                   installer=options.installer, ca_bundle=options.ca_bundle_in_image,
                   base_has_venv=base_has_venv, base_has_uv=base_has_uv, base_has_runtime=base_has_runtime,
                   require_hashes=split.hashed,
                   source_requirements=bool(split.source), base_labels=base_labels or {},
-                  deps_image=deps_image, pip_report=pip_report, tool_pip=tool_pip)
+                  deps_image=deps_image, pip_report=pip_report, tool_pip=tool_pip,
+                  provenance=options.provenance if provenance is None else provenance)
 
 
 def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split: Split, added: Mapping[str, bytes], *,
@@ -134,7 +135,8 @@ def content_digest(pkg: Package, options: BuildOptions, upstream_url: str, split
     runners building one package with one set of options agree on it; tag
     immutability compares it, not image bytes. ADDED: ``added_files``' files."""
     text = render_agent(pkg, options, upstream_url, split, base_image="agent-image-base", base_has_venv=base_has_venv,
-                   base_labels={}, base_has_uv=base_has_uv, tool_pip=tool_pip).text
+                   base_labels={}, base_has_uv=base_has_uv, tool_pip=tool_pip,
+                   provenance={}).text  # where the bytes came from is not what they are
     # (files an --allow-index-host rewrite replaces in the context follow from the originals hashed here)
     files = files_digest(pkg.root, {"Dockerfile": text.encode(), **added}, exclude=kept_out(pkg, options))
     return "sha256:" + hashlib.sha256(json.dumps([files, upstream_url]).encode()).hexdigest()

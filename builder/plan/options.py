@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.core.defaults import DEFAULT_CACHE_DIR, DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
@@ -34,3 +34,4 @@ class BuildOptions:
     expect_name: str | None = None          # the caller's agent: agent.yaml must name it (it picks the repository)
     expect_version: str | None = None       # ... and this version (it picks the tag)
     overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
+    provenance: dict[str, str] = field(default_factory=dict)  # OCI source/revision/created (plan.provenance)

@@ -6,153 +6,50 @@ registry digest; the rest are options. The AWS API model checks only
 shapes, so the rules it does not check (Fargate's cpu/memory pairs,
 stopTimeout <= 120, the health-check ranges, the roles a task needs) are
 checked here, and every failure is a ``TaskDefinitionError`` (exit 80)
-raised before anything is printed.
+raised before anything is printed. Every problem found in one pass is in that
+one error (``Problems``): a run says all that is wrong, not the first thing.
+
+By default the task is hardened as far as the image allows: a read-only root
+with a writable /tmp volume (agent images write nowhere else; `agent-image
+test` runs them so), and the numeric uid from the base's ABI label (a scanner
+cannot tell that a user *name* is not root).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Mapping
 
 import structlog
 
 from builder.build.image import Image
-from builder.core.errors import TaskDefinitionError
-from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, DRAIN_LABEL, ENV_REFS_LABEL, INPUT_LABEL
+from builder.core.labels import (ABI_LABEL, AGENT_NAME_LABEL, AGENT_VERSION_LABEL, DRAIN_LABEL, ENV_REFS_LABEL,
+                                 INPUT_LABEL, parse_abi)
 from builder.core.refs import split_ref
-from builder.package.manifest import ENV_KEY_RE, RESERVED_ENV
+from builder.package.manifest import ENV_KEY_RE
+# the options and their rules; re-exported: callers import them from here
+from builder.ship.ecsopts import (EC2_CPU, FARGATE_SIZES, LAUNCH_TYPES, Problems, TaskOptions, check_options, fail,
+                                  option_problems, secret_entries, secret_problems)
+
+__all__ = ["EC2_CPU", "FARGATE_SIZES", "LAUNCH_TYPES", "TaskOptions", "check_options", "secret_entries",
+           "task_definition", "digest_ref", "health_check", "stop_timeout"]
 
 log = structlog.get_logger("agent_image.ecs")
 
 DEFAULT_DRAIN_S = 25  # the serving default when an image predates the drain label
 STOP_MARGIN_S = 5     # after the drain: the process exits, the log flushes
 FARGATE_MAX_STOP_S = 120
-LAUNCH_TYPES = ("FARGATE", "EC2")
 ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
-
-# Fargate's task sizes: cpu units -> allowed memory (MiB)
-FARGATE_SIZES: dict[int, tuple[int, ...]] = {
-    256: (512, 1024, 2048),
-    512: tuple(range(1024, 4097, 1024)),
-    1024: tuple(range(2048, 8193, 1024)),
-    2048: tuple(range(4096, 16385, 1024)),
-    4096: tuple(range(8192, 30721, 1024)),
-    8192: tuple(range(16384, 61441, 4096)),
-    16384: tuple(range(32768, 122881, 8192)),
-}
-EC2_CPU = (128, 196608)
+TMP_VOLUME = "tmp"  # the task volume mounted at /tmp when the root is read-only (Fargate)
+TMP_MIB = 64        # EC2's tmpfs /tmp, as `agent-image test` mounts it (builder/testing/facts.py TMP_SIZE)
 
 # ECS's ranges for a container health check, and Docker's values for a 0 (unset) field
 HEALTH_RANGES = {"interval": (5, 300), "timeout": (2, 60), "retries": (1, 10), "startPeriod": (0, 300)}
 _DOCKER_HEALTH = {"interval": ("Interval", 30), "timeout": ("Timeout", 30), "startPeriod": ("StartPeriod", 0)}
 _NS = 1_000_000_000
-
-# variables the image sets for itself: the task may not move them from under it
-IMAGE_OWNED_ENV = RESERVED_ENV | {"REST_PORT"}
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
 _ECR_HOST = re.compile(r"^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
-_TOKEN = re.compile(r"^[^\s\x00-\x1f\x7f]{1,2048}\Z")  # an ARN, a name, a prefix: one printable word
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class TaskOptions:
-    cpu: int = 256
-    memory: int = 512
-    launch_type: str = "FARGATE"
-    execution_role_arn: str | None = None
-    task_role_arn: str | None = None
-    log_group: str | None = None
-    log_region: str | None = None
-    log_stream_prefix: str | None = None   # default: the agent name
-    secrets_prefix: str | None = None      # valueFrom = prefix + NAME
-    secrets: Mapping[str, str] = field(default_factory=dict)      # NAME -> ARN, wins over the prefix
-    environment: Mapping[str, str] = field(default_factory=dict)  # AGENT_APP_ID, DEPLOYMENT_ID, BASE_PATH, ...
-
-
-def _fail(message: str, field_name: str, hint: str | None = None) -> TaskDefinitionError:
-    # a full stop: --json's message is the message and the hint in one string
-    return TaskDefinitionError(message.rstrip(".") + ".", field=field_name, hint=hint)
-
-
-def _word(value: str | None, option: str, what: str) -> None:
-    if value is not None and not _TOKEN.match(value):
-        raise _fail(f"{option} must be {what} without spaces or control characters, got {value[:60]!r}", option)
-
-
-def check_options(o: TaskOptions) -> None:
-    """Rules on the options alone (no image needed), so a build can check them before it starts."""
-    if o.launch_type not in LAUNCH_TYPES:
-        raise _fail(f"--launch-type must be one of {', '.join(LAUNCH_TYPES)}, got {o.launch_type!r}", "--launch-type")
-    if o.launch_type == "FARGATE":
-        if o.cpu not in FARGATE_SIZES:
-            raise _fail(f"Fargate has no task size with --cpu {o.cpu}", "--cpu",
-                        f"Use one of {', '.join(map(str, FARGATE_SIZES))} (CPU units; 1024 = 1 vCPU).")
-        if o.memory not in FARGATE_SIZES[o.cpu]:
-            allowed = FARGATE_SIZES[o.cpu]
-            sizes = (", ".join(map(str, allowed)) if len(allowed) < 5 else
-                     f"{allowed[0]}-{allowed[-1]} MiB in steps of {allowed[1] - allowed[0]}")
-            raise _fail(f"Fargate does not allow --memory {o.memory} with --cpu {o.cpu}", "--memory",
-                        f"With --cpu {o.cpu} use {sizes}.")
-    else:
-        if not EC2_CPU[0] <= o.cpu <= EC2_CPU[1]:
-            raise _fail(f"--cpu {o.cpu} is outside ECS's {EC2_CPU[0]}-{EC2_CPU[1]} CPU units", "--cpu")
-        if o.memory < 6:  # Docker's own floor for a container
-            raise _fail(f"--memory {o.memory} MiB is below the 6 MiB a container needs", "--memory")
-    for value, option in ((o.execution_role_arn, "--execution-role-arn"), (o.task_role_arn, "--task-role-arn")):
-        if value is not None and not _ROLE_ARN.match(value):
-            raise _fail(f"{option} must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got {value[:80]!r}",
-                        option)
-    for value, option in ((o.log_group, "--log-group"), (o.log_region, "--log-region"),
-                          (o.log_stream_prefix, "--log-stream-prefix"), (o.secrets_prefix, "--secrets-prefix")):
-        _word(value, option, "one word")
-    if o.log_group is None and (o.log_region or o.log_stream_prefix):
-        raise _fail("--log-region/--log-stream-prefix without --log-group", "--log-group",
-                    "Add --log-group NAME (the awslogs group the task writes to).")
-    if o.log_group is not None:
-        if not o.log_region:
-            raise _fail("--log-group needs --log-region (the awslogs driver requires awslogs-region)", "--log-region")
-        if not o.execution_role_arn:
-            raise _fail("awslogs needs --execution-role-arn: the task's agent writes the logs with that role",
-                        "--execution-role-arn", "Pass the ARN of a role with AmazonECSTaskExecutionRolePolicy.")
-    for key, value in o.environment.items():
-        if not ENV_KEY_RE.match(key):
-            raise _fail(f"environment name {key!r} is not a valid variable name", "--env")
-        if key in IMAGE_OWNED_ENV:
-            raise _fail(f"{key} is set by the image and cannot be set by the task", "--env",
-                        "Leave it out: the port, health check and venv depend on the image's value.")
-        if _CONTROL.search(value):
-            raise _fail(f"the value of {key} contains a control character", "--env")
-    for key, value in o.secrets.items():
-        if not ENV_KEY_RE.match(key):
-            raise _fail(f"--secret {key!r}: not a valid variable name", "--secret")
-        _word(value, "--secret", f"an ARN or parameter name for {key}")
-        if key in o.environment:
-            raise _fail(f"{key} is given both as --secret and as a plain environment value", "--secret")
-
-
-def secret_entries(refs: tuple[str, ...], o: TaskOptions) -> list[dict[str, str]]:
-    """One `secrets` entry per ${...} reference in agent.yaml; an unmapped one is an error."""
-    stray = sorted(set(o.secrets) - set(refs))
-    if stray:
-        raise _fail(f"--secret {', '.join(stray)}: not an environment reference of this agent "
-                    f"(its references: {', '.join(refs) or 'none'})", "--secret",
-                    "Map only the names agent.yaml's `environment` gives as ${...}.")
-    unmapped = [name for name in refs if name not in o.secrets and not o.secrets_prefix]
-    if unmapped:
-        raise _fail(f"agent.yaml's environment references {', '.join(unmapped)}, which no secret maps",
-                    "--secret", f"Pass --secrets-prefix ARN_PREFIX (valueFrom = prefix + name) or "
-                                f"--secret {unmapped[0]}=ARN for each.")
-    clash = sorted(set(refs) & set(o.environment))
-    if clash:
-        raise _fail(f"{', '.join(clash)} is a secret reference in agent.yaml and also given with --env", "--env",
-                    "Leave it to the secret: a plain value would put the secret in the task definition.")
-    if refs and not o.execution_role_arn:
-        raise _fail(f"secrets ({', '.join(refs)}) need --execution-role-arn: ECS reads them with that role",
-                    "--execution-role-arn", "Pass a role allowed ssm:GetParameters / secretsmanager:GetSecretValue.")
-    return [{"name": name, "valueFrom": o.secrets.get(name) or f"{o.secrets_prefix}{name}"} for name in refs]
+_fail = fail
 
 
 def env_refs(labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -256,57 +153,110 @@ def digest_ref(image: Image, ref: str) -> str:
     return candidates[0]
 
 
-def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
-    """The RegisterTaskDefinition request for IMAGE, pinned by the digest reference REF."""
-    check_options(o)
-    name = image.labels.get(AGENT_NAME_LABEL)
-    version = image.labels.get(AGENT_VERSION_LABEL)
-    if not name or not version:
-        raise _fail(f"{ref} has no io.pixell.agent.name/version labels: it was not built by agent-image",
-                    "image", "Pass an image built with `agent-image build`.")
-    secrets = secret_entries(env_refs(image.labels), o)
-    host = ref.split("/", 1)[0]
-    if o.launch_type == "FARGATE" and _ECR_HOST.match(host) and not o.execution_role_arn:
-        raise _fail("Fargate pulls from ECR with the task execution role: --execution-role-arn is required",
-                    "--execution-role-arn")
+def task_user(image: Image) -> str | None:
+    """The numeric uid from the base's ABI label: ECS.5-style checks and Kubernetes' runAsNonRoot
+    cannot tell a user *name* from root, a number they can. The name only for an image without it."""
+    uid = parse_abi(image.labels.get(ABI_LABEL)).get("uid")
+    if uid and uid.isdigit():
+        return uid
+    if image.user:
+        log.warning("The image's ABI label has no uid; the task runs as the user name", user=image.user)
+    return image.user or None
+
+
+def read_only_root(image: Image, o: TaskOptions, user: str | None) -> dict:
+    """The container fields that make the root read-only with a writable /tmp, where the image allows it.
+
+    Agent images write only /tmp (`agent-image test` runs them so). On EC2 /tmp is a tmpfs, as in
+    that test. Fargate has no tmpfs: /tmp is a task volume, which Fargate creates root-owned 0755
+    unless the image declares VOLUME /tmp (then it copies the image's /tmp, mode 1777): a non-root
+    agent could not write an undeclared one, so such an image keeps a writable root.
+    """
+    if o.writable_root:
+        return {}
+    if o.launch_type == "EC2":
+        return {"readonlyRootFilesystem": True,
+                "linuxParameters": {"tmpfs": [{"containerPath": "/tmp", "size": TMP_MIB}]}}
+    if "/tmp" not in image.volumes and user not in (None, "0", "root"):
+        log.warning("The image declares no VOLUME /tmp, so on Fargate its non-root user could not write a "
+                    "mounted /tmp: the root filesystem stays writable", image=image.id[:19])
+        return {}
+    return {"readonlyRootFilesystem": True,
+            "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}]}
+
+
+def _container(image: Image, ref: str, name: str, o: TaskOptions, p: Problems) -> dict:
     container: dict = {
         "name": name,
         "image": ref,
         "essential": True,
-        "portMappings": [{"containerPort": rest_port(image), "protocol": "tcp", "name": "rest",
+        "portMappings": [{"containerPort": p.run(rest_port, image, default=0), "protocol": "tcp", "name": "rest",
                           "appProtocol": "http"}],
-        "stopTimeout": stop_timeout(image.labels, o.launch_type),
+        "stopTimeout": p.run(stop_timeout, image.labels, o.launch_type, default=0),
     }
-    if image.user:
-        container["user"] = image.user
+    user = task_user(image)
+    if user and user not in ("0", "root"):
+        container["user"] = user
     else:
         log.warning("The image runs as root; the task will too", image=ref)
+    container.update(read_only_root(image, o, user))
     if o.environment:
         container["environment"] = [{"name": k, "value": v} for k, v in sorted(o.environment.items())]
-    if secrets:
-        container["secrets"] = secrets
-    check = health_check(image.healthcheck)
+    check = p.run(health_check, image.healthcheck)
     if check:
         container["healthCheck"] = check
-    else:
+    elif not p.items:
         log.warning("The image has no HEALTHCHECK; ECS will not replace an unhealthy task", image=ref)
     if o.log_group:
         container["logConfiguration"] = {"logDriver": "awslogs", "options": {
             "awslogs-group": o.log_group, "awslogs-region": o.log_region,
             "awslogs-stream-prefix": o.log_stream_prefix or name}}
-    request: dict = {"family": name}
+    return container
+
+
+def task_definition(image: Image, ref: str, o: TaskOptions) -> dict:
+    """The RegisterTaskDefinition request for IMAGE, pinned by the digest reference REF.
+
+    Every problem, of the options and of the image, is collected and raised as one error."""
+    p = Problems()
+    option_problems(o, p)
+    name = image.labels.get(AGENT_NAME_LABEL)
+    version = image.labels.get(AGENT_VERSION_LABEL)
+    if not name or not version:
+        p.add("image", f"{ref} has no io.pixell.agent.name/version labels: it was not built by agent-image",
+              "Pass an image built with `agent-image build`.")
+        p.raise_any()
+    refs = p.run(env_refs, image.labels, default=())
+    secrets = secret_problems(refs, o, p)
+    host = ref.split("/", 1)[0]
+    if o.launch_type == "FARGATE" and _ECR_HOST.match(host) and not o.execution_role_arn:
+        p.add("--execution-role-arn", "Fargate pulls from ECR with the task execution role: "
+              "--execution-role-arn is required")
+    container = _container(image, ref, name, o, p)
+    if secrets:
+        container["secrets"] = secrets
+    platform = p.run(runtime_platform, image)
+    p.raise_any()
+    # healthCheck and logConfiguration last, as before: the order a reader of task.json sees
+    container = {k: container[k] for k in sorted(container, key=lambda k: k in ("healthCheck", "logConfiguration"))}
+    request: dict = {"family": f"{o.family_prefix}{name}"}
     if o.execution_role_arn:
         request["executionRoleArn"] = o.execution_role_arn
     if o.task_role_arn:
         request["taskRoleArn"] = o.task_role_arn
     request.update({
-        "networkMode": "awsvpc",
+        "networkMode": o.network,
         "requiresCompatibilities": [o.launch_type],
         "cpu": str(o.cpu),
         "memory": str(o.memory),
-        "runtimePlatform": runtime_platform(image),
+        "runtimePlatform": platform,
         "containerDefinitions": [container],
-        "tags": [{"key": AGENT_NAME_LABEL, "value": name}, {"key": AGENT_VERSION_LABEL, "value": version}]
-        + ([{"key": INPUT_LABEL, "value": image.labels[INPUT_LABEL]}] if image.labels.get(INPUT_LABEL) else []),
     })
+    if "mountPoints" in container:
+        request["volumes"] = [{"name": TMP_VOLUME}]  # no host: task storage (Fargate's ephemeral storage)
+    if o.ephemeral_storage is not None:
+        request["ephemeralStorage"] = {"sizeInGiB": o.ephemeral_storage}
+    request["tags"] = ([{"key": AGENT_NAME_LABEL, "value": name}, {"key": AGENT_VERSION_LABEL, "value": version}]
+                       + ([{"key": INPUT_LABEL, "value": image.labels[INPUT_LABEL]}]
+                          if image.labels.get(INPUT_LABEL) else []))
     return request

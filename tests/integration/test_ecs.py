@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 from tests.support.cli import AGENT_IMAGE
-from tests.support.ecs import ROLE, SSM, TASK_ROLE, S, api_errors
+from tests.support.ecs import ROLE, SSM, TASK_ROLE, S, api_errors, registered
 from tests.support.paths import BIN
 
 # --- pure: every shape the generator can take passes the API model ---------------------------
@@ -34,9 +34,20 @@ def assert_matches_inspect(request: dict, docker_client, image_id: str, digest: 
     port = dict(e.split("=", 1) for e in cfg["Env"])["REST_PORT"]
     assert f"{port}/tcp" in cfg["ExposedPorts"]
     assert [p["containerPort"] for p in container["portMappings"]] == [int(port)]
-    assert container["user"] == cfg["User"] == "agent"
+    # the numeric uid of the base's user (its ABI label), read-only root with a writable /tmp volume
+    abi = dict(kv.split("=", 1) for kv in cfg["Labels"]["io.pixell.agent-image.abi"].split(";"))
+    assert cfg["User"] == "agent" and container["user"] == abi["uid"] == "10001"
+    # read-only root where the image allows it: EC2 a tmpfs /tmp; Fargate a /tmp volume only when the image
+    # declares VOLUME /tmp (Fargate makes an undeclared one root-owned 0755, unwritable for uid 10001)
+    if request["requiresCompatibilities"] == ["EC2"]:
+        assert container["readonlyRootFilesystem"] is True and "volumes" not in request
+        assert container["linuxParameters"]["tmpfs"][0]["containerPath"] == "/tmp"
+    elif "/tmp" in (cfg.get("Volumes") or {}):
+        assert container["readonlyRootFilesystem"] is True and request["volumes"] == [{"name": "tmp"}]
+    else:
+        assert "readonlyRootFilesystem" not in container and "volumes" not in request
     assert container["image"] == digest
-    assert api_errors(request) == ""
+    assert api_errors(request) == "" and registered(request)[0]["family"] == request["family"]
 
 
 def push_build(source, index_url, registry, *extra) -> tuple[subprocess.CompletedProcess, dict]:
@@ -101,7 +112,9 @@ def test_agent_with_secrets(agent_factory, index_url, registry, docker_client, c
         assert bad.returncode == 80 and bad.stdout == "" and words in bad.stderr
     bad = cli("ecs-task-def", out["digest_ref"], "--json", "--secrets-prefix", SSM, "--execution-role-arn", ROLE,
               "--log-group", "/ecs/agents")
-    assert bad.returncode == 80 and json.loads(bad.stdout)["error"]["field"] == "--log-region"
+    # a failing --json run: stdout empty (`> task.json` gets nothing), the error object last on stderr
+    assert bad.returncode == 80 and bad.stdout == ""
+    assert json.loads(bad.stderr.strip().splitlines()[-1])["error"]["field"] == "--log-region"
 
     ok = cli("ecs-task-def", out["digest_ref"], "--json", "--secrets-prefix", SSM, "--execution-role-arn", ROLE,
              "--task-role-arn", TASK_ROLE, "--log-group", "/ecs/agents", "--log-region", "eu-west-1",
@@ -132,7 +145,7 @@ def test_fastapi_scaffold(tmp_path, index_url, registry, docker_client, cleanup_
     assert proc.returncode == 0, proc.stderr[-2000:]
     request = json.loads(target.read_text())
     assert_matches_inspect(request, docker_client, out["image_id"], out["digest_ref"])
-    assert request["requiresCompatibilities"] == ["EC2"] and request["networkMode"] == "awsvpc"
+    assert request["requiresCompatibilities"] == ["EC2"] and request["networkMode"] == "bridge"
     assert "secrets" not in request["containerDefinitions"][0]
 
 
@@ -141,7 +154,7 @@ def test_an_image_never_pushed_has_no_digest(agent_factory, index_url, cleanup_i
     proc = cli("build", str(agent_factory("local-ecs", requirements=None)), "--index-url", index_url)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bad = cli("ecs-task-def", "agents/local-ecs:0.1.0", "--json")
-    assert bad.returncode == 80
-    assert "Push it first" in json.loads(bad.stdout)["error"]["hint"]
+    assert bad.returncode == 80 and bad.stdout == ""
+    assert "Push it first" in json.loads(bad.stderr.strip().splitlines()[-1])["error"]["hint"]
     no_push = cli("build", str(tmp_path), "--ecs-task-def", str(tmp_path / "x.json"), "--json")
     assert no_push.returncode == 80 and json.loads(no_push.stdout)["error"]["field"] == "--ecs-task-def"

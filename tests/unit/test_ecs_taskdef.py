@@ -14,18 +14,19 @@ from builder.build.image import Image
 from builder.core.errors import TaskDefinitionError
 from builder.package.manifest import parse_manifest
 from builder.ship.ecs import TaskOptions, digest_ref, health_check, stop_timeout, task_definition
-from tests.support.ecs import ROLE, SSM, TASK_ROLE, S, api_errors
+from tests.support.ecs import DB_ARN, ROLE, SSM, TASK_ROLE, S, api_errors, registered
 from tests.support.packages import AGENT_YAML
 
 
 def facts(**over) -> Image:
     """What `docker image inspect` reports for an agent image, as the engine seam returns it."""
     labels = {"io.pixell.agent.name": "demo", "io.pixell.agent.version": "1.0.0",
-              "io.pixell.agent.env-refs": "", "io.pixell.agent-image.input-digest": "ab" * 32}
+              "io.pixell.agent.env-refs": "", "io.pixell.agent-image.input-digest": "ab" * 32,
+              "io.pixell.agent-image.abi": "distro=debian:12;python=3.11;venv=/opt/venv;uid=10001"}
     labels.update(over.pop("labels", {}))
     base = dict(id="sha256:" + "0" * 64, tags=(), labels=labels, size=1, layers=(),
                 digests=("127.0.0.1:5000/agents/demo@sha256:" + "1" * 64,), env=("REST_PORT=8080", "BASE_PATH=/"),
-                user="agent", exposed_ports=("8080/tcp",), architecture="amd64", os="linux",
+                user="agent", exposed_ports=("8080/tcp",), architecture="amd64", os="linux", volumes=("/tmp",),
                 healthcheck={"Test": ["CMD", "python", "/opt/agent-image/healthcheck.py"], "Interval": 5 * S,
                              "Timeout": 3 * S, "StartPeriod": 10 * S, "Retries": 3})
     base.update(over)
@@ -39,23 +40,30 @@ def test_every_option_combination_is_a_valid_request():
     combos = itertools.product(
         ["FARGATE", "EC2"], [None, "/ecs/agents"], ["", "OPENAI_API_KEY,DB_URL"], [None, TASK_ROLE],
         [{}, {"AGENT_APP_ID": "app-1", "DEPLOYMENT_ID": "d-9", "BASE_PATH": "/agents/app-1"}],
-        ["amd64", "arm64"], [None, {"Test": ["NONE"]}])
-    count = 0
-    for launch, group, refs, task_role, env, arch, hc in combos:
+        ["amd64", "arm64"], [None, {"Test": ["NONE"]}], [False, True])
+    requests = []
+    for launch, group, refs, task_role, env, arch, hc, writable in combos:
         image = facts(labels={"io.pixell.agent.env-refs": refs}, architecture=arch,
                       **({"healthcheck": hc} if hc else {}))
         opts = TaskOptions(launch_type=launch, cpu=512, memory=2048, execution_role_arn=ROLE, task_role_arn=task_role,
                            log_group=group, log_region="eu-west-1" if group else None, secrets_prefix=SSM,
-                           environment=env)
+                           environment=env, writable_root=writable,
+                           ephemeral_storage=30 if launch == "FARGATE" else None)
         request = task_definition(image, REF, opts)
         assert api_errors(request) == "", (launch, group, refs, request)
-        assert request["networkMode"] == "awsvpc" and request["requiresCompatibilities"] == [launch]
+        assert request["networkMode"] == ("awsvpc" if launch == "FARGATE" else "bridge")
+        assert request["requiresCompatibilities"] == [launch]
         container = request["containerDefinitions"][0]
-        assert container["image"] == REF and container["user"] == "agent"
+        assert container["image"] == REF and container["user"] == "10001"
+        assert container.get("readonlyRootFilesystem", False) is not writable
+        assert ("volumes" in request) == (not writable and launch == "FARGATE")  # EC2: a tmpfs instead
+        assert ("linuxParameters" in container) == (not writable and launch == "EC2")
         assert [s["name"] for s in container.get("secrets", [])] == [n for n in refs.split(",") if n]
         assert ("healthCheck" in container) == (hc is None)
-        count += 1
-    assert count == 2 ** 7
+        requests.append(request)
+    assert len(requests) == 2 ** 8
+    stored = registered(*requests)  # ECS (moto's) takes every one
+    assert [t["revision"] for t in stored] == list(range(1, 2 ** 8 + 1))
 
 
 def test_the_default_request_in_full():
@@ -67,9 +75,11 @@ def test_the_default_request_in_full():
         "containerDefinitions": [{
             "name": "demo", "image": REF, "essential": True,
             "portMappings": [{"containerPort": 8080, "protocol": "tcp", "name": "rest", "appProtocol": "http"}],
-            "stopTimeout": 30, "user": "agent",
+            "stopTimeout": 30, "user": "10001", "readonlyRootFilesystem": True,
+            "mountPoints": [{"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}],
             "healthCheck": {"command": ["CMD", "python", "/opt/agent-image/healthcheck.py"], "interval": 5,
                             "timeout": 3, "retries": 3, "startPeriod": 10}}],
+        "volumes": [{"name": "tmp"}],
         "tags": [{"key": "io.pixell.agent.name", "value": "demo"}, {"key": "io.pixell.agent.version", "value": "1.0.0"},
                  {"key": "io.pixell.agent-image.input-digest", "value": "ab" * 32}]}
 
@@ -85,7 +95,12 @@ def test_the_default_request_in_full():
     (TaskOptions(execution_role_arn="agent-exec"), "--execution-role-arn", "IAM role ARN"),
     (TaskOptions(environment={"REST_PORT": "9000"}), "--env", "set by the image"),
     (TaskOptions(environment={"A B": "1"}), "--env", "not a valid variable name"),
-    (TaskOptions(log_group="/ecs/a b", log_region="x", execution_role_arn=ROLE), "--log-group", "without spaces"),
+    (TaskOptions(log_group="/ecs/a b", log_region="eu-west-1", execution_role_arn=ROLE), "--log-group",
+     "without spaces"),
+    (TaskOptions(launch_type="EC2", ephemeral_storage=30), "--ephemeral-storage", "Fargate tasks only"),
+    (TaskOptions(ephemeral_storage=20), "--ephemeral-storage", "21-200 GiB"),
+    (TaskOptions(network_mode="bridge"), "--network-mode", "awsvpc network mode only"),
+    (TaskOptions(family_prefix="team a/"), "--family-prefix", "letters, digits"),
 ])
 def test_options_ecs_refuses_are_errors(opts, field, words):
     with pytest.raises(TaskDefinitionError) as info:
@@ -107,17 +122,17 @@ def test_every_fargate_size_passes_and_its_neighbours_do_not():
 def test_secrets_map_every_reference_or_fail_naming_it():
     image = facts(labels={"io.pixell.agent.env-refs": "OPENAI_API_KEY,DB_URL"})
     with pytest.raises(TaskDefinitionError) as info:
-        task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets={"DB_URL": "arn:db"}))
+        task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets={"DB_URL": DB_ARN}))
     assert "OPENAI_API_KEY" in info.value.message and "DB_URL" not in info.value.message.split("references")[1]
     with pytest.raises(TaskDefinitionError, match="OPENAI_KEY: not an environment reference"):
         task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets_prefix=SSM,
-                                                secrets={"OPENAI_KEY": "arn:typo"}))
+                                                secrets={"OPENAI_KEY": DB_ARN}))
     with pytest.raises(TaskDefinitionError, match="need --execution-role-arn"):
         task_definition(image, REF, TaskOptions(secrets_prefix=SSM))
     with pytest.raises(TaskDefinitionError, match="also given with --env"):
         task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets_prefix=SSM,
                                                 environment={"DB_URL": "postgres://u:p@h/db"}))
-    db_arn = "arn:aws:secretsmanager:eu-west-1:1:secret:db"
+    db_arn = DB_ARN
     request = task_definition(image, REF, TaskOptions(execution_role_arn=ROLE, secrets_prefix=SSM,
                                                       secrets={"DB_URL": db_arn}))
     assert request["containerDefinitions"][0]["secrets"] == [
@@ -165,6 +180,27 @@ def test_image_facts_ecs_cannot_run_are_errors():
     with pytest.raises(TaskDefinitionError, match="pulls from ECR"):
         task_definition(facts(), ecr, TaskOptions())
     assert task_definition(facts(), ecr, TaskOptions(execution_role_arn=ROLE))["executionRoleArn"] == ROLE
+
+
+def test_read_only_root_where_the_image_allows_it():
+    ec2 = task_definition(facts(volumes=()), REF, TaskOptions(launch_type="EC2"))
+    container = ec2["containerDefinitions"][0]
+    assert container["readonlyRootFilesystem"] is True and "volumes" not in ec2
+    assert container["linuxParameters"] == {"tmpfs": [{"containerPath": "/tmp", "size": 64}]}
+    # Fargate mounts /tmp root-owned 0755 unless the image declares VOLUME /tmp: uid 10001 could not write it
+    fargate = task_definition(facts(volumes=()), REF, TaskOptions())
+    assert "readonlyRootFilesystem" not in fargate["containerDefinitions"][0] and "volumes" not in fargate
+    writable = task_definition(facts(), REF, TaskOptions(writable_root=True))
+    assert "readonlyRootFilesystem" not in writable["containerDefinitions"][0] and "volumes" not in writable
+    assert registered(ec2, fargate, writable)[0]["containerDefinitions"][0]["readonlyRootFilesystem"] is True
+
+
+def test_user_is_the_numeric_uid_when_the_base_says_it():
+    old = facts()
+    del old.labels["io.pixell.agent-image.abi"]
+    assert task_definition(old, REF, TaskOptions())["containerDefinitions"][0]["user"] == "agent"
+    root = facts(user="", labels={"io.pixell.agent-image.abi": "uid=0"})
+    assert "user" not in task_definition(root, REF, TaskOptions())["containerDefinitions"][0]
 
 
 def test_digest_ref_comes_from_the_registry_digest():
