@@ -10,7 +10,8 @@ import pytest
 from builder.cli.main import main
 from builder.core.errors import TaskDefinitionError
 from builder.ship.awsnames import prefix_problem, region_problem, role_problem, secret_ref_problem
-from builder.ship.ecs import TaskOptions, check_options, task_definition
+from builder.ship.ecs import task_definition
+from builder.ship.ecsopts import TaskOptions, check_options
 from tests.support.ecs import DB_ARN, ROLE, SSM, api_errors, registered
 from tests.support.packages import make_agent
 from tests.unit.test_ecs_taskdef import REF, facts

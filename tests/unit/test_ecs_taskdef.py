@@ -13,7 +13,8 @@ import pytest
 from builder.build.image import Image
 from builder.core.errors import TaskDefinitionError
 from builder.package.manifest import parse_manifest
-from builder.ship.ecs import TaskOptions, digest_ref, health_check, stop_timeout, task_definition
+from builder.ship.ecs import digest_ref, health_check, stop_timeout, task_definition
+from builder.ship.ecsopts import TaskOptions
 from tests.support.ecs import DB_ARN, ROLE, SSM, TASK_ROLE, S, api_errors, registered
 from tests.support.packages import AGENT_YAML
 
@@ -109,7 +110,7 @@ def test_options_ecs_refuses_are_errors(opts, field, words):
 
 
 def test_every_fargate_size_passes_and_its_neighbours_do_not():
-    from builder.ship.ecs import FARGATE_SIZES, check_options
+    from builder.ship.ecsopts import FARGATE_SIZES, check_options
     for cpu, memories in FARGATE_SIZES.items():
         for memory in memories:
             check_options(TaskOptions(cpu=cpu, memory=memory))
