@@ -25,7 +25,11 @@ HEAD_START_S = 0.05   # the in-flight request leaves before the signal
 def run_smoke(source: str | Path, *, payload: Any = None, expect: Mapping[str, Any] | None = None,
               env: Mapping[str, str] | None = None, secrets: Mapping[str, str] | None = None,
               start_timeout: float | None = None, build_options: Mapping[str, Any] | None = None) -> dict:
-    from builder.testing.container import AgentContainer
+    try:  # (testcontainers is the optional extra 'testing'; the command says so rather than crash)
+        from builder.testing.container import AgentContainer
+    except ModuleNotFoundError as exc:
+        raise SmokeTestError(f"agent-image test needs {exc.name}, which is not installed",
+                             hint="pip install 'agent-image[testing]' (the recipes install it).") from None
     report: dict[str, Any] = {"ok": False, "source": str(source)}
     kw = {"env": env, "secrets": secrets, "start_timeout": start_timeout}
     try:

@@ -4,6 +4,7 @@ skip message, and a missing engine or testcontainers failing (not skipping)."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -128,3 +129,13 @@ class TestPlugin:
                 "print([m for m in sys.modules if m.startswith(('testcontainers', 'docker'))])")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "[]"
+
+
+def test_agent_image_test_without_testcontainers_says_what_to_install(monkeypatch, capsys):
+    """The recipes ran `agent-image test` with the tool installed without its 'testing' extra: exit 99."""
+    from builder.cli import main as cli
+    monkeypatch.setitem(sys.modules, "testcontainers", None)  # (import of it raises ModuleNotFoundError)
+    monkeypatch.delitem(sys.modules, "builder.testing.container", raising=False)
+    code = cli.main(["test", "agents/x:1.0", "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert code == 71 and error["class"] == "SmokeTestError" and "agent-image[testing]" in error["hint"]
