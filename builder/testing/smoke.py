@@ -30,6 +30,8 @@ def run_smoke(source: str | Path, *, payload: Any = None, expect: Mapping[str, A
     except ModuleNotFoundError as exc:
         raise SmokeTestError(f"agent-image test needs {exc.name}, which is not installed",
                              hint="pip install 'agent-image[testing]' (the recipes install it).") from None
+    from builder.build.engine import Engine  # (here: loading builder.testing imports no docker)
+    Engine().ping()  # an unreachable engine is EngineError (50) here, not docker-py's error inside testcontainers
     report: dict[str, Any] = {"ok": False, "source": str(source)}
     kw = {"env": env, "secrets": secrets, "start_timeout": start_timeout}
     try:

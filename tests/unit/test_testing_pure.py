@@ -134,8 +134,17 @@ class TestPlugin:
 def test_agent_image_test_without_testcontainers_says_what_to_install(monkeypatch, capsys):
     """The recipes ran `agent-image test` with the tool installed without its 'testing' extra: exit 99."""
     from builder.cli import main as cli
-    monkeypatch.setitem(sys.modules, "testcontainers", None)  # (import of it raises ModuleNotFoundError)
+    for name in [n for n in sys.modules if n == "testcontainers" or n.startswith("testcontainers.")] or ["testcontainers"]:
+        monkeypatch.setitem(sys.modules, name, None)  # (an import of it raises ModuleNotFoundError, loaded or not)
     monkeypatch.delitem(sys.modules, "builder.testing.container", raising=False)
     code = cli.main(["test", "agents/x:1.0", "--json"])
     error = json.loads(capsys.readouterr().out)["error"]
     assert code == 71 and error["class"] == "SmokeTestError" and "agent-image[testing]" in error["hint"]
+
+
+def test_agent_image_test_with_no_engine_is_an_engine_error(capsys):
+    """No engine reachable (the unit tier's DOCKER_HOST points nowhere): exit 50 naming the engine, never 99."""
+    from builder.cli import main as cli
+    code = cli.main(["test", "agents/x:1.0", "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert code == 50 and error["class"] == "EngineError" and "DOCKER_HOST" in (error["hint"] or "")
