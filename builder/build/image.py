@@ -22,6 +22,11 @@ class Image:
     os: str = ""
     volumes: tuple[str, ...] = ()          # the image's VOLUME paths
 
+    @property
+    def environment(self) -> dict[str, str]:
+        """ENV as a mapping (Docker lists it as KEY=VALUE strings)."""
+        return dict(e.split("=", 1) for e in self.env if "=" in e)
+
 
 def image_from(attrs: dict) -> Image:
     cfg = attrs.get("Config") or {}

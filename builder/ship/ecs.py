@@ -125,8 +125,7 @@ def runtime_platform(image: Image) -> dict[str, str]:
 
 def rest_port(image: Image) -> int:
     """REST_PORT from the image's environment; the image must EXPOSE it."""
-    env = dict(e.split("=", 1) for e in image.env if "=" in e)
-    raw = env.get("REST_PORT")
+    raw = image.environment.get("REST_PORT")
     if raw is None or not raw.isdigit() or not 0 < int(raw) < 65536:
         raise _fail(f"the image sets no usable REST_PORT (got {raw!r})", "portMappings",
                     "Build it with agent-image: its images set REST_PORT and EXPOSE it.")

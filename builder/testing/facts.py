@@ -37,10 +37,6 @@ class RunFacts:
         return max(2, math.ceil(self.drain_s) + STOP_MARGIN_S)
 
 
-def image_env(image: Image) -> dict[str, str]:
-    return dict(e.split("=", 1) for e in image.env if "=" in e)
-
-
 def _float(raw: Any, default: float) -> float:
     try:
         value = float(raw)
@@ -51,7 +47,7 @@ def _float(raw: Any, default: float) -> float:
 
 def run_facts(image: Image, env: Mapping[str, str] | None = None) -> RunFacts:
     """The port, user, start period and drain window of IMAGE (ENV is the task's environment)."""
-    merged = {**image_env(image), **(env or {})}
+    merged = {**image.environment, **(env or {})}
     port = merged.get("REST_PORT", "8080")
     port = int(port) if port.isdigit() and 0 < int(port) < 65536 else 8080
     base = "/" + merged.get("BASE_PATH", "/").strip("/")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from packaging import tags as _tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
+from builder.core.labels import parse_abi
+
 # Docker's architecture names -> the platform tag's
 _ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
 # distributions (the ABI label's distro=ID:VERSION, from os-release) whose C library is glibc:
@@ -81,7 +83,7 @@ def target(abi_label: str | None, architecture: str) -> Target | None:
     no ABI label, a Python that is not 3.x, a distribution not known to use glibc, a CPU
     without a wheel platform name here. (The label's Python is the venv's, which `python3 -m
     venv` makes from the distribution's default build, not a free-threaded one.)"""
-    fields = dict(part.split("=", 1) for part in (abi_label or "").split(";") if "=" in part)
+    fields = parse_abi(abi_label)
     major, _, minor = fields.get("python", "").partition(".")
     arch = _ARCH.get(architecture, "")
     distro = fields.get("distro", "").split(":", 1)[0].lower()
