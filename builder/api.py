@@ -2,10 +2,10 @@
 
 ``build_image`` is an orchestrator of named stages, in order: check the inputs
 (everything the package and the options can get wrong, before the engine is
-asked anything) -> resolve the base -> make the plan (builder/plan/agent.py,
-rendered once) -> reuse an identical image -> find the dependency image ->
-build (without a network, or in the sandbox) -> classify a failure -> finish
-(tags, result) -> ship (push).
+asked anything) -> on an empty runner, assemble in the registry (ship/assemble.py)
+-> resolve the base -> make the plan (builder/plan/agent.py, rendered once) -> reuse
+an identical image -> find the dependency image -> build (without a network, or in
+the sandbox) -> classify a failure -> finish (tags, result) -> ship (push).
 """
 
 from __future__ import annotations
@@ -33,15 +33,14 @@ from builder.core.defaults import base_image_for
 from builder.core.errors import EngineError, PackageLoadError, PackageValidationError, RegistryError
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
-from builder.core.redact import current_redactor, redaction_scope
+from builder.core.redact import redaction_scope
 from builder.core.refs import check_image_ref, input_tag, split_ref
-from builder.package.dotenv import env_values
 from builder.package.piplines import logical_lines
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
 from builder.plan.agent import Base, Plan, base_facts, make_plan
 from builder.plan.dockerfile import check_installer
-from builder.plan.inputs import (PACKAGING_FILES, added_files, check_cache_dir, check_identity, log_requirements,
+from builder.plan.inputs import (added_files, check_cache_dir, check_identity, learn_env_values, log_requirements,
                                  read_ca_bundle, read_split, repository)
 from builder.plan.options import BuildOptions
 
@@ -126,6 +125,9 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             _lap(job, "registry")
         engine = engine or Engine()  # (it connects on its first call: nothing above asked it anything)
         engine.ping()
+        assembled = _in_registry(engine, job)
+        if assembled is not None:
+            return assembled
         base = _base(engine, job.base_image, options, pkg.manifest.python)
         plan = make_plan(pkg, options, base_facts(job.base_image, base.id, base.labels, base.digests, base.layers),
                          job.upstream.url, job.split, job.added, job.replace)
@@ -181,7 +183,7 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     m = pkg.manifest
     log.info(events.OPENED, agent=m.name, version=m.version, runtime=m.runtime,
              source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
-    _learn_env_values(pkg, pkg.env_paths)
+    learn_env_values(pkg, pkg.env_paths)
     check_identity(m, options)
     for rel in pkg.env_paths if options.include_env else ():
         log.warning("Including .env in the image (--include-env): its values ship to whoever pulls it",
@@ -209,17 +211,6 @@ def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
     return _check_inputs(pkg, options, time.monotonic())
 
 
-def _learn_env_values(pkg: Package, paths: list[str]) -> None:
-    """This build's redactor hides the values of the package's .env files; a value
-    the package shows itself (agent.yaml, requirements, setup files) is no secret."""
-    public = "\n".join((pkg.root / rel).read_text(encoding="utf-8", errors="replace")
-                       for rel in ("agent.yaml", *PACKAGING_FILES)
-                       if (pkg.root / rel).is_file() and not pkg.kept_out(rel))
-    redactor = current_redactor()
-    for value in env_values(pkg.root, paths):
-        redactor.add_value(value, public)
-
-
 # -- resolve the base ----------------------------------------------------------------------------------------------
 
 def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -> Image:
@@ -231,6 +222,31 @@ def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -
         pull_base(engine, base_image, auth=options.registry_auth)
     return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
                                                  "(or pass --base-image) and retry.")
+
+
+# -- in the registry: an empty runner pulls nothing the registry already has -------------------------------------
+
+def _in_registry(engine: Engine, job: _Job) -> BuildResult | None:
+    """An empty runner, --push to a registry: the image of the same inputs retagged there, or the agent's
+    layers appended to the dependency image there (builder/ship/assemble.py); None: the engine builds."""
+    options = job.options
+    if not (options.push and options.use_cache and not options.nocache and remote(job.repo)):
+        return None
+    from builder.ship import assemble
+    done = assemble.build(assemble.Inputs(
+        pkg=job.pkg, options=options, repo=job.repo, ref=job.ref, upstream_url=job.upstream.url,
+        auth_header=job.upstream.auth_header, split=job.split, added=job.added, replace=job.replace,
+        base_image=job.base_image), engine.image)
+    if done is None:
+        return None
+    m, plan = job.pkg.manifest, done.plan
+    log_requirements(job.pkg, plan.split, job.venv)
+    _lap(job, "registry")
+    return BuildResult(ok=True, image=job.ref, image_id=done.image_id, agent={"name": m.name, "version": m.version},
+                       duration_s=round(time.monotonic() - job.started, 3), cached=done.how == "reused",
+                       input_digest=plan.digest, digest_ref=done.digest_ref, tag_kept=done.tag_kept,
+                       deps_image=done.deps_image, deps_origin="registry" if done.deps_image else "",
+                       index={"url": plan.upstream_url}, phases=dict(job.laps))
 
 
 # -- reuse an identical image --------------------------------------------------------------------------------------

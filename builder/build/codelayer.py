@@ -1,0 +1,198 @@
+"""The agent's own layers and config, made without an engine, from the Dockerfile FROM its dependency image.
+
+A CI runner starts with an empty engine. When the registry already holds the
+dependency image for this agent's lines, the agent image is that image plus
+the agent's steps (templates/agent.Dockerfile.j2 after ``#> step config``):
+ENV, LABEL and USER (config only), ``COPY`` of files from the build context,
+and two RUN steps. This module interprets that rendered Dockerfile (the one
+the engine would build) step by step and refuses anything it cannot produce
+exactly: the package step's ``pip install -e /app`` only in the cases
+builder/build/editable.py knows, the install step only when it is the
+``if [ -e <mark> ]`` no-op (the package step here never leaves the mark),
+any other RUN never. A refusal is a reason; the caller then builds with the
+engine in the sandbox, as before.
+
+Layers are uncompressed tars as the engine's COPY and RUN would diff them:
+owner 0:0, the context's modes (files 0644/0755, directories 0755), parents
+included. The registry side (builder/ship/append.py) compresses and pushes them.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+
+from builder.build import editable
+from builder.core.labels import ABI_LABEL, parse_abi
+from builder.plan.dockerfile import Rendered
+
+MARK = "/opt/agent-image/installed-after-code"
+PACKAGE_RUN = "RUN touch /tmp/.agent-image-stamp && if pip install --no-compile -e /app"
+INSTALL_RUN = f"RUN if [ -e {MARK} ]; then "
+META = ".agent-image/meta/"
+
+
+@dataclass
+class Layer:
+    tar: bytes           # uncompressed: its sha256 is the diff_id
+    created_by: str
+
+
+@dataclass
+class Assembly:
+    """What the agent's steps add to the dependency image: layers, and the config they leave."""
+    layers: list[Layer] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)       # the whole ENV list, Docker's KEY=VALUE order
+    labels: dict[str, str] = field(default_factory=dict)
+    user: str = ""
+    history: list[dict] = field(default_factory=list)  # one entry per instruction (empty_layer when none)
+    editable: str = ""                                 # the package the package step installs, if any
+
+
+def words(args: str) -> list[str]:
+    """A Dockerfile ENV/LABEL argument list as the builder splits it: spaces part words,
+    double quotes group, a backslash takes the next character. A bare $ is refused
+    (substitution is not modelled; the template escapes every $ it writes)."""
+    out, cur, quoted, i, started = [], [], False, 0, False
+    while i < len(args):
+        ch = args[i]
+        if ch == "\\" and i + 1 < len(args):
+            cur.append(args[i + 1])
+            i, started = i + 2, True
+            continue
+        if ch == "$":
+            raise ValueError("a $ substitution")
+        if ch == '"':
+            quoted, started = not quoted, True
+        elif ch.isspace() and not quoted:
+            if started:
+                out.append("".join(cur))
+            cur, started = [], False
+        else:
+            cur.append(ch)
+            started = True
+        i += 1
+    if quoted:
+        raise ValueError("an unterminated quote")
+    if started:
+        out.append("".join(cur))
+    return out
+
+
+def pairs(args: str) -> list[tuple[str, str]]:
+    out = []
+    for word in words(args):
+        key, eq, value = word.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{word!r} is not KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+def context_files(context: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    """The build context's entries by name (files and links; the context has no other kind)."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+        for info in tar.getmembers():
+            data = tar.extractfile(info).read() if info.isfile() else b""
+            out[info.name.rstrip("/")] = (info, data)
+    return out
+
+
+def layer_tar(files: dict[str, tuple[int, bytes, str]]) -> bytes:
+    """A layer of FILES {absolute path: (mode, bytes, link target or "")}, with every parent
+    directory (0755, root); names sorted, owner 0:0, mtime 0: the same input, the same bytes."""
+    dirs = set()
+    for path in files:
+        parent = posixpath.dirname(path)
+        while parent not in ("/", ""):
+            dirs.add(parent)
+            parent = posixpath.dirname(parent)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted({*dirs, *files}):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            if path in files:
+                mode, data, link = files[path]
+                if link:
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+                    tar.addfile(info)
+                else:
+                    info.mode, info.size = mode, len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            else:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def copied(ctx: dict[str, tuple[tarfile.TarInfo, bytes]], src: str, dest: str) -> dict[str, tuple[int, bytes, str]]:
+    """COPY SRC DEST of the context: a folder's contents (SRC ends in /) or one file."""
+    out = {}
+    if src.endswith("/"):
+        for name, (info, data) in ctx.items():
+            if name.startswith(src) and not info.isdir():
+                out[posixpath.join(dest, name[len(src):])] = (info.mode & 0o7777, data, info.linkname)
+    elif src in ctx:
+        info, data = ctx[src]
+        target = dest if not dest.endswith("/") else posixpath.join(dest, posixpath.basename(src))
+        out[target] = (info.mode & 0o7777, data, info.linkname)
+    if not out:
+        raise ValueError(f"COPY {src}: nothing in the context")
+    return out
+
+
+def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_labels: dict[str, str],
+             deps_text: str) -> Assembly | str:
+    """The agent's steps of RENDERED (FROM its dependency image) over a config with BASE_ENV and
+    BASE_LABELS, or why the engine must build them."""
+    abi = parse_abi(base_labels.get(ABI_LABEL))
+    if not abi.get("venv") or not abi.get("python"):
+        return f"the dependency image has no {ABI_LABEL} label with its venv and Python"
+    site = f"{abi['venv']}/lib/python{abi['python']}/site-packages"
+    ctx = context_files(context)
+    out = Assembly(env=list(base_env), labels=dict(base_labels))
+    meta: dict[str, bytes] = {}
+    try:
+        for step, text in list(zip(rendered.steps, rendered.instructions))[1:]:  # after FROM
+            op, _, args = text.partition(" ")
+            op = op.upper()
+            layer = None
+            if op == "ARG":
+                pass
+            elif op == "ENV":
+                for key, value in pairs(args):
+                    out.env = [e for e in out.env if e.split("=", 1)[0] != key] + [f"{key}={value}"]
+            elif op == "LABEL":
+                out.labels.update(pairs(args))
+            elif op == "USER" and len(words(args)) == 1:
+                out.user = words(args)[0]
+            elif op == "COPY" and len(args.split()) == 2 and not args.startswith("-"):
+                src, dest = args.split()
+                files = copied(ctx, src, dest)
+                if src == META:
+                    meta = {path[len("/app/"):]: data for path, (_, data, _) in files.items()}
+                layer = layer_tar(files)
+            elif op == "RUN" and step == "package" and text.startswith(PACKAGE_RUN):
+                got = editable.plan(meta, deps_text=deps_text, pip=abi.get("pip", ""),
+                                    setuptools=abi.get("setuptools", ""), python=abi["python"], site_packages=site)
+                if isinstance(got, str):
+                    return f"the package step: {got}"
+                out.editable = f"{got.name}=={got.version}"
+                layer = layer_tar({path: (0o644, data, "") for path, data in got.files.items()})
+            elif op == "RUN" and step == "install" and text.startswith(INSTALL_RUN) and text.endswith("; fi"):
+                pass  # the mark is never left by a package step made here: the engine commits no layer
+            else:
+                return f"step {step!r} ({text[:60]}...) needs the engine"
+            if layer is not None:
+                out.layers.append(Layer(layer, f"/bin/sh -c #(agent-image assemble) {text[:200]}"))
+            out.history.append({"created_by": f"/bin/sh -c #(agent-image assemble) {text[:200]}",
+                                **({} if layer is not None else {"empty_layer": True})})
+    except ValueError as exc:
+        return f"the Dockerfile: {exc}"
+    return out
