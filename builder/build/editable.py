@@ -186,7 +186,7 @@ def _files(kw: dict, meta: dict[str, bytes], installed: dict[str, str | None], p
             "dependency_links.txt": "\n",
             "top_level.txt": "".join(f"{t}\n" for t in sorted({p.split(".")[0] for p in packages})) or "\n"}
     if written:
-        info["requires.txt"] = "".join(f"{r}\n" for r in written)
+        info["requires.txt"] = "".join(f"{r}\n" for r in sorted(written))  # (egg_info sorts them)
     info["SOURCES.txt"] = ""
     sources += [f"{egg}/{f}" for f in info]
     info["SOURCES.txt"] = "\n".join(sorted(set(sources), key=lambda p: tuple(p.rsplit("/", 1)) if "/" in p

@@ -45,7 +45,11 @@ def test_an_empty_runner_pulls_the_dependency_image_and_the_registry_stores_it_o
     assert any(p.startswith("tinyreq-1.0") for p in first.installed), first.installed
 
     _drop(docker_client, prefix)  # another runner: no local image, an empty download cache
-    second = build_image(agent_factory("deps-two", requirements=REQS),
+    # (a setup.py only running it can read: the engine builds it; test_assemble.py has the literal one's path)
+    two = agent_factory("deps-two", requirements=REQS)
+    (two / "setup.py").write_text("import setuptools\nsetuptools.setup(name='deps-two', version='0.1.0', "
+                                  "packages=['src'], package_dir={'': '.'})\n")
+    second = build_image(two,
                          BuildOptions(index_url=index_url, registry=prefix, push=True, cache_dir=tmp_path / "c2"))
     assert second.deps_image == first.deps_image and second.deps_origin == "pulled", second
     assert "deps" in second.steps_cached, second.steps_cached
