@@ -171,7 +171,8 @@ class Bench:
         (agent / "Dockerfile").write_text(K_DOCKERFILE.format(base=self.base, index=PYPI,
                                                               cache_id=f"{PREFIX}-{agent.name}"))
         (agent / ".dockerignore").write_text(".env\nDockerfile\n.dockerignore\n")
-        ref = f"{self.reg.host}/{PREFIX}-k/{agent.name.rsplit('-', 2)[0]}:{agent.name.rsplit('-', 2)[1]}"
+        version = re.search(r"version: (\S+)", (agent / "agent.yaml").read_text()).group(1)
+        ref = f"{self.reg.host}/{PREFIX}-k/{agent.name}:{version}"
         env = {**os.environ, "DOCKER_HOST": HOST, "DOCKER_BUILDKIT": "1"}
         cmd = ["/usr/bin/docker", "build", "-q", "--network", "host", "--build-arg", "BUILDKIT_INLINE_CACHE=1",
                *(["--cache-from", cache_from] if cache_from else []), "-t", ref, str(agent)]
@@ -198,16 +199,16 @@ class Bench:
             one, two = self.agent("ai24-one"), self.agent("ai24-two")
             near = self.agent("ai24-near", extra_line=NEAR_LINE)
             update = self.agent("ai24-one", version="0.2.0", revision=2)
+            cold = self.agent("ai24-cold")
             k_one = f"{self.reg.host}/{PREFIX}-k/ai24-one:0.1.0"
             say(f"[{self.which}] earlier uploads (untimed): C and K push ai24-one 0.1.0")
             self.timed("seed upload", "C", lambda: self.c(one, "c"))
             self.timed("seed upload", "K", lambda: self.k(one, None))
             say(f"[{self.which}] (1) twin, (2) near twin, (3) code-only update, (4) cold")
             for case, agent, prefix in (("1 twin", two, "c"), ("2 near twin", near, "c"),
-                                        ("3 code-only update", update, "c"), ("4 cold", two, "c-cold")):
-                cold = case == "4 cold"
+                                        ("3 code-only update", update, "c"), ("4 cold", cold, "c-cold")):
                 self.timed(case, "C", lambda: self.c(agent, prefix))
-                self.timed(case, "K", lambda: self.k(agent, None if cold else k_one))
+                self.timed(case, "K", lambda: self.k(agent, None if agent is cold else k_one))
             return self.rows
         finally:
             self.reg.stop()

@@ -66,7 +66,7 @@ class BuildResult:
     index: dict[str, Any] = field(default_factory=dict)
     tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
     deps_image: str = ""    # the dependency image it was built FROM (builder/build/depsimage.py)
-    deps_origin: str = ""   # "local" | "pulled" | "built"
+    deps_origin: str = ""   # "local" | "pulled" | "built" | "registry" (appended there: ship/assemble.py)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per stage; duration_s is the whole call
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def _in_registry(engine: Engine, job: _Job) -> BuildResult | None:
         return None
     m, plan = job.pkg.manifest, done.plan
     log_requirements(job.pkg, plan.split, job.venv)
-    _lap(job, "registry")
+    _lap(job, "assemble")
     return BuildResult(ok=True, image=job.ref, image_id=done.image_id, agent={"name": m.name, "version": m.version},
                        duration_s=round(time.monotonic() - job.started, 3), cached=done.how == "reused",
                        input_digest=plan.digest, digest_ref=done.digest_ref, tag_kept=done.tag_kept,

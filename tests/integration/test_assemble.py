@@ -86,6 +86,8 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     appended = [e for e in logs if e["event"].startswith("Appended the agent's layers")]
     assert appended and appended[0]["bytes_sent"] < 64 * 1024, appended  # the code, a config, a manifest
     assert not [t for t in engine_tags(docker_client) if t.startswith(prefix)], "nothing was pulled"
+    assert set(made.phases) == {"check", "registry", "assemble"}, made.phases
+    assert abs(sum(made.phases.values()) - made.duration_s) < 0.1, made
 
     docker_client.images.pull(made.digest_ref)
     assert docker_client.images.get(made.digest_ref).id == made.image_id
