@@ -169,9 +169,9 @@ class Bench:
 
     def k(self, agent: Path, cache_from: str | None) -> dict:
         (agent / "Dockerfile").write_text(K_DOCKERFILE.format(base=self.base, index=PYPI,
-                                                              cache_id=f"{PREFIX}-{agent.name}"))
+                                                              cache_id=f"{PREFIX}-pip"))  # one id: it is in the cache key
         (agent / ".dockerignore").write_text(".env\nDockerfile\n.dockerignore\n")
-        version = re.search(r"version: (\S+)", (agent / "agent.yaml").read_text()).group(1)
+        version = re.search(r"\n  version: (\S+)", (agent / "agent.yaml").read_text()).group(1)  # metadata.version
         ref = f"{self.reg.host}/{PREFIX}-k/{agent.name}:{version}"
         env = {**os.environ, "DOCKER_HOST": HOST, "DOCKER_BUILDKIT": "1"}
         cmd = ["/usr/bin/docker", "build", "-q", "--network", "host", "--build-arg", "BUILDKIT_INLINE_CACHE=1",
