@@ -5,7 +5,7 @@
 
 Every timed build runs on an engine with nothing on it, as a GitHub-hosted or
 CodeBuild job gets: a second dockerd on this host (its own --data-root,
---exec-root, --pidfile and socket, `--bridge none --iptables=false`: the shared
+--exec-root, --pidfile and socket, `--bridge ai24br0 --iptables=false`: the shared
 engine is not touched), stopped and wiped before every timed build, with an
 empty download cache. The registry (Debian's docker-registry on loopback, a
 new one per set) holds the base, pinned by digest as the CI recipes pin it,
@@ -57,6 +57,7 @@ SOCK = f"/run/{PREFIX}.sock"
 HOST = f"unix://{SOCK}"
 EXEC_ROOT = f"/run/{PREFIX}-exec"
 PIDFILE = f"/run/{PREFIX}.pid"
+BRIDGE = "ai24br0"
 DATA_ROOT = Path(f"/var/lib/{PREFIX}")  # beside /var/lib/docker: the same filesystem, overlay2 works
 NEAR_LINE = "python-dotenv==1.0.1"     # case 2's added line: small, pure Python
 RESULTS = Path(__file__).resolve().parent / "results-fresh.json"
@@ -74,9 +75,15 @@ class FreshEngine:
 
     def start(self) -> None:
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
+        # A bridge of its own: started with `--bridge none`, dockerd deletes the host's
+        # docker0, which the machine's own engine (and everything on it) still uses.
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+            for cmd in (["ip", "link", "add", BRIDGE, "type", "bridge"],
+                        ["ip", "addr", "add", "10.224.0.1/24", "dev", BRIDGE], ["ip", "link", "set", BRIDGE, "up"]):
+                subprocess.run(cmd, check=True)
         self.proc = subprocess.Popen(
             ["dockerd", "--data-root", str(DATA_ROOT), "--exec-root", EXEC_ROOT, "--pidfile", PIDFILE, "-H", HOST,
-             "--bridge", "none", "--iptables=false", "--log-level", "warn"],
+             "--bridge", BRIDGE, "--iptables=false", "--log-level", "warn"],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(300):
             if subprocess.run(["docker", "-H", HOST, "info"], capture_output=True).returncode == 0:
