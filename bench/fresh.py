@@ -60,7 +60,7 @@ PIDFILE = f"/run/{PREFIX}.pid"
 BRIDGE = "ai24br0"
 DATA_ROOT = Path(f"/var/lib/{PREFIX}")  # beside /var/lib/docker: the same filesystem, overlay2 works
 NEAR_LINE = "python-dotenv==1.0.1"     # case 2's added line: small, pure Python
-RESULTS = Path(__file__).resolve().parent / "results-fresh.json"
+RESULTS = Path(__file__).resolve().parent / "results-fresh-{}.json"  # the set, or "both"
 
 
 def say(msg: str) -> None:
@@ -230,7 +230,7 @@ def table(results: dict) -> str:
             if not c or not k:
                 continue
             out.append(f"| {which} | {case} | {c['s']:.2f} | {k['s']:.2f} | {c['s'] / k['s']:.2f} | "
-                       f"{c['pulled'] / 2**20:.1f} | {k['pulled'] / 2**20:.1f} | {c['pushed'] / 2**20:.2f} | "
+                       f"{c['pulled'] / 2**20:.2f} | {k['pulled'] / 2**20:.1f} | {c['pushed'] / 2**20:.2f} | "
                        f"{k['pushed'] / 2**20:.2f} |")
     return "\n".join(out)
 
@@ -256,7 +256,7 @@ def main() -> int:
         print(text)
         print(f"\ntotal {time.monotonic() - t0:.0f} s; load average {load[0]:.1f} at start, "
               f"{os.getloadavg()[0]:.1f} at end")
-        RESULTS.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_start": load,
+        Path(str(RESULTS).format(args.set)).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_start": load,
                                        "loadavg_end": os.getloadavg(), "results": results, "table": text},
                                       indent=1, default=str) + "\n")
         return 0

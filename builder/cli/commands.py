@@ -138,7 +138,7 @@ def cmd_build(args, engine_factory) -> dict:
         out["created_repositories"] = created
     if task_opts is not None:
         started = time.monotonic()
-        out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def))
+        out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def, _registry_auth(args)))
         took = round(time.monotonic() - started, 3)  # duration_s is the whole command's: this step too
         out["phases"]["ecs_task_def"], out["duration_s"] = took, round(out["duration_s"] + took, 3)
     if not args.json:
@@ -189,11 +189,15 @@ def _create_repositories(args, opts) -> list[str]:
     return ensure_repositories(agent_repo, deps_repository(agent_repo, opts.registry))
 
 
-def _write_task_def(engine, result, task_opts, path: Path) -> Path:
+def _write_task_def(engine, result, task_opts, path: Path, auth: dict | None) -> Path:
     from builder.core.errors import TaskDefinitionError
+    from builder.ship.assemble import registry_image
     from builder.ship.ecs import task_definition
+    # (an image assembled in the registry is not on this engine: its config is read from there)
+    image = (engine.image(result.image_id) or registry_image(result.digest_ref, auth=auth)
+             or engine.pull(result.digest_ref, auth=auth))
     try:
-        request = task_definition(engine.image(result.image_id), result.digest_ref, task_opts)
+        request = task_definition(image, result.digest_ref, task_opts)
     except TaskDefinitionError as err:
         pushed = (f"The image is pushed as {result.digest_ref}: "
                   f"`agent-image ecs-task-def {result.digest_ref}` makes it once fixed.")

@@ -27,7 +27,7 @@ import structlog
 from builder.build import codelayer, depsimage
 from builder.build.agentbuild import agent_labels
 from builder.build.reuse import remote
-from builder.build.image import Image
+from builder.build.image import Image, image_from
 from builder.core import events
 from builder.core.errors import RegistryError
 from builder.core.labels import AGENT_NAME_LABEL, INPUT_LABEL
@@ -85,10 +85,12 @@ def registry_image(ref: str, *, auth: dict | None) -> Image | None:
 
 
 def _image(doc: ImageDoc, digest_ref: str) -> Image:
-    return Image(id=doc.manifest["config"]["digest"], tags=(), labels=doc.labels, size=0,
-                 layers=tuple((doc.config.get("rootfs") or {}).get("diff_ids") or ()), digests=(digest_ref,),
-                 env=tuple((doc.config.get("config") or {}).get("Env") or ()),
-                 architecture=doc.config.get("architecture", ""), os=doc.config.get("os", ""))
+    """The engine's inspect document of DOC, as a pull would give it (what the pipeline reads)."""
+    return image_from({"Id": doc.manifest["config"]["digest"], "Config": doc.config.get("config") or {},
+                       "RootFS": {"Layers": (doc.config.get("rootfs") or {}).get("diff_ids") or []},
+                       "RepoDigests": [digest_ref], "Architecture": doc.config.get("architecture", ""),
+                       "Os": doc.config.get("os", ""),
+                       "Size": sum(int(layer.get("size", 0)) for layer in doc.manifest.get("layers") or [])})
 
 
 def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None:

@@ -95,6 +95,13 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     assert "imports ok" in ours and ["asm-two", "0.1.0", "/app"] in [ln.split() for ln in ours.splitlines()], ours
     assert ours == theirs
     assert _config(docker_client, made.digest_ref) == {**_config(docker_client, "ai24-asm-engine/asm-two:0.1.0")}
+    # the ECS task definition read from the registry (build --ecs-task-def) is the pulled image's
+    from builder.build.engine import Engine
+    from builder.ship.assemble import registry_image
+    from builder.ship.ecs import task_definition
+    from builder.ship.ecsopts import TaskOptions
+    assert task_definition(registry_image(made.digest_ref, auth=None), made.digest_ref, TaskOptions()) == \
+        task_definition(Engine().image(made.digest_ref), made.digest_ref, TaskOptions())
     report = run_smoke(made.digest_ref, payload={"imports": ["structlog", "tinyreq"]})
     assert report["ok"] and report["health"]["ok"] and report["answer"]["modules"]["tinyreq"] == "1.0", report
 
