@@ -59,11 +59,14 @@ def words(args: str) -> list[str]:
     while i < len(args):
         ch = args[i]
         if ch == "\\" and i + 1 < len(args):
-            cur.append(args[i + 1])
+            # (Docker's lexer: in double quotes only \", \$ and \\ are escapes; elsewhere any character is)
+            cur.append(args[i + 1] if not quoted or args[i + 1] in '"$\\' else ch + args[i + 1])
             i, started = i + 2, True
             continue
         if ch == "$":
             raise ValueError("a $ substitution")
+        if ch == "'" and not quoted:
+            raise ValueError("a single-quoted word")  # (the template quotes every value with ")
         if ch == '"':
             quoted, started = not quoted, True
         elif ch.isspace() and not quoted:
@@ -166,8 +169,12 @@ def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_la
             if op == "ARG":
                 pass
             elif op == "ENV":
-                for key, value in pairs(args):
-                    out.env = [e for e in out.env if e.split("=", 1)[0] != key] + [f"{key}={value}"]
+                for key, value in pairs(args):  # replaced where it stands, else appended (Docker's ENV)
+                    at = [n for n, e in enumerate(out.env) if e.split("=", 1)[0] == key]
+                    if at:
+                        out.env[at[0]] = f"{key}={value}"
+                    else:
+                        out.env.append(f"{key}={value}")
             elif op == "LABEL":
                 out.labels.update(pairs(args))
             elif op == "USER" and len(words(args)) == 1:

@@ -89,8 +89,10 @@ def test_other_tools_or_a_build_backend_go_to_the_engine():
 
 def test_words_read_the_templates_quoting_and_refuse_substitution():
     assert codelayer.pairs('A="x y" B=1 C="q\\"\\\\\\$"') == [("A", "x y"), ("B", "1"), ("C", 'q"\\$')]
-    with pytest.raises(ValueError):
-        codelayer.words("PATH=/x:$PATH")
+    assert codelayer.words('A="a\\nb" C=x\\ y') == ["A=a\\nb", "C=x y"]  # Docker keeps \n in quotes
+    for refused in ("PATH=/x:$PATH", "A='x'", 'A="open'):
+        with pytest.raises(ValueError):
+            codelayer.words(refused)
 
 
 DOCKERFILE = """FROM sha256:deps
@@ -130,7 +132,7 @@ def test_the_agents_steps_become_layers_and_config(tmp_path):
     out = codelayer.assemble(_rendered(DOCKERFILE), _context(tmp_path), base_env=["PATH=/opt/venv/bin:/bin",
                              "REST_PORT=1"], base_labels=ABI, deps_text="structlog==24.4.0\nrequests\n")
     assert isinstance(out, codelayer.Assembly), out
-    assert out.env == ["PATH=/opt/venv/bin:/bin", "AGENT_NAME=my-agent", "REST_PORT=8080"]
+    assert out.env == ["PATH=/opt/venv/bin:/bin", "REST_PORT=8080", "AGENT_NAME=my-agent"]  # replaced in place
     assert out.labels["io.pixell.agent.name"] == "my-agent" and out.user == "agent"
     assert len(out.layers) == 3 and out.editable == "my-agent==0.2.0"
     assert [h.get("empty_layer", False) for h in out.history] == [True, True, True, False, False, False, True, True]
