@@ -29,7 +29,7 @@ from builder.build.agentbuild import agent_labels
 from builder.build.reuse import remote
 from builder.build.image import Image, image_from
 from builder.core import events
-from builder.core.errors import RegistryError
+from builder.core.errors import RegistryError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, INPUT_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
 from builder.package.reader import Package
@@ -109,6 +109,8 @@ def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None
     client = RegistryClient(ref.host, auth=job.options.registry_auth)
     try:
         return _same_inputs(client, job, plan, local) or _append(client, job, plan, base, local)
+    except TagExistsError:  # the version tag holds other content: the engine's build would end the same way
+        raise
     except RegistryError as exc:  # the engine's push may still work, and will say so if not
         log.info("Assembling in the registry failed: building with the engine", reason=str(exc)[:300])
         return None
