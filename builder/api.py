@@ -246,7 +246,7 @@ def _in_registry(engine: Engine, job: _Job) -> BuildResult | None:
                        duration_s=round(time.monotonic() - job.started, 3), cached=done.how == "reused",
                        input_digest=plan.digest, digest_ref=done.digest_ref, tag_kept=done.tag_kept,
                        deps_image=done.deps_image, deps_origin="registry" if done.deps_image else "",
-                       index={"url": plan.upstream_url}, phases=dict(job.laps))
+                       index={"url": plan.upstream_url}, phases=dict(job.laps), installed=done.installed)
 
 
 # -- reuse an identical image --------------------------------------------------------------------------------------

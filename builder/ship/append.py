@@ -49,7 +49,8 @@ class Appended:
         return _sha(self.config)
 
 
-def compose(deps: ImageDoc, assembly: Assembly, *, extra_labels: dict[str, str], created: str | None = None) -> Appended:
+def compose(deps: ImageDoc, assembly: Assembly, *, extra_labels: dict[str, str],
+            created: str | None = None) -> Appended:
     """DEPS with ASSEMBLY's layers on top and its config (ENV, labels, user, history). Pure."""
     media = deps.manifest.get("mediaType", DOCKER_MANIFEST)
     if media not in _LAYER:

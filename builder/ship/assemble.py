@@ -55,7 +55,12 @@ class Assembled:
     tag_kept: bool = False
     deps_image: str = ""
     bytes_sent: int = 0
-    editable: str = ""
+    editable: str = ""     # NAME==VERSION the package step installed, if any
+
+    @property
+    def installed(self) -> list[str]:
+        """As BuildResult.installed reads pip's log: the package step's one install, NAME-VERSION."""
+        return [self.editable.replace("==", "-")] if self.editable else []
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from structlog.testing import capture_logs
 
 from builder.api import BuildOptions, build_image
+from builder.core.errors import TagExistsError
 from builder.testing.smoke import run_smoke
 from tests.support.engine import engine_tags
 
@@ -83,6 +85,7 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     with capture_logs() as logs:
         made = build_image(twin, opts)
     assert made.deps_origin == "registry" and made.deps_image == first.deps_image, made
+    assert made.installed == engine_built.installed == ["asm-two-0.1.0"], (made.installed, engine_built.installed)
     appended = [e for e in logs if e["event"].startswith("Appended the agent's layers")]
     assert appended and appended[0]["bytes_sent"] < 64 * 1024, appended  # the code, a config, a manifest
     assert not [t for t in engine_tags(docker_client) if t.startswith(prefix)], "nothing was pulled"
@@ -108,6 +111,8 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     # a code-only update on another empty runner: appended again, the new code runs
     _drop(docker_client, prefix)
     (twin / "src" / "main.py").write_text((twin / "src" / "main.py").read_text() + "\nREVISION = 2\n")
+    with pytest.raises(TagExistsError):  # new code under a pushed version: refused, as the engine's build is
+        build_image(twin, opts)
     (twin / "agent.yaml").write_text((twin / "agent.yaml").read_text().replace("0.1.0", "0.2.0"))
     (twin / "setup.py").write_text((twin / "setup.py").read_text().replace("0.1.0", "0.2.0"))
     update = build_image(twin, opts)
