@@ -1,8 +1,9 @@
 """Upload to pushed image without the engine: when the registry already has what the build needs.
 
 A CI runner's engine starts empty every time; the registry does not. Before
-the engine is asked for anything (``builder.api`` calls ``build`` first for
-``--push`` to a registry), this looks there:
+the engine builds or pulls anything (``builder.api`` calls ``build`` first for
+``--push`` to a registry), and when the engine lacks what it would build from,
+this looks there:
 
 1. the image of the same inputs (its ``in-DIGEST`` tag): the version tags are
    put on its manifest, nothing is pulled or uploaded;
@@ -26,8 +27,8 @@ import structlog
 
 from builder.build import codelayer, depsimage
 from builder.build.agentbuild import agent_labels
-from builder.build.reuse import remote
 from builder.build.image import Image, image_from
+from builder.build.reuse import remote
 from builder.core import events
 from builder.core.errors import RegistryError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, INPUT_LABEL
