@@ -30,7 +30,7 @@ from builder.build.agentbuild import agent_labels
 from builder.build.image import Image, image_from
 from builder.build.reuse import remote
 from builder.core import events
-from builder.core.errors import RegistryError, TagExistsError
+from builder.core.errors import RebaseError, RegistryError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, INPUT_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
 from builder.package.reader import Package
@@ -84,7 +84,7 @@ def registry_image(ref: str, *, auth: dict | None) -> Image | None:
     try:
         r = parse_ref(ref)
         doc = fetch(RegistryClient(r.host, auth=auth), r)
-    except RegistryError as exc:
+    except (RegistryError, RebaseError) as exc:  # (RebaseError: an index of platforms, not one image)
         log.debug("image not readable from its registry", image=ref, reason=str(exc)[:200])
         return None
     return _image(doc, f"{r.name}@{doc.digest}")
@@ -117,7 +117,7 @@ def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None
         return _same_inputs(client, job, plan, local) or _append(client, job, plan, base, local)
     except TagExistsError:  # the version tag holds other content: the engine's build would end the same way
         raise
-    except RegistryError as exc:  # the engine's push may still work, and will say so if not
+    except (RegistryError, RebaseError) as exc:  # the engine's pull and push may still work, and say so if not
         log.info("Assembling in the registry failed: building with the engine", reason=str(exc)[:300])
         return None
 
