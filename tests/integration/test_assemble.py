@@ -56,6 +56,18 @@ def _drop(docker_client, prefix: str) -> None:
             docker_client.images.remove(tag, force=True)
 
 
+@pytest.fixture
+def pulled(docker_client):
+    """Images this test pulled by digest (no tag for cleanup_images to find): removed at its end."""
+    refs: list[str] = []
+    yield refs.append
+    for ref in refs:
+        try:
+            docker_client.images.remove(ref, force=True)
+        except Exception:  # noqa: BLE001 gone already
+            pass
+
+
 def _inside(image: str) -> str:
     return subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", LIST], capture_output=True,
                           text=True, check=True, timeout=120).stdout
@@ -68,7 +80,7 @@ def _config(docker_client, image: str) -> dict:
 
 
 def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and_it_behaves_alike(
-        agent_factory, index_url, registry, docker_client, cleanup_images, tmp_path):
+        agent_factory, index_url, registry, docker_client, cleanup_images, pulled, tmp_path):
     prefix = f"{registry.host}/ai24asm"
     cleanup_images(prefix)
     cleanup_images("ai24-asm-engine/")
@@ -92,6 +104,7 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     assert set(made.phases) == {"check", "registry", "assemble"}, made.phases
     assert abs(sum(made.phases.values()) - made.duration_s) < 0.1, made
 
+    pulled(made.digest_ref)
     docker_client.images.pull(made.digest_ref)
     assert docker_client.images.get(made.digest_ref).id == made.image_id
     ours, theirs = _inside(made.digest_ref), _inside("ai24-asm-engine/asm-two:0.1.0")
@@ -116,6 +129,7 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     (twin / "agent.yaml").write_text((twin / "agent.yaml").read_text().replace("0.1.0", "0.2.0"))
     (twin / "setup.py").write_text((twin / "setup.py").read_text().replace("0.1.0", "0.2.0"))
     update = build_image(twin, opts)
+    pulled(update.digest_ref)
     assert update.deps_origin == "registry" and update.image.endswith(":0.2.0"), update
     out = subprocess.run(["docker", "run", "--rm", update.digest_ref, "python", "-c",
                           "import src.main, importlib.metadata as m; print(src.main.REVISION, m.version('asm-two'))"],
