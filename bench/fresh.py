@@ -262,6 +262,7 @@ def main() -> int:
         return 0
     finally:
         fresh.stop()
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)  # ours (FreshEngine.start made it)
         shutil.rmtree(DATA_ROOT, ignore_errors=True)
         shutil.rmtree(EXEC_ROOT, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
