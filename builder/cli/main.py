@@ -21,6 +21,7 @@ from builder.cli import ciout
 from builder.cli.commands import COMMANDS
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import EXIT_CODES, PackageLoadError
+from builder.core.pythons import PYTHONS
 from builder.package.reader import DEFAULT_LIMITS
 
 log = structlog.get_logger("agent_image")
@@ -178,7 +179,8 @@ def _add_build(sub) -> None:
 
 def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
-    base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
+    base.add_argument("--python", default="3.11", choices=list(PYTHONS),
+                      help="Python version (default 3.11; 3.12 has no Debian suite here: pass --from)")
     base.add_argument("--from", dest="from_image", help="Python image to start from (default "
                                                         "agent-image/python:X.Y, made by scripts/setup.sh in a "
                                                         "checkout; elsewhere e.g. python:3.11-slim)")
@@ -223,7 +225,7 @@ def _add_doctor(sub) -> None:
                      help="an address a build must not reach (repeatable; replaces the defaults "
                           "169.254.169.254:80, 169.254.170.2:80, pypi.org:443); listeners on every host "
                           "address are always tried")
-    doc.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="base image to probe from")
+    doc.add_argument("--python", default="3.11", choices=list(PYTHONS), help="base image to probe from")
     doc.add_argument("--base-image", help="image to probe from (default the shared base for --python)")
     _add_common(doc)
 

@@ -6,6 +6,8 @@ Other log lines are for people and may say anything.
 """
 
 OPENED = "Opened agent package"
+RUNTIME_EOL = "Runtime past end of life"                     # runtime=, python=, end_of_life= (core/pythons.py)
+RUNTIME_PREVIEW = "Runtime not allowed by pixell-kit yet"      # accepted through AGENT_IMAGE_PREVIEW_RUNTIMES
 REUSED_IMAGE = "Inputs unchanged: reusing the image"       # the input digest matched: nothing is built
 INSTALLING = "Installing dependencies from requirements.txt"  # the build starts (with dependency lines)
 BUILDING = "Building agent image"                            # the build starts (without)
