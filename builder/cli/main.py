@@ -78,6 +78,8 @@ def _add_ecs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--writable-root", action="store_true",
                    help="leave the root filesystem writable (default: read-only with a writable /tmp where "
                         "the image allows it: EC2 a tmpfs, Fargate a volume if the image declares VOLUME /tmp)")
+    g.add_argument("--start-period", type=int, metavar="SECONDS", help="healthCheck startPeriod, 0-300 (default: "
+                   "from the image's measured ready time, scaled to --cpu with a margin; docs/ecs.md)")
     g.add_argument("--execution-role-arn", help="task execution role (needed for secrets, awslogs, ECR on Fargate)")
     g.add_argument("--task-role-arn", help="the role the agent's own AWS calls use")
     g.add_argument("--log-group", help="awslogs group (no logConfiguration without it)")
@@ -179,8 +181,7 @@ def _add_build(sub) -> None:
 
 def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
-    base.add_argument("--python", default="3.11", choices=list(PYTHONS),
-                      help="Python version (default 3.11; 3.12 has no Debian suite here: pass --from)")
+    base.add_argument("--python", default="3.11", choices=list(PYTHONS), help="Python version (default 3.11)")
     base.add_argument("--from", dest="from_image", help="Python image to start from (default "
                                                         "agent-image/python:X.Y, made by scripts/setup.sh in a "
                                                         "checkout; elsewhere e.g. python:3.11-slim)")

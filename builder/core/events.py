@@ -16,4 +16,5 @@ DEPS_BUILDING = "Building the dependency image"
 STEP = "build step"                                          # one Dockerfile step starts: step=N/M, name, instruction
 LINE = "build"                                               # one line of the engine's build log (debug)
 READY = "Agent image ready"
+READY_TIME = "Measured the agent's ready time"                 # seconds= (build/readytime.py)
 PUSHED = "Pushed agent image"
