@@ -7,7 +7,8 @@ For every base the engine has (agent-image/base:pyX.Y for each Python in builder
 3.12 only when built with `agent-image base --python 3.12 --from IMAGE`), it builds
 examples/hello-agent with `runtime: pythonX.Y` (python3.13 through AGENT_IMAGE_PREVIEW_RUNTIMES),
 then starts the image as its ECS task runs it (`--read-only --tmpfs /tmp --user 10001`, port on
-loopback) REPS times and times `docker run` until `GET /health` = 200. It prints one table, the
+loopback, on the host's network with REST_PORT free) REPS times and times `docker run` until
+`GET /health` = 200. It prints one table, the
 ratios against 3.11 measured in the same run, and the ready time the build recorded in the image's
 label. Packages come from the default index (PIP_INDEX_URL, else PyPI) through the build's proxy.
 Nothing is asserted: the numbers are for reading.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,23 +63,27 @@ def build(python: str, work: Path) -> tuple[str, float]:
     return out.stdout.split()[0], time.monotonic() - started
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def time_to_ready(image: str) -> float:
-    """docker run (as a task) until GET /health is 200, in seconds."""
+    """docker run (as a task) until GET /health is 200, in seconds. The host's network with REST_PORT
+    on a free port: no port mapping to wait for (ECS's awsvpc has none either)."""
+    port = free_port()
     started = time.monotonic()
-    cid = docker("run", "-d", *AS_A_TASK, "-p", "127.0.0.1::8080", "-e", "OPENAI_API_KEY=sk-bench", image)
+    cid = docker("run", "-d", *AS_A_TASK, "--network", "host", "-e", f"REST_PORT={port}",
+                 "-e", "OPENAI_API_KEY=sk-bench", image)
     try:
-        port = None
         while time.monotonic() - started < 60:
-            if port is None:
-                mapped = docker("port", cid, "8080", check=False)
-                port = mapped.splitlines()[0].rsplit(":", 1)[1] if mapped else None
-            if port:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                        if resp.status == 200:
-                            return time.monotonic() - started
-                except OSError:
-                    pass
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
             time.sleep(0.01)
         raise SystemExit(f"{image} was not ready in 60 s")
     finally:
@@ -114,7 +120,7 @@ def main() -> None:
               f"{r['build_s']:>7.1f}s{r['label_s']:>15.3f}s{r['ready_s']:>13.3f}s"
               f"{r['ready_min']:>8.3f}-{r['ready_max']:.3f}s{r['ready_s'] / ref['ready_s']:>14.2f}x"
               f"{r['base_mb'] / ref['base_mb']:>13.2f}x")
-    print(f"\nready = `docker run {' '.join(AS_A_TASK)} -p 127.0.0.1::8080` until GET /health = 200, "
+    print(f"\nready = `docker run {' '.join(AS_A_TASK)} --network host` until GET /health = 200, "
           f"median of {args.reps}; sizes as `docker image inspect` reports them (uncompressed)")
 
 

@@ -9,8 +9,8 @@ as its ECS task runs it (no network, read-only root, a tmpfs /tmp, the image's u
 an agent that reaches out at import time gets no further than it would with no network.
 
 The label is added by building the same Dockerfile again with the label appended: every
-step is cached (the first build's image is the cache), so it is a LABEL step and a context
-upload. The label is not in the input digest: an identical rebuild is reused, label and all.
+step is the engine's layer cache (the first build's images), so it is a LABEL step on top
+of the built image and a context upload. The label is not in the input digest: an identical rebuild is reused, label and all.
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def label(engine: Engine, context: bytes, labels: dict[str, str], outcome: Build
     seconds = measure(engine, outcome.image_id)
     if seconds is None:
         return outcome
+    # the engine's own layer cache: the image just built is the parent of the label step (with
+    # cache_from the classic builder would make a second chain of images instead)
     again = engine.build(context=context, labels={**labels, READY_LABEL: f"{seconds:.3f}"},
-                         cache_from=[outcome.image_id], network_mode="none", timeout=timeout)
+                         network_mode="none", timeout=timeout)
     # every step but FROM and the appended LABEL from the cache: the same image plus a label
     if again.error is not None or again.image_id is None or not set(range(2, again.total_steps)) <= again.cached:
         log.warning("Could not add the ready-time label; the image is kept without it",
