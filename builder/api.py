@@ -152,7 +152,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
             raise _failure(job, plan, built)
-        agentbuild.add_ready_time(build, plan, built)
+        agentbuild.add_ready_time(build, built)
         return _ship(*_finish(engine, job, plan, deps, built), engine, job)
 
 

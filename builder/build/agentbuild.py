@@ -86,10 +86,9 @@ def agent_labels(plan: Plan) -> dict[str, str]:
     return {INPUT_LABEL: plan.digest, CONTENT_LABEL: plan.content}
 
 
-def add_ready_time(build: Builder, plan: Plan, built: Built) -> None:
+def add_ready_time(build: Builder, built: Built) -> None:
     """The built image gets the agent's ready time, measured now (builder/build/readytime.py)."""
-    readytime.label(build.engine, built.target.context.data, agent_labels(plan), built.outcome,
-                    timeout=max(1.0, build.deadline - time.monotonic()))
+    readytime.label(build.engine, built.outcome, timeout=max(1.0, build.deadline - time.monotonic()))
 
 
 def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[str], cache_dir: Path) -> Built | None:
