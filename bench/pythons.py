@@ -36,7 +36,7 @@ from builder.core.labels import READY_LABEL  # noqa: E402
 from builder.core.pythons import PREVIEW_ENV, PREVIEW_RUNTIMES, PYTHONS, python_image  # noqa: E402
 
 HELLO = ROOT / "examples" / "hello-agent"
-REPO = "agent-image-bench/pythons"
+PREFIX = "agent-image-bench-pythons"  # the bench's images and their dependency images: removed at the end
 AS_A_TASK = ["--read-only", "--tmpfs", "/tmp:rw,size=64m", "--user", "10001"]
 
 
@@ -57,7 +57,7 @@ def build(python: str, work: Path) -> tuple[str, float]:
     env = {**os.environ, PREVIEW_ENV: ",".join(PREVIEW_RUNTIMES), "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "builder.cli.main", "build", str(agent), "--repository",
-                          f"{REPO}-{python.replace('.', '')}"], capture_output=True, text=True, env=env)
+                          f"{PREFIX}/py{python.replace('.', '')}"], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"building on {python} failed:\n{out.stderr[-2000:]}")
     return out.stdout.split()[0], time.monotonic() - started
@@ -110,7 +110,10 @@ def main() -> None:
                          "agent_mb": size_mb(image), "build_s": build_s, "label_s": float(label or "nan"),
                          "ready_s": statistics.median(samples), "ready_min": min(samples),
                          "ready_max": max(samples)})
-            docker("rmi", image, check=False)
+    tags = [t for t in docker("images", "--format", "{{.Repository}}:{{.Tag}}").splitlines()
+            if t.startswith(f"{PREFIX}/")]
+    if tags:
+        docker("rmi", *tags, check=False)
     ref = next((r for r in rows if r["python"] == "3.11"), rows[0])
     print(f"{'python':<7}{'end of life':<13}{'python img':>11}{'base':>9}{'agent':>9}{'build':>8}"
           f"{'import (label)':>16}{'ready median':>14}{'min-max':>15}{'ready vs 3.11':>15}{'base vs 3.11':>14}")

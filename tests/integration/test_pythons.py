@@ -37,7 +37,7 @@ def runtime(folder, name: str) -> None:
 
 
 def test_the_3_13_base_builds(index_url, docker_client, cleanup_images):
-    cleanup_images("pythons-test/base")
+    cleanup_images("pythons-test/")
     proc = subprocess.run([AGENT_IMAGE, "base", "--python", "3.13", "--tag", "pythons-test/base:py3.13",
                            "--index-url", index_url, "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -57,7 +57,7 @@ def test_python_3_13_is_refused_unless_asked_for(tmp_path, monkeypatch):
 
 
 def test_the_example_agent_on_3_13_serves_as_a_task(tmp_path, index_url, docker_client, cleanup_images, monkeypatch):
-    cleanup_images("pythons-test/hello")
+    cleanup_images("pythons-test/")  # its dependency image too
     agent = shutil.copytree(HELLO, tmp_path / "hello")
     runtime(agent, "python3.13")
     monkeypatch.setenv(PREVIEW_ENV, "python3.13")
@@ -77,7 +77,7 @@ def test_the_example_agent_on_3_13_serves_as_a_task(tmp_path, index_url, docker_
 
 def test_the_fastapi_scaffold_on_3_13_serves_as_a_task(tmp_path, index_url, docker_client, cleanup_images,
                                                        monkeypatch):
-    cleanup_images("pythons-test/kit")
+    cleanup_images("pythons-test/")  # its dependency image too
     subprocess.run([str(BIN / "pixell"), "init", "kit313"], cwd=tmp_path, check=True, capture_output=True)
     proj = tmp_path / "kit313"
     shutil.copy(proj / ".env.example", proj / ".env")
@@ -98,7 +98,7 @@ def test_the_fastapi_scaffold_on_3_13_serves_as_a_task(tmp_path, index_url, dock
 
 def test_a_python_3_9_build_warns_that_its_runtime_is_past_end_of_life(agent_factory, index_url, tmp_path,
                                                                        cleanup_images):
-    cleanup_images("pythons-test/old")
+    cleanup_images("pythons-test/")  # its dependency image too
     agent = agent_factory("old-python", runtime="python3.9", requirements=None)
     summary = tmp_path / "summary.md"
     env = {**os.environ, "GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}

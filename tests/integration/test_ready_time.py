@@ -50,7 +50,7 @@ def slow(tmp_path_factory, index, registry, docker_client):
                f"{registry.host}/ready", "--push")
     assert proc.returncode == 0, proc.stderr[-2000:]
     yield json.loads(proc.stdout)
-    remove_tags(docker_client, [f"{registry.host}/ready/slow-import"])
+    remove_tags(docker_client, [f"{registry.host}/ready/"])  # the agent and its dependency image
 
 
 def task_def(ref: str, *options: str) -> dict:
