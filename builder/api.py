@@ -38,6 +38,7 @@ from builder.core.refs import check_image_ref, input_tag, split_ref
 from builder.package.piplines import logical_lines
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
+from builder.package.runtime import runtime_facts, warn_about_runtime
 from builder.plan.agent import Base, Plan, base_facts, make_plan
 from builder.plan.dockerfile import check_installer
 from builder.plan.inputs import (added_files, check_cache_dir, check_identity, learn_env_values, log_requirements,
@@ -68,6 +69,8 @@ class BuildResult:
     deps_image: str = ""    # the dependency image it was built FROM (builder/build/depsimage.py)
     deps_origin: str = ""   # "local" | "pulled" | "built" | "registry" (appended there: ship/assemble.py)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per stage; duration_s is the whole call
+    # the agent's runtime: name, python, end_of_life (ISO date), past_end_of_life, preview (package/runtime.py)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +154,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
             raise _failure(job, plan, built)
+        agentbuild.add_ready_time(build, built)
         return _ship(*_finish(engine, job, plan, deps, built), engine, job)
 
 
@@ -183,6 +187,7 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     m = pkg.manifest
     log.info(events.OPENED, agent=m.name, version=m.version, runtime=m.runtime,
              source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
+    warn_about_runtime(m)
     learn_env_values(pkg, pkg.env_paths)
     check_identity(m, options)
     for rel in pkg.env_paths if options.include_env else ():
@@ -363,6 +368,9 @@ def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job) -> B
     its dependency image. --push without a place to push was refused by the checks.
     duration_s is the whole call, the push included; phases say where it went."""
     _lap(job, "build")
+    result.runtime, warning = runtime_facts(job.pkg.manifest)
+    if warning and warning not in result.warnings:
+        result.warnings.insert(0, warning)
     _push(result, kept, engine, job.options)
     if job.options.push:
         _lap(job, "push")

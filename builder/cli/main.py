@@ -21,6 +21,7 @@ from builder.cli import ciout
 from builder.cli.commands import COMMANDS
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import EXIT_CODES, PackageLoadError
+from builder.core.pythons import PYTHONS
 from builder.package.reader import DEFAULT_LIMITS
 
 log = structlog.get_logger("agent_image")
@@ -77,6 +78,8 @@ def _add_ecs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--writable-root", action="store_true",
                    help="leave the root filesystem writable (default: read-only with a writable /tmp where "
                         "the image allows it: EC2 a tmpfs, Fargate a volume if the image declares VOLUME /tmp)")
+    g.add_argument("--start-period", type=int, metavar="SECONDS", help="healthCheck startPeriod, 0-300 (default: "
+                   "from the image's measured ready time, scaled to --cpu with a margin; docs/ecs.md)")
     g.add_argument("--execution-role-arn", help="task execution role (needed for secrets, awslogs, ECR on Fargate)")
     g.add_argument("--task-role-arn", help="the role the agent's own AWS calls use")
     g.add_argument("--log-group", help="awslogs group (no logConfiguration without it)")
@@ -178,7 +181,7 @@ def _add_build(sub) -> None:
 
 def _add_base(sub) -> None:
     base = sub.add_parser("base", help="build the shared base image (agent-image/base:pyX.Y)")
-    base.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="Python version (default 3.11)")
+    base.add_argument("--python", default="3.11", choices=list(PYTHONS), help="Python version (default 3.11)")
     base.add_argument("--from", dest="from_image", help="Python image to start from (default "
                                                         "agent-image/python:X.Y, made by scripts/setup.sh in a "
                                                         "checkout; elsewhere e.g. python:3.11-slim)")
@@ -223,7 +226,7 @@ def _add_doctor(sub) -> None:
                      help="an address a build must not reach (repeatable; replaces the defaults "
                           "169.254.169.254:80, 169.254.170.2:80, pypi.org:443); listeners on every host "
                           "address are always tried")
-    doc.add_argument("--python", default="3.11", choices=["3.11", "3.9"], help="base image to probe from")
+    doc.add_argument("--python", default="3.11", choices=list(PYTHONS), help="base image to probe from")
     doc.add_argument("--base-image", help="image to probe from (default the shared base for --python)")
     _add_common(doc)
 

@@ -26,6 +26,9 @@ CONTENT_LABEL = "io.pixell.agent-image.content-digest"
 ABI_MUST_MATCH = ("distro", "python", "venv", "uid")
 ABI_FIELDS = (*ABI_MUST_MATCH, "pip", "setuptools")
 DEPS_LABEL = "io.pixell.agent-image.deps-key"  # what shapes the dependency layer (build.depsimage)
+# seconds the agent's import took on the builder, measured right after its build (build.readytime);
+# ecs-task-def derives the health check's startPeriod from it (ship.ecs.start_period)
+READY_LABEL = "io.pixell.agent-image.ready-seconds"
 
 # the base (Dockerfile.base, build.base)
 ABI_LABEL = "io.pixell.agent-image.abi"
@@ -43,6 +46,15 @@ DOCTOR_LABEL = "io.pixell.agent-image.doctor"
 def abi_label(facts: dict[str, str]) -> str:
     """The ABI label's value: ``distro=debian:12;python=3.11;venv=/opt/venv;uid=10001;pip=...;setuptools=...``."""
     return ";".join(f"{k}={facts[k]}" for k in ABI_FIELDS if facts.get(k) is not None)
+
+
+def ready_seconds(labels: dict[str, str]) -> float | None:
+    """The READY_LABEL's seconds; None when the image has none (built before it, or its import failed)."""
+    try:
+        value = float(labels.get(READY_LABEL, ""))
+    except ValueError:
+        return None
+    return value if 0 <= value < 86400 else None
 
 
 def parse_abi(text: str | None) -> dict[str, str]:

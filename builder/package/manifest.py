@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from builder.core.errors import PackageValidationError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, ENV_REFS_LABEL
+from builder.core.pythons import PREVIEW_ENV, PREVIEW_RUNTIMES
 from builder.core.refs import CACHE_TAG, INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX, builder_tag
 
 # \Z, not $: '$' also matches before a trailing newline, so an environment key
@@ -31,7 +32,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ENV_REF = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
 
-# runtime -> Python version of the shared base it builds FROM
+# runtime -> Python version of the shared base it builds FROM: what pixell-kit allows
+# (the next ones are core.pythons.PREVIEW_RUNTIMES, accepted only when asked for)
 SUPPORTED_RUNTIMES = {"python3.11": "3.11", "python3.9": "3.9"}
 KNOWN_UNSUPPORTED = ("node18", "node20", "go1.21")
 REQUIRED = ("name", "display_name", "description", "author", "license")
@@ -186,8 +188,10 @@ def _section(data: dict, key: str) -> dict:
     return value
 
 
-def parse_manifest(text: str) -> Manifest:
-    """Validate agent.yaml text and return the Manifest, or raise PackageValidationError."""
+def parse_manifest(text: str, preview: Mapping[str, str] | None = None) -> Manifest:
+    """Validate agent.yaml text and return the Manifest, or raise PackageValidationError.
+
+    PREVIEW: runtimes pixell-kit does not allow yet that this run accepts (core.pythons.preview_runtimes)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
         raise _bad(f"is larger than {MAX_YAML_BYTES // 1024} KiB", "agent.yaml")
     data = _load_yaml(text)
@@ -212,8 +216,12 @@ def parse_manifest(text: str) -> Manifest:
                    "Use a release version such as 1.2.0.")
 
     runtime = _str_field(data, "runtime", required=False) or "python3.11"
-    if runtime not in SUPPORTED_RUNTIMES:
+    runtimes = {**SUPPORTED_RUNTIMES, **(preview or {})}  # a preview runtime only when asked for by name
+    if runtime not in runtimes:
         known = " (a valid pixell runtime, but not one agent-image builds yet)" if runtime in KNOWN_UNSUPPORTED else ""
+        if runtime in PREVIEW_RUNTIMES:
+            known = (f" (pixell-kit does not allow it yet; {PREVIEW_ENV}={runtime} builds it anyway, "
+                     "for trying the next Python before the kit allows it)")
         raise _bad(f"runtime {runtime!r} is not supported{known}", "runtime",
                    f"Use one of: {', '.join(SUPPORTED_RUNTIMES)}.")
 
@@ -253,7 +261,7 @@ def parse_manifest(text: str) -> Manifest:
     return Manifest(
         name=name, version=version, display_name=values["display_name"],
         description=values["description"], author=values["author"], license=values["license"],
-        runtime=runtime, python=SUPPORTED_RUNTIMES[runtime], entrypoint=entrypoint,
+        runtime=runtime, python=runtimes[runtime], entrypoint=entrypoint,
         rest_entry=rest_entry, a2a_service=a2a_service, ui_path=ui_path,
         format_version=str(fmt) if fmt is not None else None,
         environment=environment, environment_refs=tuple(refs), capabilities=tuple(caps),

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from builder.core.deadline import check_deadline
 from builder.core.errors import PackageValidationError
+from builder.core.pythons import preview_runtimes
 from builder.package.dotenv import env_aliases, env_paths, is_env_path
 from builder.package.manifest import MAX_YAML_BYTES, Manifest, parse_manifest
 
@@ -308,7 +309,7 @@ def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS, dea
         raise _bad(f"{src} does not exist", str(src), "Pass an .apkg file or a folder with agent.yaml.")
     if src.is_dir():
         files = _walk_folder(src, limits, deadline)
-        manifest = parse_manifest(read_manifest_text(src))
+        manifest = parse_manifest(read_manifest_text(src), preview_runtimes())
         return Package(root=src, manifest=manifest, source=src, source_kind="folder", files=files)
     if not src.is_file():  # a FIFO would block zipfile's open forever, a device would be read as a zip
         raise _bad(f"{src} is neither a file nor a folder", str(src), "Pass an .apkg file or a folder with agent.yaml.")
@@ -316,7 +317,7 @@ def open_package(source: str | os.PathLike, limits: Limits = DEFAULT_LIMITS, dea
     try:
         root = Path(tmp.name)
         files = _extract_zip(src, root, limits, deadline)
-        manifest = parse_manifest(read_manifest_text(root))
+        manifest = parse_manifest(read_manifest_text(root), preview_runtimes())
     except BaseException:
         tmp.cleanup()
         raise

@@ -25,7 +25,7 @@ import structlog
 
 from builder.build.image import Image
 from builder.core.labels import (ABI_LABEL, AGENT_NAME_LABEL, AGENT_VERSION_LABEL, DRAIN_LABEL, ENV_REFS_LABEL,
-                                 INPUT_LABEL, parse_abi)
+                                 INPUT_LABEL, parse_abi, ready_seconds)
 from builder.core.refs import split_ref
 from builder.package.manifest import ENV_KEY_RE
 # the options and their rules; re-exported: callers import them from here
@@ -33,7 +33,7 @@ from builder.ship.ecsopts import (EC2_CPU, FARGATE_SIZES, LAUNCH_TYPES, Problems
                                   option_problems, secret_entries, secret_problems)
 
 __all__ = ["EC2_CPU", "FARGATE_SIZES", "LAUNCH_TYPES", "TaskOptions", "check_options", "secret_entries",
-           "task_definition", "digest_ref", "health_check", "stop_timeout"]
+           "task_definition", "digest_ref", "health_check", "start_period", "stop_timeout"]
 
 log = structlog.get_logger("agent_image.ecs")
 
@@ -44,6 +44,13 @@ ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
 TMP_VOLUME = "tmp"  # the task volume mounted at /tmp when the root is read-only (Fargate)
 TMP_MIB = 64        # EC2's tmpfs /tmp, as `agent-image test` mounts it (builder/testing/facts.py TMP_SIZE)
 
+# healthCheck.startPeriod from the ready time the build measured (core/labels.py READY_LABEL):
+# the builder's core counts as one vCPU; a task of CPU units below 1024 imports that much slower
+# (1024 / cpu: 4x at 256), then x1.5 for a cold page cache and noisy neighbours, + 5 s for the
+# container and interpreter start and the first check; never below the image's HEALTHCHECK
+# start period, never above ECS's 300 s. --start-period overrides it.
+START_SCALE = 1.5
+START_PAD_S = 5
 # ECS's ranges for a container health check, and Docker's values for a 0 (unset) field
 HEALTH_RANGES = {"interval": (5, 300), "timeout": (2, 60), "retries": (1, 10), "startPeriod": (0, 300)}
 _DOCKER_HEALTH = {"interval": ("Interval", 30), "timeout": ("Timeout", 30), "startPeriod": ("StartPeriod", 0)}
@@ -93,6 +100,19 @@ def health_check(hc: Mapping | None) -> dict | None:
                         f"healthCheck.{key}", "Rebuild the image with a HEALTHCHECK ECS accepts; the task "
                                               "definition copies it rather than running a different check.")
     return {k: out[k] for k in ("command", "interval", "timeout", "retries", "startPeriod")}
+
+
+def start_period(image: Image, o: TaskOptions, declared: int) -> int:
+    """The health check's startPeriod: --start-period, else from the image's measured ready time
+    (at least DECLARED, the image's own HEALTHCHECK start period), else DECLARED."""
+    if o.start_period is not None:
+        return o.start_period
+    ready = ready_seconds(image.labels)
+    if ready is None:
+        return declared
+    slower = max(1.0, 1024 / o.cpu) if o.cpu > 0 else 1.0
+    derived = math.ceil(ready * slower * START_SCALE + START_PAD_S)
+    return max(declared, min(derived, HEALTH_RANGES["startPeriod"][1]))
 
 
 def stop_timeout(labels: Mapping[str, str], launch_type: str) -> int:
@@ -203,6 +223,7 @@ def _container(image: Image, ref: str, name: str, o: TaskOptions, p: Problems) -
         container["environment"] = [{"name": k, "value": v} for k, v in sorted(o.environment.items())]
     check = p.run(health_check, image.healthcheck)
     if check:
+        check["startPeriod"] = start_period(image, o, check["startPeriod"])
         container["healthCheck"] = check
     elif not p.items:
         log.warning("The image has no HEALTHCHECK; ECS will not replace an unhealthy task", image=ref)

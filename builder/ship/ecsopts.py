@@ -27,6 +27,7 @@ FARGATE_SIZES: dict[int, tuple[int, ...]] = {
     16384: tuple(range(32768, 122881, 8192)),
 }
 EC2_CPU = (128, 196608)
+START_PERIOD_MAX_S = 300  # ECS's healthCheck.startPeriod range is 0-300 s
 # variables the image sets for itself: the task may not move them from under it
 IMAGE_OWNED_ENV = RESERVED_ENV | {"REST_PORT"}
 _FAMILY_PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,200}\Z")  # family: letters, digits, - and _, up to 255
@@ -52,6 +53,7 @@ class TaskOptions:
     family_prefix: str = ""                # family = prefix + agent name
     ephemeral_storage: int | None = None   # GiB, Fargate only (21-200)
     writable_root: bool = False            # opt out of readonlyRootFilesystem
+    start_period: int | None = None        # healthCheck.startPeriod; default: from the image's ready time
 
     @property
     def network(self) -> str:
@@ -180,6 +182,9 @@ def option_problems(o: TaskOptions, p: Problems) -> None:
     else:
         _size_problems(o, p)
     _name_problems(o, p)
+    if o.start_period is not None and not 0 <= o.start_period <= START_PERIOD_MAX_S:
+        p.add("--start-period", f"ECS's health-check startPeriod is 0-{START_PERIOD_MAX_S} s, not {o.start_period}",
+              "Leave it out to derive it from the ready time the image records.")
     for key, value in o.environment.items():
         if not ENV_KEY_RE.match(key):
             p.add("--env", f"environment name {key!r} is not a valid variable name")

@@ -82,6 +82,6 @@ def test_wheel_installed_outside_the_checkout_builds_and_serves(tmp_path, index_
             assert json.loads(resp.read())["ok"] is True
     finally:
         try:
-            docker_client.containers.get(name).remove(force=True)
+            docker_client.containers.get(name).remove(force=True, v=True)
         except Exception:  # never started: nothing to remove
             pass

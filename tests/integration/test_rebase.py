@@ -151,7 +151,7 @@ def test_rebase_keeps_agent_layers_and_serves_on_the_new_base(bases, registry, a
                 headers={"Content-Type": "application/json"}), timeout=5) as resp:
             assert json.loads(resp.read())["modules"] == {"tinyreq": "1.1"}
     finally:
-        docker_client.containers.get(f"{PREFIX}-health").remove(force=True)
+        docker_client.containers.get(f"{PREFIX}-health").remove(force=True, v=True)
     # once more onto the same base: nothing to do, nothing pushed
     again = json.loads(cli("rebase", refs[0], "--base", bases["new"], "--json").stdout)["results"][0]
     assert again["unchanged"] and again["bytes_uploaded"] == 0 and again["digest_ref"] == ref

@@ -140,7 +140,7 @@ def test_base_path_and_graceful_stop(agent_factory, index_url, docker_client, cl
         assert "/health" in " ".join(container.attrs["Config"]["Healthcheck"]["Test"]) or \
             "healthcheck.py" in " ".join(container.attrs["Config"]["Healthcheck"]["Test"])
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
 
 
 def test_healthcheck_turns_healthy(agent_factory, index_url, docker_client, cleanup_images):
@@ -156,7 +156,7 @@ def test_healthcheck_turns_healthy(agent_factory, index_url, docker_client, clea
             time.sleep(0.5)
         assert container.attrs["State"]["Health"]["Status"] == "healthy"
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
 
 
 def test_pixell_apkg_serves_its_rest_entry(tmp_path, index_url, cleanup_images):
@@ -218,4 +218,4 @@ def test_run_command_waits_for_health(agent_factory, index_url, docker_client, c
         assert proc.returncode == 0 and out["url"] == f"http://127.0.0.1:{port}"
         assert get(f"{out['url']}/health")[0] == 200
     finally:
-        docker_client.containers.get(out["container"]).remove(force=True)
+        docker_client.containers.get(out["container"]).remove(force=True, v=True)

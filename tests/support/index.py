@@ -20,6 +20,14 @@ from tests.support.paths import BIN, WHEEL_CACHE
 PUBLIC_WHEELS = ["requests==2.32.3", "structlog==24.4.0", "setuptools==75.8.0", "wheel==0.45.1",
                  "fastapi", "uvicorn", "watchdog", f"uv=={UV_VERSION}"]
 
+# the same for Python 3.13 (the py3.13 base: tests/integration/test_pythons.py): the host's pip picks
+# cp311 wheels above, and pydantic-core, charset-normalizer and the like have no pure-Python one
+PUBLIC_WHEELS_313 = ["requests==2.32.3", "structlog==24.4.0", "setuptools==75.8.0", "wheel==0.45.1",
+                     "fastapi", "uvicorn", "watchdog"]
+CP313_ARGS = ["--python-version", "3.13", "--implementation", "cp", "--abi", "cp313", "--abi", "abi3", "--abi", "none",
+              *(a for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
+                for a in ("--platform", p))]
+
 FIXTURE_PROJECTS = [
     # (name, version, install_requires)
     ("tinyreq", "1.0", []), ("tinyreq", "1.1", []), ("tinyreq", "2.0", []),
@@ -38,6 +46,11 @@ def fill_wheelhouse(house: Path, src: Path) -> Path:
         subprocess.run([str(BIN / "pip"), "download", "-q", "--only-binary=:all:", "-d", str(WHEEL_CACHE),
                         *PUBLIC_WHEELS], check=True)
         marker.write_text(repr(PUBLIC_WHEELS))
+    marker_313 = WHEEL_CACHE / ".complete-cp313"
+    if not marker_313.is_file() or marker_313.read_text() != repr(PUBLIC_WHEELS_313):
+        subprocess.run([str(BIN / "pip"), "download", "-q", "--only-binary=:all:", *CP313_ARGS, "-d", str(WHEEL_CACHE),
+                        *PUBLIC_WHEELS_313], check=True)
+        marker_313.write_text(repr(PUBLIC_WHEELS_313))
     for whl in WHEEL_CACHE.glob("*.whl"):
         shutil.copy(whl, house)
     for name, version, deps in FIXTURE_PROJECTS:

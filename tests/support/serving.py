@@ -12,9 +12,10 @@ from tests.support.net import wait_for
 
 
 class Served:
-    def __init__(self, client, image: str, env: dict | None = None):
+    def __init__(self, client, image: str, env: dict | None = None, **run):
+        """RUN: more of docker-py's run arguments (read_only=True, tmpfs=..., user=... as a task runs it)."""
         self.container = client.containers.run(image, detach=True, environment=env or {},
-                                               ports={"8080/tcp": ("127.0.0.1", None)})
+                                               ports={"8080/tcp": ("127.0.0.1", None)}, **run)
         self.container.reload()
         self.port = int(self.container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
         wait_for(f"http://127.0.0.1:{self.port}/health")
@@ -45,7 +46,7 @@ class Served:
             time.sleep(0.1)
 
     def remove(self) -> None:
-        self.container.remove(force=True)
+        self.container.remove(force=True, v=True)
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
