@@ -49,6 +49,13 @@ class _CancellableAPIClient(APIClient):
         self._local.response = response
         return super()._stream_helper(response, decode=decode)
 
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: D401 (requests override)
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str):
+            # DOCKER_CERT_PATH's CA: requests would let REQUESTS_CA_BUNDLE (set on many CI runners) replace it
+            settings["verify"] = self.verify
+        return settings
+
     def current_response(self):
         return getattr(self._local, "response", None)
 
@@ -289,6 +296,36 @@ class Engine:
                                                   healthcheck={"test": ["NONE"]})  # not the base's agent check
             self.api.start(container["Id"])
             return container["Id"]
+        except docker.errors.APIError as exc:
+            raise EngineError(f"starting a build sandbox from {image} failed: "
+                              f"{redact(exc.explanation or str(exc))}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _engine_error(exc, "starting a build sandbox") from None
+
+    def start_attached(self, image: str, *, command: list[str], labels: dict[str, str]) -> tuple[str, Any, Any]:
+        """Start IMAGE running COMMAND isolated as ``start_isolated`` does (no bind
+        mounts), its stdin and stdout attached before it starts; return the
+        container id, the attach socket (raw stdin in, docker's multiplexed
+        stdout out) and a handle to keep while it is used (its HTTP response). The engine closes the container's stdin when that socket
+        closes (stdin_once): through the engine's API, so it works wherever
+        DOCKER_HOST points."""
+        try:
+            host_config = self.api.create_host_config(
+                network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                auto_remove=True, pids_limit=1024)
+            config = self.api.create_container_config(
+                image, command[1:], entrypoint=command[:1], user="0:0", labels=labels, host_config=host_config,
+                stdin_open=True, tty=False, healthcheck={"test": ["NONE"]})
+            config["StdinOnce"] = True  # (create_container does not pass it on)
+            cid = self.api.create_container_from_config(config)["Id"]
+            try:
+                sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1})
+                self.api.start(cid)
+            except BaseException:
+                self.api.remove_container(cid, force=True)
+                raise
+            # docker-py hands back a SocketIO for http/unix; the socket under it is what select() needs
+            return cid, getattr(sock, "_sock", sock), sock
         except docker.errors.APIError as exc:
             raise EngineError(f"starting a build sandbox from {image} failed: "
                               f"{redact(exc.explanation or str(exc))}") from None

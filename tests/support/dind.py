@@ -150,8 +150,12 @@ class RemoteEngine:
         return env
 
     def client(self):
+        """docker-py for this engine (not trusting the environment: requests would let
+        REQUESTS_CA_BUNDLE replace DOCKER_CERT_PATH's CA)."""
         import docker
-        return docker.DockerClient(**docker.utils.kwargs_from_env(environment=self.env), version="auto")
+        client = docker.DockerClient(**docker.utils.kwargs_from_env(environment=self.env), version="1.41")
+        client.api.trust_env = False
+        return client
 
     def docker(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
         """The docker CLI against this engine."""
