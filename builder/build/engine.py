@@ -9,9 +9,11 @@ in agent-image imports docker-py. Engine failures become ``EngineError`` or
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable
 
 import docker
@@ -266,11 +268,22 @@ class Engine:
         return img
 
     # -- containers ------------------------------------------------------------------
+    def published_at(self) -> tuple[str, str]:
+        """(the address the engine publishes a port on, the host this builder reaches it at).
+
+        A local engine: its loopback. A tcp:// engine (a dind service, a remote
+        host): its own loopback is not this machine's, so every address of the
+        engine host, reached by the name DOCKER_HOST gives it (GitLab: ``docker``)."""
+        url = self._base_url or os.environ.get("DOCKER_HOST") or ""
+        if url.startswith(("tcp://", "http://", "https://")):
+            return "0.0.0.0", urllib.parse.urlsplit(url.replace("tcp://", "http://", 1)).hostname or "127.0.0.1"
+        return "127.0.0.1", "127.0.0.1"
+
     def run(self, image: str, *, env: dict[str, str] | None = None, ports: dict[int, int] | None = None,
             name: str | None = None, network_mode: str | None = None) -> str:
         try:
             host_config = self.api.create_host_config(
-                port_bindings={p: ("127.0.0.1", hp) for p, hp in (ports or {}).items()},
+                port_bindings={p: (self.published_at()[0], hp) for p, hp in (ports or {}).items()},
                 network_mode=network_mode)
             container = self.api.create_container(
                 image, environment=env or {}, ports=list((ports or {}).keys()), name=name,

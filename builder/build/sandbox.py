@@ -81,7 +81,7 @@ def sandbox_labels(now: float | None = None) -> dict[str, str]:
             f"{SANDBOX_LABEL}.host": host_identity(), f"{SANDBOX_LABEL}.expires": str(int(now + LIFETIME_S))}
 
 
-def _owner_alive(labels: dict[str, str], now: float | None = None) -> bool:
+def owner_alive(labels: dict[str, str], now: float | None = None) -> bool:
     expires = labels.get(f"{SANDBOX_LABEL}.expires", "")
     if expires.isdigit() and (time.time() if now is None else now) > int(expires):
         return False  # past its lifetime: its forwarder has quit, whoever started it
@@ -95,7 +95,7 @@ def remove_stale(engine: Engine) -> int:
     """Remove sandboxes whose builder is gone. Returns how many."""
     removed = 0
     for c in engine.containers(label=SANDBOX_LABEL):
-        if not _owner_alive(c["labels"]):
+        if not owner_alive(c["labels"]):
             engine.remove_container(c["id"])
             removed += 1
     if removed:

@@ -161,6 +161,15 @@ class RemoteEngine:
         """The docker CLI against this engine."""
         return _docker(*args, check=check, env=self.env, **kw)
 
+    def host_exec(self, *command: str, detach: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+        """Run COMMAND in the dind container itself (the remote engine's host), through the outer engine."""
+        return _docker("exec", *(["-d"] if detach else []), self.name, *command, check=check)
+
+    def trust_registry(self, host: str, ca_pem: bytes) -> None:
+        """Make the engine trust CA_PEM for the registry HOST[:PORT] (/etc/docker/certs.d, read at each push)."""
+        folder = f"/etc/docker/certs.d/{host}"
+        self.host_exec("sh", "-c", f"mkdir -p '{folder}' && cat > '{folder}/ca.crt' <<'EOF'\n{ca_pem.decode()}EOF\n")
+
     def load(self, *images: str) -> None:
         """Copy IMAGES from the outer engine: docker save | docker load (no registry involved)."""
         save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
@@ -172,7 +181,7 @@ class RemoteEngine:
 
     def inner_addresses(self) -> list[str]:
         """The dind container's own IPv4 addresses, loopback first (what its engine's host is)."""
-        out = _docker("exec", self.name, "ip", "-4", "-o", "addr", "show").stdout
+        out = self.host_exec("ip", "-4", "-o", "addr", "show").stdout
         return [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
 
     @classmethod
