@@ -269,11 +269,8 @@ class Engine:
 
     # -- containers ------------------------------------------------------------------
     def published_at(self) -> tuple[str, str]:
-        """(the address the engine publishes a port on, the host this builder reaches it at).
-
-        A local engine: its loopback. A tcp:// engine (a dind service, a remote
-        host): its own loopback is not this machine's, so every address of the
-        engine host, reached by the name DOCKER_HOST gives it (GitLab: ``docker``)."""
+        """(the address the engine publishes a port on, the host this builder reaches it at): a local
+        engine's loopback; a tcp:// engine's every address, reached at DOCKER_HOST's (GitLab: ``docker``)."""
         url = self._base_url or os.environ.get("DOCKER_HOST") or ""
         if url.startswith(("tcp://", "http://", "https://")):
             return "0.0.0.0", urllib.parse.urlsplit(url.replace("tcp://", "http://", 1)).hostname or "127.0.0.1"
@@ -293,31 +290,11 @@ class Engine:
         except docker.errors.APIError as exc:
             raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
 
-    def start_isolated(self, image: str, *, command: list[str], labels: dict[str, str],
-                       binds: dict[str, str]) -> str:
-        """Start IMAGE running COMMAND with no network but its own loopback
-        (``--network none``), a read-only root, no capabilities, and the host
-        folders BINDS {host: container} mounted; the engine removes it once it
-        exits. Returns the container id."""
-        try:
-            host_config = self.api.create_host_config(
-                network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                auto_remove=True,  # a kill is the whole clean-up: the engine removes it
-                binds={src: {"bind": dst, "mode": "rw"} for src, dst in binds.items()})
-            container = self.api.create_container(image, entrypoint=command[:1], command=command[1:],
-                                                  user="0:0", labels=labels, host_config=host_config,
-                                                  healthcheck={"test": ["NONE"]})  # not the base's agent check
-            self.api.start(container["Id"])
-            return container["Id"]
-        except docker.errors.APIError as exc:
-            raise EngineError(f"starting a build sandbox from {image} failed: "
-                              f"{redact(exc.explanation or str(exc))}") from None
-        except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, "starting a build sandbox") from None
-
     def start_attached(self, image: str, *, command: list[str], labels: dict[str, str]) -> tuple[str, Any, Any]:
-        """Start IMAGE running COMMAND isolated as ``start_isolated`` does (no bind
-        mounts), its stdin and stdout attached before it starts; return the
+        """Start IMAGE running COMMAND with no network but its own loopback
+        (``--network none``), a read-only root, no capabilities, nothing
+        mounted, auto-removed once it exits; its stdin and stdout attached
+        before it starts. Return the
         container id, the attach socket (raw stdin in, docker's multiplexed
         stdout out) and a handle to keep while it is used (its HTTP response). The engine closes the container's stdin when that socket
         closes (stdin_once): through the engine's API, so it works wherever

@@ -28,38 +28,39 @@ HEAD = struct.Struct(">cII")
 READY = b"GET /_sandbox/ready HTTP/1.0\r\n\r\n"
 
 
-def main(port, idle, deadline):
-    out_lock = threading.Lock()
-    conns = {}  # stream id -> [socket, inbound queue]
-    hello = {}  # stream id -> event set when the proxy answered the hello (or closed)
-    state = {"seen": time.time(), "next": 1}
-    ids = threading.Lock()
+class Forwarder:
+    def __init__(self, idle, deadline):
+        self.idle, self.deadline = idle, deadline
+        self.out_lock, self.ids = threading.Lock(), threading.Lock()
+        self.conns = {}  # stream id -> inbound queue
+        self.hello = {}  # stream id -> {"done": event, "ok": the proxy answered}
+        self.seen, self.next_id = time.time(), 1
 
-    def send(kind, sid, data=b""):
+    def send(self, kind, sid, data=b""):
         frame = HEAD.pack(kind, sid, len(data)) + data
-        with out_lock:
+        with self.out_lock:
             view = memoryview(frame)
             while view:
                 view = view[os.write(1, view):]
 
-    def new_id():
-        with ids:
-            sid = state["next"]
-            state["next"] += 1
-            return sid
+    def new_id(self):
+        with self.ids:
+            self.next_id += 1
+            return self.next_id - 1
 
-    def upward(sid, conn):
+    def upward(self, sid, conn):
         try:
             while True:
                 data = conn.recv(65536)
                 if not data:
                     break
-                send(b"D", sid, data)
+                self.send(b"D", sid, data)
         except OSError:
             pass
-        send(b"C", sid)
+        self.send(b"C", sid)
 
-    def downward(sid, conn, inbound):
+    @staticmethod
+    def downward(conn, inbound):
         while True:
             data = inbound.get()
             if data is None:
@@ -73,79 +74,79 @@ def main(port, idle, deadline):
         except OSError:
             pass
 
-    def accept(lis):
+    def accept(self, lis):
         while True:
             conn, _ = lis.accept()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sid = new_id()
-            inbound = queue.Queue(256)  # bounded: a client that stops reading holds the tunnel back
-            conns[sid] = [conn, inbound]
-            send(b"O", sid)
-            threading.Thread(target=downward, args=(sid, conn, inbound), daemon=True).start()
-            threading.Thread(target=upward, args=(sid, conn), daemon=True).start()
+            sid = self.new_id()
+            inbound = self.conns[sid] = queue.Queue(256)  # bounded: a client that stops reading holds the tunnel
+            self.send(b"O", sid)
+            threading.Thread(target=self.downward, args=(conn, inbound), daemon=True).start()
+            threading.Thread(target=self.upward, args=(sid, conn), daemon=True).start()
 
-    def say_hello():
+    def say_hello(self):
         # through the tunnel to the proxy, as a build step would: "ready" means the whole path works
-        while time.time() < deadline:
-            sid = new_id()
-            attempt = hello[sid] = {"done": threading.Event(), "ok": False}
-            send(b"O", sid)
-            send(b"D", sid, READY)
-            send(b"C", sid)
+        while time.time() < self.deadline:
+            sid = self.new_id()
+            attempt = self.hello[sid] = {"done": threading.Event(), "ok": False}
+            self.send(b"O", sid)
+            self.send(b"D", sid, READY)
+            self.send(b"C", sid)
             if attempt["done"].wait(5) and attempt["ok"]:
                 return
             time.sleep(0.05)
 
+    def watchdog(self):
+        while True:
+            time.sleep(1)
+            now = time.time()
+            if now > self.deadline or now > self.seen + self.idle:
+                os._exit(3)
+
+    def frame(self, kind, sid, data):
+        attempt = self.hello.get(sid)
+        if attempt is not None:
+            attempt["ok"] = attempt["ok"] or kind == b"D"
+            if kind in (b"D", b"C"):
+                attempt["done"].set()
+            if kind == b"C":
+                self.hello.pop(sid, None)
+            return
+        inbound = self.conns.get(sid)
+        if inbound is not None and kind == b"D":
+            inbound.put(data)
+        elif inbound is not None and kind == b"C":
+            inbound.put(None)
+            self.conns.pop(sid, None)
+
+    def read_stdin(self):
+        buf = bytearray()
+        while True:
+            chunk = os.read(0, 262144)
+            if not chunk:
+                os._exit(0)  # the builder closed the tunnel
+            self.seen = time.time()
+            buf += chunk
+            pos = 0
+            while len(buf) - pos >= HEAD.size:
+                kind, sid, size = HEAD.unpack_from(buf, pos)
+                if len(buf) - pos - HEAD.size < size:
+                    break
+                self.frame(kind, sid, bytes(buf[pos + HEAD.size:pos + HEAD.size + size]))
+                pos += HEAD.size + size
+            del buf[:pos]
+
+
+def main(port, idle, deadline):
+    fwd = Forwarder(idle, deadline)
     lis = socket.socket()
     lis.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lis.bind(("127.0.0.1", port))
     lis.listen(256)
-    send(b"H", 0)
-    threading.Thread(target=accept, args=(lis,), daemon=True).start()
-    threading.Thread(target=say_hello, daemon=True).start()
-
-    def watchdog():
-        while True:
-            time.sleep(1)
-            now = time.time()
-            if now > deadline or now > state["seen"] + idle:
-                os._exit(3)
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    buf = bytearray()
-    while True:
-        chunk = os.read(0, 262144)
-        if not chunk:
-            os._exit(0)  # the builder closed the tunnel
-        state["seen"] = time.time()
-        buf += chunk
-        pos = 0
-        frames = []
-        while len(buf) - pos >= HEAD.size:
-            kind, sid, size = HEAD.unpack_from(buf, pos)
-            if len(buf) - pos - HEAD.size < size:
-                break
-            frames.append((kind, sid, bytes(buf[pos + HEAD.size:pos + HEAD.size + size])))
-            pos += HEAD.size + size
-        del buf[:pos]
-        for kind, sid, data in frames:
-            attempt = hello.get(sid)
-            if attempt is not None:
-                if kind == b"D":
-                    attempt["ok"] = True
-                if kind in (b"D", b"C"):
-                    attempt["done"].set()
-                if kind == b"C":
-                    hello.pop(sid, None)
-                continue
-            entry = conns.get(sid)
-            if entry is None:
-                continue
-            if kind == b"D":
-                entry[1].put(data)
-            elif kind == b"C":
-                entry[1].put(None)
-                conns.pop(sid, None)
+    fwd.send(b"H", 0)
+    for target, args in ((fwd.accept, (lis,)), (fwd.say_hello, ()), (fwd.watchdog, ())):
+        threading.Thread(target=target, args=args, daemon=True).start()
+    fwd.read_stdin()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,16 +101,44 @@ def env_for(eng: RemoteEngine, **extra) -> dict[str, str]:
     return env
 
 
-def leftovers(eng: RemoteEngine, timeout: float = 15.0) -> list[str]:
-    """Containers and volumes in the dind engine once the sandboxes had time to go (auto-remove)."""
+def leftovers(eng: RemoteEngine, timeout: float = 20.0) -> list[str]:
+    """Every container and volume in the dind engine (only these tests use it), once the
+    sandboxes had time to go (the engine auto-removes them)."""
     client = eng.client()
     deadline = time.monotonic() + timeout
     while True:
-        found = [c["Names"][0] for c in client.api.containers(all=True, filters={"label": SANDBOX_LABEL})]
+        found = [f"{c['Names'][0]} {c['Labels'].get(SANDBOX_LABEL + '.pid', '')}"
+                 for c in client.api.containers(all=True)]
         found += [v["Name"] for v in client.api.volumes().get("Volumes") or []]
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def sandboxes(eng: RemoteEngine, pid: int) -> list[str]:
+    return [c["Id"] for c in eng.client().api.containers(all=True, filters={"label": f"{SANDBOX_LABEL}.pid={pid}"})]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "builder-killed"])
+def test_a_remote_sandbox_goes_when_its_builder_stops_mid_build(dind, index_url, agent_factory, tmp_path, how):
+    """Ctrl-C cleans up; a builder killed outright (nothing of it runs any more) leaves nothing
+    either: the attach connection closes, the forwarder sees EOF and the engine removes the sandbox."""
+    agent = agent_factory(f"ai29-slow-{how.name.lower()}", requirements="slowpkg==1.0\n")
+    proc = subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "--no-cache", "--index-url", index_url,
+                             "--repository", "ai29-remote/slow", "--cache-dir", str(tmp_path / "c")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for(dind))
+    try:
+        deadline = time.monotonic() + 120
+        while not sandboxes(dind, proc.pid):  # the build is under way: its sandbox runs
+            assert proc.poll() is None and time.monotonic() < deadline, "the build never started a sandbox"
+            time.sleep(0.2)
+        time.sleep(3)  # into the slow RUN step
+        proc.send_signal(how)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert leftovers(dind, timeout=30) == []
 
 
 def test_hostile_build_on_a_remote_engine_reaches_only_the_proxy(dind, tmp_path, wheelhouse, link_local,

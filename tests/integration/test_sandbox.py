@@ -248,8 +248,8 @@ def test_the_next_build_removes_a_dead_builders_sandbox(agent_factory, index_url
     gone = subprocess.Popen(["true"])
     gone.wait()
     labels = {LABEL: "1", f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1", f"{LABEL}.host": host_identity()}
-    stale = engine.start_isolated(base_image_for("3.11"), command=["python3", "-c", "import time; time.sleep(300)"],
-                                  labels=labels, binds={})
+    stale = engine.start_attached(base_image_for("3.11"), command=["python3", "-c", "import time; time.sleep(300)"],
+                                  labels=labels)[0]
     try:
         cleanup_images("agents/sbx-sweep")
         assert build_image(agent_factory("sbx-sweep"), BuildOptions(index_url=index_url, cache_dir=tmp_path / "c")).ok
