@@ -101,6 +101,11 @@ class Engine:
                     if self._base_url:
                         kwargs["base_url"] = self._base_url
                     kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
+                    if str(kwargs["base_url"]).startswith("ssh://"):
+                        raise EngineError(f"{kwargs['base_url']}: ssh:// engines are not supported",
+                                          hint="Forward the engine's socket and use it: ssh -nNT -L "
+                                               "/tmp/docker.sock:/var/run/docker.sock HOST, then "
+                                               "DOCKER_HOST=unix:///tmp/docker.sock.")
                     self._api = _CancellableAPIClient(version="auto", timeout=self._api_timeout, **kwargs)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                     raise _engine_error(exc, "connecting") from None
@@ -291,14 +296,11 @@ class Engine:
             raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
 
     def start_attached(self, image: str, *, command: list[str], labels: dict[str, str]) -> tuple[str, Any, Any]:
-        """Start IMAGE running COMMAND with no network but its own loopback
-        (``--network none``), a read-only root, no capabilities, nothing
-        mounted, auto-removed once it exits; its stdin and stdout attached
-        before it starts. Return the
-        container id, the attach socket (raw stdin in, docker's multiplexed
-        stdout out) and a handle to keep while it is used (its HTTP response). The engine closes the container's stdin when that socket
-        closes (stdin_once): through the engine's API, so it works wherever
-        DOCKER_HOST points."""
+        """Start IMAGE running COMMAND with only its own loopback (``--network none``), a read-only
+        root, no capabilities, nothing mounted, auto-removed when it exits, stdin and stdout attached
+        before it starts (works wherever DOCKER_HOST points). Return the container id, the attach socket
+        (raw stdin in, docker's multiplexed stdout out; closing it closes the container's stdin) and a
+        handle to keep while it is used."""
         try:
             host_config = self.api.create_host_config(
                 network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
