@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -232,6 +233,54 @@ def test_doctor_passes_on_a_remote_tls_engine(dind_tls):
     reached = [c["target"] for c in report["checks"] if c["reached"]]
     assert reached == ["proxy"], report["checks"]
     assert leftovers(dind_tls) == []
+
+
+class UnixToTcp:
+    """A unix socket on this host that leads to a TCP address: what `ssh -L /tmp/docker.sock:...`
+    gives for an engine on another machine (a unix:// DOCKER_HOST whose engine is not here)."""
+
+    def __init__(self, path: Path, address: tuple[str, int]) -> None:
+        self.path, self.address = path, address
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.address)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_doctor_passes_on_a_unix_socket_that_leads_to_a_remote_engine(dind, tmp_path):
+    """DOCKER_HOST=unix:// is no promise that the engine is on this host (ssh -L): nothing is mounted."""
+    relay = UnixToTcp(tmp_path / "forwarded-docker.sock", (dind.address, dind.port))
+    try:
+        env = {**env_for(dind), "DOCKER_HOST": f"unix://{relay.path}"}
+        proc = subprocess.run([AGENT_IMAGE, "doctor", "--json", "--target", "169.254.169.254:80"],
+                              capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        relay.close()
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert [c["target"] for c in json.loads(proc.stdout)["checks"] if c["reached"]] == ["proxy"]
+    assert leftovers(dind) == []
 
 
 def test_build_push_and_run_on_a_remote_tls_engine(dind_tls, remote_registry, index_url, agent_factory, tmp_path):

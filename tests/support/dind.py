@@ -50,14 +50,22 @@ CERTS_IN = "/certs"
 CACHE = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cache" / "agent-image"))
 
 
+# the outer engine, as this process found it: a caller that later points DOCKER_HOST at a dind
+# engine must not make the fixture look for (and fail to remove) its container there
+OUTER = {k: os.environ.get(k, "") for k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
+
+
 def _docker(*args: str, check: bool = True, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    full = {**os.environ, **OUTER, **(env or {})}
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
-                          env={**os.environ, **(env or {})}, **kw)
+                          env={k: v for k, v in full.items() if v != "" or k not in OUTER}, **kw)
 
 
 def bridge_address() -> str:
     """The outer engine's docker0 address: where a dind container reaches this host."""
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
+    if not out.split():
+        raise RuntimeError("the outer engine has no docker0 bridge (was it deleted? restarting dockerd makes it)")
     return out.split()[3].split("/")[0]
 
 
@@ -172,9 +180,10 @@ class RemoteEngine:
 
     def load(self, *images: str) -> None:
         """Copy IMAGES from the outer engine: docker save | docker load (no registry involved)."""
-        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
+        outer = {k: v for k, v in {**os.environ, **OUTER}.items() if v != "" or k not in OUTER}
+        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE, env=outer)
         load = subprocess.run(["docker", "load", "-q"], stdin=save.stdout, capture_output=True, text=True,
-                              env={**os.environ, **self.env})
+                              env={k: v for k, v in {**os.environ, **self.env}.items() if v != "" or k not in OUTER})
         save.stdout.close()
         if save.wait() != 0 or load.returncode != 0:
             raise RuntimeError(f"loading {images} into {self.name} failed: {load.stderr[-500:]}")
