@@ -113,7 +113,7 @@ def _build(agent: Path, env: dict, index_url: str, cache: Path, *extra: str) -> 
 
 
 def main(rounds: int = 3) -> None:
-    from tests.support.dind import RemoteEngine
+    from tests.support.dind import DindNetwork, RemoteEngine
     from tests.support.index import fill_wheelhouse, start_index
     from builder.core.defaults import base_image_for
     tmp = Path(tempfile.mkdtemp(prefix="ai29-bench-remote-"))
@@ -121,7 +121,8 @@ def main(rounds: int = 3) -> None:
     old.mkdir()
     subprocess.run(f"git -C {ROOT} archive {BIND_REF} builder templates | tar -x -C {old}", shell=True, check=True)
     index = start_index(tmp / "index", fill_wheelhouse(tmp / "house", tmp / "src"))
-    dind = RemoteEngine.start()
+    net = DindNetwork()
+    dind = RemoteEngine.start(net)
     base = {k: v for k, v in os.environ.items() if k not in (HOST_NETWORK_ENV, "DOCKER_HOST", "PYTHONPATH")}
     envs = {"host": {**base, "PYTHONPATH": str(ROOT), HOST_NETWORK_ENV: "1"},
             "bind": {**base, "PYTHONPATH": str(old)},
@@ -150,6 +151,7 @@ def main(rounds: int = 3) -> None:
     finally:
         index.proc.kill()
         dind.stop()
+        net.remove()
         subprocess.run("docker images -q --filter reference='ai29-bench/*' | xargs -r docker rmi -f",
                        shell=True, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)

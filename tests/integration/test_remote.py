@@ -28,7 +28,7 @@ import pytest
 from builder.core.defaults import base_image_for
 from builder.core.labels import SANDBOX_LABEL
 from tests.support.cli import AGENT_IMAGE
-from tests.support.dind import RemoteEngine, bridge_address, make_certs
+from tests.support.dind import DindNetwork, RemoteEngine, make_certs
 from tests.support.hostile import hostile_code, requests_to_try
 from tests.support.hosts import Counting
 from tests.support.index import start_index
@@ -53,11 +53,18 @@ INNER_LISTENER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def remote_registry(tmp_path_factory):
-    """A registry on the docker0 address only (not 0.0.0.0), where the dind engine reaches it;
-    https with a test CA, as a registry off loopback must be for the builder to push to it."""
+def dind_net(docker_client):
+    """The dind engines' own bridge network (tests/support/dind.py says why not docker0)."""
+    with DindNetwork() as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def remote_registry(tmp_path_factory, dind_net):
+    """A registry on this host's address on the dind network only (not 0.0.0.0), where the dind
+    engine reaches it; https with a test CA, as a registry off loopback must be for the builder."""
     root = tmp_path_factory.mktemp("registry")
-    address = bridge_address()
+    address = dind_net.gateway
     reg = Registry(root, free_port(), address=address, tls_dir=make_certs(root / "tls", address))
     reg.start()
     # the builder (urllib3, default context) trusts the system's CAs and this one
@@ -68,8 +75,8 @@ def remote_registry(tmp_path_factory):
     reg.stop()
 
 
-def _engine(tls: bool, registry: Registry):
-    eng = RemoteEngine.start(tls=tls)
+def _engine(net: DindNetwork, tls: bool, registry: Registry):
+    eng = RemoteEngine.start(net, tls=tls)
     try:
         eng.trust_registry(registry.host, (registry.tls_dir / "ca.pem").read_bytes())
         eng.load(base_image_for("3.11"))
@@ -80,17 +87,17 @@ def _engine(tls: bool, registry: Registry):
 
 
 @pytest.fixture(scope="module")
-def dind(docker_client, remote_registry):
-    """tcp://<dind's docker0 address>:2375, no TLS."""
-    eng = _engine(False, remote_registry)
+def dind(dind_net, remote_registry):
+    """tcp://<the dind container's address>:2375, no TLS."""
+    eng = _engine(dind_net, False, remote_registry)
     yield eng
     eng.stop()
 
 
 @pytest.fixture(scope="module")
-def dind_tls(docker_client, remote_registry):
-    """tcp://<dind's docker0 address>:2376 with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH."""
-    eng = _engine(True, remote_registry)
+def dind_tls(dind_net, remote_registry):
+    """tcp://<the dind container's address>:2376 with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH."""
+    eng = _engine(dind_net, True, remote_registry)
     yield eng
     eng.stop()
 

@@ -12,7 +12,7 @@ default ``~/.cache/agent-image``) so a machine whose engine lost it loads it
 back without apt. ``--privileged`` fails on this host (no CAP_SYS_RESOURCE),
 so the container gets the flags of REFERENCE.md "Remote engines".
 
-Use: ``with RemoteEngine.start(tls=True, insecure_registries=[...]) as dind:``
+Use: ``with DindNetwork() as net, RemoteEngine.start(net, tls=True) as dind:``
 then ``dind.env`` (DOCKER_HOST and friends for a subprocess), ``dind.client()``
 (docker-py), ``dind.load(image)`` (outer engine -> dind, by save | load).
 Everything it creates is named with ``PREFIX`` and removed on exit.
@@ -61,12 +61,27 @@ def _docker(*args: str, check: bool = True, env: dict | None = None, **kw) -> su
                           env={k: v for k, v in full.items() if v != "" or k not in OUTER}, **kw)
 
 
-def bridge_address() -> str:
-    """The outer engine's docker0 address: where a dind container reaches this host."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
-    if not out.split():
-        raise RuntimeError("the outer engine has no docker0 bridge (was it deleted? restarting dockerd makes it)")
-    return out.split()[3].split("/")[0]
+class DindNetwork:
+    """A bridge network of its own for dind engines and what they must reach on this host.
+
+    Not docker0: a second dockerd started elsewhere on the machine with ``--bridge=none`` deletes
+    the host's docker0 (it happens on a shared test machine), and a registry bound to its address
+    would go with it. ``gateway`` is this host's address on the network: bind listeners there."""
+
+    def __init__(self) -> None:
+        self.name = f"{PREFIX}dind-net-{secrets.token_hex(4)}"
+        _docker("network", "create", self.name)
+        self.gateway = _docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", self.name
+                               ).stdout.strip()
+
+    def remove(self) -> None:
+        _docker("network", "rm", self.name, check=False)
+
+    def __enter__(self) -> "DindNetwork":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 def ensure_image() -> str:
@@ -194,7 +209,8 @@ class RemoteEngine:
         return [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
 
     @classmethod
-    def start(cls, *, tls: bool = False, insecure_registries: list[str] = (), timeout: float = 60.0) -> "RemoteEngine":
+    def start(cls, network: DindNetwork, *, tls: bool = False, insecure_registries: list[str] = (),
+              timeout: float = 60.0) -> "RemoteEngine":
         image = ensure_image()
         name = f"{PREFIX}dind-{secrets.token_hex(4)}"
         tmp = tempfile.TemporaryDirectory(prefix=f"{PREFIX}dind-")
@@ -208,11 +224,12 @@ class RemoteEngine:
         # the server certificate names the container's address, known only once it runs:
         # dockerd waits for the certificates the test writes after reading that address
         wait = f"while [ ! -s {CERTS_IN}/server-key.pem ]; do sleep 0.1; done; " if tls else ""
-        _docker("run", "-d", "--name", name, *RUN_FLAGS, "-v", f"{tmp.name}:{CERTS_IN}:ro", "--entrypoint", "sh",
-                image, "-c", wait + 'exec "$@"', "dind", *daemon)
         eng = cls(name=name, address="", tls=tls, _tmp=tmp)
         try:
-            eng.address = _docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name).stdout.strip()
+            _docker("run", "-d", "--name", name, "--network", network.name, *RUN_FLAGS, "-v", f"{tmp.name}:{CERTS_IN}:ro", "--entrypoint", "sh",
+                    image, "-c", wait + 'exec "$@"', "dind", *daemon)
+            eng.address = _docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network.name}\").IPAddress}}}}",
+                                  name).stdout.strip()
             if tls:
                 eng.cert_dir = make_certs(Path(tmp.name) / "new", eng.address)
                 for p in sorted(eng.cert_dir.iterdir(), key=lambda p: p.name == "server-key.pem"):
