@@ -61,6 +61,7 @@ def _probe() -> None:
         sink = _Sink(box.socket_path)
         box.wait(sink.ready)
         reader = ("import socket,time;s=socket.create_connection(('127.0.0.1',3128));t=time.monotonic();n=0\n"
+                  "s.sendall(b'GET /bulk HTTP/1.0\\r\\n\\r\\n')\n"
                   "while True:\n d=s.recv(1<<20)\n if not d: break\n n+=len(d)\n"
                   "print(n, time.monotonic()-t)")
         got, secs = _run_in(box.network_mode, reader).split()
@@ -121,17 +122,18 @@ def main(rounds: int = 3) -> None:
     old.mkdir()
     subprocess.run(f"git -C {ROOT} archive {BIND_REF} builder templates | tar -x -C {old}", shell=True, check=True)
     index = start_index(tmp / "index", fill_wheelhouse(tmp / "house", tmp / "src"))
-    net = DindNetwork()
-    dind = RemoteEngine.start(net)
-    base = {k: v for k, v in os.environ.items() if k not in (HOST_NETWORK_ENV, "DOCKER_HOST", "PYTHONPATH")}
-    envs = {"host": {**base, "PYTHONPATH": str(ROOT), HOST_NETWORK_ENV: "1"},
-            "bind": {**base, "PYTHONPATH": str(old)},
-            "tunnel": {**base, "PYTHONPATH": str(ROOT)},
-            "remote": {**base, "PYTHONPATH": str(ROOT), "DOCKER_HOST": dind.url}}
+    net = dind = None
     times: dict[tuple[str, str], list[float]] = {}
     probes: dict[str, list[dict]] = {}
     try:
+        net = DindNetwork()
+        dind = RemoteEngine.start(net)
         dind.load(base_image_for("3.11"))
+        base = {k: v for k, v in os.environ.items() if k not in (HOST_NETWORK_ENV, "DOCKER_HOST", "PYTHONPATH")}
+        envs = {"host": {**base, "PYTHONPATH": str(ROOT), HOST_NETWORK_ENV: "1"},
+                "bind": {**base, "PYTHONPATH": str(old)},
+                "tunnel": {**base, "PYTHONPATH": str(ROOT)},
+                "remote": {**base, "PYTHONPATH": str(ROOT), "DOCKER_HOST": dind.url}}
         modes = list(envs)
         for r in range(rounds):
             for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
@@ -144,14 +146,16 @@ def main(rounds: int = 3) -> None:
                 times.setdefault((mode, "code-only"), []).append(_build(agent, envs[mode], url, cache))
                 if mode != "host":
                     out = subprocess.run([sys.executable, __file__, "--probe"], env={**envs[mode], "PYTHONPATH":
-                                         f"{envs[mode]['PYTHONPATH']}:{ROOT}"}, capture_output=True, text=True)
+                                         f"{envs[mode]['PYTHONPATH']}:{ROOT}"}, capture_output=True, text=True, timeout=300)
                     if out.returncode != 0:
                         raise RuntimeError(out.stderr[-2000:])
                     probes.setdefault(mode, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         index.proc.kill()
-        dind.stop()
-        net.remove()
+        if dind is not None:
+            dind.stop()
+        if net is not None:
+            net.remove()
         subprocess.run("docker images -q --filter reference='ai29-bench/*' | xargs -r docker rmi -f",
                        shell=True, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
