@@ -49,7 +49,8 @@ class _Stream:
 
     def __init__(self, sid: int, upstream: socket.socket | None) -> None:
         self.sid, self.upstream = sid, upstream
-        self.inbound: queue.Queue = queue.Queue()  # upload direction: requests, small
+        # upload direction (requests, small); bounded so a build cannot fill the builder's memory
+        self.inbound: queue.Queue = queue.Queue(256)
         self.done = 0  # directions finished; 2: close
 
 
@@ -188,11 +189,17 @@ class Tunnel:
         elif kind == b"D":
             stream = self.streams.get(sid)
             if stream is not None:
-                stream.inbound.put(data)
+                self._deliver(stream, data)
         elif kind == b"C":
             stream = self.streams.get(sid)
             if stream is not None:
-                stream.inbound.put(None)
+                self._deliver(stream, None)
+
+    def _deliver(self, stream: _Stream, data: bytes | None) -> None:
+        try:
+            stream.inbound.put(data, timeout=30)
+        except queue.Full:  # the proxy stopped reading what the build sends: drop the stream
+            self._close_upstream(stream)
 
     # -- one stream ------------------------------------------------------------------------
     def _open(self, sid: int) -> None:
