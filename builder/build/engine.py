@@ -9,9 +9,11 @@ in agent-image imports docker-py. Engine failures become ``EngineError`` or
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable
 
 import docker
@@ -48,6 +50,13 @@ class _CancellableAPIClient(APIClient):
     def _stream_helper(self, response, decode=False):  # noqa: D401 (docker-py override)
         self._local.response = response
         return super()._stream_helper(response, decode=decode)
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: D401 (requests override)
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str):
+            # DOCKER_CERT_PATH's CA: requests would let REQUESTS_CA_BUNDLE (set on many CI runners) replace it
+            settings["verify"] = self.verify
+        return settings
 
     def current_response(self):
         return getattr(self._local, "response", None)
@@ -92,6 +101,11 @@ class Engine:
                     if self._base_url:
                         kwargs["base_url"] = self._base_url
                     kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
+                    if str(kwargs["base_url"]).startswith("ssh://"):
+                        raise EngineError(f"{kwargs['base_url']}: ssh:// engines are not supported",
+                                          hint="Forward the engine's socket and use it: ssh -nNT -L "
+                                               "/tmp/docker.sock:/var/run/docker.sock HOST, then "
+                                               "DOCKER_HOST=unix:///tmp/docker.sock.")
                     self._api = _CancellableAPIClient(version="auto", timeout=self._api_timeout, **kwargs)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                     raise _engine_error(exc, "connecting") from None
@@ -259,11 +273,19 @@ class Engine:
         return img
 
     # -- containers ------------------------------------------------------------------
+    def published_at(self) -> tuple[str, str]:
+        """(the address the engine publishes a port on, the host this builder reaches it at): a local
+        engine's loopback; a tcp:// engine's every address, reached at DOCKER_HOST's (GitLab: ``docker``)."""
+        url = self._base_url or os.environ.get("DOCKER_HOST") or ""
+        if url.startswith(("tcp://", "http://", "https://")):
+            return "0.0.0.0", urllib.parse.urlsplit(url.replace("tcp://", "http://", 1)).hostname or "127.0.0.1"
+        return "127.0.0.1", "127.0.0.1"
+
     def run(self, image: str, *, env: dict[str, str] | None = None, ports: dict[int, int] | None = None,
             name: str | None = None, network_mode: str | None = None) -> str:
         try:
             host_config = self.api.create_host_config(
-                port_bindings={p: ("127.0.0.1", hp) for p, hp in (ports or {}).items()},
+                port_bindings={p: (self.published_at()[0], hp) for p, hp in (ports or {}).items()},
                 network_mode=network_mode)
             container = self.api.create_container(
                 image, environment=env or {}, ports=list((ports or {}).keys()), name=name,
@@ -273,22 +295,29 @@ class Engine:
         except docker.errors.APIError as exc:
             raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
 
-    def start_isolated(self, image: str, *, command: list[str], labels: dict[str, str],
-                       binds: dict[str, str]) -> str:
-        """Start IMAGE running COMMAND with no network but its own loopback
-        (``--network none``), a read-only root, no capabilities, and the host
-        folders BINDS {host: container} mounted; the engine removes it once it
-        exits. Returns the container id."""
+    def start_attached(self, image: str, *, command: list[str], labels: dict[str, str]) -> tuple[str, Any, Any]:
+        """Start IMAGE running COMMAND with only its own loopback (``--network none``), a read-only
+        root, no capabilities, nothing mounted, auto-removed when it exits, stdin and stdout attached
+        before it starts (works wherever DOCKER_HOST points). Return the container id, the attach socket
+        (raw stdin in, docker's multiplexed stdout out; closing it closes the container's stdin) and a
+        handle to keep while it is used."""
         try:
             host_config = self.api.create_host_config(
                 network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                auto_remove=True,  # a kill is the whole clean-up: the engine removes it
-                binds={src: {"bind": dst, "mode": "rw"} for src, dst in binds.items()})
-            container = self.api.create_container(image, entrypoint=command[:1], command=command[1:],
-                                                  user="0:0", labels=labels, host_config=host_config,
-                                                  healthcheck={"test": ["NONE"]})  # not the base's agent check
-            self.api.start(container["Id"])
-            return container["Id"]
+                auto_remove=True, pids_limit=1024)
+            config = self.api.create_container_config(
+                image, command[1:], entrypoint=command[:1], user="0:0", labels=labels, host_config=host_config,
+                stdin_open=True, tty=False, healthcheck={"test": ["NONE"]})
+            config["StdinOnce"] = True  # (create_container does not pass it on)
+            cid = self.api.create_container_from_config(config)["Id"]
+            try:
+                sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1})
+                self.api.start(cid)
+            except BaseException:
+                self.api.remove_container(cid, force=True)
+                raise
+            # docker-py hands back a SocketIO for http/unix; the socket under it is what select() needs
+            return cid, getattr(sock, "_sock", sock), sock
         except docker.errors.APIError as exc:
             raise EngineError(f"starting a build sandbox from {image} failed: "
                               f"{redact(exc.explanation or str(exc))}") from None

@@ -5,18 +5,28 @@ only interface is loopback). The build runs with
 ``network_mode="container:<id>"``, so each RUN step shares that namespace:
 no route to the host's loopback, to any host or docker address, to
 link-local (cloud metadata) addresses, to the internet, and no DNS. Inside
-the sandbox a small forwarder (Python, from the build's base image) listens
-on 127.0.0.1:PORT and relays each connection to a unix socket that is
-bind-mounted from the builder's host, where the index proxy listens. The
-build's ``http_proxy`` is ``http://127.0.0.1:PORT``: that is its one door.
+the sandbox a small forwarder (builder/build/forwarder.py, run by the base
+image's python3) listens on 127.0.0.1:PORT and carries each connection over
+its stdin/stdout, which the engine's attach API links to the builder
+(builder/build/tunnel.py); there the tunnel connects it to the index proxy's
+unix socket. The build's ``http_proxy`` is ``http://127.0.0.1:PORT``: that
+is its one door. Nothing is mounted, so it works wherever DOCKER_HOST points
+(a local socket, tcp:// with or without TLS, a dind service): the proxy, its
+credentials and its download cache stay on the builder.
 
-Sandboxes carry ``SANDBOX_LABEL`` plus the builder's pid and its start time; one left
-by a killed builder (its pid gone) is removed by the next build and by
-``agent-image doctor``.
+A sandbox goes away by itself when its builder does: the forwarder exits at
+EOF on its stdin (the attach connection closed), after IDLE_S without the
+builder's ping, or at the end of LIFETIME_S, and the engine removes it
+(auto-remove). Its labels name the builder (a host identity, the pid and its
+start time) and when it expires; the next build and ``agent-image doctor``
+remove one whose builder on this host is gone, or any builder's once expired.
+A remote engine is shared by many builder hosts: a sandbox of another host is
+never removed before it expires, by which time its own forwarder has quit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -28,73 +38,19 @@ from pathlib import Path
 import structlog
 
 from builder.build.engine import Engine
+from builder.build.tunnel import Tunnel, forwarder_command
 from builder.core.errors import EngineError, SandboxError
 from builder.core.labels import SANDBOX_LABEL
 
 log = structlog.get_logger("agent_image.sandbox")
 
 PORT = 3128
-MOUNT = "/run/agent-image"
 SOCKET_NAME = "index.sock"
+# the longest a sandbox lives (a build's --timeout is far less); after it, any builder may remove it
+LIFETIME_S = 6 * 3600
 # test-only: build on the host network with the proxy on the host's loopback,
 # as before the sandbox, so a test (and bench/) can see what the sandbox stops
 HOST_NETWORK_ENV = "AGENT_IMAGE_TEST_HOST_NETWORK"
-
-# Runs inside the sandbox. Listens first, then says hello through the socket
-# (the proxy may not be up yet: it retries), so "ready" means "listening".
-FORWARDER = r"""
-import socket, sys, threading, time
-SOCK, PORT = sys.argv[1], int(sys.argv[2])
-def pipe(src, dst):
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-def serve(conn):
-    up = socket.socket(socket.AF_UNIX)
-    try:
-        up.connect(SOCK)
-    except OSError:
-        conn.close()
-        return
-    back = threading.Thread(target=pipe, args=(up, conn), daemon=True)
-    back.start()
-    pipe(conn, up)
-    back.join()
-    conn.close()
-    up.close()
-lis = socket.socket()
-lis.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-lis.bind(("127.0.0.1", PORT))
-lis.listen(256)
-# the proxy may come long after: the sandbox starts while the dependency image is pulled
-begun = time.time()
-while True:
-    try:
-        hello = socket.socket(socket.AF_UNIX)
-        hello.connect(SOCK)
-        hello.sendall(b"GET /_sandbox/ready HTTP/1.0\r\n\r\n")
-        hello.recv(64)
-        hello.close()
-        break
-    except OSError:
-        if time.time() > begun + 3600:
-            sys.exit("agent-image sandbox: the index proxy socket never answered")
-        time.sleep(0.01 if time.time() < begun + 2 else 0.1)
-while True:
-    conn, _ = lis.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
-
 
 def process_started(pid: int) -> str:
     """A process's start time (clock ticks since boot): pid plus this survives pid reuse."""
@@ -104,9 +60,33 @@ def process_started(pid: int) -> str:
         return ""
 
 
-def _owner_alive(labels: dict[str, str]) -> bool:
-    if labels.get(f"{SANDBOX_LABEL}.host") != socket.gethostname():
-        return True  # another machine's builder on a shared engine: not ours to judge
+def host_identity() -> str:
+    """Which builder host (and pid namespace) this is: a pid means something only there.
+
+    The hostname alone is not enough on a shared remote engine (CI job
+    containers share a kernel, and some share a hostname), so the boot id and
+    the pid namespace join it."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip() if not path.startswith("/proc/self/ns") else os.readlink(path)
+        except OSError:
+            return ""
+    raw = "|".join([socket.gethostname(), read("/proc/sys/kernel/random/boot_id"), read("/proc/self/ns/pid")])
+    return f"{socket.gethostname()[:40]}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
+def sandbox_labels(now: float | None = None) -> dict[str, str]:
+    pid, now = os.getpid(), time.time() if now is None else now
+    return {SANDBOX_LABEL: "1", f"{SANDBOX_LABEL}.pid": str(pid), f"{SANDBOX_LABEL}.started": process_started(pid),
+            f"{SANDBOX_LABEL}.host": host_identity(), f"{SANDBOX_LABEL}.expires": str(int(now + LIFETIME_S))}
+
+
+def owner_alive(labels: dict[str, str], now: float | None = None) -> bool:
+    expires = labels.get(f"{SANDBOX_LABEL}.expires", "")
+    if expires.isdigit() and (time.time() if now is None else now) > int(expires):
+        return False  # past its lifetime: its forwarder has quit, whoever started it
+    if labels.get(f"{SANDBOX_LABEL}.host") != host_identity():
+        return True  # another builder host's on a shared engine: not ours to judge before it expires
     pid = labels.get(f"{SANDBOX_LABEL}.pid", "")
     return pid.isdigit() and process_started(int(pid)) == labels.get(f"{SANDBOX_LABEL}.started", "") != ""
 
@@ -115,7 +95,7 @@ def remove_stale(engine: Engine) -> int:
     """Remove sandboxes whose builder is gone. Returns how many."""
     removed = 0
     for c in engine.containers(label=SANDBOX_LABEL):
-        if not _owner_alive(c["labels"]):
+        if not owner_alive(c["labels"]):
             engine.remove_container(c["id"])
             removed += 1
     if removed:
@@ -138,7 +118,9 @@ class Sandbox:
         self.host_network = host_network_requested() if host_network is None else host_network
         self.ready_timeout = ready_timeout
         self.container_id: str | None = None
+        self.tunnel: Tunnel | None = None
         self.started_s = 0.0
+        self._handle = None  # the attach response: kept while the tunnel uses its socket
         self._dir: str | None = None
         self._thread: threading.Thread | None = None
         self._sweep: threading.Thread | None = None
@@ -146,6 +128,7 @@ class Sandbox:
 
     @property
     def socket_path(self) -> str | None:
+        """Where the index proxy listens, on the builder (the tunnel connects there)."""
         return None if self.host_network else os.path.join(self._dir, SOCKET_NAME)
 
     @property
@@ -161,7 +144,7 @@ class Sandbox:
             log.warning("building on the host network: the build can reach everything the builder can",
                         switch=HOST_NETWORK_ENV)
             return self
-        self._dir = tempfile.mkdtemp(prefix="agent-image-sbx-")  # 0700: only root and the sandbox
+        self._dir = tempfile.mkdtemp(prefix="agent-image-sbx-")  # 0700: the proxy's socket, for this builder only
         self._thread = threading.Thread(target=self._start, name="sandbox-start", daemon=True)
         self._thread.start()
         # sweeping other builders' leftovers is off the build's path; joined at the end
@@ -175,43 +158,43 @@ class Sandbox:
         except EngineError as err:
             log.warning("could not sweep stale build sandboxes", reason=str(err)[:200])
 
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def _start(self) -> None:
         t0 = time.monotonic()
         try:
-            pid = os.getpid()
-            labels = {SANDBOX_LABEL: "1", f"{SANDBOX_LABEL}.pid": str(pid), f"{SANDBOX_LABEL}.started": process_started(pid),
-                      f"{SANDBOX_LABEL}.host": socket.gethostname()}
-            self.container_id = self.engine.start_isolated(
-                self.image, command=["python3", "-I", "-S", "-c", FORWARDER, f"{MOUNT}/{SOCKET_NAME}", str(PORT)],
-                labels=labels, binds={self._dir: MOUNT})
+            self.container_id, sock, self._handle = self.engine.start_attached(
+                self.image, command=forwarder_command(PORT, LIFETIME_S), labels=sandbox_labels())
+            self.tunnel = Tunnel(sock, self._connect).start()
         except BaseException as exc:  # reported by wait()
             self._error = exc
         self.started_s = time.monotonic() - t0
 
     def wait(self, ready: threading.Event) -> None:
-        """Return once the forwarder listens and has reached the proxy."""
+        """Return once the forwarder listens and its hello has reached the proxy through the tunnel."""
         if self.host_network:
             return
         deadline = time.monotonic() + self.ready_timeout
-        next_check = time.monotonic() + 2.0
-        # ready: the forwarder said hello, which can come before the engine's start call returns
         while not (ready.wait(0.02) and not self._thread.is_alive()):
             if self._error is not None:
                 if isinstance(self._error, SandboxError):
                     raise self._error
                 raise SandboxError(f"the build sandbox could not start: {self._error}",
                                    hint="Check the engine (agent-image doctor) and that the base image has python3.")
-            now = time.monotonic()
-            if now > deadline:
+            if self.tunnel is not None and self.tunnel.closed.is_set():
+                raise SandboxError(f"the build sandbox (python3 in {self.image}) exited before it was ready",
+                                   hint=f"The sandbox runs python3 from {self.image} (the build's base): it needs "
+                                        "a base with python3. `agent-image doctor` shows what the engine does.")
+            if time.monotonic() > deadline:
                 raise SandboxError(f"the build sandbox did not become ready in {self.ready_timeout:g}s",
                                    hint="Run `agent-image doctor` to see what the engine does with it.")
-            if now > next_check and self.container_id:
-                next_check = now + 1.0
-                if not self.engine.container_state(self.container_id).get("Running"):
-                    raise SandboxError(f"the build sandbox (python3 in {self.image}) exited before it was ready",
-                                       hint=f"The sandbox runs python3 from {self.image} (the build's base) and "
-                                            "mounts the proxy's socket from this host: it needs a base with "
-                                            "python3 and the engine on this machine (not a remote DOCKER_HOST).")
         log.debug("build sandbox ready", container=(self.container_id or "")[:12],
                   start_s=round(self.started_s, 3))
 
@@ -222,10 +205,13 @@ class Sandbox:
             self._thread.join()
             self._sweep.join()
         try:
+            if self.tunnel is not None:
+                self.tunnel.close()  # the forwarder sees EOF and exits
             if self.container_id:
                 self.engine.kill(self.container_id)  # started with auto-remove: the engine deletes it
         except EngineError as err:  # the engine went away mid-build: that error is the one to report
-            log.warning("could not remove the build sandbox; the next build or doctor will",
+            log.warning("could not remove the build sandbox; it exits by itself within a minute",
                         container=self.container_id[:12], reason=str(err)[:200])
         finally:
+            self._handle = None
             shutil.rmtree(self._dir, ignore_errors=True)

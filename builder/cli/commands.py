@@ -288,7 +288,8 @@ def cmd_run(args, engine_factory) -> dict:
     env = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
     env.setdefault("REST_PORT", "8080")
     cid = engine.run(args.ref, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
-    url = f"http://127.0.0.1:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
+    host = engine.published_at()[1]  # a remote engine's port is on its host, not this one
+    url = f"http://{host}:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
     try:
         took = wait_healthy(f"{url}/health", args.wait, lambda: engine.container_state(cid).get("Running", False))
     except RunError as err:

@@ -234,7 +234,9 @@ def _add_doctor(sub) -> None:
 def _add_run(sub) -> None:
     run = sub.add_parser("run", help="start an agent image locally and wait for /health")
     run.add_argument("ref", help="image reference or id")
-    run.add_argument("--port", type=_port, default=8080, help="host port on 127.0.0.1 (default 8080)")
+    run.add_argument("--port", type=_port, default=8080,
+                     help="host port on 127.0.0.1 (default 8080); with a tcp:// engine, on the engine's host, "
+                          "reached at DOCKER_HOST's address")
     run.add_argument("--wait", type=_positive(float), default=30.0, help="seconds to wait for /health (default 30)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
     run.add_argument("--name", help="container name")

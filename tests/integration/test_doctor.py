@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
+import time
 
-from builder.build.sandbox import HOST_NETWORK_ENV, process_started
+from builder.build.sandbox import HOST_NETWORK_ENV, host_identity, process_started
 from builder.core.defaults import base_image_for
 from builder.core.labels import SANDBOX_LABEL as LABEL
 from tests.support.cli import AGENT_IMAGE
@@ -54,21 +54,25 @@ def test_doctor_passes_in_the_sandbox_and_fails_on_the_host_network(link_local):
 
 
 def test_doctor_removes_sandboxes_left_by_a_dead_builder(engine, docker_client):
+    """This host's sandbox whose builder is gone, and any host's past its expiry, are removed; a
+    running builder's, and another host's before it expires (a shared remote engine), are not."""
     gone = subprocess.Popen(["true"])
     gone.wait()
-    host = socket.gethostname()
     mine = {LABEL: "1", f"{LABEL}.pid": str(os.getpid()), f"{LABEL}.started": process_started(os.getpid()),
-            f"{LABEL}.host": host}
+            f"{LABEL}.host": host_identity(), f"{LABEL}.expires": str(int(time.time() + 3600))}
     dead = {**mine, f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1"}
+    other_host = {**dead, f"{LABEL}.host": "ai29-another-builder-0123456789ab"}
+    other_expired = {**other_host, f"{LABEL}.expires": str(int(time.time() - 1))}
     sleep = ["python3", "-c", "import time; time.sleep(300)"]
-    stale = engine.start_isolated(base_image_for("3.11"), command=sleep, labels=dead, binds={})
-    live = engine.start_isolated(base_image_for("3.11"), command=sleep, labels=mine, binds={})
+    started = {name: engine.start_attached(base_image_for("3.11"), command=sleep, labels=labels)[0]
+               for name, labels in (("stale", dead), ("live", mine), ("other", other_host),
+                                    ("other_expired", other_expired))}
     try:
         res = doctor("--target", "pypi.org:443", "--json")
         assert res.returncode == 0, res.stdout + res.stderr[-2000:]
-        assert json.loads(res.stdout)["stale_sandboxes_removed"] >= 1
+        assert json.loads(res.stdout)["stale_sandboxes_removed"] >= 2
         left = {c["Id"] for c in docker_client.api.containers(all=True, filters={"label": LABEL})}
-        assert stale not in left and live in left  # a running builder's sandbox is not touched
+        assert {name for name, cid in started.items() if cid in left} == {"live", "other"}
     finally:
-        engine.remove_container(stale)
-        engine.remove_container(live)
+        for cid in started.values():
+            engine.remove_container(cid)

@@ -148,8 +148,9 @@ def test_codebuild_recipes_run_on_a_fresh_build_container(tmp_path, runner_env, 
 
 @pytest.mark.slow
 def test_gitlab_recipe_runs_under_a_shell_executor(tmp_path, runner_env, registry):
-    """The dind engine of the recipe cannot run builds until issue #29; its commands run here as a shell
-    executor on a host with dockerd runs them (the recipe's own fallback): no apt-get, the local engine."""
+    """Its commands as a shell executor on a host with dockerd runs them (the recipe's other set-up): no
+    apt-get, the local engine. Builds through a docker:dind engine over TLS, as the recipe's service
+    gives them, are tests/integration/test_remote.py's."""
     env, python, s3 = runner_env
     repo = checkout_repo(tmp_path / "agent-image", TAG)
     base_ref = _push_base(tmp_path, env, python, registry, repo)

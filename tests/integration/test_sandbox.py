@@ -13,7 +13,6 @@ except the tries at pypi.org, which the sandbox stops before they leave.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -21,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -30,7 +28,8 @@ import pytest
 from builder.core.labels import SANDBOX_LABEL as LABEL
 from tests.support.cli import AGENT_IMAGE
 from tests.support.engine import image_holds
-from tests.support.hosts import LINK_LOCAL, Counting
+from tests.support.hostile import hostile_code, requests_to_try
+from tests.support.hosts import Counting
 from tests.support.index import start_index
 
 
@@ -42,73 +41,6 @@ def listeners(link_local):
     yield opened
     for lst in opened:
         lst.close()
-
-
-def hostile_code(where: str, cfg: dict) -> str:
-    """What runs inside the build: every door it can think of, results in /hostile-WHERE.json."""
-    return textwrap.dedent(f"""
-        import json, os, socket
-        CFG = json.loads({json.dumps(json.dumps(cfg))})
-        def attempt(fn):
-            try:
-                return fn()
-            except Exception as exc:
-                return "error: %s: %s" % (type(exc).__name__, str(exc)[:120])
-        def tcp(host, port):
-            s = socket.create_connection((host, port), timeout=3)
-            s.close()
-            return "connected"
-        def raw(request):
-            proxy = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY") or ""
-            host, _, port = proxy.split("//", 1)[-1].rstrip("/").rpartition(":")
-            s = socket.create_connection((host, int(port)), timeout=15)
-            s.sendall(request.encode("latin-1"))
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            s.close()
-            return data.decode("latin-1")
-        if os.environ.get("HOSTILE_SKIP") == "1":  # the test making the sdist on the host
-            CFG["targets"], CFG["requests"] = [], {{}}
-        report = {{"where": {where!r}, "env_canary": CFG["env_name"] in os.environ, "tcp": {{}}, "proxy": {{}},
-                  "file": attempt(lambda: open(CFG["canary_path"]).read())}}
-        for target in CFG["targets"]:
-            host, _, port = target.rpartition(":")
-            report["tcp"][target] = attempt(lambda: tcp(host, int(port)))
-        report["dns"] = attempt(lambda: str(socket.getaddrinfo("pypi.org", 443)[0][4]))
-        for name, request in CFG["requests"].items():
-            report["proxy"][name] = attempt(lambda: raw(request))
-        if os.environ.get("HOSTILE_SKIP") != "1":
-            with open("/hostile-{where}.json", "w") as fh:
-                json.dump(report, fh)
-    """)
-
-
-def requests_to_try(canary_path: str, port: int) -> dict[str, str]:
-    b64 = lambda u: base64.urlsafe_b64encode(u.encode()).decode()  # noqa: E731
-    get = lambda target, host="agent-image-index.invalid": (  # noqa: E731
-        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-    return {
-        "page_ok": get("/simple/tinyreq/"),
-        "abs_listener": get(f"http://127.0.0.1:{port}/", f"127.0.0.1:{port}"),
-        "abs_internet": get("http://pypi.org/simple/", "pypi.org"),
-        "abs_metadata_alias": get(f"http://{LINK_LOCAL}:{port}/", LINK_LOCAL),
-        "connect": f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
-        "data_page": get("/simple/data:text/html,%3Ca%20href=%22file:///x%22%3E"),
-        "file_read": get(f"/_f/file/{canary_path}"),
-        "file_read_abs": get(f"http://agent-image-index.invalid/_f/file/{canary_path}"),
-        "ssrf_simple": get(f"/simple/http://127.0.0.1:{port}/"),
-        "traversal": get("/simple/../../other-repo/"),
-        "traversal_encoded": get("/simple/%2e%2e/%2e%2e/other-repo/"),
-        "unnormalised": get("/simple/TinyReq/"),
-        "unlinked_file": get(f"/_f/{'0' * 32}/x-1.0-py3-none-any.whl"),
-        "extra_not_allowed": get(f"/_x/{b64(f'http://127.0.0.1:{port}/simple/')}/tinyreq/"),
-        "links_file_url": get(f"/_l/{b64('file://' + canary_path)}/"),
-        "root_page": get("/simple/"),
-    }
 
 
 def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse, listeners, docker_client,
@@ -311,12 +243,13 @@ def test_a_file_over_the_download_cap_fails_the_build_naming_it(agent_factory, i
 def test_the_next_build_removes_a_dead_builders_sandbox(agent_factory, index_url, engine, docker_client,
                                                         cleanup_images, tmp_path):
     from builder.api import BuildOptions, build_image
+    from builder.build.sandbox import host_identity
     from builder.core.defaults import base_image_for
     gone = subprocess.Popen(["true"])
     gone.wait()
-    labels = {LABEL: "1", f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1", f"{LABEL}.host": socket.gethostname()}
-    stale = engine.start_isolated(base_image_for("3.11"), command=["python3", "-c", "import time; time.sleep(300)"],
-                                  labels=labels, binds={})
+    labels = {LABEL: "1", f"{LABEL}.pid": str(gone.pid), f"{LABEL}.started": "1", f"{LABEL}.host": host_identity()}
+    stale = engine.start_attached(base_image_for("3.11"), command=["python3", "-c", "import time; time.sleep(300)"],
+                                  labels=labels)[0]
     try:
         cleanup_images("agents/sbx-sweep")
         assert build_image(agent_factory("sbx-sweep"), BuildOptions(index_url=index_url, cache_dir=tmp_path / "c")).ok

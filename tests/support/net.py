@@ -15,11 +15,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 20.0, ok=(200, 401)) -> None:
+def wait_http(url: str, timeout: float = 20.0, ok=(200, 401), context=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status in ok:
                     return
         except urllib.error.HTTPError as exc:

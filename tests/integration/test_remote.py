@@ -1,0 +1,321 @@
+"""Issue 29: builds where the engine is not on this host (GitLab's docker:dind, a remote DOCKER_HOST).
+
+A real dockerd in a container (tests/support/dind.py) reached over tcp://,
+plain and with TLS. Against it: the hostile-package probe (listeners on the
+builder's host and on the dind container's own addresses and loopback, a
+canary file on each side: none reached), `agent-image doctor`, a build and
+--push to a registry the remote engine reaches, a `run` answering /health,
+and nothing of the sandbox's left in the engine after each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.core.defaults import base_image_for
+from builder.core.labels import SANDBOX_LABEL
+from tests.support.cli import AGENT_IMAGE
+from tests.support.dind import DindNetwork, RemoteEngine, make_certs
+from tests.support.hostile import hostile_code, requests_to_try
+from tests.support.hosts import Counting
+from tests.support.index import start_index
+from tests.support.net import free_port
+from tests.support.registry import Registry
+
+SYSTEM_CAS = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+# counts what it accepts, inside the dind container (the remote engine's host): one line per accept
+INNER_LISTENER = textwrap.dedent("""
+    import socket, sys, threading
+    lis = socket.socket()
+    lis.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lis.bind(("0.0.0.0", int(sys.argv[1])))
+    lis.listen(64)
+    while True:
+        conn, _ = lis.accept()
+        with open("/tmp/accepts", "a") as fh:
+            fh.write("accepted\\n")
+        conn.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nlistener-answered\\n")
+        conn.close()
+""")
+
+
+@pytest.fixture(scope="module")
+def dind_net(docker_client):
+    """The dind engines' own bridge network (tests/support/dind.py says why not docker0)."""
+    with DindNetwork() as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def remote_registry(tmp_path_factory, dind_net):
+    """A registry on this host's address on the dind network only (not 0.0.0.0), where the dind
+    engine reaches it; https with a test CA, as a registry off loopback must be for the builder."""
+    root = tmp_path_factory.mktemp("registry")
+    address = dind_net.gateway
+    reg = Registry(root, free_port(), address=address, tls_dir=make_certs(root / "tls", address))
+    reg.start()
+    # the builder (urllib3, default context) trusts the system's CAs and this one
+    bundle = root / "ca-bundle.pem"
+    bundle.write_bytes(Path(SYSTEM_CAS).read_bytes() + (reg.tls_dir / "ca.pem").read_bytes())
+    reg.ca_bundle = bundle
+    yield reg
+    reg.stop()
+
+
+def _engine(net: DindNetwork, tls: bool, registry: Registry):
+    eng = RemoteEngine.start(net, tls=tls)
+    try:
+        eng.trust_registry(registry.host, (registry.tls_dir / "ca.pem").read_bytes())
+        eng.load(base_image_for("3.11"))
+    except BaseException:
+        eng.stop()
+        raise
+    return eng
+
+
+@pytest.fixture(scope="module")
+def dind(dind_net, remote_registry):
+    """tcp://<the dind container's address>:2375, no TLS."""
+    eng = _engine(dind_net, False, remote_registry)
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture(scope="module")
+def dind_tls(dind_net, remote_registry):
+    """tcp://<the dind container's address>:2376 with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH."""
+    eng = _engine(dind_net, True, remote_registry)
+    yield eng
+    eng.stop()
+
+
+def env_for(eng: RemoteEngine, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
+    env.update({k: v for k, v in eng.env.items() if v})
+    env.update(extra)
+    return env
+
+
+def leftovers(eng: RemoteEngine, timeout: float = 20.0) -> list[str]:
+    """Every container and volume in the dind engine (only these tests use it), once the
+    sandboxes had time to go (the engine auto-removes them)."""
+    client = eng.client()
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [f"{c['Names'][0]} {c['Labels'].get(SANDBOX_LABEL + '.pid', '')}"
+                 for c in client.api.containers(all=True)]
+        found += [v["Name"] for v in client.api.volumes().get("Volumes") or []]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def sandboxes(eng: RemoteEngine, pid: int) -> list[str]:
+    return [c["Id"] for c in eng.client().api.containers(all=True, filters={"label": f"{SANDBOX_LABEL}.pid={pid}"})]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "builder-killed"])
+def test_a_remote_sandbox_goes_when_its_builder_stops_mid_build(dind, index_url, agent_factory, tmp_path, how):
+    """Ctrl-C cleans up; a builder killed outright (nothing of it runs any more) leaves nothing
+    either: the attach connection closes, the forwarder sees EOF and the engine removes the sandbox."""
+    agent = agent_factory(f"ai29-slow-{how.name.lower()}", requirements="slowpkg==1.0\n")
+    proc = subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "--no-cache", "--index-url", index_url,
+                             "--repository", "ai29-remote/slow", "--cache-dir", str(tmp_path / "c")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for(dind))
+    try:
+        deadline = time.monotonic() + 120
+        while not sandboxes(dind, proc.pid):  # the build is under way: its sandbox runs
+            assert proc.poll() is None and time.monotonic() < deadline, "the build never started a sandbox"
+            time.sleep(0.2)
+        time.sleep(3)  # into the slow RUN step
+        proc.send_signal(how)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert leftovers(dind, timeout=30) == []
+
+
+def test_hostile_build_on_a_remote_engine_reaches_only_the_proxy(dind, tmp_path, wheelhouse, link_local,
+                                                                 agent_factory):
+    canary_file, canary_inner = f"CANARY-FILE-{secrets.token_hex(8)}", f"CANARY-DIND-{secrets.token_hex(8)}"
+    canary_env = f"CANARY-ENV-{secrets.token_hex(8)}"
+    canary_path = tmp_path / "canary" / "secret.txt"
+    canary_path.parent.mkdir()
+    canary_path.write_text(canary_file)
+    # the same path on the engine's side, another secret: a build must read neither
+    dind.host_exec("sh", "-c", f"mkdir -p {canary_path.parent} && printf %s {canary_inner} > {canary_path}")
+    from builder.build.doctor import host_addresses
+    outer = [Counting("0.0.0.0"), Counting("127.0.0.1"), Counting(link_local)]
+    outer += [Counting(a) for a in host_addresses() if ":" not in a and a != "127.0.0.1"]
+    inner_port = free_port()
+    dind.host_exec("python3", "-c", INNER_LISTENER, str(inner_port), detach=True)
+    inner_targets = [f"{a}:{inner_port}" for a in dind.inner_addresses()]  # its loopback and every address
+    assert f"127.0.0.1:{inner_port}" in inner_targets and f"{dind.address}:{inner_port}" in inner_targets
+    targets = [f"{a}:{lst.port}" for lst in outer for a in
+               ([lst.address] if lst.address != "0.0.0.0" else [x.address for x in outer[1:]])]
+    targets += inner_targets
+    try:
+        targets.append(f"{socket.gethostbyname('pypi.org')}:443")
+    except OSError:
+        targets.append("151.101.0.223:443")
+    cfg = {"env_name": "AGENT_IMAGE_CANARY", "canary_path": str(canary_path), "targets": targets,
+           "requests": requests_to_try(str(canary_path), outer[0].port)}
+    src = tmp_path / "hostiledep-1.0"
+    (src / "hostiledep").mkdir(parents=True)
+    (src / "hostiledep" / "__init__.py").write_text("")
+    (src / "setup.py").write_text(hostile_code("dep", cfg) + "from setuptools import setup\n"
+                                  "setup(name='hostiledep', version='1.0', packages=['hostiledep'])\n")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
+                   cwd=src, check=True, capture_output=True, env={**os.environ, "HOSTILE_SKIP": "1"})
+    house = tmp_path / "house"
+    shutil.copytree(wheelhouse, house)
+    for sdist in (tmp_path / "sdist").glob("hostiledep-*"):
+        shutil.copy(sdist, house)
+    index = start_index(tmp_path / "index", house)
+    try:
+        agent = agent_factory("hostile-agent", requirements="hostiledep==1.0\ntinyreq==1.0\n")
+        (agent / "setup.py").write_text(
+            hostile_code("agent", cfg) + "from setuptools import setup\n"
+            "setup(name='hostile-agent', version='0.1.0', packages=['src'], package_dir={'': '.'})\n")
+        proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "-v", "--no-cache",
+                               "--index-url", index.url_for("alice"), "--repository", "ai29-remote/hostile",
+                               "--cache-dir", str(tmp_path / "cache")],
+                              capture_output=True, text=True, timeout=600,
+                              env=env_for(dind, AGENT_IMAGE_CANARY=canary_env))
+    finally:
+        index.proc.terminate()
+        index.proc.wait(5)
+        for lst in outer:
+            lst.close()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    ref = json.loads(proc.stdout)["image"]
+
+    # no listener on either side saw a connection
+    assert {f"{lst.address}:{lst.port}": lst.accepts for lst in outer} == \
+        {f"{lst.address}:{lst.port}": 0 for lst in outer}
+    assert dind.host_exec("cat", "/tmp/accepts", check=False).stdout == ""
+    reports = {where: json.loads(dind.docker("run", "--rm", ref, "cat", f"/hostile-{where}.json").stdout)
+               for where in ("agent", "dep")}
+    for where, report in reports.items():
+        assert report["env_canary"] is False, where
+        assert report["file"].startswith("error"), (where, report["file"])
+        for target, outcome in report["tcp"].items():
+            assert outcome.startswith("error"), (where, target, outcome)
+        assert report["dns"].startswith("error"), (where, report["dns"])
+        assert report["proxy"]["page_ok"].startswith("HTTP/1.1 200"), (where, report["proxy"]["page_ok"][:300])
+        for name, answer in report["proxy"].items():
+            if name != "page_ok":
+                status = answer.split("\r\n", 1)[0]
+                assert status[9:10] in ("4", "5") or answer.startswith("error"), (where, name, answer[:300])
+            assert canary_file not in answer and canary_inner not in answer, (where, name)
+            assert "listener-answered" not in answer, (where, name)
+    saved = subprocess.run(["docker", "save", ref], capture_output=True, env=env_for(dind)).stdout
+    assert saved and all(c.encode() not in saved for c in (canary_file, canary_inner, canary_env))
+    assert canary_file not in out and canary_env not in out and canary_inner not in out
+    assert leftovers(dind) == []
+    dind.docker("rmi", "-f", ref, check=False)
+
+
+def test_doctor_passes_on_a_remote_tls_engine(dind_tls):
+    proc = subprocess.run([AGENT_IMAGE, "doctor", "--json", "--target", "169.254.169.254:80"],
+                          capture_output=True, text=True, timeout=300, env=env_for(dind_tls))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["network_mode"] == "container"
+    reached = [c["target"] for c in report["checks"] if c["reached"]]
+    assert reached == ["proxy"], report["checks"]
+    assert leftovers(dind_tls) == []
+
+
+class UnixToTcp:
+    """A unix socket on this host that leads to a TCP address: what `ssh -L /tmp/docker.sock:...`
+    gives for an engine on another machine (a unix:// DOCKER_HOST whose engine is not here)."""
+
+    def __init__(self, path: Path, address: tuple[str, int]) -> None:
+        self.path, self.address = path, address
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.address)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_doctor_passes_on_a_unix_socket_that_leads_to_a_remote_engine(dind, tmp_path):
+    """DOCKER_HOST=unix:// is no promise that the engine is on this host (ssh -L): nothing is mounted."""
+    relay = UnixToTcp(tmp_path / "forwarded-docker.sock", (dind.address, dind.port))
+    try:
+        env = {**env_for(dind), "DOCKER_HOST": f"unix://{relay.path}"}
+        proc = subprocess.run([AGENT_IMAGE, "doctor", "--json", "--target", "169.254.169.254:80"],
+                              capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        relay.close()
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert [c["target"] for c in json.loads(proc.stdout)["checks"] if c["reached"]] == ["proxy"]
+    assert leftovers(dind) == []
+
+
+def test_build_push_and_run_on_a_remote_tls_engine(dind_tls, remote_registry, index_url, agent_factory, tmp_path):
+    agent = agent_factory("ai29-remote-agent", requirements="tinyreq==1.0\n")
+    env = env_for(dind_tls, SSL_CERT_FILE=str(remote_registry.ca_bundle))
+    proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "--index-url", index_url,
+                           "--registry", f"{remote_registry.host}/ai29", "--push", "--cache-dir", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    built = json.loads(proc.stdout)
+    assert built["digest_ref"].startswith(f"{remote_registry.host}/ai29/") and "@sha256:" in built["digest_ref"]
+    # the registry holds it (asked from here, not through the engine)
+    import ssl
+    import urllib.request
+    name, tag = built["image"][len(remote_registry.host) + 1:].rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=remote_registry.tls_dir / "ca.pem")
+    with urllib.request.urlopen(f"https://{remote_registry.host}/v2/{name}/tags/list", timeout=10, context=ctx) as resp:
+        assert tag in json.loads(resp.read())["tags"]
+    port = free_port()
+    run = subprocess.run([AGENT_IMAGE, "run", built["image"], "--json", "--port", str(port), "--wait", "60",
+                          "--name", f"ai29-run-{secrets.token_hex(3)}"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    served = json.loads(run.stdout)
+    try:
+        assert served["url"] == f"http://{dind_tls.address}:{port}"
+        with urllib.request.urlopen(served["url"] + "/health", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        dind_tls.docker("rm", "-f", served["container"], check=False)
+    assert leftovers(dind_tls) == []

@@ -1,0 +1,77 @@
+"""What hostile package code tries from inside a build (tests/integration/test_sandbox.py,
+test_remote.py): every door it can think of, its results written into the image."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+
+from tests.support.hosts import LINK_LOCAL
+
+
+def hostile_code(where: str, cfg: dict) -> str:
+    """What runs inside the build: every door it can think of, results in /hostile-WHERE.json."""
+    return textwrap.dedent(f"""
+        import json, os, socket
+        CFG = json.loads({json.dumps(json.dumps(cfg))})
+        def attempt(fn):
+            try:
+                return fn()
+            except Exception as exc:
+                return "error: %s: %s" % (type(exc).__name__, str(exc)[:120])
+        def tcp(host, port):
+            s = socket.create_connection((host, port), timeout=3)
+            s.close()
+            return "connected"
+        def raw(request):
+            proxy = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY") or ""
+            host, _, port = proxy.split("//", 1)[-1].rstrip("/").rpartition(":")
+            s = socket.create_connection((host, int(port)), timeout=15)
+            s.sendall(request.encode("latin-1"))
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            return data.decode("latin-1")
+        if os.environ.get("HOSTILE_SKIP") == "1":  # the test making the sdist on the host
+            CFG["targets"], CFG["requests"] = [], {{}}
+        report = {{"where": {where!r}, "env_canary": CFG["env_name"] in os.environ, "tcp": {{}}, "proxy": {{}},
+                  "file": attempt(lambda: open(CFG["canary_path"]).read())}}
+        for target in CFG["targets"]:
+            host, _, port = target.rpartition(":")
+            report["tcp"][target] = attempt(lambda: tcp(host, int(port)))
+        report["dns"] = attempt(lambda: str(socket.getaddrinfo("pypi.org", 443)[0][4]))
+        for name, request in CFG["requests"].items():
+            report["proxy"][name] = attempt(lambda: raw(request))
+        if os.environ.get("HOSTILE_SKIP") != "1":
+            with open("/hostile-{where}.json", "w") as fh:
+                json.dump(report, fh)
+    """)
+
+
+def requests_to_try(canary_path: str, port: int) -> dict[str, str]:
+    b64 = lambda u: base64.urlsafe_b64encode(u.encode()).decode()  # noqa: E731
+    get = lambda target, host="agent-image-index.invalid": (  # noqa: E731
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    return {
+        "page_ok": get("/simple/tinyreq/"),
+        "abs_listener": get(f"http://127.0.0.1:{port}/", f"127.0.0.1:{port}"),
+        "abs_internet": get("http://pypi.org/simple/", "pypi.org"),
+        "abs_metadata_alias": get(f"http://{LINK_LOCAL}:{port}/", LINK_LOCAL),
+        "connect": f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+        "data_page": get("/simple/data:text/html,%3Ca%20href=%22file:///x%22%3E"),
+        "file_read": get(f"/_f/file/{canary_path}"),
+        "file_read_abs": get(f"http://agent-image-index.invalid/_f/file/{canary_path}"),
+        "ssrf_simple": get(f"/simple/http://127.0.0.1:{port}/"),
+        "traversal": get("/simple/../../other-repo/"),
+        "traversal_encoded": get("/simple/%2e%2e/%2e%2e/other-repo/"),
+        "unnormalised": get("/simple/TinyReq/"),
+        "unlinked_file": get(f"/_f/{'0' * 32}/x-1.0-py3-none-any.whl"),
+        "extra_not_allowed": get(f"/_x/{b64(f'http://127.0.0.1:{port}/simple/')}/tinyreq/"),
+        "links_file_url": get(f"/_l/{b64('file://' + canary_path)}/"),
+        "root_page": get("/simple/"),
+    }
