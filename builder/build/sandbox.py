@@ -85,7 +85,10 @@ def owner_alive(labels: dict[str, str], now: float | None = None) -> bool:
     expires = labels.get(f"{SANDBOX_LABEL}.expires", "")
     if expires.isdigit() and (time.time() if now is None else now) > int(expires):
         return False  # past its lifetime: its forwarder has quit, whoever started it
-    if labels.get(f"{SANDBOX_LABEL}.host") != host_identity():
+    host = labels.get(f"{SANDBOX_LABEL}.host")
+    # a sandbox from before host identities (bare hostname, no expiry) is judged by its pid as then
+    legacy = not expires and host == socket.gethostname()
+    if host != host_identity() and not legacy:
         return True  # another builder host's on a shared engine: not ours to judge before it expires
     pid = labels.get(f"{SANDBOX_LABEL}.pid", "")
     return pid.isdigit() and process_started(int(pid)) == labels.get(f"{SANDBOX_LABEL}.started", "") != ""

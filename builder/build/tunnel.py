@@ -41,6 +41,13 @@ DOCKER_HEAD = struct.Struct(">BxxxI")
 PING_S = 5.0
 IDLE_S = 60.0  # the forwarder exits after this long without a frame (12 missed pings)
 CHUNK = 262144
+# What a build step can make the builder hold: a bounded number of streams and upload bytes in
+# all (uploads are requests, small; a stream that passes its share is dropped, never waited on,
+# so one stream the proxy does not read cannot stall the pump, the other streams or the pings)
+MAX_STREAMS = 128
+UPLOAD_BUDGET = 32 << 20
+STREAM_BUDGET = 4 << 20
+MAX_FRAME = (1 << 20) + 64  # the forwarder sends at most 64 KiB a frame; anything larger is not it
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError, InterruptedError)
 
 
@@ -49,8 +56,10 @@ class _Stream:
 
     def __init__(self, sid: int, upstream: socket.socket | None) -> None:
         self.sid, self.upstream = sid, upstream
-        # upload direction (requests, small); bounded so a build cannot fill the builder's memory
-        self.inbound: queue.Queue = queue.Queue(256)
+        # upload direction (requests, small): bounded in bytes by Tunnel._deliver, never blocking
+        self.inbound: queue.Queue = queue.Queue()
+        self.queued = 0      # bytes in INBOUND
+        self.dropped = False
         self.done = 0  # directions finished; 2: close
 
 
@@ -68,6 +77,7 @@ class Tunnel:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = False
         self._lock = threading.Lock()
+        self._queued = 0  # upload bytes held for all streams (UPLOAD_BUDGET)
         self._thread = threading.Thread(target=self._pump, name="sandbox-tunnel", daemon=True)
 
     def start(self) -> "Tunnel":
@@ -82,7 +92,7 @@ class Tunnel:
         if self._thread.is_alive():
             self._thread.join(5)
         for stream in list(self.streams.values()):
-            self._close_upstream(stream)
+            self._end(stream)  # wakes both of its threads; the proxy sees end of stream
         self.streams.clear()
         for s in (self.sock, self._wake_r, self._wake_w):
             try:
@@ -174,6 +184,8 @@ class Tunnel:
         pos = 0
         while len(frames) - pos >= HEAD.size:
             kind, sid, size = HEAD.unpack_from(frames, pos)
+            if size > MAX_FRAME:
+                raise OSError(f"a frame of {size} bytes from the sandbox: not the forwarder's")
             if len(frames) - pos - HEAD.size < size:
                 break
             data = bytes(frames[pos + HEAD.size:pos + HEAD.size + size])
@@ -196,13 +208,28 @@ class Tunnel:
                 self._deliver(stream, None)
 
     def _deliver(self, stream: _Stream, data: bytes | None) -> None:
-        try:
-            stream.inbound.put(data, timeout=30)
-        except queue.Full:  # the proxy stopped reading what the build sends: drop the stream
-            self._close_upstream(stream)
+        """Queue DATA for the proxy, never waiting: past its share the stream is dropped."""
+        if stream.dropped:
+            return
+        if data is not None:
+            with self._lock:
+                over = (stream.queued + len(data) > STREAM_BUDGET
+                        or self._queued + len(data) > UPLOAD_BUDGET)
+                if not over:
+                    stream.queued += len(data)
+                    self._queued += len(data)
+            if over:  # the proxy is not reading what the build sends: drop it, not the pump
+                log.warning("sandbox connection dropped: the index proxy did not take its upload",
+                            stream=stream.sid, held_bytes=self._queued)
+                self._end(stream)
+                return
+        stream.inbound.put(data)
 
     # -- one stream ------------------------------------------------------------------------
     def _open(self, sid: int) -> None:
+        if sid in self.streams or len(self.streams) >= MAX_STREAMS:
+            self._send(b"C", sid, wait=False)  # refused: the connection in the sandbox ends at once
+            return
         self.opened += 1
         try:
             upstream = self.connect()
@@ -222,7 +249,10 @@ class Tunnel:
             data = stream.inbound.get()
             if data is None or self._stop:
                 break
-            if stream.upstream is not None:
+            with self._lock:
+                stream.queued -= len(data)
+                self._queued -= len(data)
+            if stream.upstream is not None and not stream.dropped:
                 try:
                     stream.upstream.sendall(data)
                 except OSError:
@@ -254,9 +284,34 @@ class Tunnel:
             self.streams.pop(stream.sid, None)
         self._close_upstream(stream)
 
+    def _end(self, stream: _Stream) -> None:
+        """End STREAM from any thread: its upload thread gets its end marker (what it still
+        held is forgotten), and a shutdown wakes its download thread's recv and tells the
+        proxy (close() from another thread does neither)."""
+        stream.dropped = True
+        with self._lock:
+            while True:
+                try:
+                    data = stream.inbound.get_nowait()
+                except queue.Empty:
+                    break
+                if data:
+                    stream.queued -= len(data)
+                    self._queued -= len(data)
+        stream.inbound.put(None)
+        if stream.upstream is not None:
+            try:
+                stream.upstream.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     @staticmethod
     def _close_upstream(stream: _Stream) -> None:
         if stream.upstream is not None:
+            try:
+                stream.upstream.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 stream.upstream.close()
             except OSError:

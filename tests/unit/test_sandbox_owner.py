@@ -45,3 +45,14 @@ def test_the_host_identity_is_stable_and_names_the_host():
     assert host_identity() == host_identity()
     assert host_identity().startswith(os.uname().nodename[:40])
     assert process_started(os.getpid()) != ""
+
+
+def test_a_sandbox_left_on_this_host_by_the_previous_version_is_still_swept():
+    """atk29: before issue 29 a sandbox was labelled with the bare hostname and no expiry, and its
+    forwarder never exits by itself (it holds the bind-mounted socket for ever). Its builder died
+    before the upgrade: the old sweep removed it; the new one takes it for another host's and
+    keeps it for ever (no expiry label either)."""
+    import socket
+    old = {LABEL: "1", f"{LABEL}.pid": str(_dead_pid()), f"{LABEL}.started": "1",
+           f"{LABEL}.host": socket.gethostname()}
+    assert not owner_alive(old)
