@@ -31,6 +31,8 @@ from builder.core.redact import redact
 from builder.core.refs import split_ref
 
 DEFAULT_TIMEOUT = 300.0
+SSH_HINT = ("Forward the engine's socket and use it: ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock HOST, "
+            "then DOCKER_HOST=unix:///tmp/docker.sock.")
 # what a cut or dropped engine connection raises mid-stream
 _STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
                   urllib3.exceptions.HTTPError, OSError)
@@ -102,10 +104,7 @@ class Engine:
                         kwargs["base_url"] = self._base_url
                     kwargs.setdefault("base_url", "unix:///var/run/docker.sock")
                     if str(kwargs["base_url"]).startswith("ssh://"):
-                        raise EngineError(f"{kwargs['base_url']}: ssh:// engines are not supported",
-                                          hint="Forward the engine's socket and use it: ssh -nNT -L "
-                                               "/tmp/docker.sock:/var/run/docker.sock HOST, then "
-                                               "DOCKER_HOST=unix:///tmp/docker.sock.")
+                        raise EngineError(f"{kwargs['base_url']}: ssh:// engines are not supported", hint=SSH_HINT)
                     self._api = _CancellableAPIClient(version="auto", timeout=self._api_timeout, **kwargs)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                     raise _engine_error(exc, "connecting") from None
@@ -274,12 +273,11 @@ class Engine:
 
     # -- containers ------------------------------------------------------------------
     def published_at(self) -> tuple[str, str]:
-        """(the address the engine publishes a port on, the host this builder reaches it at): a local
-        engine's loopback; a tcp:// engine's every address, reached at DOCKER_HOST's (GitLab: ``docker``)."""
+        """(where ports are published, where this builder reaches them): loopback, or a tcp:// engine's host."""
         url = self._base_url or os.environ.get("DOCKER_HOST") or ""
-        if url.startswith(("tcp://", "http://", "https://")):
-            return "0.0.0.0", urllib.parse.urlsplit(url.replace("tcp://", "http://", 1)).hostname or "127.0.0.1"
-        return "127.0.0.1", "127.0.0.1"
+        host = urllib.parse.urlsplit(url.replace("tcp://", "http://", 1)).hostname if "://" in url else None
+        return ("0.0.0.0", host or "127.0.0.1") if url.startswith(("tcp://", "http://", "https://")) else (
+            "127.0.0.1", "127.0.0.1")
 
     def run(self, image: str, *, env: dict[str, str] | None = None, ports: dict[int, int] | None = None,
             name: str | None = None, network_mode: str | None = None) -> str:
