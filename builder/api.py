@@ -69,6 +69,7 @@ class BuildResult:
     deps_image: str = ""    # the dependency image it was built FROM (builder/build/depsimage.py)
     deps_origin: str = ""   # "local" | "pulled" | "built"
     phases: dict[str, float] = field(default_factory=dict)  # seconds per stage; duration_s is the whole call
+    supply: dict[str, Any] = field(default_factory=dict)  # with --push: SBOM, provenance, signature (ship/supply.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +134,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
 
         hit, cache_from = _identical_image(engine, job, plan)
         if hit is not None:
-            return _ship(*_reuse(engine, job, plan, hit), engine, job)
+            return _ship(*_reuse(engine, job, plan, hit), engine, job, plan)
         deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
         # every build of this call shares --timeout, with the reading before them
         build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
@@ -149,7 +150,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
             raise _failure(job, plan, built)
-        return _ship(*_finish(engine, job, plan, deps, built), engine, job)
+        return _ship(*_finish(engine, job, plan, deps, built), engine, job, plan)
 
 
 # -- check the inputs: everything the package and the options can get wrong, before the engine ------------------
@@ -169,6 +170,7 @@ class _Job:
     replace: dict[str, bytes]
     base_image: str
     laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
+    signer: Any = None           # --sign-key, loaded before the engine (builder/ship/sign.py)
 
 
 def _lap(job: _Job, name: str) -> None:
@@ -199,9 +201,21 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     if options.base_image:
         check_image_ref(options.base_image, "--base-image")
     added, replace = added_files(pkg, options, split)  # (--ca-bundle-in-image without --ca-bundle fails here)
-    return _Job(pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
+    signer = _signer(options)
+    return _Job(signer=signer, pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
                 base_image=options.base_image or base_image_for(m.python))
+
+
+def _signer(options: BuildOptions):
+    """--sign-key, loaded now: a key that cannot sign fails before the build, not after the push."""
+    if not options.sign_key:
+        return None
+    if not options.push:
+        raise PackageValidationError("--sign-key needs --push: a signature names the pushed manifest",
+                                     field="--sign-key", hint="Add --push --registry ....")
+    from builder.ship.sign import load_signer
+    return load_signer(options.sign_key)
 
 
 def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
@@ -342,17 +356,32 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
 
 # -- ship ----------------------------------------------------------------------------------------------------------
 
-def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job) -> BuildResult:
+def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job, plan: Plan) -> BuildResult:
     """With --push: the agent (unless the registry's tag already holds this content), then
-    its dependency image. --push without a place to push was refused by the checks.
+    its dependency image, then its SBOM, provenance and signature (builder/ship/supply.py).
+    --push without a place to push was refused by the checks.
     duration_s is the whole call, the push included; phases say where it went."""
     _lap(job, "build")
     _push(result, kept, engine, job.options)
     if job.options.push:
         _lap(job, "push")
+    if job.options.push and result.digest_ref:
+        result.supply = _supply(result, engine, job, plan)
+        _lap(job, "supply")
     result.phases = dict(job.laps)
     result.duration_s = round(time.monotonic() - job.started, 3)
     return result
+
+
+def _supply(result: BuildResult, engine: Engine, job: _Job, plan: Plan) -> dict[str, Any]:
+    """The pushed image's SBOM and provenance from what this build knew, attached (and signed)."""
+    from builder.ship.supply import attach_build, build_facts
+    facts = build_facts(engine, result.image_id, plan, job.pkg, job.options, job.started)
+    try:
+        return attach_build(result.digest_ref, facts, auth=job.options.registry_auth, signer=job.signer)
+    except RegistryError as err:
+        err.hint = " ".join(filter(None, (err.hint, f"The image itself is pushed as {result.digest_ref}.")))
+        raise
 
 
 def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildOptions) -> None:
