@@ -94,9 +94,12 @@ class KmsSigner(Signer):
         self._kms = client
 
     def sign(self, data: bytes) -> bytes:
+        # KMS hashes a RAW message of up to 4096 bytes itself (a payload is a few hundred); a longer one
+        # goes as its SHA-256 (MessageType DIGEST). (moto hashes a DIGEST again; real KMS does not.)
+        raw = len(data) <= 4096
         try:
-            out = self._kms.sign(KeyId=self.arn, Message=hashlib.sha256(data).digest(), MessageType="DIGEST",
-                                 SigningAlgorithm="ECDSA_SHA_256")
+            out = self._kms.sign(KeyId=self.arn, Message=data if raw else hashlib.sha256(data).digest(),
+                                 MessageType="RAW" if raw else "DIGEST", SigningAlgorithm="ECDSA_SHA_256")
         except Exception as exc:  # botocore's ClientError / NoCredentialsError: the key's name, not its material
             raise SignatureError(f"KMS could not sign with {self.name}: {type(exc).__name__}: {str(exc)[:200]}",
                                  field="--sign-key", hint="Check the key's ARN, its KeySpec (ECC_NIST_P256) "
@@ -130,7 +133,7 @@ def signature_manifest(payload_bytes: bytes, signature: bytes, earlier: list[dic
     EARLIER layers kept (cosign appends), the config listing them as its diff_ids."""
     layer = {"mediaType": SIMPLE_SIGNING, "size": len(payload_bytes), "digest": digest_of(payload_bytes),
              "annotations": {SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}}
-    layers = [x for x in earlier or [] if x.get("digest") != layer["digest"]] + [layer]
+    layers = [x for x in earlier or [] if x != layer] + [layer]  # another key's signature of the same payload stays
     config = json.dumps({"architecture": "", "created": "0001-01-01T00:00:00Z",
                          "history": [{"created": "0001-01-01T00:00:00Z"}], "os": "",
                          "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]},

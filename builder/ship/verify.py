@@ -46,7 +46,8 @@ def load_public_key(spec: str, *, kms_client=None):
     return key
 
 
-def _good(key, body: bytes, signature_b64: str) -> bool:
+def verifies(key, body: bytes, signature_b64: str) -> bool:
+    """Does SIGNATURE_B64 (cosign's annotation: base64 ASN.1 DER) sign BODY with the EC public KEY?"""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -95,7 +96,7 @@ def _verified_claims(client: RegistryClient, repo: str, sig_manifest: dict, key,
     layers = [x for x in sig_manifest.get("layers") or [] if x.get("mediaType") == SIMPLE_SIGNING]
     for layer in layers:
         body = client.blob(repo, layer["digest"], max_bytes=_MAX_PAYLOAD)
-        if _good(key, body, (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, "")):
+        if verifies(key, body, (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, "")):
             try:
                 return json.loads(body)
             except ValueError:

@@ -233,3 +233,86 @@ def test_unsigned_push_attaches_and_says_so(registry, index, tmp_path, docker_cl
         assert proc.returncode == 64 and "is not signed" in proc.stderr
     finally:
         remove_tags(docker_client, [f"{prefix}/ai25-unsigned"])
+
+
+@pytest.fixture(scope="module")
+def bases(registry, docker_client):
+    """The shared base pushed as REGISTRY/ai25/ai25-base, and a patched one built FROM it (a new layer,
+    as a Debian update gives) as REGISTRY/ai25/ai25-base-patched."""
+    import io
+    host = registry.host
+    old, new = f"{host}/{PREFIX}/ai25-base:py3.11", f"{host}/{PREFIX}/ai25-base-patched:py3.11"
+    docker_client.images.get("agent-image/base:py3.11").tag(old)
+    docker_client.images.build(fileobj=io.BytesIO(b"FROM agent-image/base:py3.11\n"
+                                                  b"RUN echo fixed > /etc/ai25-patch\n"),
+                               tag=new, rm=True, network_mode="none")
+    out = {}
+    for key, ref in (("old", old), ("new", new)):
+        docker_client.images.push(ref)
+        digest, _ = manifest(host, ref.split("/", 1)[1].rsplit(":", 1)[0], "py3.11")
+        out[key] = f"{ref.rsplit(':', 1)[0]}@{digest}"
+    yield out
+    remove_tags(docker_client, [old, new])
+
+
+def test_rebase_carries_sbom_and_provenance_and_re_signs(bases, registry, index, keys, tmp_path, docker_client):
+    host, prefix = registry.host, f"{registry.host}/{PREFIX}"
+    agent = make_agent(tmp_path, "ai25-rebased", requirements="tinyreq==1.1\n")
+    try:
+        code, built, err = build_json(agent, "--index-url", index.url_for("alice"), "--registry", prefix, "--push",
+                                      "--base-image", bases["old"], "--sign-key", keys["good"][0])
+        assert code == 0, err[-3000:]
+        ref = f"{prefix}/ai25-rebased:0.1.0"
+        proc = run_cli("rebase", ref, "--base", bases["new"], "--sign-key", keys["good"][0], "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout)["results"][0]
+        assert result["supply"]["signed"] is True, result
+        new_digest = result["digest_ref"].split("@")[1]
+        assert new_digest != built["digest_ref"].split("@")[1]
+        proc = run_cli("verify", ref, "--key", keys["good"][1], "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["digest_ref"] == result["digest_ref"]
+        # the SBOM's base part names the new base; its distributions are the old SBOM's
+        repo = f"{PREFIX}/ai25-rebased"
+        old_sbom = json.loads(attached(host, repo, built["digest_ref"].split("@")[1], "application/vnd.cyclonedx+json"))
+        new_sbom = json.loads(attached(host, repo, new_digest, "application/vnd.cyclonedx+json"))
+        base = next(c for c in new_sbom["components"] if c["bom-ref"] == "base")
+        assert base["name"] == f"{host}/{PREFIX}/ai25-base-patched"
+        assert base["version"] == bases["new"].split("@")[1]
+        libs = lambda doc: sorted(c["purl"] for c in doc["components"] if "purl" in c)  # noqa: E731
+        assert libs(new_sbom) == libs(old_sbom)
+        statement = json.loads(attached(host, repo, new_digest, "application/vnd.in-toto+json"))
+        assert statement["subject"][0]["digest"]["sha256"] == new_digest.split(":")[1]
+        deps = {d["name"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+        assert deps["base"]["digest"]["sha256"] == bases["new"].split(":")[-1]
+        # rebased without a key: carried, unsigned, and verify refuses it
+        proc = run_cli("rebase", ref, "--base", bases["old"], "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout)["results"][0]["supply"]["signed"] is False
+        assert run_cli("verify", ref, "--key", keys["good"][1]).returncode == 64
+    finally:
+        remove_tags(docker_client, [f"{prefix}/ai25-rebased"])
+
+
+def test_kms_signature_verifies_against_the_registry(shipped, registry, keys):
+    """--sign-key awskms:///ARN: boto3 kms.sign against moto's KMS, verified with the key's public half."""
+    import boto3
+    from moto import mock_aws
+
+    from builder.ship.client import RegistryClient, parse_ref
+    from builder.ship.sign import load_signer, push_signature
+    from builder.ship.verify import verify_image
+    result, _ = shipped["ai25-other"]
+    ref = parse_ref(result["digest_ref"])
+    with mock_aws():
+        kms = boto3.client("kms", region_name="eu-west-1")
+        arn = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        signer = load_signer(f"awskms:///{arn}", kms_client=kms)
+        push_signature(RegistryClient(ref.host), ref.repo, ref.digest, signer,
+                       {"io.pixell.agent.name": "ai25-other", "io.pixell.agent.version": "0.1.0",
+                        "io.pixell.agent-image.sbom": result["supply"]["sbom"],
+                        "io.pixell.agent-image.provenance": result["supply"]["provenance"]})
+        out = verify_image(result["digest_ref"], f"awskms:///{arn}", kms_client=kms)
+        assert out["digest_ref"] == result["digest_ref"] and out["key"] == f"awskms:///{arn}"
+    # cosign appends: the build's own signature, by the PEM key, still verifies beside KMS's
+    assert verify_image(result["digest_ref"], keys["good"][1])["digest_ref"] == result["digest_ref"]
