@@ -201,21 +201,10 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     if options.base_image:
         check_image_ref(options.base_image, "--base-image")
     added, replace = added_files(pkg, options, split)  # (--ca-bundle-in-image without --ca-bundle fails here)
-    signer = _signer(options)
-    return _Job(signer=signer, pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
+    from builder.ship.sign import signer_for  # a key that cannot sign fails now, not after the push
+    return _Job(signer=signer_for(options.sign_key, push=options.push), pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
                 base_image=options.base_image or base_image_for(m.python))
-
-
-def _signer(options: BuildOptions):
-    """--sign-key, loaded now: a key that cannot sign fails before the build, not after the push."""
-    if not options.sign_key:
-        return None
-    if not options.push:
-        raise PackageValidationError("--sign-key needs --push: a signature names the pushed manifest",
-                                     field="--sign-key", hint="Add --push --registry ....")
-    from builder.ship.sign import load_signer
-    return load_signer(options.sign_key)
 
 
 def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
@@ -366,22 +355,13 @@ def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job, plan
     if job.options.push:
         _lap(job, "push")
     if job.options.push and result.digest_ref:
-        result.supply = _supply(result, engine, job, plan)
+        from builder.ship.supply import attach_build, build_facts
+        facts = build_facts(engine, result.image_id, plan, job.pkg, job.options, job.started)
+        result.supply = attach_build(result.digest_ref, facts, auth=job.options.registry_auth, signer=job.signer)
         _lap(job, "supply")
     result.phases = dict(job.laps)
     result.duration_s = round(time.monotonic() - job.started, 3)
     return result
-
-
-def _supply(result: BuildResult, engine: Engine, job: _Job, plan: Plan) -> dict[str, Any]:
-    """The pushed image's SBOM and provenance from what this build knew, attached (and signed)."""
-    from builder.ship.supply import attach_build, build_facts
-    facts = build_facts(engine, result.image_id, plan, job.pkg, job.options, job.started)
-    try:
-        return attach_build(result.digest_ref, facts, auth=job.options.registry_auth, signer=job.signer)
-    except RegistryError as err:
-        err.hint = " ".join(filter(None, (err.hint, f"The image itself is pushed as {result.digest_ref}.")))
-        raise
 
 
 def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildOptions) -> None:

@@ -63,7 +63,10 @@ def dists_of(engine, image: str) -> list[Dist]:
 
 
 def _licence(d: Dist):
-    from cyclonedx.factory.license import LicenseFactory
+    try:  # its home since 11.x; cyclonedx.factory.license before (deprecated there now)
+        from cyclonedx.contrib.license.factories import LicenseFactory
+    except ImportError:
+        from cyclonedx.factory.license import LicenseFactory
     text = d.licence.strip()
     if text and "\n" not in text and len(text) <= 100:
         return [LicenseFactory().make_from_string(text)]

@@ -123,6 +123,17 @@ def load_signer(spec: str, *, kms_client=None) -> Signer:
     return PemSigner(spec)
 
 
+def signer_for(sign_key: str | None, *, push: bool) -> Signer | None:
+    """build --sign-key, loaded before the build."""
+    if not sign_key:
+        return None
+    if not push:
+        from builder.core.errors import PackageValidationError
+        raise PackageValidationError("--sign-key needs --push: a signature names the pushed manifest",
+                                     field="--sign-key", hint="Add --push --registry ....")
+    return load_signer(sign_key)
+
+
 def kms_arn(spec: str) -> tuple[str, str] | None:
     m = _KMS.match(spec)
     return (m.group(1), m.group(2)) if m else None

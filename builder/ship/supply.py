@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from builder import __version__
+from builder.core.errors import RegistryError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.ship import attest, sbom
 from builder.ship.client import MAX_CONFIG_BYTES, RegistryClient, parse_ref
@@ -104,7 +105,11 @@ def attach_build(digest_ref: str, facts: BuildFacts, *, auth: dict | None, signe
         subject_name=ref.name, digest=ref.digest, external=facts.external,
         dependencies=[attest.base_dependency(facts.base), *facts.dependencies], started=facts.started,
         finished=time.time(), builder_version=__version__, env=facts.env)
-    return _attach(client, ref, sbom_doc, provenance, facts.agent, signer, started)
+    try:
+        return _attach(client, ref, sbom_doc, provenance, facts.agent, signer, started)
+    except RegistryError as err:
+        err.hint = " ".join(filter(None, (err.hint, f"The image itself is pushed as {digest_ref}.")))
+        raise
 
 
 def _attach(client: RegistryClient, ref, sbom_doc: bytes, provenance: bytes, agent: dict[str, str],
@@ -112,7 +117,6 @@ def _attach(client: RegistryClient, ref, sbom_doc: bytes, provenance: bytes, age
     before = client.bytes_sent
     found = client.manifest(ref.repo, ref.digest)
     if found is None:
-        from builder.core.errors import RegistryError
         raise RegistryError(f"{ref} is not in the registry: nothing to attach to", hint="Push it again.")
     subject = {"mediaType": found[1], "digest": ref.digest, "size": len(found[0])}
     stamp = {"org.opencontainers.image.created": attest.stamp(time.time())}
