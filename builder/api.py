@@ -351,13 +351,15 @@ def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job, plan
     --push without a place to push was refused by the checks.
     duration_s is the whole call, the push included; phases say where it went."""
     _lap(job, "build")
+    if job.options.push:  # the SBOM needs the image, not its digest: made beside the push
+        from builder.ship.supply import attach_build, prepare
+        facts = prepare(engine.sibling(), result.image_id, plan, job.pkg, job.options, job.started)
     _push(result, kept, engine, job.options)
     if job.options.push:
         _lap(job, "push")
     if job.options.push and result.digest_ref:
-        from builder.ship.supply import attach_build, build_facts
-        facts = build_facts(engine, result.image_id, plan, job.pkg, job.options, job.started)
-        result.supply = attach_build(result.digest_ref, facts, auth=job.options.registry_auth, signer=job.signer)
+        result.supply = attach_build(result.digest_ref, facts.result(), auth=job.options.registry_auth,
+                                     signer=job.signer)
         _lap(job, "supply")
     result.phases = dict(job.laps)
     result.duration_s = round(time.monotonic() - job.started, 3)

@@ -82,6 +82,10 @@ class Engine:
         self._api: _CancellableAPIClient | None = None
         self._connecting = threading.Lock()
 
+    def sibling(self) -> "Engine":
+        """The same engine over its own connection: for work beside a call under way (a push)."""
+        return Engine(self._base_url, api_timeout=self._api_timeout)
+
     @property
     def api(self) -> _CancellableAPIClient:
         """The docker-py client, connected on first use."""

@@ -159,6 +159,7 @@ class RegistryClient:
         self.http = pool or urllib3.PoolManager(timeout=Timeout(connect=5.0, read=timeout), retries=self.retry)
         self.bytes_sent = 0
         self.subject_indexed = False
+        self._present: set[tuple[str, str]] = set()  # blobs this client put (no HEAD for them again)
 
     # -- the reads --------------------------------------------------------------------
     def manifest(self, repo: str, reference: str) -> tuple[bytes, str, str] | None:
@@ -219,7 +220,7 @@ class RegistryClient:
     def upload(self, repo: str, data: bytes) -> str:
         """Put DATA as a blob (monolithic upload) unless it is there; return its digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if self.has_blob(repo, digest):
+        if (repo, digest) in self._present or self.has_blob(repo, digest):
             return digest
         scopes = (f"repository:{repo}:pull,push",)
         start = self._request("POST", f"/v2/{repo}/blobs/uploads/", scopes=scopes, ok=(202,))
@@ -228,6 +229,7 @@ class RegistryClient:
         self._request("PUT", url, scopes=scopes, body=data, ok=(201,),
                       headers={"Content-Type": "application/octet-stream"})
         self.bytes_sent += len(data)
+        self._present.add((repo, digest))
         return digest
 
     def copy_blob(self, source: RegistryClient, source_repo: str, repo: str, digest: str, size: int) -> int:

@@ -45,29 +45,34 @@ def artifact_manifest(subject: dict, artifact_type: str, blob: bytes, annotation
         "subject": subject, "annotations": annotations})
 
 
-def attach(client: RegistryClient, repo: str, subject: dict, artifact_type: str, blob: bytes,
-           annotations: dict[str, str]) -> dict:
-    """Push BLOB as an artifact referring to SUBJECT (a descriptor); return its descriptor, with "via":
-    "api" when the registry indexed it, else "tag" (this call updated the referrers tag schema's index)."""
+def attach(client: RegistryClient, repo: str, subject: dict, artifacts: list[tuple[str, bytes, dict[str, str]]]
+           ) -> list[dict]:
+    """Push each (artifact type, document, annotations) as an artifact referring to SUBJECT (a
+    descriptor); return their descriptors, each with "via": "api" when the registry indexed it, else
+    "tag" (the referrers tag schema's index, updated once for all of them)."""
     client.upload(repo, EMPTY)
-    client.upload(repo, blob)
-    body = artifact_manifest(subject, artifact_type, blob, annotations)
-    digest = client.put_manifest(repo, digest_of(body), body, OCI_MANIFEST)
-    desc = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type,
-            "annotations": annotations}
-    if client.subject_indexed:
-        return {**desc, "via": "api"}
-    _add_to_tag_index(client, repo, subject["digest"], desc)
-    return {**desc, "via": "tag"}
+    out, unindexed = [], []
+    for artifact_type, blob, annotations in artifacts:
+        client.upload(repo, blob)
+        body = artifact_manifest(subject, artifact_type, blob, annotations)
+        digest = client.put_manifest(repo, digest_of(body), body, OCI_MANIFEST)
+        desc = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type,
+                "annotations": annotations}
+        if not client.subject_indexed:
+            unindexed.append(desc)
+        out.append({**desc, "via": "api" if client.subject_indexed else "tag"})
+    if unindexed:
+        _add_to_tag_index(client, repo, subject["digest"], unindexed)
+    return out
 
 
-def _add_to_tag_index(client: RegistryClient, repo: str, subject_digest: str, desc: dict) -> None:
+def _add_to_tag_index(client: RegistryClient, repo: str, subject_digest: str, descs: list[dict]) -> None:
     tag = tag_schema(subject_digest)
     found = client.manifest(repo, tag)
-    entries = []
+    entries, new = [], {d["digest"] for d in descs}
     if found is not None and json.loads(found[0]).get("mediaType") == OCI_INDEX:
-        entries = [m for m in json.loads(found[0]).get("manifests") or [] if m.get("digest") != desc["digest"]]
-    index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*entries, desc]})
+        entries = [m for m in json.loads(found[0]).get("manifests") or [] if m.get("digest") not in new]
+    index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*entries, *descs]})
     client.put_manifest(repo, tag, index, OCI_INDEX)
 
 

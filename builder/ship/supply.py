@@ -43,6 +43,28 @@ class BuildFacts:
     started: float                           # wall-clock seconds
     env: dict[str, str] = field(default_factory=dict)
     recall: object = None                    # (index_url, name, version) -> {"sha256", "file", "origin"} | None
+    sbom: bytes = b""                        # made by prepare(), beside the push
+
+
+def prepare(engine, image_id: str, plan, pkg, options, started_monotonic: float):
+    """A Future of the BuildFacts with the SBOM made: none of it needs the pushed digest, so it runs
+    beside the push (reading the image's listing, and the libraries' imports, cost more than the
+    pushes of the documents)."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-image-sbom")
+
+    def work() -> BuildFacts:
+        facts = build_facts(engine, image_id, plan, pkg, options, started_monotonic)
+        facts.sbom = make_sbom(facts)
+        return facts
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return future
+
+
+def make_sbom(facts: BuildFacts) -> bytes:
+    return sbom.make_sbom(agent=facts.agent, dists=facts.dists, files=_files(facts), index_url=facts.index_url,
+                          base=facts.base, builder_version=__version__)
 
 
 def build_facts(engine, image_id: str, plan, pkg, options, started_monotonic: float) -> BuildFacts:
@@ -99,8 +121,7 @@ def attach_build(digest_ref: str, facts: BuildFacts, *, auth: dict | None, signe
     started = time.monotonic()
     ref = parse_ref(digest_ref)
     client = RegistryClient(ref.host, auth=auth)
-    sbom_doc = sbom.make_sbom(agent=facts.agent, dists=facts.dists, files=_files(facts), index_url=facts.index_url,
-                              base=facts.base, builder_version=__version__)
+    sbom_doc = facts.sbom or make_sbom(facts)
     provenance = attest.statement(
         subject_name=ref.name, digest=ref.digest, external=facts.external,
         dependencies=[attest.base_dependency(facts.base), *facts.dependencies], started=facts.started,
@@ -120,8 +141,7 @@ def _attach(client: RegistryClient, ref, sbom_doc: bytes, provenance: bytes, age
         raise RegistryError(f"{ref} is not in the registry: nothing to attach to", hint="Push it again.")
     subject = {"mediaType": found[1], "digest": ref.digest, "size": len(found[0])}
     stamp = {"org.opencontainers.image.created": attest.stamp(time.time())}
-    s = attach(client, ref.repo, subject, SBOM_TYPE, sbom_doc, stamp)
-    p = attach(client, ref.repo, subject, PROVENANCE_TYPE, provenance, stamp)
+    s, p = attach(client, ref.repo, subject, [(SBOM_TYPE, sbom_doc, stamp), (PROVENANCE_TYPE, provenance, stamp)])
     out = {"sbom": s["digest"], "provenance": p["digest"], "referrers": s["via"], "signed": False}
     if signer is not None:
         optional = {AGENT_NAME_LABEL: agent["name"], AGENT_VERSION_LABEL: agent["version"],
