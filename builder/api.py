@@ -358,7 +358,7 @@ def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job, plan
     if job.options.push:
         _lap(job, "push")
     if job.options.push and result.digest_ref:
-        result.supply = attach_build(result.digest_ref, facts.result(), auth=job.options.registry_auth,
+        result.supply = attach_build(result.digest_ref, facts, auth=job.options.registry_auth,
                                      signer=job.signer)
         _lap(job, "supply")
     result.phases = dict(job.laps)

@@ -53,7 +53,7 @@ def attach(client: RegistryClient, repo: str, subject: dict, artifacts: list[tup
     client.upload(repo, EMPTY)
     out, unindexed = [], []
     for artifact_type, blob, annotations in artifacts:
-        client.upload(repo, blob)
+        client.upload(repo, blob, check=False)  # (timestamped: new bytes)
         body = artifact_manifest(subject, artifact_type, blob, annotations)
         digest = client.put_manifest(repo, digest_of(body), body, OCI_MANIFEST)
         desc = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type,

@@ -42,7 +42,7 @@ def payload(docker_reference: str, digest: str, optional: dict[str, str] | None 
     """cosign's payload, byte for byte (Go's encoding/json: struct order, no spaces)."""
     doc = {"critical": {"identity": {"docker-reference": docker_reference},
                         "image": {"docker-manifest-digest": digest}, "type": PAYLOAD_TYPE},
-           "optional": optional or None}
+           "optional": dict(sorted(optional.items())) if optional else None}  # Go sorts map keys
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

@@ -116,9 +116,12 @@ def _files(facts: BuildFacts) -> dict[str, dict]:
     return out
 
 
-def attach_build(digest_ref: str, facts: BuildFacts, *, auth: dict | None, signer: Signer | None) -> dict:
+def attach_build(digest_ref: str, facts, *, auth: dict | None, signer: Signer | None) -> dict:
     """SBOM + provenance for the pushed DIGEST_REF, attached, and signed with SIGNER when given."""
     started = time.monotonic()
+    if not isinstance(facts, BuildFacts):  # prepare()'s Future: the SBOM made beside the push
+        facts = facts.result()
+    waited = time.monotonic() - started
     ref = parse_ref(digest_ref)
     client = RegistryClient(ref.host, auth=auth)
     sbom_doc = facts.sbom or make_sbom(facts)
@@ -127,7 +130,9 @@ def attach_build(digest_ref: str, facts: BuildFacts, *, auth: dict | None, signe
         dependencies=[attest.base_dependency(facts.base), *facts.dependencies], started=facts.started,
         finished=time.time(), builder_version=__version__, env=facts.env)
     try:
-        return _attach(client, ref, sbom_doc, provenance, facts.agent, signer, started)
+        out = _attach(client, ref, sbom_doc, provenance, facts.agent, signer, started)
+        out["waited_s"] = round(waited, 3)  # for the SBOM made beside the push: 0 when the push took longer
+        return out
     except RegistryError as err:
         err.hint = " ".join(filter(None, (err.hint, f"The image itself is pushed as {digest_ref}.")))
         raise
