@@ -15,3 +15,5 @@ STEP = "build step"                                          # one Dockerfile st
 LINE = "build"                                               # one line of the engine's build log (debug)
 READY = "Agent image ready"
 PUSHED = "Pushed agent image"
+ATTACHED = "Attached SBOM and provenance"                   # signed=true|false, sbom, provenance, referrers
+VERIFIED = "Signature verified"                             # digest_ref, key, agent

@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from builder import __version__
+from builder.core import events
 from builder.core.errors import RegistryError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.ship import attest, sbom
@@ -156,11 +157,11 @@ def _attach(client: RegistryClient, ref, sbom_doc: bytes, provenance: bytes, age
     out["bytes_pushed"] = client.bytes_sent - before
     out["duration_s"] = round(time.monotonic() - started, 3)
     if out["signed"]:
-        log.info("Attached SBOM and provenance, signed", image=str(ref), sbom=s["digest"],
-                 provenance=p["digest"], key=signer.name, referrers=s["via"])
-    else:
-        log.warning("Attached SBOM and provenance UNSIGNED (no --sign-key): verify will refuse this image",
-                    image=str(ref), sbom=s["digest"], provenance=p["digest"], referrers=s["via"])
+        log.info(events.ATTACHED, image=str(ref), signed=True, sbom=s["digest"], provenance=p["digest"],
+                 key=signer.name, referrers=s["via"])
+    else:  # (warning: verify will refuse this image)
+        log.warning(events.ATTACHED, image=str(ref), signed=False, sbom=s["digest"], provenance=p["digest"],
+                    referrers=s["via"], note="UNSIGNED: no --sign-key, so verify and --verify-key refuse it")
     return out
 
 

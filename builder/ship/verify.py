@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from builder.core import events
 from builder.core.errors import SignatureError
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.ship.client import MAX_CONFIG_BYTES, RegistryClient, parse_ref
@@ -87,7 +88,7 @@ def verify_image(ref: str, key_spec: str, *, auth: dict | None = None, expect_na
             raise SignatureError(f"{pinned} is signed as {what}={optional.get(what)!r}, expected {want!r}",
                                  hint="The reference points at another agent or version.")
     attached = {kind: _attachment(client, r.repo, optional, kind, digest, pinned) for kind in ("sbom", "provenance")}
-    log.info("Signature verified", image=ref, digest_ref=pinned, key=key_spec, agent=agent)
+    log.info(events.VERIFIED, image=ref, digest_ref=pinned, key=key_spec, agent=agent)
     return {"ok": True, "image": ref, "digest_ref": pinned, "agent": {"name": agent, "version": optional.get(
         AGENT_VERSION_LABEL)}, "key": key_spec, **attached}
 

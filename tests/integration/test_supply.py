@@ -228,7 +228,9 @@ def test_unsigned_push_attaches_and_says_so(registry, index, tmp_path, docker_cl
         code, result, err = build_json(agent, "--index-url", index.url_for("alice"), "--registry", prefix, "--push")
         assert code == 0, err[-3000:]
         assert result["supply"]["signed"] is False and result["supply"]["sbom"] and result["supply"]["provenance"]
-        assert "UNSIGNED" in err
+        events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        attached = [e for e in events if e.get("event") == "Attached SBOM and provenance"]
+        assert len(attached) == 1 and attached[0]["signed"] is False and attached[0]["level"] == "warning", attached
         proc = run_cli("verify", result["digest_ref"], "--key", keys["good"][1])
         assert proc.returncode == 64 and "is not signed" in proc.stderr
     finally:
