@@ -40,14 +40,16 @@ TOOL_PIP_DIR = "/opt/agent-image/tools/pip"
 # found twice (an editable install's dist-info, and the egg-info its build left in /app) is the
 # one with direct_url.json: the installed one.
 DISTS_PATH = "/opt/agent-image/dists.json"
-LIST_DISTS = ("python -I -c 'import json, os, re, importlib.metadata as m; d = {}; "
+_LIST_CODE = ("import json, os, re, importlib.metadata as m; d = {}; "
               "[d.setdefault(re.sub(r\"[-_.]+\", \"-\", x.metadata[\"Name\"]).lower(), [x.metadata[\"Name\"], "
               "x.version, (x.metadata.get(\"License-Expression\") or x.metadata.get(\"License\") or \"\")[:200], "
               "[c for c in x.metadata.get_all(\"Classifier\") or [] if c.startswith(\"License ::\")], "
               "x.read_text(\"direct_url.json\"), str(x.locate_file(\"\"))]) for x in sorted(m.distributions(), key=lambda x: "
-              "x.read_text(\"direct_url.json\") is None) if x.metadata[\"Name\"]]; "
-              "os.makedirs(os.path.dirname(\"" + DISTS_PATH + "\"), exist_ok=True); "
+              "x.read_text(\"direct_url.json\") is None) if x.metadata[\"Name\"]]; ")
+LIST_DISTS = ("python -I -c '" + _LIST_CODE + "os.makedirs(os.path.dirname(\"" + DISTS_PATH + "\"), exist_ok=True); "
               "json.dump(sorted(d.values()), open(\"" + DISTS_PATH + "\", \"w\"))'")
+# the same listing on stdout, for an image no install step wrote one into (python -I -c LIST_DISTS_STDOUT)
+LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.stdout)"
 
 
 def tool_pip_version(python: str) -> str:

@@ -53,12 +53,10 @@ def read_listing(raw: bytes) -> list[Dist]:
 def dists_of(engine, image: str) -> list[Dist]:
     """The venv's distributions in IMAGE: its listing, else (an image with no install step) the
     same listing printed by the image's python (a container run, the one slow path)."""
-    from builder.plan.dockerfile import DISTS_PATH, LIST_DISTS
+    from builder.plan.dockerfile import DISTS_PATH, LIST_DISTS_STDOUT
     raw = engine.read_file(image, DISTS_PATH)
     if raw is None:
-        script = LIST_DISTS.split(" -c ", 1)[1].strip("'").replace(f'open("{DISTS_PATH}", "w")', "sys.stdout")
-        script = "import sys; " + script.replace("os.makedirs(os.path.dirname(", "(str(")
-        raw = engine.run_once(image, ["python", "-I", "-c", script]).encode()
+        raw = engine.run_once(image, ["python", "-I", "-W", "ignore", "-c", LIST_DISTS_STDOUT]).encode()
     return read_listing(raw)
 
 
