@@ -65,6 +65,13 @@ def attached(host: str, repo: str, digest: str, artifact_type: str) -> bytes:
     return blob(host, repo, art["layers"][0]["digest"])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_our_tags(registry, docker_client):
+    """Every tag this module made is under REGISTRY/ai25 (the dependency images too): gone at its end."""
+    yield
+    remove_tags(docker_client, [f"{registry.host}/{PREFIX}/"])
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ai25-keys")
