@@ -71,6 +71,7 @@ class BuildResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per stage; duration_s is the whole call
     # the agent's runtime: name, python, end_of_life (ISO date), past_end_of_life, preview (package/runtime.py)
     runtime: dict[str, Any] = field(default_factory=dict)
+    supply: dict[str, Any] = field(default_factory=dict)  # with --push: SBOM, provenance, signature (ship/supply.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +139,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
 
         hit, cache_from = _identical_image(engine, job, plan)
         if hit is not None:
-            return _ship(*_reuse(engine, job, plan, hit), engine, job)
+            return _ship(*_reuse(engine, job, plan, hit), engine, job, plan)
         deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
         # every build of this call shares --timeout, with the reading before them
         build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
@@ -155,7 +156,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         if built.failed is not None:
             raise _failure(job, plan, built)
         agentbuild.add_ready_time(build, built)
-        return _ship(*_finish(engine, job, plan, deps, built), engine, job)
+        return _ship(*_finish(engine, job, plan, deps, built), engine, job, plan)
 
 
 # -- check the inputs: everything the package and the options can get wrong, before the engine ------------------
@@ -175,6 +176,7 @@ class _Job:
     replace: dict[str, bytes]
     base_image: str
     laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
+    signer: Any = None           # --sign-key, loaded before the engine (builder/ship/sign.py)
 
 
 def _lap(job: _Job, name: str) -> None:
@@ -206,7 +208,8 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     if options.base_image:
         check_image_ref(options.base_image, "--base-image")
     added, replace = added_files(pkg, options, split)  # (--ca-bundle-in-image without --ca-bundle fails here)
-    return _Job(pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
+    from builder.ship.sign import signer_for  # a key that cannot sign fails now, not after the push
+    return _Job(signer=signer_for(options.sign_key, push=options.push), pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
                 base_image=options.base_image or base_image_for(m.python))
 
@@ -363,17 +366,25 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
 
 # -- ship ----------------------------------------------------------------------------------------------------------
 
-def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job) -> BuildResult:
+def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job, plan: Plan) -> BuildResult:
     """With --push: the agent (unless the registry's tag already holds this content), then
-    its dependency image. --push without a place to push was refused by the checks.
+    its dependency image, then its SBOM, provenance and signature (builder/ship/supply.py).
+    --push without a place to push was refused by the checks.
     duration_s is the whole call, the push included; phases say where it went."""
     _lap(job, "build")
     result.runtime, warning = runtime_facts(job.pkg.manifest)
     if warning and warning not in result.warnings:
         result.warnings.insert(0, warning)
+    if job.options.push:  # the SBOM needs the image, not its digest: made beside the push
+        from builder.ship.supply import attach_build, prepare
+        facts = prepare(engine.sibling(), result.image_id, plan, job.pkg, job.options, job.started)
     _push(result, kept, engine, job.options)
     if job.options.push:
         _lap(job, "push")
+    if job.options.push and result.digest_ref:
+        result.supply = attach_build(result.digest_ref, facts, auth=job.options.registry_auth,
+                                     signer=job.signer)
+        _lap(job, "supply")
     result.phases = dict(job.laps)
     result.duration_s = round(time.monotonic() - job.started, 3)
     return result

@@ -93,6 +93,10 @@ class Engine:
         self._api: _CancellableAPIClient | None = None
         self._connecting = threading.Lock()
 
+    def sibling(self) -> "Engine":
+        """The same engine over its own connection: for work beside a call under way (a push)."""
+        return Engine(self._base_url, api_timeout=self._api_timeout)
+
     @property
     def api(self) -> _CancellableAPIClient:
         """The docker-py client, connected on first use."""
@@ -376,6 +380,29 @@ class Engine:
         if code != 0:
             raise EngineError(f"{command[0]} in {image} exited {code}: {redact(out)[-300:]}")
         return out
+
+    def read_file(self, image: str, path: str, *, max_bytes: int = 1 << 20) -> bytes | None:
+        """One small file of IMAGE (None when it has none): a created, never started container's
+        archive, so nothing of the image runs (the SBOM's listing: builder/ship/sbom.py)."""
+        import tarfile
+        try:
+            cid = self.api.create_container(image, command=["true"], entrypoint=[],
+                                            host_config=self.api.create_host_config(network_mode="none"))["Id"]
+            try:
+                stream, stat = self.api.get_archive(cid, path)
+                if int(stat.get("size") or 0) > max_bytes:
+                    return None
+                data = b"".join(stream)
+            except docker.errors.NotFound:
+                return None
+            finally:
+                self.api.remove_container(cid, force=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, f"reading {path} from {image}") from None
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = next((m for m in tar.getmembers() if m.isfile()), None)
+            fh = tar.extractfile(member) if member else None
+            return fh.read(max_bytes) if fh else None
 
     def logs(self, container_id: str, tail: int = 50) -> str:
         return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")

@@ -125,7 +125,7 @@ def cmd_build(args, engine_factory) -> dict:
         limits=_limits(args), registry_auth=_registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
-        provenance=provenance(args.source_url, args.revision, os.environ),
+        provenance=provenance(args.source_url, args.revision, os.environ), sign_key=args.sign_key,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         return _dry_run(args, opts)
@@ -210,7 +210,11 @@ def _write_task_def(engine, result, task_opts, path: Path, auth: dict | None) ->
 
 def cmd_rebase(args, engine_factory) -> dict:
     from builder.ship.rebaser import rebase_refs
-    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run)
+    signer = None
+    if args.sign_key:
+        from builder.ship.sign import load_signer
+        signer = load_signer(args.sign_key)
+    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run, signer=signer)
     failed = next((o for o in outcomes if not o.ok), None)
     if not args.json:
         for o in outcomes:
@@ -255,13 +259,36 @@ def cmd_base(args, engine_factory) -> dict:
     return {"ok": True, "image": tag, "image_id": image_id, "digest_ref": pinned}
 
 
+def _verified(args, ref: str, expect_name=None, expect_version=None) -> tuple[str, dict | None]:
+    """--verify-key: (the verified digest reference to use instead of REF, what was verified);
+    without it (REF, None). Before the engine is asked anything."""
+    if not getattr(args, "verify_key", None):
+        return ref, None
+    from builder.ship.verify import verify_image
+    verified = verify_image(ref, args.verify_key, auth=_registry_auth(args), expect_name=expect_name,
+                            expect_version=expect_version)
+    return verified["digest_ref"], verified
+
+
+def cmd_verify(args, engine_factory) -> dict:
+    from builder.ship.verify import verify_image
+    out = verify_image(args.ref, args.key, auth=_registry_auth(args), expect_name=args.expect_name,
+                       expect_version=args.expect_version)
+    if not args.json:
+        print(f"{out['digest_ref']}: signature verified (agent {out['agent']['name']} {out['agent']['version']}; "
+              f"sbom {out['sbom'] or '-'}; provenance {out['provenance'] or '-'})")
+    return out
+
+
 def cmd_pull(args, engine_factory) -> dict:
     from builder.ship.pushpull import pull_image
-    image_id = pull_image(engine_factory(), args.ref, expect_name=args.expect_name,
+    ref, verified = _verified(args, args.ref, args.expect_name, args.expect_version)
+    image_id = pull_image(engine_factory(), ref, expect_name=args.expect_name,
                           expect_version=args.expect_version, auth=_registry_auth(args))
     if not args.json:
         print(image_id)
-    return {"ok": True, "image": args.ref, "image_id": image_id}
+    return {"ok": True, "image": args.ref, "image_id": image_id,
+            **({"verified": verified} if verified else {})}
 
 
 def wait_healthy(url: str, wait: float, is_running) -> float:
@@ -284,10 +311,14 @@ def wait_healthy(url: str, wait: float, is_running) -> float:
 
 
 def cmd_run(args, engine_factory) -> dict:
+    ref, verified = _verified(args, args.ref)
     engine = engine_factory()
+    if verified and engine.image(ref) is None:  # the verified digest, never what a local tag says
+        from builder.ship.pushpull import pull_image
+        pull_image(engine, ref, auth=_registry_auth(args))
     env = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
     env.setdefault("REST_PORT", "8080")
-    cid = engine.run(args.ref, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
+    cid = engine.run(ref, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
     host = engine.published_at()[1]  # a remote engine's port is on its host, not this one
     url = f"http://{host}:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
     try:
@@ -299,7 +330,8 @@ def cmd_run(args, engine_factory) -> dict:
     log.info("Agent is serving", url=url, container=cid[:12], ready_s=round(took, 3))
     if not args.json:
         print(url)
-    return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3)}
+    return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3),
+            **({"verified": verified} if verified else {})}
 
 
 def cmd_doctor(args, engine_factory) -> dict:
@@ -338,6 +370,6 @@ def cmd_test(args, engine_factory) -> dict:
     return report
 
 
-COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "run": cmd_run, "doctor": cmd_doctor,
+COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "verify": cmd_verify, "run": cmd_run, "doctor": cmd_doctor,
             "ecs-task-def": cmd_ecs_task_def, "rebase": cmd_rebase,
             "test": cmd_test}

@@ -19,6 +19,7 @@ import structlog
 from builder import __version__
 from builder.cli import ciout
 from builder.cli.commands import COMMANDS
+from builder.cli.supplyargs import add_pull, add_sign_key, add_verify, add_verify_key
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import EXIT_CODES, PackageLoadError
 from builder.core.pythons import PYTHONS
@@ -106,7 +107,8 @@ def parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_base(sub)
     _add_rebase(sub)
-    _add_pull(sub)
+    add_pull(sub, _add_common)
+    add_verify(sub, _add_common)
     _add_doctor(sub)
     _add_run(sub)
     _add_ecs_task_def(sub)
@@ -160,6 +162,8 @@ def _add_build(sub) -> None:
     b.add_argument("--create-repository", action="store_true",
                    help="ECR only: create the agent's repository and PREFIX/agent-image.deps when missing "
                         "(version tags immutable, lifecycle policies; docs/ci.md)")
+    add_sign_key(b, "with --push: sign the image (cosign's format) with KEY; without it the SBOM and provenance "
+                    "are attached unsigned")
     b.add_argument("--source-url", metavar="URL", help="org.opencontainers.image.source (default: the CI's repository URL)")
     b.add_argument("--revision", metavar="SHA", help="org.opencontainers.image.revision (default: the CI's commit; "
                    "image.created comes from SOURCE_DATE_EPOCH when set)")
@@ -205,18 +209,10 @@ def _add_rebase(sub) -> None:
     rb.add_argument("refs", nargs="+", metavar="REF", help="REGISTRY/NAME:TAG of an agent image")
     rb.add_argument("--base", required=True, metavar="BASE_REF", help="the new base, e.g. REGISTRY/agent-image.base@sha256:...")
     rb.add_argument("--dry-run", action="store_true", help="show what would change; push nothing")
+    add_sign_key(rb, "sign each new image with KEY (its SBOM and provenance are carried over either way)")
     rb.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
                                                 "default: the Docker config's credentials")
     _add_common(rb)
-
-
-def _add_pull(sub) -> None:
-    pull = sub.add_parser("pull", help="pull an agent image and verify its labels")
-    pull.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
-    pull.add_argument("--expect-name", help="fail unless io.pixell.agent.name matches")
-    pull.add_argument("--expect-version", help="fail unless io.pixell.agent.version matches")
-    pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
-    _add_common(pull)
 
 
 def _add_doctor(sub) -> None:
@@ -240,6 +236,8 @@ def _add_run(sub) -> None:
     run.add_argument("--wait", type=_positive(float), default=30.0, help="seconds to wait for /health (default 30)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent")
     run.add_argument("--name", help="container name")
+    add_verify_key(run, "; runs the verified digest")
+    run.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
     _add_common(run)
 
 

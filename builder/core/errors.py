@@ -223,6 +223,13 @@ class TagExistsError(RegistryError):
     exit_code = 62
 
 
+class SignatureError(ImageVerificationError):
+    """An image's signature is missing, does not verify with the key, or is for another image or repository
+    (or its SBOM and provenance are not the ones it signed); or the signing key cannot be used."""
+    reference = "signature"
+    exit_code = 64
+
+
 class RebaseError(PackageLoadError):
     """A rebase was refused: the image or the new base would not fit together."""
     reference = "rebase-refused"
@@ -297,7 +304,7 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
     EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, TagExistsError,
-    RebaseError, RunError, SmokeTestError, AgentResponseError, TaskDefinitionError, InternalError,
+    SignatureError, RebaseError, RunError, SmokeTestError, AgentResponseError, TaskDefinitionError, InternalError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.

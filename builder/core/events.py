@@ -18,3 +18,5 @@ LINE = "build"                                               # one line of the e
 READY = "Agent image ready"
 READY_TIME = "Measured the agent's ready time"                 # seconds= (build/readytime.py)
 PUSHED = "Pushed agent image"
+ATTACHED = "Attached SBOM and provenance"                   # signed=true|false, sbom, provenance, referrers
+VERIFIED = "Signature verified"                             # digest_ref, key, agent

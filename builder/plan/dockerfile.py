@@ -34,6 +34,22 @@ UV_VERSION = "0.13.9"  # installed from the index into /opt/agent-image/tools wi
 # pip 26 resolves and fetches a real agent's tree in 4.3 s where Debian 12's pip 23.0.1 takes 7.4
 # (bench/proxy_stream.py --sandbox). pip 26 needs Python 3.10+; 25.3 is the last for 3.9.
 TOOL_PIP_DIR = "/opt/agent-image/tools/pip"
+# The venv's distributions, written by every install step into the image (the last one's
+# listing is the image's): name, version, licence, direct_url.json, where it is (/app: the agent). The SBOM reads it back
+# (builder/ship/sbom.py) without running anything of the image. -I: not the cwd (/app). A name
+# found twice (an editable install's dist-info, and the egg-info its build left in /app) is the
+# one with direct_url.json: the installed one.
+DISTS_PATH = "/opt/agent-image/dists.json"
+_LIST_CODE = ("import json, os, re, importlib.metadata as m; d = {}; "
+              "[d.setdefault(re.sub(r\"[-_.]+\", \"-\", x.metadata[\"Name\"]).lower(), [x.metadata[\"Name\"], "
+              "x.version, (x.metadata.get(\"License-Expression\") or x.metadata.get(\"License\") or \"\")[:200], "
+              "[c for c in x.metadata.get_all(\"Classifier\") or [] if c.startswith(\"License ::\")], "
+              "x.read_text(\"direct_url.json\"), str(x.locate_file(\"\"))]) for x in sorted(m.distributions(), key=lambda x: "
+              "x.read_text(\"direct_url.json\") is None) if x.metadata[\"Name\"]]; ")
+LIST_DISTS = ("python -I -c '" + _LIST_CODE + "os.makedirs(os.path.dirname(\"" + DISTS_PATH + "\"), exist_ok=True); "
+              "json.dump(sorted(d.values()), open(\"" + DISTS_PATH + "\", \"w\"))'")
+# the same listing on stdout, for an image no install step wrote one into (python -I -c LIST_DISTS_STDOUT)
+LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.stdout)"
 
 
 def tool_pip_version(python: str) -> str:
@@ -181,6 +197,7 @@ def render(
         pip_report=pip_report,  # the base's pip writes --report (22.2+)
         tool_pip=tool_pip and installer == "pip",  # the base carries a current pip for the dependency layer
         tool_pip_dir=TOOL_PIP_DIR,
+        list_dists=LIST_DISTS,
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)

@@ -35,3 +35,4 @@ class BuildOptions:
     expect_version: str | None = None       # ... and this version (it picks the tag)
     overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
     provenance: dict[str, str] = field(default_factory=dict)  # OCI source/revision/created (plan.provenance)
+    sign_key: str | None = None             # --push signs with it: a PEM file or awskms:///ARN (ship/sign.py)

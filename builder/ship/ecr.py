@@ -34,7 +34,9 @@ log = structlog.get_logger("agent_image.registry")
 
 # ACCOUNT.dkr.ecr[-fips].REGION.amazonaws.com[.cn]: the hosts ECR's private registries answer on
 ECR_HOST_RE = re.compile(r"^(?P<account>[0-9]{12})\.dkr\.ecr(-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
-MOVING_TAGS = ("latest", "in-*")  # tags every push moves (builder/ship/pushpull.py push_image)
+# tags every push moves (builder/ship/pushpull.py push_image), and cosign's sha256-<hex>.sig, which
+# a second signature (rebase --sign-key, another key) rewrites (builder/ship/sign.py)
+MOVING_TAGS = ("latest", "in-*", "sha256-*")
 UNTAGGED_DAYS = 14
 DEPS_DAYS = 90
 _PERMISSIONS = "ecr:DescribeRepositories, ecr:CreateRepository and ecr:PutLifecyclePolicy"

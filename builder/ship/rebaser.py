@@ -34,6 +34,7 @@ class Outcome:
     duration_s: float = 0.0
     unchanged: bool = False
     changes: dict = field(default_factory=dict)
+    supply: dict = field(default_factory=dict)  # the SBOM and provenance carried over, and the signature
     error: PackageLoadError | None = None
 
     def to_dict(self) -> dict:
@@ -45,6 +46,8 @@ class Outcome:
                 out["unchanged"] = True
             if self.changes:
                 out["changes"] = {k: list(v) for k, v in self.changes.items()}
+            if self.supply:
+                out["supply"] = self.supply
         else:
             out["error"] = self.error.to_dict() if self.error else None
         return out
@@ -75,7 +78,8 @@ def fetch(client: RegistryClient, ref: Ref) -> ImageDoc:
     return ImageDoc(manifest=manifest, config=config, digest=digest)
 
 
-def rebase_refs(refs: list[str], base: str, *, auth: dict | None = None, dry_run: bool = False) -> list[Outcome]:
+def rebase_refs(refs: list[str], base: str, *, auth: dict | None = None, dry_run: bool = False,
+                signer=None) -> list[Outcome]:
     """Rebase every REF onto BASE, each on its own; a failure is recorded, not raised."""
     clients = Clients(auth)
     base_ref = parse_ref(base)
@@ -84,7 +88,7 @@ def rebase_refs(refs: list[str], base: str, *, auth: dict | None = None, dry_run
     for text in refs:
         started = time.monotonic()
         try:
-            outcome = rebase_one(text, base_ref, base_doc, clients, dry_run=dry_run)
+            outcome = rebase_one(text, base_ref, base_doc, clients, dry_run=dry_run, signer=signer)
         except PackageLoadError as err:
             log.error("Rebase refused" if isinstance(err, RebaseError) else "Rebase failed", image=text,
                       error_class=type(err).__name__, error=str(err))
@@ -94,7 +98,8 @@ def rebase_refs(refs: list[str], base: str, *, auth: dict | None = None, dry_run
     return out
 
 
-def rebase_one(text: str, base_ref: Ref, base_doc: ImageDoc, clients: Clients, *, dry_run: bool) -> Outcome:
+def rebase_one(text: str, base_ref: Ref, base_doc: ImageDoc, clients: Clients, *, dry_run: bool,
+               signer=None) -> Outcome:
     ref = parse_ref(text)
     client = clients(ref.host)
     doc = fetch(client, ref)
@@ -114,6 +119,10 @@ def rebase_one(text: str, base_ref: Ref, base_doc: ImageDoc, clients: Clients, *
                  layers_kept=plan.layers_kept)
         return result
     result.bytes_uploaded = push(client, ref, plan, clients(base_ref.host), base_ref)
+    from builder.ship.supply import carry  # the SBOM (its base part) and provenance follow; re-signed
+    result.supply = carry(client, ref, doc.digest, plan.digest,
+                          {"name": base_name, "id": base_doc.manifest["config"]["digest"], "digest": base_doc.digest},
+                          signer)
     log.info("Rebased", image=text, old=from_ref, new=result.digest_ref, layers_kept=plan.layers_kept,
              bytes_uploaded=result.bytes_uploaded)
     return result

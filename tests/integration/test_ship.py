@@ -53,7 +53,7 @@ def test_push_pull_by_digest_and_verify(agent_factory, index_url, registry, dock
     assert out["image"] == f"{prefix}/shipped:0.1.0"
     assert out["digest_ref"].startswith(f"{prefix}/shipped@sha256:")
     # issue 22: the whole command's time, the push included, and where it went
-    assert out["schema"] == 1 and set(out["phases"]) == {"check", "registry", "build", "push"}, out["phases"]
+    assert out["schema"] == 1 and set(out["phases"]) == {"check", "registry", "build", "push", "supply"}, out["phases"]
     assert abs(sum(out["phases"].values()) - out["duration_s"]) < 0.5 and out["phases"]["push"] > 0
     # the registry has the version tag and the input-digest tag
     with urllib.request.urlopen(f"http://{registry.host}/v2/agents/shipped/tags/list") as resp:

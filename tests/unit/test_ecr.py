@@ -46,7 +46,7 @@ def test_first_upload_creates_both_repositories_with_their_settings(ecr):
     agent = repos["agents/my-agent"]
     assert agent["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
     assert {(f["filterType"], f["filter"]) for f in agent["imageTagMutabilityExclusionFilters"]} == {
-        ("WILDCARD", "latest"), ("WILDCARD", "in-*")}
+        ("WILDCARD", "latest"), ("WILDCARD", "in-*"), ("WILDCARD", "sha256-*")}
     assert repos["agents/agent-image.deps"]["imageTagMutability"] == "IMMUTABLE"
 
     agent_rules = json.loads(ecr.get_lifecycle_policy(repositoryName="agents/my-agent")["lifecyclePolicyText"])["rules"]

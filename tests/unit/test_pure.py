@@ -80,6 +80,9 @@ def _render(manifest_text=YAML, **kw):
     return render(parse_manifest(manifest_text), **args)
 
 
+from builder.plan.dockerfile import LIST_DISTS  # noqa: E402
+
+
 def test_render_order_and_step_names():
     r = _render()
     runs = [i for i in r.instructions if i.startswith("RUN")]
@@ -87,7 +90,7 @@ def test_render_order_and_step_names():
     # compiles only the files it wrote (newer than its stamp)
     stamp = "RUN touch /tmp/.agent-image-stamp && "
     new = (" && { find /opt/venv/lib -name '*.py' -newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 "
-           "python -m compileall -qq || :; } && rm -f /tmp/.agent-image-stamp")
+           "python -m compileall -qq || :; } && rm -f /tmp/.agent-image-stamp && " + LIST_DISTS)  # the SBOM's listing
     assert runs[0] == stamp + "pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + new
     # one pass for package and requirements; the seed's order when that pass refuses (pins against
     # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
@@ -115,7 +118,7 @@ def test_requirements_that_need_the_code_install_after_it():
     assert "pip install -r /app/requirements.txt" not in runs[1], "the early pass cannot read -e ./lib lines"
     assert runs[2].endswith("pip install --no-compile -r /app/requirements.txt && { find /opt/venv/lib -name '*.py' "
                             "-newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 python -m compileall "
-                            "-qq || :; } && rm -f /tmp/.agent-image-stamp")
+                            "-qq || :; } && rm -f /tmp/.agent-image-stamp && " + LIST_DISTS)
 
 
 def test_a_marked_step_names_the_install_that_failed():

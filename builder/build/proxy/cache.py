@@ -55,7 +55,7 @@ class DownloadCache:
         self.max_bytes = max_bytes
         self.parts_removed = 0
         self._discard_legacy()
-        for sub in ("sha256", "ids", "tmp"):
+        for sub in ("sha256", "ids", "tmp", "names"):
             (self.root / "v2" / sub).mkdir(parents=True, exist_ok=True)
         self.parts_removed = self._clean_parts()
 
@@ -138,6 +138,31 @@ class DownloadCache:
                 total -= size
             except FileNotFoundError:
                 pass
+
+    # -- what each file was: the SBOM's hashes (builder/ship/sbom.py) ------------------------------------------
+    def _name_key(self, index_url: str, name: str, version: str) -> Path:
+        index = hashlib.sha256(index_url.encode()).hexdigest()[:16]
+        return self.root / "v2" / "names" / f"{index}-{hashlib.sha256(f'{name}=={version}'.encode()).hexdigest()[:32]}"
+
+    def remember(self, index_url: str, file_name: str, sha256: str, origin: str) -> None:
+        """FILE_NAME (a wheel or sdist of INDEX_URL, served to a build) is SHA256: for the SBOM of this
+        build and of later builds whose layers reuse it. Keyed by the index (without credentials)."""
+        from builder.build.proxy.dists import name_version
+        nv = name_version(file_name)
+        if nv is None:
+            return
+        fd, tmp = self.tmpfile()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{sha256} {file_name} {origin}")
+        os.replace(tmp, self._name_key(index_url, *nv))
+
+    def recall(self, index_url: str, name: str, version: str) -> dict | None:
+        """{"sha256", "file", "origin"} of the file a build got for NAME==VERSION from INDEX_URL."""
+        try:
+            sha, file_name, origin = self._name_key(index_url, name, version).read_text().split(" ", 2)
+        except (OSError, ValueError):
+            return None
+        return {"sha256": sha, "file": file_name, "origin": origin}
 
     def tmpfile(self) -> tuple[int, str]:
         return tempfile.mkstemp(dir=self.root / "v2" / "tmp", prefix=f".part-{os.getpid()}-")

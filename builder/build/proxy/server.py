@@ -344,6 +344,8 @@ class IndexProxy:
                 self._send_file(h, blob, head)
         if not head:
             self._read_dependencies(link, blob)
+            origin = urlsplit(link.url)
+            self.cache.remember(self.upstream.url, link.name, blob.name, f"{origin.scheme}://{origin.hostname}")
 
     def _read_dependencies(self, link: Link, blob: Path) -> None:
         # only wheels of the configured index: its pages are the ones prefetched (an extra
