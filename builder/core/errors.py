@@ -205,6 +205,12 @@ class SandboxError(EngineError):
     exit_code = 52
 
 
+class EmulationMissingError(EngineError):
+    """A build for another CPU needs QEMU user emulation (binfmt_misc), and the engine's host has none."""
+    reference = "emulation-missing"
+    exit_code = 53
+
+
 class RegistryError(PackageLoadError):
     """Pushing to or pulling from the registry failed."""
     reference = "registry-error"
@@ -221,6 +227,12 @@ class TagExistsError(RegistryError):
     """The registry already holds a different image under NAME:VERSION (tags are immutable)."""
     reference = "tag-exists"
     exit_code = 62
+
+
+class PlatformMissingError(RegistryError):
+    """The image (or its index) has no manifest for the platform asked for."""
+    reference = "platform-missing"
+    exit_code = 64
 
 
 class RebaseError(PackageLoadError):
@@ -296,7 +308,8 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
-    EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, TagExistsError,
+    EngineError, BaseImageMissingError, SandboxError, EmulationMissingError, RegistryError, ImageVerificationError,
+    TagExistsError, PlatformMissingError,
     RebaseError, RunError, SmokeTestError, AgentResponseError, TaskDefinitionError, InternalError,
 )
 

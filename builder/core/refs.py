@@ -25,7 +25,8 @@ def input_tag(digest: str) -> str:
 def builder_tag(tag: str) -> bool:
     """Is TAG one agent-image writes itself? (Compared without case: registries differ on it.)"""
     low = tag.lower()
-    return low == CACHE_TAG or low.startswith((INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX))
+    # (latest-ARCH: the layer cache of one platform's images, builder/core/platforms.py)
+    return low == CACHE_TAG or low.startswith((INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX, CACHE_TAG + "-"))
 
 
 class ImageRef(NamedTuple):

@@ -35,3 +35,5 @@ class BuildOptions:
     expect_version: str | None = None       # ... and this version (it picks the tag)
     overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
     provenance: dict[str, str] = field(default_factory=dict)  # OCI source/revision/created (plan.provenance)
+    platform: str | None = None             # linux/amd64 | linux/arm64 (None: the host's), builder/core/platforms.py
+    platform_tags: bool = False             # tag VERSION-ARCH and latest-ARCH (one platform of a multi-platform push)

@@ -1,0 +1,58 @@
+"""`agent-image build --platform linux/amd64,linux/arm64`: one build per platform, then
+(with --push) one OCI image index per tag holding each platform's manifest.
+
+Each platform's image is an ordinary agent-image build (builder/api.py) of its own
+base (agent-image/base:pyX.Y for the host's CPU, pyX.Y-ARCH for another, whose
+steps run under QEMU), tagged REPOSITORY:VERSION-ARCH and pushed with its
+input-digest tag and latest-ARCH (its layer cache). The index then goes to
+REPOSITORY:VERSION and REPOSITORY:latest (builder/ship/index.py): deploy its
+digest, and each host pulls its own platform's image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import structlog
+
+from builder.api import BuildOptions, BuildResult, build_image
+from builder.build.engine import Engine
+from builder.core.refs import CACHE_TAG, split_ref
+
+log = structlog.get_logger("agent_image")
+
+
+@dataclasses.dataclass
+class MultiResult:
+    """Every platform's BuildResult, and the index that holds them once pushed."""
+    image: str                       # REPOSITORY:VERSION (the index's tag)
+    results: dict[str, BuildResult]  # platform -> its build
+    digest_ref: str | None = None    # REPOSITORY@sha256:<index digest>
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        first = next(iter(self.results.values()))
+        return {"ok": True, "image": self.image, "digest_ref": self.digest_ref, "duration_s": self.duration_s,
+                "agent": first.agent, "platforms": {p: r.to_dict() for p, r in self.results.items()},
+                "phases": {p: r.phases for p, r in self.results.items()}}
+
+
+def build_platforms(source, options: BuildOptions, platforms: tuple[str, ...], engine: Engine) -> MultiResult:
+    """Build SOURCE for each of PLATFORMS (in order), then push the index when OPTIONS.push."""
+    started = time.monotonic()
+    results: dict[str, BuildResult] = {}
+    for platform in platforms:
+        log.info("Building for a platform", platform=platform)
+        results[platform] = build_image(source, dataclasses.replace(options, platform=platform, platform_tags=True),
+                                        engine=engine)
+    first = next(iter(results.values()))
+    repo = split_ref(first.image)[0]
+    out = MultiResult(image=f"{repo}:{first.agent['version']}", results=results)
+    if options.push:
+        from builder.ship.index import push_index
+        pinned = [r.digest_ref for r in results.values() if r.digest_ref]
+        out.digest_ref = push_index(pinned, [first.agent["version"], CACHE_TAG], auth=options.registry_auth,
+                                    overwrite=options.overwrite)
+    out.duration_s = round(time.monotonic() - started, 3)
+    return out
