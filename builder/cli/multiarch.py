@@ -35,7 +35,7 @@ class MultiResult:
         first = next(iter(self.results.values()))
         return {"ok": True, "image": self.image, "digest_ref": self.digest_ref, "duration_s": self.duration_s,
                 "agent": first.agent, "platforms": {p: r.to_dict() for p, r in self.results.items()},
-                "phases": {p: r.phases for p, r in self.results.items()}}
+                "phases": {f"{p} {k}": v for p, r in self.results.items() for k, v in r.phases.items()}}
 
 
 def build_platforms(source, options: BuildOptions, platforms: tuple[str, ...], engine: Engine) -> MultiResult:
