@@ -112,9 +112,15 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
     from builder.ship.ecs import digest_ref, task_definition
     opts = _task_options(args)  # option errors come before the engine is asked
     engine = engine_factory()
+    from builder.build.reuse import remote
+    from builder.core.refs import split_ref
     from builder.ship.pushpull import image_for_platform
-    image = image_for_platform(engine, args.ref, _platform(args), auth=_registry_auth(args))
-    request = task_definition(image, digest_ref(image, args.ref), opts)
+    ref, platform = args.ref, _platform(args)
+    if platform and "@" not in ref and remote(split_ref(ref)[0]):  # that platform's manifest, by its digest
+        from builder.ship.index import platform_ref
+        ref = platform_ref(ref, platform, auth=_registry_auth(args))
+    image = image_for_platform(engine, ref, platform, auth=_registry_auth(args))
+    request = task_definition(image, digest_ref(image, ref), opts)
     if not args.json:
         print(json.dumps(request, indent=2))
     return request

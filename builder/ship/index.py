@@ -107,3 +107,10 @@ def pick(client: RegistryClient, repo: str, reference: str, platform: str) -> tu
         raise PlatformMissingError(f"{client.host}/{repo}:{reference} is one image for {have}, not {platform}",
                                    field="--platform", hint=f"Build and push it with --platform {platform}.")
     return data, media, digest
+
+
+def platform_ref(ref: str, platform: str, *, auth: dict | None = None) -> str:
+    """REPO@sha256:<PLATFORM's manifest> for the registry reference REF (an index or one image)."""
+    r = parse_ref(ref)
+    _, _, digest = pick(RegistryClient(r.host, auth=auth), r.repo, r.reference, platform)
+    return r.with_digest(digest)
