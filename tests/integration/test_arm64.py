@@ -7,7 +7,8 @@ QEMU emulation until /health answers. The dependency image's compiled wheels are
 aarch64; ecs-task-def says ARM64; a platform the image lacks is exit 64.
 
 Needs QEMU user emulation (binfmt_misc with Debian's qemu-aarch64 handler) and the arm64
-base, which scripts/setup.sh makes: without them these tests fail, naming the command.
+base, which scripts/setup.sh makes: without them these tests fail, naming the command
+(the `qemu_arm64` fixture, tests/integration/conftest.py).
 The aarch64 wheels the private index serves are downloaded once and kept on disk.
 """
 
@@ -21,8 +22,6 @@ import urllib.request
 
 import pytest
 
-from builder.core.defaults import base_image_for
-from builder.core.platforms import EMULATION_FIX, emulation_ready
 from builder.ship.client import OCI_INDEX, RegistryClient
 from tests.support.cli import build_json, run_cli
 from tests.support.index import start_index
@@ -37,20 +36,6 @@ ELF_MACHINES = ("import pathlib, struct, sys; print(json.dumps(sorted({struct.un
                 "for p in pathlib.Path(sys.argv[1]).rglob('*.so')})))")
 EM_X86_64, EM_AARCH64 = 62, 183
 SITE = "/opt/venv/lib/python3.11/site-packages"
-
-
-@pytest.fixture(scope="module")
-def qemu(docker_client):
-    """QEMU for arm64 and the arm64 base, or a loud failure with the command that fixes it."""
-    if not emulation_ready("linux/arm64"):
-        pytest.fail("arm64 builds need QEMU user emulation on this host: run as root "
-                    f"{EMULATION_FIX.format(machine='aarch64')}", pytrace=False)
-    base = base_image_for("3.11", "linux/arm64")
-    try:
-        docker_client.images.get(base)
-    except Exception:  # noqa: BLE001 (docker's ImageNotFound)
-        pytest.fail(f"{base} is missing: run scripts/setup.sh (it makes agent-image/python:3.11-arm64 and the "
-                    "arm64 base)", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +88,11 @@ def index_platforms(registry, repo: str, tag: str) -> dict[str, str]:
 
 def elf_machines(docker_client, image: str) -> list[int]:
     out = docker_client.containers.run(image, ["python3", "-c", "import json; " + ELF_MACHINES, SITE],
-                                       entrypoint=[], remove=True, user="0")
+                                       entrypoint=[], remove=True, user="0", network_mode="none")
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-def test_example_agent_for_amd64_and_arm64(qemu, arm_index, registry, docker_client, cleanup_images, tmp_path):
+def test_example_agent_for_amd64_and_arm64(qemu_arm64, arm_index, registry, docker_client, cleanup_images, tmp_path):
     agent = shutil.copytree(ROOT / "examples" / "hello-agent", tmp_path / "hello-agent")
     prefix, out = build_both(agent, registry, arm_index)
     cleanup_images(prefix)
@@ -159,7 +144,7 @@ def test_example_agent_for_amd64_and_arm64(qemu, arm_index, registry, docker_cli
     assert "linux/arm64" in missing["error"]["message"]
 
 
-def test_agent_with_compiled_wheels_for_amd64_and_arm64(qemu, arm_index, registry, docker_client, cleanup_images,
+def test_agent_with_compiled_wheels_for_amd64_and_arm64(qemu_arm64, arm_index, registry, docker_client, cleanup_images,
                                                         tmp_path):
     agent = make_agent(tmp_path, "pyd-agent", version="2.0.0", requirements="pydantic==2.14.4\n")
     prefix, out = build_both(agent, registry, arm_index)
@@ -174,6 +159,6 @@ def test_agent_with_compiled_wheels_for_amd64_and_arm64(qemu, arm_index, registr
     assert elf_machines(docker_client, pulled["image_id"]) == [EM_AARCH64]
     got = docker_client.containers.run(pulled["image_id"], ["python", "-c", "import platform, pydantic_core; "
                                        "print(platform.machine(), pydantic_core.__version__)"], entrypoint=[],
-                                       remove=True).decode()
+                                       remove=True, network_mode="none").decode()
     assert got.split() == ["aarch64", "2.50.5"]
     assert elf_machines(docker_client, built["linux/amd64"]["image_id"]) == [EM_X86_64]
