@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,10 +113,8 @@ def push_both(which: str, tmp: Path) -> dict:
         prefix = f"{reg.host}/{PREFIX}"
         steps = [("build+push", ["build", str(agent), "--platform", ",".join(PLATFORMS), "--registry", prefix,
                                  "--push", "--index-url", PYPI, "--ca-bundle", CA, "--timeout", "1800"]),
-                 ("pull arm64", ["pull", "{image}", "--platform", "linux/arm64"]),
-                 ("run arm64 until /health", ["run", "{image}", "--platform", "linux/arm64", "--port",
-                                              str(free_port()), "--wait", "300"])]
-        image = ""
+                 ("pull arm64", ["pull", "{image}", "--platform", "linux/arm64"])]
+        image, pulled = "", ""
         for name, args in steps:
             t = time.monotonic()
             proc = subprocess.run(cli + [a.format(image=image) for a in args] + ["--json"], capture_output=True,
@@ -123,17 +122,41 @@ def push_both(which: str, tmp: Path) -> dict:
             took = time.monotonic() - t
             result = json.loads(proc.stdout) if proc.stdout.strip() else {"stderr": proc.stderr[-2000:]}
             image = image or result.get("image", "")  # the index's tag, REGISTRY/PREFIX/NAME:VERSION
+            pulled = result.get("image_id", "") if name == "pull arm64" else pulled
             out[name] = {"seconds": round(took, 1), "exit": proc.returncode, "result": result}
             say(f"{name}: exit {proc.returncode} in {took:.1f} s")
             if proc.returncode:
                 say(proc.stderr[-2000:])
-                break
-        run = out.get("run arm64 until /health", {}).get("result", {})
-        if run.get("container"):
-            subprocess.run(["docker", "rm", "-f", run["container"]], capture_output=True)
+                return out
+        out["run arm64 until /health"] = serve(pulled)
     finally:
         reg.stop()
     return out
+
+
+def serve(image_id: str) -> dict:
+    """The pulled arm64 image started (QEMU runs it), timed until GET /health is 200. On the host's
+    network with its own REST_PORT: this runner's docker0 bridge may be gone (another engine
+    on the host), and `agent-image run` publishes the port on it."""
+    port, name = free_port(), f"{PREFIX}-serve-{time.time_ns()}"
+    t = time.monotonic()
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "-e", f"REST_PORT={port}",
+                    image_id], check=True, capture_output=True)
+    try:
+        while time.monotonic() - t < 300:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        body = json.loads(resp.read())
+                        took = time.monotonic() - t
+                        say(f"arm64 image healthy in {took:.1f} s: {body}")
+                        return {"seconds": round(took, 1), "exit": 0, "health": body}
+            except OSError:
+                time.sleep(0.5)
+        return {"seconds": None, "exit": 1, "logs": subprocess.run(["docker", "logs", name], capture_output=True,
+                                                                    text=True).stderr[-2000:]}
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
 def cleanup() -> None:

@@ -12,8 +12,8 @@ stage then only COPYs that folder into its venv.
 When that cannot work (a requirement with only a source distribution, whose
 build must run on the target's CPU; a resolver failure) the first stage leaves
 a mark instead, and the target's stage installs the same lines the usual way,
-emulated. Either way the image has the same layers, so the dependency image's
-shape does not depend on which path ran.
+emulated. Either way the image has the same number of layers, so the dependency
+image's shape does not depend on which path ran.
 
 Known limit: pip evaluates environment markers (``platform_machine``) against
 the interpreter running it, not ``--platform``; lines whose text names a
@@ -30,6 +30,10 @@ from builder.plan.dockerfile import Rendered, parse_steps
 
 CROSS = "/opt/agent-image/cross"
 MARK = ".agent-image-emulate"
+# left by the first stage and removed by the target's RUN, so that RUN always writes a layer: the
+# classic builder records no layer for a RUN that changes nothing, and the dependency image must have
+# the same number of layers whichever path ran (builder/build/depsimage.py refusal)
+SEEN = ".agent-image-cross"
 REQUIREMENTS = "/opt/agent-image/deps/requirements-deps.txt"
 _MARKER_RE = re.compile(r"platform[._]machine|platform_system|sys_platform", re.I)
 
@@ -79,11 +83,11 @@ def cross_dockerfile(deps: Rendered, target: CrossTarget) -> Rendered | None:
              f"FROM {target.host_base} AS wheels\n"
              f"{index.group(1)}"
              f"{copy.group(0)}\n"
-             f"RUN {{ {fetch}; }} || {{ {fallback}; }}; mkdir -p {CROSS}/bin\n")
+             f"RUN {{ {fetch}; }} || {{ {fallback}; }}; mkdir -p {CROSS}/bin && touch {CROSS}/site/{SEEN}\n")
     run = (f"COPY --from=wheels {CROSS}/site/ {site}/\n"
            f"COPY --from=wheels {CROSS}/bin/ /opt/venv/bin/\n"
            f"RUN if [ -e {site}/{MARK} ]; then rm -f {site}/{MARK} && touch {m.group(1)} && {install} -r "
-           f"{REQUIREMENTS}{m.group(3)}; fi")
+           f"{REQUIREMENTS}{m.group(3)}; fi && rm -f {site}/{SEEN}")
     body = text[:m.start()] + run + text[m.end():]
     full = stage + body
     steps, instructions = parse_steps(full)
