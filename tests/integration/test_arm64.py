@@ -162,3 +162,12 @@ def test_agent_with_compiled_wheels_for_amd64_and_arm64(qemu_arm64, arm_index, r
                                        remove=True, network_mode="none").decode()
     assert got.split() == ["aarch64", "2.50.5"]
     assert elf_machines(docker_client, built["linux/amd64"]["image_id"]) == [EM_X86_64]
+
+    # a code-only change: the arm64 dependency image is reused as it is, nothing installs again
+    (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nREVISION = 2\n")
+    code, again, log = build_json(agent, "--platform", "linux/arm64", "--registry", prefix,
+                                  "--index-url", arm_index.url_for("alice"))
+    assert code == 0, log[-3000:]
+    arm = again["platforms"]["linux/arm64"]
+    assert arm["deps_origin"] == "local" and arm["deps_image"] == built["linux/arm64"]["deps_image"]
+    assert {"deps", "package"} <= set(arm["steps_cached"]), arm["steps_cached"]
