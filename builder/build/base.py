@@ -116,10 +116,12 @@ def _check_platform(image, platform: str, ref: str) -> None:
 
 
 def push_base(engine: Engine, image_id: str, *, registry: str, python: str, auth: dict | None = None,
-              platform: str | None = None) -> str:
-    """Tag the base REGISTRY/agent-image.base:pyX.Y[-ARCH], push it, return its digest reference."""
-    from builder.core.platforms import tag_suffix
-    target = f"{registry.rstrip('/')}/{BASE_NAME}:py{python}{tag_suffix(platform)}"
+              platform: str | None = None, per_platform: bool = False) -> str:
+    """Tag the base REGISTRY/agent-image.base:pyX.Y[-ARCH] (-ARCH for another CPU, or for every
+    platform of a multi-platform push), push it, return its digest reference."""
+    from builder.core.platforms import platform_tag, tag_suffix
+    tag = platform_tag(f"py{python}", platform, True) if per_platform else f"py{python}{tag_suffix(platform)}"
+    target = f"{registry.rstrip('/')}/{BASE_NAME}:{tag}"
     engine.tag(image_id, target)
     digest = with_retries(lambda: engine.push(target, auth=auth), doing="push", image=target)
     pinned = f"{target.rsplit(':', 1)[0]}@{digest}"

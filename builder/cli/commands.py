@@ -270,9 +270,13 @@ def cmd_base(args, engine_factory) -> dict:
         raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
                                      hint="Add --registry HOST[:PORT]/PREFIX.")
     from builder.core.defaults import base_image_for
-    from builder.core.platforms import host_platform, normalize
+    from builder.core.platforms import host_platform, parse_platforms
     from builder.core.refs import check_image_ref
-    platform = normalize(args.platform) if args.platform else None
+    several = parse_platforms(args.platform) if args.platform else ()
+    if len(several) > 1:  # each platform's base, and with --push one index over them
+        from builder.cli.multiarch import base_platforms
+        return base_platforms(args, several, engine_factory(), _registry_auth(args))
+    platform = several[0] if several else None
     tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python, platform)
     if args.push and remote_repo(f"{args.registry.rstrip('/')}/{BASE_NAME}"):  # before the build, as for build
         from builder.ship.preflight import check_push

@@ -56,3 +56,33 @@ def build_platforms(source, options: BuildOptions, platforms: tuple[str, ...], e
                                     overwrite=options.overwrite)
     out.duration_s = round(time.monotonic() - started, 3)
     return out
+
+
+def base_platforms(args, platforms: tuple[str, ...], engine: Engine, auth: dict | None) -> dict:
+    """`agent-image base --platform A,B`: each platform's base (agent-image/base:pyX.Y[-ARCH]); with
+    --push each as REGISTRY/agent-image.base:pyX.Y-ARCH and one index over them at pyX.Y, which
+    `rebase` of a multi-platform agent takes as --base."""
+    from builder.build.base import build_base, push_base
+    from builder.core.defaults import base_image_for
+    from builder.core.errors import PackageValidationError
+    if args.tag or args.from_image:
+        raise PackageValidationError("--tag and --from name one image: with them, build one platform at a time",
+                                     field="--platform", hint="Drop --tag/--from, or pass one --platform.")
+    built: dict[str, dict] = {}
+    for platform in platforms:
+        image_id = build_base(engine, python=args.python, index_url=args.index_url, ca_bundle=args.ca_bundle,
+                              platform=platform)
+        built[platform] = {"image": base_image_for(args.python, platform), "image_id": image_id}
+        if args.push:
+            built[platform]["digest_ref"] = push_base(engine, image_id, registry=args.registry, python=args.python,
+                                                      auth=auth, platform=platform, per_platform=True)
+    pinned = None
+    if args.push:
+        from builder.ship.index import push_index
+        pinned = push_index([b["digest_ref"] for b in built.values()], [f"py{args.python}"], auth=auth)
+    if not args.json:
+        for platform, b in built.items():
+            print(f"{platform} {b['image']} {b['image_id']}")
+        if pinned:
+            print(pinned)
+    return {"ok": True, "platforms": built, "digest_ref": pinned}

@@ -8,8 +8,10 @@ HELP = {
     "build": "build for these platforms, e.g. linux/amd64,linux/arm64 (default: the host's, one image as before); "
              "each is tagged VERSION-ARCH and --push puts one OCI image index over them at VERSION and latest; "
              "another CPU's steps run under QEMU emulation (scripts/setup.sh registers it)",
-    "base": "linux/amd64 or linux/arm64 (default the host's); another CPU's base is FROM "
-            "agent-image/python:X.Y-ARCH, tagged agent-image/base:pyX.Y-ARCH, and its steps run under QEMU emulation",
+    "base": "linux/amd64, linux/arm64 or both, comma-separated (default the host's); another CPU's base is FROM "
+            "agent-image/python:X.Y-ARCH, tagged agent-image/base:pyX.Y-ARCH, and its steps run under QEMU emulation; "
+            "several with --push: each as REGISTRY/agent-image.base:pyX.Y-ARCH and one index at pyX.Y (a --base for "
+            "rebase of multi-platform agents)",
     "pull": "that platform's image of a multi-platform index (linux/amd64, linux/arm64; exit 64 when it has none); "
             "default the host's",
     "run": "run that platform's image (pulled from its index when the engine lacks it; another CPU's runs under "
@@ -23,4 +25,5 @@ HELP = {
 
 
 def add_platform(p: argparse.ArgumentParser, command: str) -> None:
-    p.add_argument("--platform", metavar="OS/ARCH[,...]" if command == "build" else "OS/ARCH", help=HELP[command])
+    p.add_argument("--platform", metavar="OS/ARCH[,...]" if command in ("build", "base") else "OS/ARCH",
+                   help=HELP[command])

@@ -15,6 +15,7 @@ The aarch64 wheels the private index serves are downloaded once and kept on disk
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import urllib.request
 
 import pytest
 
+from builder.core.defaults import base_image_for
 from builder.ship.client import OCI_INDEX, RegistryClient
 from tests.support.cli import build_json, run_cli
 from tests.support.index import start_index
@@ -142,6 +144,42 @@ def test_example_agent_for_amd64_and_arm64(qemu_arm64, arm_index, registry, dock
     code, missing = cli_json("pull", f"{repo}:1.0.0-amd64", "--platform", "linux/arm64")
     assert code == 64 and missing["error"]["class"] == "PlatformMissingError", missing
     assert "linux/arm64" in missing["error"]["message"]
+
+    # rebase: each platform's image onto the patched base of its platform, and the index moved
+    base_index = patched_bases(prefix, tmp_path)
+    code, rebased = cli_json("rebase", f"{repo}:1.0.0", "--base", base_index)
+    assert code == 0, rebased
+    moved = index_platforms(registry, repo.split("/", 1)[1], "1.0.0")
+    assert set(moved) == {"linux/amd64", "linux/arm64"} and moved != held
+    client = RegistryClient(registry.host, auth={})
+    bases = index_platforms(registry, f"{prefix.split('/', 1)[1]}/agent-image.base", "py3.11")
+    for platform, digest in moved.items():
+        config = json.loads(client.blob(repo.split("/", 1)[1], json.loads(
+            client.manifest(repo.split("/", 1)[1], digest)[0])["config"]["digest"]))
+        assert config["config"]["Labels"]["org.opencontainers.image.base.digest"] == bases[platform]
+        assert config["architecture"] == platform.split("/")[1]
+
+
+def patched_bases(prefix: str, tmp_path) -> str:
+    """Each platform's base plus a file (a COPY: nothing runs emulated), pushed per platform and as
+    one index (builder/ship/index.py); returns the index's tag."""
+    from builder.ship.index import push_index
+    (tmp_path / "patch").mkdir()
+    (tmp_path / "patch" / "patch.txt").write_text("patched\n")
+    pinned = []
+    for platform in ("linux/amd64", "linux/arm64"):
+        arch = platform.split("/")[1]
+        (tmp_path / "patch" / "Dockerfile").write_text(f"FROM {base_image_for('3.11', platform)}\n"
+                                                       "COPY patch.txt /etc/agent-image-patch.txt\n")
+        tag = f"{prefix}/agent-image.base:py3.11-{arch}"
+        subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path / "patch")], check=True,
+                       capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        subprocess.run(["docker", "push", tag], check=True, capture_output=True)
+        digest = subprocess.run(["docker", "image", "inspect", tag, "--format", "{{index .RepoDigests 0}}"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        pinned.append(digest)
+    push_index(pinned, ["py3.11"], auth={})
+    return f"{prefix}/agent-image.base:py3.11"
 
 
 def test_agent_with_compiled_wheels_for_amd64_and_arm64(qemu_arm64, arm_index, registry, docker_client, cleanup_images,
