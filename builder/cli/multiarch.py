@@ -18,6 +18,7 @@ import structlog
 
 from builder.api import BuildOptions, BuildResult, build_image
 from builder.build.engine import Engine
+from builder.core.platforms import is_host
 from builder.core.refs import CACHE_TAG, split_ref
 
 log = structlog.get_logger("agent_image")
@@ -41,11 +42,16 @@ class MultiResult:
 def build_platforms(source, options: BuildOptions, platforms: tuple[str, ...], engine: Engine) -> MultiResult:
     """Build SOURCE for each of PLATFORMS (in order), then push the index when OPTIONS.push."""
     started = time.monotonic()
-    results: dict[str, BuildResult] = {}
-    for platform in platforms:
+    built: dict[str, BuildResult] = {}
+    host = ""  # the host CPU's dependency image: another CPU's editable install runs FROM it (plan/cross.py)
+    for platform in sorted(platforms, key=lambda p: not is_host(p)):  # the host's first
         log.info("Building for a platform", platform=platform)
-        results[platform] = build_image(source, dataclasses.replace(options, platform=platform, platform_tags=True),
-                                        engine=engine)
+        built[platform] = build_image(source, dataclasses.replace(
+            options, platform=platform, platform_tags=True, host_deps_image="" if is_host(platform) else host),
+            engine=engine)
+        if is_host(platform):
+            host = built[platform].deps_image
+    results = {p: built[p] for p in platforms}
     first = next(iter(results.values()))
     repo = split_ref(first.image)[0]
     out = MultiResult(image=f"{repo}:{first.agent['version']}", results=results)

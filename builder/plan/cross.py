@@ -92,3 +92,42 @@ def cross_dockerfile(deps: Rendered, target: CrossTarget) -> Rendered | None:
     full = stage + body
     steps, instructions = parse_steps(full)
     return Rendered(text=full, steps=steps, instructions=instructions)
+
+
+HOST = "/opt/agent-image/host"
+_PACKAGE_RE = (r"^(COPY \.agent-image/meta/ /app/)\nRUN (touch (\S+) && if (pip install --no-compile -e /app --report "
+               r"(\S+)) && \{ (python -c .+?) \|\| .+?; \} && rm -f \S+; then :; else .+)$")
+
+
+def package_on_host(agent: Rendered, host_deps_image: str) -> Rendered | None:
+    """AGENT (the agent's Dockerfile FROM its dependency image, for another CPU) with the seed's
+    `pip install -e /app` run on the host's CPU, FROM HOST_DEPS_IMAGE (the host's dependency image
+    of the same lines, from the same multi-platform build), when that install is CPU-free: it
+    installed the package alone (pip's report) and built no extension module. Its files (the
+    egg-link or editable finder, the .egg-info or .dist-info, scripts, the pth line, their
+    bytecode; the folders above them keep the modes and owners they have in the image) are copied into the target's venv and /app; otherwise the target installs as
+    before, emulated. None when the Dockerfile is not the shape this knows (uv, hashes, no package)."""
+    text = agent.text
+    m = re.search(_PACKAGE_RE, text, re.M)
+    index = re.search(r"^#> step index\n(.*?)(?=^#> step )", text, re.M | re.S)
+    if not m or not index:
+        return None
+    copy, body, stamp, install, report, only_app = m.groups()
+    fresh = f"find /app /opt/venv -newer {stamp}"
+    host = (f"touch {stamp} && mkdir -p {HOST} && if {install} && {only_app} && rm -f {report} "
+            f"&& [ -z \"$({fresh} -name '*.so' -print -quit)\" ]; then "
+            f"{{ find /opt/venv/lib -name '*.py' -newer {stamp} -print0 | xargs -0 -r python -m compileall -qq "
+            f"--invalidation-mode unchecked-hash || :; }} && {fresh} \\( -type f -o -type l \\) -print0 "
+            f"| tar --null --no-recursion -cf - -T - 2>/dev/null | tar -xpf - -C {HOST} && (cd {HOST} && find . "
+            f"-mindepth 1 -type d -exec sh -c 'for d; do [ ! -e \"/$d\" ] || {{ chmod --reference=\"/$d\" \"$d\" "
+            f"&& chown --reference=\"/$d\" \"$d\"; }}; done' _ {{}} +); "
+            f"else echo 'agent-image: the package install is not CPU-free here; installing under emulation' "
+            f"&& touch {HOST}/{MARK}; fi; touch {HOST}/{SEEN}")
+    stage = (f"#> step package-host\n"
+             f"# The seed's `pip install -e /app`, on the host's CPU when the result is the same for every CPU\n"
+             f"FROM {host_deps_image} AS package\n{index.group(1)}{copy}\nRUN {host}\n")
+    target = (f"{copy}\nCOPY --from=package {HOST}/ /\n"
+              f"RUN if [ -e /{MARK} ]; then rm -f /{MARK} && {body}; fi && rm -f /{SEEN}")
+    full = stage + text[:m.start()] + target + text[m.end():]
+    steps, instructions = parse_steps(full)
+    return Rendered(text=full, steps=steps, instructions=instructions)

@@ -37,3 +37,4 @@ class BuildOptions:
     provenance: dict[str, str] = field(default_factory=dict)  # OCI source/revision/created (plan.provenance)
     platform: str | None = None             # linux/amd64 | linux/arm64 (None: the host's), builder/core/platforms.py
     platform_tags: bool = False             # tag VERSION-ARCH and latest-ARCH (one platform of a multi-platform push)
+    host_deps_image: str = ""               # the host CPU's dependency image of the same build (plan/cross.py)
