@@ -22,7 +22,7 @@ import structlog
 from builder.build import agentbuild, depsimage
 from builder.build.classify import classify
 from builder.build.engine import Engine
-from builder.build.platformbuild import check_base, cross_target, sandbox_image
+from builder.build.platformbuild import check_base, cross_target, remember_stage, sandbox_image, stage_cache
 from builder.build.image import Image
 from builder.build.proxy.index import resolve_index
 from builder.build.proxy.upstream import Upstream
@@ -141,6 +141,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
         if options.use_cache and not options.nocache and not cache_from:
             cache_from = own_previous(engine, job.repo, job.ref, pkg.manifest, job.cache_tag)
+            cache_from += stage_cache(engine, job.repo, job.cache_tag) if cache_from else []
         log.info(events.INSTALLING if plan.split.real_lines else events.BUILDING, venv=job.venv,
                  index=plan.upstream_url, context_bytes=plan.context.size, steps=len(plan.rendered.steps))
         target = agentbuild.target_of(pkg, options, plan, deps)
@@ -324,6 +325,7 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
     kept = _guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
     engine.tag(image_id, job.ref)
     engine.tag(image_id, f"{job.repo}:{input_tag(plan.digest)}")
+    remember_stage(engine, built.outcome.lines, built.target.rendered.text, job.repo, job.cache_tag)
     if built.target.fenced:
         remember_fence(job.options.cache_dir, image_id, built.target.fenced, built.outcome.lines)
     cached_names = cached_steps(built.target.rendered, built.outcome.cached)

@@ -13,6 +13,8 @@ stage FROM the host's base (builder/plan/cross.py).
 
 from __future__ import annotations
 
+import re
+
 import structlog
 
 from builder.build.engine import Engine
@@ -60,3 +62,26 @@ def cross_target(engine: Engine, base: Image, platform: str | None, python: str)
         return None
     return CrossTarget(host_base=host_ref, host_base_id=host.id, machine=MACHINES[arch(platform)], glibc=glibc,
                        python=mine["python"])
+
+
+def remember_stage(engine: Engine, lines: list[str], rendered_text: str, repo: str, cache_tag: str) -> None:
+    """Tag the last layer of the Dockerfile's first stage (the editable install on the host's CPU,
+    builder/plan/cross.py package_on_host) as REPO:CACHE_TAG-stage: the classic builder with
+    cache_from looks for cached steps only in those images' chains, and that stage is not in the
+    agent image's, so a code-only rebuild would run it (and, after it, every emulated step) again."""
+    if not rendered_text.startswith("#> step package-host"):
+        return
+    last = None
+    for line in lines:
+        if line.startswith(" ---> ") and not line.startswith(" ---> Running") and " " not in line[6:].strip():
+            last = line[6:].strip()
+        elif re.match(r"^Step (\d+)/\d+ : FROM ", line) and not line.startswith("Step 1/"):
+            break
+    if last:
+        engine.tag(last, f"{repo}:{cache_tag}-stage")
+
+
+def stage_cache(engine: Engine, repo: str, cache_tag: str) -> list[str]:
+    """The image remember_stage tagged, for cache_from (none: nothing)."""
+    image = engine.image(f"{repo}:{cache_tag}-stage")
+    return [image.id] if image is not None else []

@@ -121,3 +121,27 @@ def test_index_document_lists_each_platform_once():
     assert platforms_of(json.dumps(doc).encode()) == ["linux/amd64", "linux/arm64"]
     with pytest.raises(RegistryError, match="two images for linux/arm64"):
         index_document([entry("arm64"), entry("arm64", "sha256:" + "2" * 64)])
+
+
+def test_editable_install_on_the_hosts_cpu_when_it_is_cpu_free():
+    from builder.package.manifest import parse_manifest
+    from builder.plan.cross import package_on_host
+    from builder.plan.dockerfile import render
+    from tests.support.packages import AGENT_YAML
+    m = parse_manifest(AGENT_YAML.format(name="demo", display="Demo", runtime="python3.11", version="1.0.0"))
+    kw = dict(base_image="x", index_identity="https://pypi.org/simple/", deps=True, editable=True, requirements=True,
+              tool_pip=True, base_has_runtime=True, deps_image="sha256:" + "b" * 64, pip_report=True)
+    text = package_on_host(render(m, **kw), "agents/agent-image.deps:deps-host").text
+    host, target = text.split("FROM sha256:" + "b" * 64)
+    assert host.startswith("#> step package-host\n") and "FROM agents/agent-image.deps:deps-host AS package" in host
+    # on the host only when pip installed the package alone and no extension module was built
+    assert "--report /tmp/.agent-image-report.json && python -c" in host and "-name '*.so'" in host
+    assert "pip install --no-compile -r /app/requirements.txt" not in host  # that pass never runs on the host
+    assert "--invalidation-mode unchecked-hash" in host and "chmod --reference" in host
+    # the target copies the files, and installs (emulated) only when the host left its mark
+    assert "COPY --from=package /opt/agent-image/host/ /" in target
+    assert "RUN if [ -e /.agent-image-emulate ]; then rm -f /.agent-image-emulate && touch" in target
+    assert "pip install --no-compile -r /app/requirements.txt" in target  # the seed's pass, as before
+    # shapes it does not know stay emulated: uv, hash-checked lines
+    assert package_on_host(render(m, **{**kw, "installer": "uv"}), "h") is None
+    assert package_on_host(render(m, **{**kw, "require_hashes": True}), "h") is None
