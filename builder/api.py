@@ -141,7 +141,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
         if options.use_cache and not options.nocache and not cache_from:
             cache_from = own_previous(engine, job.repo, job.ref, pkg.manifest, job.cache_tag)
-            cache_from += stage_cache(engine, job.repo, job.cache_tag) if cache_from else []
+        cache_from = cache_from + (stage_cache(engine, job.repo, job.cache_tag) if cache_from else [])
         log.info(events.INSTALLING if plan.split.real_lines else events.BUILDING, venv=job.venv,
                  index=plan.upstream_url, context_bytes=plan.context.size, steps=len(plan.rendered.steps))
         target = agentbuild.target_of(pkg, options, plan, deps)

@@ -201,11 +201,13 @@ def test_agent_with_compiled_wheels_for_amd64_and_arm64(qemu_arm64, arm_index, r
     assert got.split() == ["aarch64", "2.50.5"]
     assert elf_machines(docker_client, built["linux/amd64"]["image_id"]) == [EM_X86_64]
 
-    # a code-only change: the arm64 dependency image is reused as it is, nothing installs again
+    # a code-only change: the arm64 dependency image is reused as it is, and nothing installs again (the
+    # editable install ran on the host's CPU in a first stage, which the layer cache finds too)
     (agent / "src" / "main.py").write_text((agent / "src" / "main.py").read_text() + "\nREVISION = 2\n")
-    code, again, log = build_json(agent, "--platform", "linux/arm64", "--registry", prefix,
+    code, again, log = build_json(agent, "--platform", "linux/amd64,linux/arm64", "--registry", prefix,
                                   "--index-url", arm_index.url_for("alice"))
     assert code == 0, log[-3000:]
     arm = again["platforms"]["linux/arm64"]
     assert arm["deps_origin"] == "local" and arm["deps_image"] == built["linux/arm64"]["deps_image"]
-    assert {"deps", "package"} <= set(arm["steps_cached"]), arm["steps_cached"]
+    assert {"deps", "package-host"} <= set(arm["steps_cached"]), arm["steps_cached"]
+    assert "installing under emulation" not in log and "not CPU-free" not in log
