@@ -22,6 +22,7 @@ import structlog
 from builder.build import agentbuild, depsimage
 from builder.build.classify import classify
 from builder.build.engine import Engine
+from builder.build.platformbuild import check_base, cross_target, remember_stage, sandbox_image, stage_cache
 from builder.build.image import Image
 from builder.build.proxy.index import resolve_index
 from builder.build.proxy.upstream import Upstream
@@ -34,7 +35,8 @@ from builder.core.errors import EngineError, PackageLoadError, PackageValidation
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
 from builder.core.redact import redaction_scope
-from builder.core.refs import check_image_ref, input_tag, split_ref
+from builder.core.platforms import is_host, platform_tag, require_emulation
+from builder.core.refs import CACHE_TAG, check_image_ref, input_tag, split_ref
 from builder.package.piplines import logical_lines
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
@@ -144,7 +146,8 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         # every build of this call shares --timeout, with the reading before them
         build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
         if options.use_cache and not options.nocache and not cache_from:
-            cache_from = own_previous(engine, job.repo, job.ref, pkg.manifest)
+            cache_from = own_previous(engine, job.repo, job.ref, pkg.manifest, job.cache_tag)
+        cache_from = cache_from + (stage_cache(engine, job.repo, job.cache_tag) if cache_from else [])
         log.info(events.INSTALLING if plan.split.real_lines else events.BUILDING, venv=job.venv,
                  index=plan.upstream_url, context_bytes=plan.context.size, steps=len(plan.rendered.steps))
         target = agentbuild.target_of(pkg, options, plan, deps)
@@ -175,6 +178,7 @@ class _Job:
     added: dict[str, bytes]      # inputs.added_files: the same for every rendering
     replace: dict[str, bytes]
     base_image: str
+    cache_tag: str               # the layer cache's moving tag: latest (latest-ARCH for one platform of an index)
     laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
     signer: Any = None           # --sign-key, loaded before the engine (builder/ship/sign.py)
 
@@ -208,10 +212,14 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     if options.base_image:
         check_image_ref(options.base_image, "--base-image")
     added, replace = added_files(pkg, options, split)  # (--ca-bundle-in-image without --ca-bundle fails here)
+    if not is_host(options.platform):  # before the engine: the command that fixes it
+        require_emulation(options.platform, "building")
     from builder.ship.sign import signer_for  # a key that cannot sign fails now, not after the push
-    return _Job(signer=signer_for(options.sign_key, push=options.push), pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
+    return _Job(signer=signer_for(options.sign_key, push=options.push), pkg=pkg, options=options, started=started,
+                repo=repo, ref=f"{repo}:{platform_tag(m.version, options.platform, options.platform_tags)}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
-                base_image=options.base_image or base_image_for(m.python))
+                base_image=options.base_image or base_image_for(m.python, options.platform),
+                cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags))
 
 
 def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
@@ -228,8 +236,10 @@ def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -
     if base is None and remote(split_ref(base_image)[0].split("@")[0]):
         from builder.ship.pushpull import pull_base
         pull_base(engine, base_image, auth=options.registry_auth)
-    return engine.require_image(base_image, hint=f"Run `agent-image base --python {python}` "
-                                                 "(or pass --base-image) and retry.")
+    image = engine.require_image(base_image, hint=f"Run `agent-image base --python {python}" + (
+        f" --platform {options.platform}" if options.platform else "") + "` (or pass --base-image) and retry.")
+    check_base(image, base_image, options.platform, python)
+    return image
 
 
 # -- in the registry: an empty runner pulls nothing the registry already has -------------------------------------
@@ -268,7 +278,8 @@ def _identical_image(engine: Engine, job: _Job, plan: Plan) -> tuple[Image | Non
     same_inputs, cache_from = f"{job.repo}:{input_tag(plan.digest)}", []
     hit = engine.image(same_inputs)
     if hit is None and remote(job.repo):
-        hit, cache_from = from_registry(engine, job.repo, same_inputs, options.registry_auth, m)
+        hit, cache_from = from_registry(engine, job.repo, same_inputs, options.registry_auth, m, job.cache_tag,
+                                        options.platform)
     if hit is not None and hit.labels.get(INPUT_LABEL) == plan.digest and same_agent(hit, m):
         return hit, cache_from
     return None, cache_from
@@ -291,13 +302,15 @@ def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image,
     """The dependency image the agent builds FROM (None without dependency lines), found
     here or in the registry when it exists; and the sandbox, when it started during a pull."""
     options = job.options
-    deps = depsimage.plan(plan.rendered, plan.split, base, job.repo, options.registry, job.upstream.auth_header)
+    python = job.pkg.manifest.python
+    deps = depsimage.plan(plan.rendered, plan.split, base, job.repo, options.registry, job.upstream.auth_header,
+                          cross_target(engine, base, options.platform, python))
     if not deps or options.nocache:
         return deps, None
     sandbox = None
     if remote(deps.repo) and engine.image(deps.ref) is None:
         # the pull takes seconds: the build's sandbox starts meanwhile (0.3 s saved on an empty runner)
-        sandbox = early.enter_context(Sandbox(engine, job.base_image))
+        sandbox = early.enter_context(Sandbox(engine, sandbox_image(engine, job.base_image, options.platform, python)))
     # a local image with this key, else the registry's
     deps.image, deps.origin = depsimage.find(engine, deps.ref, deps.key, base, deps.layers,
                                              auth=options.registry_auth, remote=remote(deps.repo))
@@ -336,6 +349,7 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
     kept = _guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
     engine.tag(image_id, job.ref)
     engine.tag(image_id, f"{job.repo}:{input_tag(plan.digest)}")
+    remember_stage(engine, built.outcome.lines, built.target.rendered.text, job.repo, job.cache_tag)
     if built.target.fenced:
         remember_fence(job.options.cache_dir, image_id, built.target.fenced, built.outcome.lines)
     cached_names = cached_steps(built.target.rendered, built.outcome.cached)
@@ -398,7 +412,8 @@ def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildO
         result.digest_ref, result.tag_kept = kept, True
     else:
         result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
-                                       auth=options.registry_auth)
+                                       auth=options.registry_auth,
+                                       cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags))
     # after the agent: its layers are there now, so this is a manifest, for the next runner to find
     if result.deps_image and result.deps_origin != "pulled" and remote(split_ref(result.deps_image)[0]):
         try:

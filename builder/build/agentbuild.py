@@ -14,6 +14,7 @@ import structlog
 from builder.build import depsimage, readytime
 from builder.build.engine import Engine
 from builder.build.image import Image
+from builder.build.platformbuild import sandbox_image
 from builder.build.proxy import wheeltags
 from builder.build.proxy.cache import DownloadCache
 from builder.build.proxy.server import IndexProxy, Stats
@@ -113,7 +114,8 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
     """The build's network (builder/build/sandbox.py) reaches the index proxy and nothing else:
     the dependency image first when it must be built, then the agent FROM it."""
     split, engine = plan.split, build.engine
-    with (contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, plan.base.image)) as sandbox, \
+    door = sandbox_image(engine, plan.base.image, options.platform, pkg.manifest.python)  # host CPU when it can
+    with (contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, door)) as sandbox, \
             IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
                        ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
                        direct_urls=split.direct, page_max_bytes=options.index_page_max_bytes,

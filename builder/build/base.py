@@ -37,27 +37,35 @@ EOF"""
 
 def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None = None,
                tag: str | None = None, index_url: str | None = None, ca_bundle: str | None = None,
-               cache_dir: Path | None = None) -> str:
+               cache_dir: Path | None = None, platform: str | None = None) -> str:
     """Build Dockerfile.base FROM a Python image; return the image id.
 
     uv goes into the base from the package index, through the same loopback
-    proxy an agent build uses (so credentials stay out of the base too)."""
-    known = PYTHONS.get(python)
+    proxy an agent build uses (so credentials stay out of the base too).
+    PLATFORM (default the host's) picks the Python image (agent-image/python:X.Y-ARCH
+    for another CPU) and the tag; its RUN steps then run under QEMU emulation."""
+    from builder.core.platforms import require_emulation, tag_suffix
+    known, suffix = PYTHONS.get(python), tag_suffix(platform)
     if not from_image and not (known and known.debian_suite):
         raise BaseImageMissingError(f"no default Python image for {python}: scripts/setup.sh makes them from "
                                     "Debian, and no current Debian suite ships it",
                                     hint=f"Pass --from with a Python {python} image the engine has "
                                          f"(e.g. python:{python}-slim after `docker pull python:{python}-slim`).")
-    from_image = from_image or python_image(python)
-    engine.require_image(from_image, hint=f"Pass --from with a Python image the engine has (e.g. python:{python}-slim "
-                                          f"after `docker pull python:{python}-slim`), or run scripts/setup.sh.")
+    from_image = from_image or python_image(python) + suffix
+    found = engine.require_image(
+        from_image, hint=f"Pass --from with a Python image the engine has (e.g. python:{python}-slim after `docker "
+                         f"pull python:{python}-slim`), or run scripts/setup.sh (agent-image/python:X.Y, X.Y-arm64).")
+    if platform:
+        _check_platform(found, platform, from_image)
+        require_emulation(platform, "building the base")
+    sandbox_image = python_image(python) if suffix and engine.image(python_image(python)) else from_image
     from builder.build.proxy.cache import DownloadCache
     from builder.build.proxy.index import resolve_index
     from builder.build.proxy.server import IndexProxy
     from builder.build.sandbox import Sandbox
     from builder.core.defaults import DEFAULT_CACHE_DIR, base_image_for
     from builder.plan.dockerfile import PIP_INDEX_HOST, PIP_INDEX_URL, UV_VERSION, tool_pip_version
-    tag = tag or base_image_for(python)
+    tag = tag or base_image_for(python, platform)
     files = {"Dockerfile": DOCKERFILE_BASE.read_bytes()}
     for path in sorted(SHIM.glob("*.py")):  # serve.py, its serve_*.py modules, healthcheck.py
         files[f"shim/{path.name}"] = path.read_bytes()
@@ -70,7 +78,8 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
             "PIP_TRUSTED_HOST": PIP_INDEX_HOST, "TOOL_PIP_VERSION": tool_pip_version(python)}
     # the base's build steps get the network an agent build gets (builder/build/sandbox.py):
     # the index proxy and nothing else
-    with Sandbox(engine, from_image) as sandbox, \
+    # the sandbox's forwarder runs on the host's CPU when it can (no emulation for the door)
+    with Sandbox(engine, sandbox_image) as sandbox, \
             IndexProxy(upstream, cache, ca_bundle=ca_bundle, unix_path=sandbox.socket_path) as proxy:
         sandbox.wait(proxy.ready)
 
@@ -96,13 +105,26 @@ def build_base(engine: Engine, *, python: str = "3.11", from_image: str | None =
         raise BaseImageMissingError(f"labelling the base image failed: {labelled.error}",
                                     log_tail=labelled.lines[-20:])
     engine.tag(labelled.image_id, tag)
-    log.info("Base image ready", tag=tag, image_id=labelled.image_id, abi=abi)
+    log.info("Base image ready", tag=tag, image_id=labelled.image_id, abi=abi,
+             platform=f"linux/{engine.image(labelled.image_id).architecture}")
     return labelled.image_id
 
 
-def push_base(engine: Engine, image_id: str, *, registry: str, python: str, auth: dict | None = None) -> str:
-    """Tag the base REGISTRY/agent-image.base:pyX.Y, push it, return its digest reference."""
-    target = f"{registry.rstrip('/')}/{BASE_NAME}:py{python}"
+def _check_platform(image, platform: str, ref: str) -> None:
+    from builder.core.platforms import arch
+    if image.architecture != arch(platform):
+        raise BaseImageMissingError(f"{ref} is {image.os}/{image.architecture}, not {platform}", field="--platform",
+                                    hint="Pass --from with a Python image for that platform (scripts/setup.sh "
+                                         "makes agent-image/python:X.Y-arm64).")
+
+
+def push_base(engine: Engine, image_id: str, *, registry: str, python: str, auth: dict | None = None,
+              platform: str | None = None, per_platform: bool = False) -> str:
+    """Tag the base REGISTRY/agent-image.base:pyX.Y[-ARCH] (-ARCH for another CPU, or for every
+    platform of a multi-platform push), push it, return its digest reference."""
+    from builder.core.platforms import platform_tag, tag_suffix
+    tag = platform_tag(f"py{python}", platform, True) if per_platform else f"py{python}{tag_suffix(platform)}"
+    target = f"{registry.rstrip('/')}/{BASE_NAME}:{tag}"
     engine.tag(image_id, target)
     digest = with_retries(lambda: engine.push(target, auth=auth), doing="push", image=target)
     pinned = f"{target.rsplit(':', 1)[0]}@{digest}"

@@ -32,6 +32,7 @@ from builder.core.labels import AGENT_NAME_LABEL, DEPS_LABEL
 from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
+from builder.plan.cross import CrossTarget, cross_dockerfile, needs_emulation
 from builder.plan.dockerfile import Rendered, deps_dockerfile
 
 log = structlog.get_logger("agent_image")
@@ -56,11 +57,14 @@ class Plan:
 
 
 def plan(agent_dockerfile: Rendered, split: Split, base: Image, agent_repo: str, registry: str | None,
-         auth_header: str | None) -> Plan | None:
-    """The dependency image an agent with these lines builds FROM; None without lines."""
+         auth_header: str | None, cross: CrossTarget | None = None) -> Plan | None:
+    """The dependency image an agent with these lines builds FROM; None without lines.
+    CROSS (a base for another CPU): its wheels are fetched on the host's (builder/plan/cross.py)."""
     if not split.deps:
         return None
     dockerfile = deps_dockerfile(agent_dockerfile.text)
+    if cross is not None and not needs_emulation(split.deps_text):
+        dockerfile = cross_dockerfile(dockerfile, cross) or dockerfile
     repo = repository(agent_repo, registry)
     deps_key = key(dockerfile, split, base.id, reader=index_user(auth_header), repo=repo)
     return Plan(dockerfile=dockerfile, key=deps_key, repo=repo, ref=ref(repo, deps_key),
@@ -100,8 +104,10 @@ def ref(repo: str, deps_key: str) -> str:
 
 
 def layer_count(dockerfile: Rendered) -> int:
-    """Layers the Dockerfile adds over its FROM (classic builder: every RUN, COPY, ADD)."""
-    return sum(1 for i in dockerfile.instructions if i.split(None, 1)[0].upper() in _LAYER_INSTRUCTIONS)
+    """Layers the Dockerfile's last stage adds over its FROM (classic builder: every RUN, COPY, ADD)."""
+    words = [i.split(None, 1)[0].upper() for i in dockerfile.instructions]
+    last = max((n for n, w in enumerate(words) if w == "FROM"), default=0)
+    return sum(1 for w in words[last:] if w in _LAYER_INSTRUCTIONS)
 
 
 def refusal(image: Image, deps_key: str, base: Image, added: int) -> str | None:

@@ -25,7 +25,7 @@ from docker.api.client import APIClient
 from builder.build.image import Image, image_from
 from builder.build.stream import BuildOutcome, consume, rejoin_lines
 from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
-                                 RegistryError)
+                                 PlatformMissingError, RegistryError)
 from builder.core.labels import RUN_LABEL
 from builder.core.redact import redact
 from builder.core.refs import split_ref
@@ -258,16 +258,16 @@ class Engine:
             raise RegistryError(f"pushing {ref} ended without a digest", hint="Check the registry's logs.")
         return digest
 
-    def pull(self, ref: str, *, auth: dict | None = None) -> Image:
+    def pull(self, ref: str, *, auth: dict | None = None, platform: str | None = None) -> Image:
+        """Pull REF; PLATFORM (linux/arm64) picks that platform's manifest from an index,
+        and a registry without it is a PlatformMissingError."""
         repo, tag = split_ref(ref)
         try:
-            for chunk in self.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+            for chunk in self.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth, platform=platform):
                 if "error" in chunk:
-                    raise RegistryError(f"pulling {ref} failed: {redact(chunk['error'])}",
-                                        hint=_registry_hint(chunk["error"]))
+                    raise _pull_error(ref, chunk["error"], platform)
         except docker.errors.APIError as exc:
-            raise RegistryError(f"pulling {ref} failed: {redact(exc.explanation or str(exc))}",
-                                hint=_registry_hint(str(exc))) from None
+            raise _pull_error(ref, exc.explanation or str(exc), platform) from None
         except requests.exceptions.RequestException as exc:
             raise _engine_error(exc, f"pulling {ref}") from None
         img = self.image(ref)
@@ -420,6 +420,14 @@ class Engine:
             return self.api.inspect_container(container_id)["State"]
         except docker.errors.NotFound:  # an auto-removed container that exited
             return {"Running": False, "Status": "removed"}
+
+
+def _pull_error(ref: str, text: str, platform: str | None) -> RegistryError:
+    if platform and ("no matching manifest" in text or "does not match the specified platform" in text):
+        return PlatformMissingError(f"{ref} has no image for {platform}: {redact(text)[:200]}", field="--platform",
+                                    hint=f"Build and push it for {platform} (agent-image build --platform "
+                                         f"{platform} --push), or ask for a platform the image has.")
+    return RegistryError(f"pulling {ref} failed: {redact(text)}", hint=_registry_hint(text))
 
 
 def _registry_hint(text: str) -> str:

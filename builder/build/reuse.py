@@ -28,13 +28,13 @@ def same_agent(image, manifest) -> bool:
     return image is not None and image.labels.get(AGENT_NAME_LABEL) == manifest.name
 
 
-def own_previous(engine: Engine, repo: str, ref: str, manifest) -> list[str]:
+def own_previous(engine: Engine, repo: str, ref: str, manifest, cache_tag: str = CACHE_TAG) -> list[str]:
     """The agent's own last image as the layer cache. Without it the classic
     builder takes the newest local image matching each step, and the first
     steps are the same for every agent: one other agent's --no-cache build
     would then cost this agent a full dependency reinstall. Only an image
     whose labels name this agent is used."""
-    for candidate in (ref, f"{repo}:{CACHE_TAG}"):
+    for candidate in (ref, f"{repo}:{cache_tag}"):
         image = engine.image(candidate)
         if same_agent(image, manifest):
             return [image.id]
@@ -47,27 +47,28 @@ def remote(repo: str) -> bool:
     return "/" in repo and ("." in first or ":" in first or first == "localhost")
 
 
-def from_registry(engine: Engine, repo: str, input_tag: str, auth: dict | None, manifest):
+def from_registry(engine: Engine, repo: str, input_tag: str, auth: dict | None, manifest,
+                  cache_tag: str = CACHE_TAG, platform: str | None = None):
     """An ephemeral runner starts empty: take the exact image from the registry if it
     was built before, else the agent's last pushed image as a layer cache (the tool's
     own moving tags: used only when their labels name this agent)."""
     try:
-        hit = engine.pull(input_tag, auth=auth)
+        hit = engine.pull(input_tag, auth=auth, platform=platform)
         if same_agent(hit, manifest):
             return hit, []
         drop_foreign(engine, input_tag, hit, manifest)
     except (RegistryError, EngineError) as exc:
         log.debug("no exact image in the registry", image=input_tag, reason=str(exc)[:200])
     try:
-        last = f"{repo}:{CACHE_TAG}"
-        image = engine.pull(last, auth=auth)
+        last = f"{repo}:{cache_tag}"
+        image = engine.pull(last, auth=auth, platform=platform)
         if not same_agent(image, manifest):
             drop_foreign(engine, last, image, manifest)
             return None, []
         log.info("Using the last pushed image as a layer cache", cache_from=last, image_id=image.id)
         return None, [image.id]
     except (RegistryError, EngineError) as exc:
-        log.debug("no previous image in the registry", image=f"{repo}:{CACHE_TAG}", reason=str(exc)[:200])
+        log.debug("no previous image in the registry", image=f"{repo}:{cache_tag}", reason=str(exc)[:200])
         return None, []
 
 

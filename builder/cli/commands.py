@@ -33,6 +33,12 @@ def _registry_auth(args) -> dict | None:
     return {"username": user, "password": password}
 
 
+def _platform(args) -> str | None:
+    """--platform of pull, run, rebase and ecs-task-def: one platform, checked (exit 10), or None."""
+    from builder.core.platforms import normalize
+    return normalize(args.platform) if getattr(args, "platform", None) else None
+
+
 def _limits(args) -> Limits:
     return Limits(max_entries=args.max_entries, max_total_bytes=args.max_total_bytes, max_ratio=args.max_ratio)
 
@@ -106,8 +112,15 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
     from builder.ship.ecs import digest_ref, task_definition
     opts = _task_options(args)  # option errors come before the engine is asked
     engine = engine_factory()
-    image = engine.image(args.ref) or engine.pull(args.ref, auth=_registry_auth(args))
-    request = task_definition(image, digest_ref(image, args.ref), opts)
+    from builder.build.reuse import remote
+    from builder.core.refs import split_ref
+    from builder.ship.pushpull import image_for_platform
+    ref, platform = args.ref, _platform(args)
+    if platform and "@" not in ref and remote(split_ref(ref)[0]):  # that platform's manifest, by its digest
+        from builder.ship.index import platform_ref
+        ref = platform_ref(ref, platform, auth=_registry_auth(args))
+    image = image_for_platform(engine, ref, platform, auth=_registry_auth(args))
+    request = task_definition(image, digest_ref(image, ref), opts)
     if not args.json:
         print(json.dumps(request, indent=2))
     return request
@@ -132,6 +145,8 @@ def cmd_build(args, engine_factory) -> dict:
     task_opts = _ecs_precheck(args) if args.ecs_task_def else None
     created = _create_repositories(args, opts) if args.create_repository else None
     engine = engine_factory()
+    if args.platform:  # one image per platform, and (with --push) one index over them
+        return _build_platforms(args, opts, engine, task_opts, created)
     result = build_image(args.source, opts, engine=engine)
     out = result.to_dict()
     if created is not None:
@@ -143,6 +158,24 @@ def cmd_build(args, engine_factory) -> dict:
         out["phases"]["ecs_task_def"], out["duration_s"] = took, round(out["duration_s"] + took, 3)
     if not args.json:
         print(f"{result.image} {result.image_id}" + (f"\n{result.digest_ref}" if result.digest_ref else ""))
+    return out
+
+
+def _build_platforms(args, opts, engine, task_opts, created) -> dict:
+    from builder.cli.multiarch import build_platforms
+    from builder.core.platforms import parse_platforms
+    multi = build_platforms(args.source, opts, parse_platforms(args.platform), engine)
+    out = multi.to_dict()
+    if created is not None:
+        out["created_repositories"] = created
+    if task_opts is not None:  # the first platform's image (its runtimePlatform), named by the index digest
+        first = next(iter(multi.results.values()))
+        first.digest_ref = multi.digest_ref
+        out["ecs_task_def"] = str(_write_task_def(engine, first, task_opts, args.ecs_task_def))
+    if not args.json:
+        for platform, r in multi.results.items():
+            print(f"{platform} {r.image} {r.image_id}")
+        print(multi.digest_ref or multi.image)
     return out
 
 
@@ -214,7 +247,8 @@ def cmd_rebase(args, engine_factory) -> dict:
     if args.sign_key:
         from builder.ship.sign import load_signer
         signer = load_signer(args.sign_key)
-    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run, signer=signer)
+    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run, signer=signer,
+                           platform=_platform(args))
     failed = next((o for o in outcomes if not o.ok), None)
     if not args.json:
         for o in outcomes:
@@ -244,19 +278,26 @@ def cmd_base(args, engine_factory) -> dict:
         raise PackageValidationError("--push needs --registry to know where to push", field="--registry",
                                      hint="Add --registry HOST[:PORT]/PREFIX.")
     from builder.core.defaults import base_image_for
+    from builder.core.platforms import host_platform, parse_platforms
     from builder.core.refs import check_image_ref
-    tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python)
+    several = parse_platforms(args.platform) if args.platform else ()
+    if len(several) > 1:  # each platform's base, and with --push one index over them
+        from builder.cli.multiarch import base_platforms
+        return base_platforms(args, several, engine_factory(), _registry_auth(args))
+    platform = several[0] if several else None
+    tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python, platform)
     if args.push and remote_repo(f"{args.registry.rstrip('/')}/{BASE_NAME}"):  # before the build, as for build
         from builder.ship.preflight import check_push
         check_push(f"{args.registry.rstrip('/')}/{BASE_NAME}", auth=_registry_auth(args))
     engine = engine_factory()
     image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=tag,
-                          index_url=args.index_url, ca_bundle=args.ca_bundle)
+                          index_url=args.index_url, ca_bundle=args.ca_bundle, platform=platform)
     pinned = push_base(engine, image_id, registry=args.registry, python=args.python,
-                       auth=_registry_auth(args)) if args.push else None
+                       auth=_registry_auth(args), platform=platform) if args.push else None
     if not args.json:
         print(f"{tag} {image_id}" + (f"\n{pinned}" if pinned else ""))
-    return {"ok": True, "image": tag, "image_id": image_id, "digest_ref": pinned}
+    return {"ok": True, "image": tag, "image_id": image_id, "digest_ref": pinned,
+            "platform": platform or host_platform()}
 
 
 def _verified(args, ref: str, expect_name=None, expect_version=None) -> tuple[str, dict | None]:
@@ -284,7 +325,7 @@ def cmd_pull(args, engine_factory) -> dict:
     from builder.ship.pushpull import pull_image
     ref, verified = _verified(args, args.ref, args.expect_name, args.expect_version)
     image_id = pull_image(engine_factory(), ref, expect_name=args.expect_name,
-                          expect_version=args.expect_version, auth=_registry_auth(args))
+                          expect_version=args.expect_version, auth=_registry_auth(args), platform=_platform(args))
     if not args.json:
         print(image_id)
     return {"ok": True, "image": args.ref, "image_id": image_id,
@@ -318,7 +359,11 @@ def cmd_run(args, engine_factory) -> dict:
         pull_image(engine, ref, auth=_registry_auth(args))
     env = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
     env.setdefault("REST_PORT", "8080")
-    cid = engine.run(ref, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
+    image = ref
+    if _platform(args):  # that platform's image: the engine's, or pulled (an arm64 one runs under QEMU)
+        from builder.ship.pushpull import image_for_platform
+        image = image_for_platform(engine, ref, _platform(args)).id
+    cid = engine.run(image, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
     host = engine.published_at()[1]  # a remote engine's port is on its host, not this one
     url = f"http://{host}:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
     try:

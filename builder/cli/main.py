@@ -19,7 +19,10 @@ import structlog
 from builder import __version__
 from builder.cli import ciout
 from builder.cli.commands import COMMANDS
+from builder.cli.platformopts import add_platform
 from builder.cli.supplyargs import add_pull, add_sign_key, add_verify, add_verify_key
+from builder.cli.usage import port as _port
+from builder.cli.usage import positive as _positive
 from builder.core.defaults import DEFAULT_FILE_BYTES, DEFAULT_PAGE_BYTES
 from builder.core.errors import EXIT_CODES, PackageLoadError
 from builder.core.pythons import PYTHONS
@@ -32,26 +35,6 @@ def _codes_epilog() -> str:
     rows = sorted(EXIT_CODES.items(), key=lambda kv: kv[1])
     return "exit codes:\n  0  success\n  2  bad command-line usage\n" + "\n".join(
         f"  {code:<2} {name}" for name, code in rows)
-
-
-def _positive(kind):
-    """argparse type: a finite number above 0 (a usage error, exit 2, otherwise)."""
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
-        return value
-    return convert
-
-
-def _port(text: str) -> int:
-    value = _positive(int)(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -164,6 +147,7 @@ def _add_build(sub) -> None:
                         "(version tags immutable, lifecycle policies; docs/ci.md)")
     add_sign_key(b, "with --push: sign the image (cosign's format) with KEY; without it the SBOM and provenance "
                     "are attached unsigned")
+    add_platform(b, "build")
     b.add_argument("--source-url", metavar="URL", help="org.opencontainers.image.source (default: the CI's repository URL)")
     b.add_argument("--revision", metavar="SHA", help="org.opencontainers.image.revision (default: the CI's commit; "
                    "image.created comes from SOURCE_DATE_EPOCH when set)")
@@ -198,6 +182,7 @@ def _add_base(sub) -> None:
     base.add_argument("--index-url", help="index the base's uv (for --installer uv) comes from "
                                           "(default as for build)")
     base.add_argument("--ca-bundle", metavar="PEM", help="extra CA bundle for reaching that index")
+    add_platform(base, "base")
     _add_common(base)
 
 
@@ -210,6 +195,7 @@ def _add_rebase(sub) -> None:
     rb.add_argument("--base", required=True, metavar="BASE_REF", help="the new base, e.g. REGISTRY/agent-image.base@sha256:...")
     rb.add_argument("--dry-run", action="store_true", help="show what would change; push nothing")
     add_sign_key(rb, "sign each new image with KEY (its SBOM and provenance are carried over either way)")
+    add_platform(rb, "rebase")
     rb.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD); "
                                                 "default: the Docker config's credentials")
     _add_common(rb)
@@ -238,6 +224,7 @@ def _add_run(sub) -> None:
     run.add_argument("--name", help="container name")
     add_verify_key(run, "; runs the verified digest")
     run.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    add_platform(run, "run")
     _add_common(run)
 
 
@@ -250,6 +237,7 @@ def _add_ecs_task_def(sub) -> None:
                                      "`aws ecs register-task-definition --cli-input-json`.")
     ecs.add_argument("ref", help="REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:... (a pushed image)")
     ecs.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    add_platform(ecs, "ecs-task-def")
     _add_common(ecs)
     _add_ecs(ecs)
 
@@ -297,8 +285,6 @@ def _check_usage(top: argparse.ArgumentParser, args) -> None:
         top.commands[args.command].error("; ".join(said))
 
 
-
-
 def _interrupt(signum, frame):
     # SIGTERM (CI cancelling a job) cancels the build the same way Ctrl-C does
     raise KeyboardInterrupt
@@ -318,6 +304,8 @@ def _sizes(args, result: dict, runtime: str | None, engine_factory) -> tuple[int
     from builder.package.manifest import SUPPORTED_RUNTIMES
     python = SUPPORTED_RUNTIMES.get(runtime or "")
     base = args.base_image or (base_image_for(python) if python else None)
+    if not result.get("image_id"):  # a multi-platform build: one image per platform
+        return None
     try:
         engine = engine_factory()
         image, base_image = engine.image(result["image_id"]), engine.image(base) if base else None

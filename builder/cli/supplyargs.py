@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from builder.cli.platformopts import add_platform
+
 KEYS = "a PEM file or awskms:///ARN"
 
 
@@ -34,4 +36,5 @@ def add_pull(sub, add_common) -> None:
     pull.add_argument("--expect-version", help="fail unless io.pixell.agent.version matches")
     add_verify_key(pull)
     pull.add_argument("--registry-username", help="registry user (password from AGENT_IMAGE_REGISTRY_PASSWORD)")
+    add_platform(pull, "pull")
     add_common(pull)

@@ -8,6 +8,8 @@ here the same readers run on the command line first, so a typo in CI reads as a 
 
 from __future__ import annotations
 
+import argparse
+
 from builder.core.errors import PackageLoadError
 from builder.core.redact import redact
 from builder.core.refs import REPOSITORY_RE, check_image_ref, parse
@@ -68,3 +70,23 @@ def problems(args) -> list[str]:
         except ValueError as exc:
             said.append(f"{option}: {redact(str(exc))}")
     return said
+
+
+def positive(kind):
+    """argparse type: a finite number above 0 (a usage error, exit 2, otherwise)."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+        return value
+    return convert
+
+
+def port(text: str) -> int:
+    value = positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value

@@ -12,8 +12,11 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("AGENT_IMAGE_CACHE", Path.home() / ".cac
 BASE_REPOSITORY = os.environ.get("AGENT_IMAGE_BASE_REPOSITORY", "agent-image/base")
 
 
-def base_image_for(python: str) -> str:
-    return f"{BASE_REPOSITORY}:py{python}"
+def base_image_for(python: str, platform: str | None = None) -> str:
+    """The shared base for PYTHON on PLATFORM: pyX.Y for the host's CPU, pyX.Y-ARCH for another
+    (builder/core/platforms.py tag_suffix): one tag per architecture."""
+    from builder.core.platforms import tag_suffix
+    return f"{BASE_REPOSITORY}:py{python}{tag_suffix(platform)}"
 
 
 # the index proxy refuses bigger pages and files

@@ -205,6 +205,12 @@ class SandboxError(EngineError):
     exit_code = 52
 
 
+class EmulationMissingError(EngineError):
+    """A build for another CPU needs QEMU user emulation (binfmt_misc), and the engine's host has none."""
+    reference = "emulation-missing"
+    exit_code = 53
+
+
 class RegistryError(PackageLoadError):
     """Pushing to or pulling from the registry failed."""
     reference = "registry-error"
@@ -227,7 +233,12 @@ class SignatureError(ImageVerificationError):
     """An image's signature is missing, does not verify with the key, or is for another image or repository
     (or its SBOM and provenance are not the ones it signed); or the signing key cannot be used."""
     reference = "signature"
-    exit_code = 64
+
+
+class PlatformMissingError(RegistryError):
+    """The image (or its index) has no manifest for the platform asked for."""
+    reference = "platform-missing"
+    exit_code = 65
 
 
 class RebaseError(PackageLoadError):
@@ -303,8 +314,9 @@ ALL_ERRORS: tuple[type[PackageLoadError], ...] = (
     DependencyError, DependencyNotFoundError, VersionNotFoundError, HashMismatchError,
     DependencyConflictError, WheelBuildError, EditableInstallError, IndexUnreachableError,
     IndexAuthError, CodeArtifactError, IndexResponseError, BuildError, BuildTimeoutError, BuildInterruptedError,
-    EngineError, BaseImageMissingError, SandboxError, RegistryError, ImageVerificationError, TagExistsError,
-    SignatureError, RebaseError, RunError, SmokeTestError, AgentResponseError, TaskDefinitionError, InternalError,
+    EngineError, BaseImageMissingError, SandboxError, EmulationMissingError, RegistryError, ImageVerificationError,
+    TagExistsError, SignatureError, PlatformMissingError,
+    RebaseError, RunError, SmokeTestError, AgentResponseError, TaskDefinitionError, InternalError,
 )
 
 # The one exit-code table (class name -> code); the CLI and --json read it.

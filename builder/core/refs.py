@@ -25,7 +25,9 @@ def input_tag(digest: str) -> str:
 def builder_tag(tag: str) -> bool:
     """Is TAG one agent-image writes itself? (Compared without case: registries differ on it.)"""
     low = tag.lower()
-    return low == CACHE_TAG or low.startswith((INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX))
+    # (latest-ARCH: the layer cache of one platform's images, builder/core/platforms.py)
+    return low in (CACHE_TAG, f"{CACHE_TAG}-amd64", f"{CACHE_TAG}-arm64") \
+        or low.startswith((INPUT_TAG_PREFIX, REFERRER_TAG_PREFIX))
 
 
 class ImageRef(NamedTuple):

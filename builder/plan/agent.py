@@ -18,6 +18,7 @@ from builder.core.labels import RUNTIME_LABEL, TOOL_PIP_LABEL, UV_LABEL, VENV_LA
 from builder.package.reader import Package
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
+from builder.plan.cross import package_on_host
 from builder.plan.dockerfile import UV_VERSION, Rendered, pip_reports
 from builder.plan.inputs import content_digest, kept_out, render_agent
 from builder.plan.options import BuildOptions
@@ -90,5 +91,7 @@ def make_plan(pkg: Package, options: BuildOptions, base: Base, upstream_url: str
 def from_deps(pkg: Package, options: BuildOptions, plan: Plan, deps_image_id: str) -> tuple[Rendered, dict, Context]:
     """The agent's own steps FROM its dependency image: (Dockerfile, generated files, context)."""
     rendered = _render(pkg, options, plan.base, plan.upstream_url, plan.split, deps_image=deps_image_id)
+    if options.host_deps_image:  # another CPU's build: the editable install on the host's, when it can
+        rendered = package_on_host(rendered, options.host_deps_image) or rendered
     files = {"Dockerfile": rendered.text.encode(), **plan.added}
     return rendered, files, build_context(pkg.root, files, exclude=kept_out(pkg, options), replace=dict(plan.replace))

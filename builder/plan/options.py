@@ -36,3 +36,6 @@ class BuildOptions:
     overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
     provenance: dict[str, str] = field(default_factory=dict)  # OCI source/revision/created (plan.provenance)
     sign_key: str | None = None             # --push signs with it: a PEM file or awskms:///ARN (ship/sign.py)
+    platform: str | None = None             # linux/amd64 | linux/arm64 (None: the host's), builder/core/platforms.py
+    platform_tags: bool = False             # tag VERSION-ARCH and latest-ARCH (one platform of a multi-platform push)
+    host_deps_image: str = ""               # the host CPU's dependency image of the same build (plan/cross.py)

@@ -8,7 +8,10 @@ import structlog
 
 from builder.build.engine import Engine
 from builder.core import events
-from builder.core.errors import ImageVerificationError, TagExistsError
+from builder.build.image import Image
+from builder.build.reuse import remote
+from builder.core.errors import ImageVerificationError, PlatformMissingError, TagExistsError
+from builder.core.platforms import arch
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
 from builder.core.retry import with_retries
@@ -17,12 +20,12 @@ log = structlog.get_logger("agent_image.registry")
 
 
 def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, retries: int = 3,
-               auth: dict | None = None) -> str:
+               auth: dict | None = None, cache_tag: str = CACHE_TAG) -> str:
     """Push REF (and its input-digest tag); return REPO@sha256:... pinned by digest."""
     repo, _ = split_ref(ref)
     # VERSION, the input-digest tag (no-op builds find it), and latest (the
     # layer cache an empty CI runner starts from)
-    refs = [ref] + ([f"{repo}:{input_tag(input_digest)}"] if input_digest else []) + [f"{repo}:{CACHE_TAG}"]
+    refs = [ref] + ([f"{repo}:{input_tag(input_digest)}"] if input_digest else []) + [f"{repo}:{cache_tag}"]
     digest = ""
     image = engine.image(ref)
     for target in refs:
@@ -48,12 +51,37 @@ def verify_labels(labels: dict[str, str], *, ref: str, name: str | None, version
 
 
 def pull_image(engine: Engine, ref: str, *, expect_name: str | None = None, expect_version: str | None = None,
-               auth: dict | None = None, retries: int = 3) -> str:
-    """Pull REF, check its agent labels, return the local image id."""
-    image = with_retries(lambda: engine.pull(ref, auth=auth), doing="pull", attempts=retries, image=ref)
+               auth: dict | None = None, retries: int = 3, platform: str | None = None) -> str:
+    """Pull REF (PLATFORM's image of an index), check its agent labels, return the local image id."""
+    image = with_retries(lambda: engine.pull(ref, auth=auth, platform=platform), doing="pull", attempts=retries,
+                         image=ref)
+    check_platform(image, ref, platform)
     verify_labels(image.labels, ref=ref, name=expect_name, version=expect_version)
     log.info("Pulled agent image", image=ref, image_id=image.id, agent=image.labels.get(AGENT_NAME_LABEL))
     return image.id
+
+
+def check_platform(image: Image, ref: str, platform: str | None) -> None:
+    """PlatformMissingError unless IMAGE is PLATFORM's (None: any)."""
+    if platform and image.architecture != arch(platform):
+        raise PlatformMissingError(f"{ref} is {image.os or 'linux'}/{image.architecture}, not {platform}",
+                                   field="--platform", hint=f"Build it with --platform {platform} (and push it), "
+                                                            "or ask for the platform it has.")
+
+
+def image_for_platform(engine: Engine, ref: str, platform: str | None, *, auth: dict | None = None) -> Image:
+    """REF's image for PLATFORM: the engine's when it is that platform's, else pulled (from an
+    index, that platform's entry); PlatformMissingError when neither has it."""
+    image = engine.image(ref)
+    if image is not None and (platform is None or image.architecture == arch(platform)):
+        return image
+    if not remote(split_ref(ref)[0].split("@")[0]):
+        if image is None:
+            raise ImageVerificationError(f"{ref} is not in the engine", hint="Build or pull it first.")
+        check_platform(image, ref, platform)
+    pulled = with_retries(lambda: engine.pull(ref, auth=auth, platform=platform), doing="pull", image=ref)
+    check_platform(pulled, ref, platform)
+    return pulled
 
 
 def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> str:

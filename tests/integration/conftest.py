@@ -42,6 +42,25 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
+def qemu_arm64(docker_client):
+    """QEMU for arm64 and the arm64 base, or a loud failure with the command that fixes it
+    (never a skip: a runner without them would silently stop testing arm64 builds)."""
+    import docker
+
+    from builder.core.defaults import base_image_for
+    from builder.core.platforms import EMULATION_FIX, emulation_ready
+    if not emulation_ready("linux/arm64"):
+        pytest.fail("arm64 builds need QEMU user emulation on this host: run as root "
+                    f"{EMULATION_FIX.format(machine='aarch64')}", pytrace=False)
+    base = base_image_for("3.11", "linux/arm64")
+    try:
+        docker_client.images.get(base)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{base} is missing: run scripts/setup.sh (it makes agent-image/python:3.11-arm64 and the "
+                    "arm64 base)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def engine(docker_client):
     from builder.build.engine import Engine
     return Engine()

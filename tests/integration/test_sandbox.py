@@ -43,8 +43,12 @@ def listeners(link_local):
         lst.close()
 
 
+# and under arm64 (issue 28): the dependency's sdist and the agent's setup.py then run under QEMU emulation
+@pytest.mark.parametrize("platform", [None, "linux/arm64"], ids=["host", "arm64"])
 def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse, listeners, docker_client,
-                                                           cleanup_images, agent_factory):
+                                                           cleanup_images, agent_factory, platform, request):
+    if platform:
+        request.getfixturevalue("qemu_arm64")
     canary_file = f"CANARY-FILE-{secrets.token_hex(8)}"
     canary_env = f"CANARY-ENV-{secrets.token_hex(8)}"
     canary_path = tmp_path / "canary" / "secret.txt"
@@ -84,7 +88,8 @@ def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse,
         env = {**os.environ, "AGENT_IMAGE_CANARY": canary_env}
         proc = subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "-v", "--no-cache",
                                  "--index-url", index.url_for("alice"), "--repository", repo,
-                                 "--cache-dir", str(tmp_path / "cache")],
+                                 "--cache-dir", str(tmp_path / "cache"),
+                                 *(["--platform", platform] if platform else [])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         stdout, stderr = proc.communicate(timeout=600)
     finally:
@@ -93,13 +98,17 @@ def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse,
     out = stdout + stderr
     assert proc.returncode == 0, out[-3000:]
     result = json.loads(stdout)
+    result = result["platforms"][platform] if platform else result  # --platform: one image per platform
     ref = result["image"]
+    if platform:
+        assert docker_client.images.get(ref).attrs["Architecture"] == platform.split("/")[1]
 
     # nothing on the builder's host saw a connection
     assert {f"{lst.address}:{lst.port}": lst.accepts for lst in listeners} == \
         {f"{lst.address}:{lst.port}": 0 for lst in listeners}
     # (docker-py's containers.run now and then returns a quick container's output empty: use the CLI)
-    reports = {where: json.loads(subprocess.run(["docker", "run", "--rm", ref, "cat", f"/hostile-{where}.json"],
+    reports = {where: json.loads(subprocess.run(["docker", "run", "--rm", "--network", "none", ref, "cat",
+                                                 f"/hostile-{where}.json"],
                                                 capture_output=True, text=True, check=True).stdout)
                for where in ("agent", "dep")}
     for where, report in reports.items():
