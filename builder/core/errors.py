@@ -233,6 +233,7 @@ class SignatureError(ImageVerificationError):
     """An image's signature is missing, does not verify with the key, or is for another image or repository
     (or its SBOM and provenance are not the ones it signed); or the signing key cannot be used."""
     reference = "signature"
+    exit_code = 64
 
 
 class PlatformMissingError(RegistryError):
