@@ -1,16 +1,14 @@
 """The one seam that knows the container engine (repo2docker's ContainerEngine).
 
-``Engine`` offers a few keyword-only verbs (build, image, tag, push, pull,
-run) and returns neutral values (``Image``, ``BuildOutcome``); nothing else
-in agent-image imports docker-py. Engine failures become ``EngineError`` or
-``RegistryError`` here, once.
+``Engine`` offers keyword-only verbs (build, image, tag, push, pull, run) and returns neutral values
+(``Image``, ``BuildOutcome``); nothing else imports docker-py. Engine failures become ``EngineError``
+or ``RegistryError`` here, once (their words: builder/build/engineerrors.py).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import socket
 import threading
 import time
 import urllib.parse
@@ -22,17 +20,16 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.api.client import APIClient
 
+from builder.build.engineerrors import SSH_HINT, engine_error, pull_error, registry_hint, shutdown_response
 from builder.build.image import Image, image_from
 from builder.build.stream import BuildOutcome, consume, rejoin_lines
 from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
-                                 PlatformMissingError, RegistryError)
+                                 RegistryError)
 from builder.core.labels import RUN_LABEL
 from builder.core.redact import redact
 from builder.core.refs import split_ref
 
 DEFAULT_TIMEOUT = 300.0
-SSH_HINT = ("Forward the engine's socket and use it: ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock HOST, "
-            "then DOCKER_HOST=unix:///tmp/docker.sock.")
 # what a cut or dropped engine connection raises mid-stream
 _STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
                   urllib3.exceptions.HTTPError, OSError)
@@ -64,25 +61,6 @@ class _CancellableAPIClient(APIClient):
         return getattr(self._local, "response", None)
 
 
-def _shutdown(response) -> None:
-    """Cut a streaming response's socket from any thread."""
-    try:
-        raw = response.raw._fp.fp.raw
-        sock = getattr(raw, "_sock", raw)
-        sock.shutdown(socket.SHUT_RDWR)
-    except Exception:  # already closed, or a transport without a socket
-        try:
-            response.close()
-        except Exception:
-            pass
-
-
-def _engine_error(exc: Exception, doing: str) -> EngineError:
-    return EngineError(f"the Docker engine is unreachable while {doing}: {redact(str(exc))[:300]}",
-                       hint="Start dockerd (or Docker Desktop), or point DOCKER_HOST (or --engine) at a running "
-                            "engine, then retry.")
-
-
 class Engine:
     """The container engine, through docker-py. One instance per process is fine."""
 
@@ -111,7 +89,7 @@ class Engine:
                         raise EngineError(f"{kwargs['base_url']}: ssh:// engines are not supported", hint=SSH_HINT)
                     self._api = _CancellableAPIClient(version="auto", timeout=self._api_timeout, **kwargs)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                    raise _engine_error(exc, "connecting") from None
+                    raise engine_error(exc, "connecting") from None
             return self._api
 
     # -- facts ------------------------------------------------------------------
@@ -119,7 +97,7 @@ class Engine:
         try:
             return self.api.version().get("Version", "?")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, "checking it") from None
+            raise engine_error(exc, "checking it") from None
 
     def image(self, ref: str) -> Image | None:
         try:
@@ -129,9 +107,9 @@ class Engine:
         except docker.errors.APIError as exc:
             if exc.status_code == 404:
                 return None
-            raise _engine_error(exc, f"inspecting {ref}") from None
+            raise engine_error(exc, f"inspecting {ref}") from None
         except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, f"inspecting {ref}") from None
+            raise engine_error(exc, f"inspecting {ref}") from None
 
     def require_image(self, ref: str, hint: str) -> Image:
         img = self.image(ref)
@@ -170,7 +148,7 @@ class Engine:
             fired.set()
             resp = state.get("response")
             if resp is not None:
-                _shutdown(resp)
+                shutdown_response(resp)
 
         timer = threading.Timer(timeout, cut)
         timer.daemon = True
@@ -183,7 +161,7 @@ class Engine:
             )
             state["response"] = self.api.current_response()
             if fired.is_set() and state["response"] is not None:
-                _shutdown(state["response"])
+                shutdown_response(state["response"])
             for chunk in rejoin_lines(stream):
                 consume(chunk, outcome, on_line, on_step)
         except KeyboardInterrupt:
@@ -224,7 +202,7 @@ class Engine:
         try:
             self.api.tag(image_id, repo, tag, force=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, f"tagging {ref}") from None
+            raise engine_error(exc, f"tagging {ref}") from None
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
         try:
@@ -232,7 +210,7 @@ class Engine:
         except docker.errors.ImageNotFound:
             pass
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, f"removing {ref}") from None
+            raise engine_error(exc, f"removing {ref}") from None
 
     def push(self, ref: str, *, auth: dict | None = None, on_line: Callable[[str], None] | None = None) -> str:
         """Push REF; return the manifest digest. Scans the stream: docker-py
@@ -243,7 +221,7 @@ class Engine:
             for chunk in self.api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
                 if "error" in chunk:
                     raise RegistryError(f"pushing {ref} failed: {redact(chunk['error'])}",
-                                        hint=_registry_hint(chunk["error"]))
+                                        hint=registry_hint(chunk["error"]))
                 aux = chunk.get("aux") or {}
                 if isinstance(aux, dict) and aux.get("Digest"):
                     digest = aux["Digest"]
@@ -251,9 +229,9 @@ class Engine:
                     on_line(f"{chunk.get('id', '')} {chunk['status']}".strip())
         except docker.errors.APIError as exc:
             raise RegistryError(f"pushing {ref} failed: {redact(exc.explanation or str(exc))}",
-                                hint=_registry_hint(str(exc))) from None
+                                hint=registry_hint(str(exc))) from None
         except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, f"pushing {ref}") from None
+            raise engine_error(exc, f"pushing {ref}") from None
         if not digest:
             raise RegistryError(f"pushing {ref} ended without a digest", hint="Check the registry's logs.")
         return digest
@@ -265,11 +243,11 @@ class Engine:
         try:
             for chunk in self.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth, platform=platform):
                 if "error" in chunk:
-                    raise _pull_error(ref, chunk["error"], platform)
+                    raise pull_error(ref, chunk["error"], platform)
         except docker.errors.APIError as exc:
-            raise _pull_error(ref, exc.explanation or str(exc), platform) from None
+            raise pull_error(ref, exc.explanation or str(exc), platform) from None
         except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, f"pulling {ref}") from None
+            raise engine_error(exc, f"pulling {ref}") from None
         img = self.image(ref)
         if img is None:
             raise RegistryError(f"pulled {ref} but the engine does not show it")
@@ -324,14 +302,14 @@ class Engine:
             raise EngineError(f"starting a build sandbox from {image} failed: "
                               f"{redact(exc.explanation or str(exc))}") from None
         except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, "starting a build sandbox") from None
+            raise engine_error(exc, "starting a build sandbox") from None
 
     def containers(self, *, label: str) -> list[dict]:
         """Every container (running or not) carrying LABEL: [{"id", "labels", "running"}]."""
         try:
             found = self.api.containers(all=True, filters={"label": label})
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, "listing containers") from None
+            raise engine_error(exc, "listing containers") from None
         return [{"id": c["Id"], "labels": c.get("Labels") or {}, "running": c.get("State") == "running"}
                 for c in found]
 
@@ -341,9 +319,9 @@ class Engine:
             self.api.kill(container_id)
         except docker.errors.APIError as exc:
             if exc.status_code not in (404, 409):  # gone, or not running: either way it is on its way out
-                raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+                raise engine_error(exc, f"stopping container {container_id[:12]}") from None
         except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, f"stopping container {container_id[:12]}") from None
+            raise engine_error(exc, f"stopping container {container_id[:12]}") from None
 
     def remove_container(self, container_id: str) -> None:
         """Kill and remove; gone already is fine."""
@@ -353,9 +331,9 @@ class Engine:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
-                raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+                raise engine_error(exc, f"removing container {container_id[:12]}") from None
         except requests.exceptions.RequestException as exc:
-            raise _engine_error(exc, f"removing container {container_id[:12]}") from None
+            raise engine_error(exc, f"removing container {container_id[:12]}") from None
 
     def run_once(self, image: str, command: list[str], *, timeout: float = 60.0, as_image_user: bool = False,
                  tmp_size: str | None = None) -> str:
@@ -376,7 +354,7 @@ class Engine:
             finally:
                 self.api.remove_container(cid, force=True, v=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, f"running a command in {image}") from None
+            raise engine_error(exc, f"running a command in {image}") from None
         if code != 0:
             raise EngineError(f"{command[0]} in {image} exited {code}: {redact(out)[-300:]}")
         return out
@@ -398,7 +376,7 @@ class Engine:
             finally:
                 self.api.remove_container(cid, force=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, f"reading {path} from {image}") from None
+            raise engine_error(exc, f"reading {path} from {image}") from None
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = next((m for m in tar.getmembers() if m.isfile()), None)
             fh = tar.extractfile(member) if member else None
@@ -420,20 +398,3 @@ class Engine:
             return self.api.inspect_container(container_id)["State"]
         except docker.errors.NotFound:  # an auto-removed container that exited
             return {"Running": False, "Status": "removed"}
-
-
-def _pull_error(ref: str, text: str, platform: str | None) -> RegistryError:
-    if platform and ("no matching manifest" in text or "does not match the specified platform" in text):
-        return PlatformMissingError(f"{ref} has no image for {platform}: {redact(text)[:200]}", field="--platform",
-                                    hint=f"Build and push it for {platform} (agent-image build --platform "
-                                         f"{platform} --push), or ask for a platform the image has.")
-    return RegistryError(f"pulling {ref} failed: {redact(text)}", hint=_registry_hint(text))
-
-
-def _registry_hint(text: str) -> str:
-    low = text.lower()
-    if "unauthorized" in low or "authentication required" in low or "denied" in low:
-        return "Log in to the registry (docker login) or pass --registry-username/--registry-password."
-    if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
-        return "The registry is unreachable: check the address and that it is running, then retry."
-    return "Check the registry address and its logs, then retry."
