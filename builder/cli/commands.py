@@ -11,36 +11,14 @@ import json
 import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import structlog
 
-from builder.core.errors import RunError
-from builder.package.reader import Limits
+from builder.cli.args import limits, platform_of, registry_auth
+from builder.cli.runcmds import cmd_pull, cmd_run, cmd_verify
 
 log = structlog.get_logger("agent_image")
-
-
-def _registry_auth(args) -> dict | None:
-    """Registry credentials from options + environment; None means the Docker config's."""
-    user = getattr(args, "registry_username", None)
-    if not user:
-        return None
-    from builder.core.redact import register_secret
-    password = os.environ.get("AGENT_IMAGE_REGISTRY_PASSWORD", "")
-    register_secret(password)
-    return {"username": user, "password": password}
-
-
-def _platform(args) -> str | None:
-    """--platform of pull, run, rebase and ecs-task-def: one platform, checked (exit 10), or None."""
-    from builder.core.platforms import normalize
-    return normalize(args.platform) if getattr(args, "platform", None) else None
-
-
-def _limits(args) -> Limits:
-    return Limits(max_entries=args.max_entries, max_total_bytes=args.max_total_bytes, max_ratio=args.max_ratio)
 
 
 def _pairs(items: list[str], option: str) -> dict[str, str]:
@@ -102,7 +80,7 @@ def _ecs_precheck(args):
     # the options' problems and the secret mapping's, in one error
     problems = Problems()
     opts = _task_options(args, problems)
-    with open_package(args.source, _limits(args)) as pkg:
+    with open_package(args.source, limits(args)) as pkg:
         secret_problems(pkg.manifest.environment_refs, opts, problems)
     problems.raise_any()
     return opts
@@ -115,11 +93,11 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
     from builder.build.reuse import remote
     from builder.core.refs import split_ref
     from builder.ship.pushpull import image_for_platform
-    ref, platform = args.ref, _platform(args)
+    ref, platform = args.ref, platform_of(args)
     if platform and "@" not in ref and remote(split_ref(ref)[0]):  # that platform's manifest, by its digest
         from builder.ship.index import platform_ref
-        ref = platform_ref(ref, platform, auth=_registry_auth(args))
-    image = image_for_platform(engine, ref, platform, auth=_registry_auth(args))
+        ref = platform_ref(ref, platform, auth=registry_auth(args))
+    image = image_for_platform(engine, ref, platform, auth=registry_auth(args))
     request = task_definition(image, digest_ref(image, ref), opts)
     if not args.json:
         print(json.dumps(request, indent=2))
@@ -135,7 +113,7 @@ def cmd_build(args, engine_factory) -> dict:
         allow_index_hosts=frozenset(args.allow_index_host), ca_bundle=args.ca_bundle,
         ca_bundle_in_image=args.ca_bundle_in_image, timeout=args.timeout,
         base_image=args.base_image, include_env=args.include_env, nocache=args.no_cache, installer=args.installer,
-        limits=_limits(args), registry_auth=_registry_auth(args),
+        limits=limits(args), registry_auth=registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
         provenance=provenance(args.source_url, args.revision, os.environ), sign_key=args.sign_key,
@@ -153,7 +131,7 @@ def cmd_build(args, engine_factory) -> dict:
         out["created_repositories"] = created
     if task_opts is not None:
         started = time.monotonic()
-        out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def, _registry_auth(args)))
+        out["ecs_task_def"] = str(_write_task_def(engine, result, task_opts, args.ecs_task_def, registry_auth(args)))
         took = round(time.monotonic() - started, 3)  # duration_s is the whole command's: this step too
         out["phases"]["ecs_task_def"], out["duration_s"] = took, round(out["duration_s"] + took, 3)
     if not args.json:
@@ -247,8 +225,8 @@ def cmd_rebase(args, engine_factory) -> dict:
     if args.sign_key:
         from builder.ship.sign import load_signer
         signer = load_signer(args.sign_key)
-    outcomes = rebase_refs(args.refs, args.base, auth=_registry_auth(args), dry_run=args.dry_run, signer=signer,
-                           platform=_platform(args))
+    outcomes = rebase_refs(args.refs, args.base, auth=registry_auth(args), dry_run=args.dry_run, signer=signer,
+                           platform=platform_of(args))
     failed = next((o for o in outcomes if not o.ok), None)
     if not args.json:
         for o in outcomes:
@@ -283,100 +261,21 @@ def cmd_base(args, engine_factory) -> dict:
     several = parse_platforms(args.platform) if args.platform else ()
     if len(several) > 1:  # each platform's base, and with --push one index over them
         from builder.cli.multiarch import base_platforms
-        return base_platforms(args, several, engine_factory(), _registry_auth(args))
+        return base_platforms(args, several, engine_factory(), registry_auth(args))
     platform = several[0] if several else None
     tag = check_image_ref(args.tag, "--tag") if args.tag else base_image_for(args.python, platform)
     if args.push and remote_repo(f"{args.registry.rstrip('/')}/{BASE_NAME}"):  # before the build, as for build
         from builder.ship.preflight import check_push
-        check_push(f"{args.registry.rstrip('/')}/{BASE_NAME}", auth=_registry_auth(args))
+        check_push(f"{args.registry.rstrip('/')}/{BASE_NAME}", auth=registry_auth(args))
     engine = engine_factory()
     image_id = build_base(engine, python=args.python, from_image=args.from_image, tag=tag,
                           index_url=args.index_url, ca_bundle=args.ca_bundle, platform=platform)
     pinned = push_base(engine, image_id, registry=args.registry, python=args.python,
-                       auth=_registry_auth(args), platform=platform) if args.push else None
+                       auth=registry_auth(args), platform=platform) if args.push else None
     if not args.json:
         print(f"{tag} {image_id}" + (f"\n{pinned}" if pinned else ""))
     return {"ok": True, "image": tag, "image_id": image_id, "digest_ref": pinned,
             "platform": platform or host_platform()}
-
-
-def _verified(args, ref: str, expect_name=None, expect_version=None) -> tuple[str, dict | None]:
-    """--verify-key: (the verified digest reference to use instead of REF, what was verified);
-    without it (REF, None). Before the engine is asked anything."""
-    if not getattr(args, "verify_key", None):
-        return ref, None
-    from builder.ship.verify import verify_image
-    verified = verify_image(ref, args.verify_key, auth=_registry_auth(args), expect_name=expect_name,
-                            expect_version=expect_version)
-    return verified["digest_ref"], verified
-
-
-def cmd_verify(args, engine_factory) -> dict:
-    from builder.ship.verify import verify_image
-    out = verify_image(args.ref, args.key, auth=_registry_auth(args), expect_name=args.expect_name,
-                       expect_version=args.expect_version)
-    if not args.json:
-        print(f"{out['digest_ref']}: signature verified (agent {out['agent']['name']} {out['agent']['version']}; "
-              f"sbom {out['sbom'] or '-'}; provenance {out['provenance'] or '-'})")
-    return out
-
-
-def cmd_pull(args, engine_factory) -> dict:
-    from builder.ship.pushpull import pull_image
-    ref, verified = _verified(args, args.ref, args.expect_name, args.expect_version)
-    image_id = pull_image(engine_factory(), ref, expect_name=args.expect_name,
-                          expect_version=args.expect_version, auth=_registry_auth(args), platform=_platform(args))
-    if not args.json:
-        print(image_id)
-    return {"ok": True, "image": args.ref, "image_id": image_id,
-            **({"verified": verified} if verified else {})}
-
-
-def wait_healthy(url: str, wait: float, is_running) -> float:
-    """Poll URL until 200; return seconds taken. Raise RunError on timeout or exit."""
-    started = time.monotonic()
-    last = "no answer"
-    while time.monotonic() - started < wait:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - started
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except OSError as exc:
-            last = str(exc)
-        if not is_running():
-            raise RunError(f"the agent container exited before {url} answered", hint="Read its logs.")
-        time.sleep(0.1)
-    raise RunError(f"{url} did not answer 200 within {wait:g}s (last: {last})", hint="Read the container logs.")
-
-
-def cmd_run(args, engine_factory) -> dict:
-    ref, verified = _verified(args, args.ref)
-    engine = engine_factory()
-    if verified and engine.image(ref) is None:  # the verified digest, never what a local tag says
-        from builder.ship.pushpull import pull_image
-        pull_image(engine, ref, auth=_registry_auth(args))
-    env = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
-    env.setdefault("REST_PORT", "8080")
-    image = ref
-    if _platform(args):  # that platform's image: the engine's, or pulled (an arm64 one runs under QEMU)
-        from builder.ship.pushpull import image_for_platform
-        image = image_for_platform(engine, ref, _platform(args)).id
-    cid = engine.run(image, env=env, ports={int(env["REST_PORT"]): args.port}, name=args.name)
-    host = engine.published_at()[1]  # a remote engine's port is on its host, not this one
-    url = f"http://{host}:{args.port}{('/' + env.get('BASE_PATH', '/').strip('/')).rstrip('/')}"
-    try:
-        took = wait_healthy(f"{url}/health", args.wait, lambda: engine.container_state(cid).get("Running", False))
-    except RunError as err:
-        err.log_tail = engine.logs(cid).splitlines()[-20:]
-        engine.stop(cid)
-        raise
-    log.info("Agent is serving", url=url, container=cid[:12], ready_s=round(took, 3))
-    if not args.json:
-        print(url)
-    return {"ok": True, "url": url, "container": cid, "ready_s": round(took, 3),
-            **({"verified": verified} if verified else {})}
 
 
 def cmd_doctor(args, engine_factory) -> dict:
