@@ -130,7 +130,9 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
                             {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
             if outcome.error is not None or outcome.image_id is None:
                 return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
-            engine.tag(outcome.image_id, deps.ref)
+            labelled = depsimage.with_listing(engine, outcome.image_id,
+                                              timeout=max(1.0, build.deadline - time.monotonic()))
+            engine.tag(labelled, deps.ref)
             deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"
             deps.cached, deps_lines = cached_steps(deps.dockerfile, outcome.cached), outcome.lines
             target = target_of(pkg, options, plan, deps)
