@@ -14,38 +14,36 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from builder.build import agentbuild, depsimage
-from builder.build.classify import classify
 from builder.build.engine import Engine
-from builder.build.platformbuild import check_base, cross_target, remember_stage, sandbox_image, stage_cache
 from builder.build.image import Image
+from builder.build.platformbuild import check_base, cross_target, remember_stage, sandbox_image, stage_cache
 from builder.build.proxy.index import resolve_index
 from builder.build.proxy.upstream import Upstream
 from builder.build.reuse import from_registry, own_previous, remember_fence, remote, same_agent
 from builder.build.sandbox import Sandbox
-from builder.build.steplog import Failure, cached_steps, conflict_warnings, installed_packages, marked_step, step_lines
+from builder.build.steplog import cached_steps, conflict_warnings, installed_packages
 from builder.core import events
 from builder.core.defaults import base_image_for
-from builder.core.errors import EngineError, PackageLoadError, PackageValidationError, RegistryError
+from builder.core.errors import PackageLoadError, PackageValidationError
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
-from builder.core.redact import redaction_scope
 from builder.core.platforms import is_host, platform_tag, require_emulation
+from builder.core.redact import redaction_scope
 from builder.core.refs import CACHE_TAG, check_image_ref, input_tag, split_ref
-from builder.package.piplines import logical_lines
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
-from builder.package.runtime import runtime_facts, warn_about_runtime
+from builder.package.runtime import warn_about_runtime
 from builder.plan.agent import Base, Plan, base_facts, make_plan
 from builder.plan.dockerfile import check_installer
 from builder.plan.inputs import (added_files, check_cache_dir, check_identity, learn_env_values, log_requirements,
                                  read_ca_bundle, read_split, repository)
 from builder.plan.options import BuildOptions
+from builder.ship.publish import add_runtime, guard_tag, push
 
 __all__ = ["BuildOptions", "BuildResult", "build_image", "check_inputs", "prepare"]
 
@@ -157,7 +155,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                                 cache_from, sandbox_early)
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
-            raise _failure(job, plan, built)
+            raise agentbuild.failure(built, plan, job.pkg, job.venv)
         agentbuild.add_ready_time(build, built)
         return _ship(*_finish(engine, job, plan, deps, built), engine, job, plan)
 
@@ -260,11 +258,15 @@ def _in_registry(engine: Engine, job: _Job) -> BuildResult | None:
     m, plan = job.pkg.manifest, done.plan
     log_requirements(job.pkg, plan.split, job.venv)
     _lap(job, "assemble")
-    return BuildResult(ok=True, image=job.ref, image_id=done.image_id, agent={"name": m.name, "version": m.version},
-                       duration_s=round(time.monotonic() - job.started, 3), cached=done.how == "reused",
-                       input_digest=plan.digest, digest_ref=done.digest_ref, tag_kept=done.tag_kept,
-                       deps_image=done.deps_image, deps_origin="registry" if done.deps_image else "",
-                       index={"url": plan.upstream_url}, phases=dict(job.laps), installed=done.installed)
+    facts = None
+    if done.dists:  # appended here: its listing and its base are known without the engine
+        from builder.ship.supply import assembled_facts
+        facts = assembled_facts(done, job.pkg, options, job.started)
+    return _supplied(BuildResult(
+        ok=True, image=job.ref, image_id=done.image_id, agent={"name": m.name, "version": m.version},
+        duration_s=0.0, cached=done.how == "reused", input_digest=plan.digest, digest_ref=done.digest_ref,
+        tag_kept=done.tag_kept, deps_image=done.deps_image, deps_origin="registry" if done.deps_image else "",
+        index={"url": plan.upstream_url}, installed=done.installed), job, facts)
 
 
 # -- reuse an identical image --------------------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def _identical_image(engine: Engine, job: _Job, plan: Plan) -> tuple[Image | Non
 
 
 def _reuse(engine: Engine, job: _Job, plan: Plan, hit: Image) -> tuple[BuildResult, str | None]:
-    kept = _guard_tag(job.ref, hit.id, plan.content, job.options)
+    kept = guard_tag(job.ref, hit.id, plan.content, job.options)
     engine.tag(hit.id, job.ref)
     log.info(events.REUSED_IMAGE, image=job.ref, image_id=hit.id, input_digest=plan.digest)
     m = job.pkg.manifest
@@ -319,34 +321,13 @@ def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image,
     return deps, sandbox
 
 
-# -- classify a failure --------------------------------------------------------------------------------------------
-
-def _failure(job: _Job, plan: Plan, built: agentbuild.Built) -> PackageLoadError:
-    """The failed build as the error class that names its cause (builder/build/classify.py)."""
-    outcome, stats = built.outcome, built.stats
-    step, lines = marked_step(step_lines(outcome.lines, outcome.failed_step),
-                              built.failed.step_name(outcome.failed_step or 0))
-    err = classify(Failure(step=step, lines=lines, error=outcome.error or "", all_lines=outcome.lines,
-                           deps=plan.split.deps, requirements=_all_lines(job.pkg.root),
-                           auth_failures=stats.auth_failures, unreachable=stats.unreachable,
-                           not_found=stats.not_found, refused=stats.refused, versions=stats.versions))
-    log.error("Requirements installation failed" if step in ("deps", "requirements") else "Build failed",
-              venv=job.venv, step=step, error_class=type(err).__name__, error=str(err))
-    return err
-
-
-def _all_lines(root: Path):
-    path = root / "requirements.txt"
-    return logical_lines(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
-
-
 # -- finish --------------------------------------------------------------------------------------------------------
 
 def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
             built: agentbuild.Built) -> tuple[BuildResult, str | None]:
     """Tag the built image (after the tag guard), remember its fence, and report it."""
     image_id, venv = built.outcome.image_id, job.venv
-    kept = _guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
+    kept = guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
     engine.tag(image_id, job.ref)
     engine.tag(image_id, f"{job.repo}:{input_tag(plan.digest)}")
     remember_stage(engine, built.outcome.lines, built.target.rendered.text, job.repo, job.cache_tag)
@@ -381,54 +362,28 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
 # -- ship ----------------------------------------------------------------------------------------------------------
 
 def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job, plan: Plan) -> BuildResult:
-    """With --push: the agent (unless the registry's tag already holds this content), then
-    its dependency image, then its SBOM, provenance and signature (builder/ship/supply.py).
-    --push without a place to push was refused by the checks.
-    duration_s is the whole call, the push included; phases say where it went."""
+    """With --push: the agent (unless the registry's tag holds this content already), its dependency
+    image, then its SBOM, provenance and signature (builder/ship/supply.py)."""
     _lap(job, "build")
-    result.runtime, warning = runtime_facts(job.pkg.manifest)
-    if warning and warning not in result.warnings:
-        result.warnings.insert(0, warning)
+    facts = None
     if job.options.push:  # the SBOM needs the image, not its digest: made beside the push
-        from builder.ship.supply import attach_build, prepare
+        from builder.ship.supply import prepare
         facts = prepare(engine.sibling(), result.image_id, plan, job.pkg, job.options, job.started)
-    _push(result, kept, engine, job.options)
+    push(result, kept, engine, job.options)
     if job.options.push:
         _lap(job, "push")
-    if job.options.push and result.digest_ref:
-        result.supply = attach_build(result.digest_ref, facts, auth=job.options.registry_auth,
-                                     signer=job.signer)
+    return _supplied(result, job, facts)
+
+
+def _supplied(result: BuildResult, job: _Job, facts) -> BuildResult:
+    """Every way a build ends: the runtime facts; with FACTS and a pushed digest, the SBOM and the
+    provenance attached (signed with --sign-key). duration_s is the whole call, the push included;
+    phases say where it went."""
+    add_runtime(result, job.pkg.manifest)
+    if facts is not None and result.digest_ref:
+        from builder.ship.supply import attach_build
+        result.supply = attach_build(result.digest_ref, facts, auth=job.options.registry_auth, signer=job.signer)
         _lap(job, "supply")
     result.phases = dict(job.laps)
     result.duration_s = round(time.monotonic() - job.started, 3)
     return result
-
-
-def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildOptions) -> None:
-    if not options.push:
-        return
-    from builder.ship.pushpull import push_image
-    if kept:
-        result.digest_ref, result.tag_kept = kept, True
-    else:
-        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
-                                       auth=options.registry_auth,
-                                       cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags))
-    # after the agent: its layers are there now, so this is a manifest, for the next runner to find
-    if result.deps_image and result.deps_origin != "pulled" and remote(split_ref(result.deps_image)[0]):
-        try:
-            depsimage.push(engine, result.deps_image, auth=options.registry_auth)
-        except (RegistryError, EngineError) as exc:  # the agent is pushed: sharing is an optimisation
-            why = (f"the dependency image {result.deps_image} was not pushed ({str(exc)[:160]}); other runners "
-                   f"will build it again. Create the repository {result.deps_image.rsplit(':', 1)[0]} (ECR: "
-                   "repositories must exist before a push) or grant push to it.")
-            log.warning("Dependency image not pushed", image=result.deps_image, reason=str(exc)[:300])
-            result.warnings.append(why)
-
-
-def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
-    """Version tags are immutable (builder/ship/pushpull.py guard_tag), checked before any tag moves."""
-    if not options.push or options.overwrite or not remote(ref.rsplit(":", 1)[0]):
-        return None
-    from builder.ship.pushpull import guard_tag
-    return guard_tag(ref, image_id=image_id, content=content, auth=options.registry_auth)

@@ -24,6 +24,7 @@ from builder.build.sandbox import Sandbox
 from builder.build.steplog import cached_steps
 from builder.build.stream import BuildOutcome
 from builder.core import events
+from builder.core.errors import PackageLoadError
 from builder.core.labels import ABI_LABEL, CONTENT_LABEL, DEPS_LABEL, INPUT_LABEL
 from builder.package.reader import Package
 from builder.plan.agent import Plan, from_deps
@@ -132,10 +133,31 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
                             {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
             if outcome.error is not None or outcome.image_id is None:
                 return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
-            engine.tag(outcome.image_id, deps.ref)
+            labelled = depsimage.with_listing(engine, outcome.image_id,
+                                              timeout=max(1.0, build.deadline - time.monotonic()))
+            engine.tag(labelled, deps.ref)
             deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"
             deps.cached, deps_lines = cached_steps(deps.dockerfile, outcome.cached), outcome.lines
             target = target_of(pkg, options, plan, deps)
         outcome = build(target.context, target.rendered, agent_labels(plan), cache_from, sandbox.network_mode, args)
         failed = target.rendered if outcome.error is not None or outcome.image_id is None else None
         return Built(outcome, target, proxy.stats, deps_lines, failed)
+
+
+def failure(built: Built, plan: Plan, pkg: Package, venv: str) -> PackageLoadError:
+    """The failed build as the error class that names its cause (builder/build/classify.py)."""
+    from builder.build.classify import classify
+    from builder.build.steplog import Failure, marked_step, step_lines
+    from builder.package.piplines import logical_lines
+    outcome, stats = built.outcome, built.stats
+    step, lines = marked_step(step_lines(outcome.lines, outcome.failed_step),
+                              built.failed.step_name(outcome.failed_step or 0))
+    path = pkg.root / "requirements.txt"
+    requirements = logical_lines(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
+    err = classify(Failure(step=step, lines=lines, error=outcome.error or "", all_lines=outcome.lines,
+                           deps=plan.split.deps, requirements=requirements,
+                           auth_failures=stats.auth_failures, unreachable=stats.unreachable,
+                           not_found=stats.not_found, refused=stats.refused, versions=stats.versions))
+    log.error("Requirements installation failed" if step in ("deps", "requirements") else "Build failed",
+              venv=venv, step=step, error_class=type(err).__name__, error=str(err))
+    return err

@@ -3,7 +3,7 @@
 A CI runner starts with an empty engine. When the registry already holds the
 dependency image for this agent's lines, the agent image is that image plus
 the agent's steps (templates/agent.Dockerfile.j2 after ``#> step config``):
-ENV, LABEL and USER (config only), ``COPY`` of files from the build context,
+ENV, LABEL, USER and VOLUME (config only), ``COPY`` of files from the build context,
 and two RUN steps. This module interprets that rendered Dockerfile (the one
 the engine would build) step by step and refuses anything it cannot produce
 exactly: the package step's ``pip install -e /app`` only in the cases
@@ -20,16 +20,40 @@ included. The registry side (builder/ship/append.py) compresses and pushes them.
 from __future__ import annotations
 
 import io
+import json
 import posixpath
+import re
 import tarfile
 from dataclasses import dataclass, field
 
 from builder.build import editable
 from builder.core.labels import ABI_LABEL, parse_abi
-from builder.plan.dockerfile import Rendered
+from builder.plan.dockerfile import DISTS_PATH, LIST_DISTS, Rendered
 
 MARK = "/opt/agent-image/installed-after-code"
-PACKAGE_RUN = "RUN touch /tmp/.agent-image-stamp && if pip install --no-compile -e /app"
+_STAMP, _REPORT = "/tmp/.agent-image-stamp", "/tmp/.agent-image-report.json"
+_COMPILE = (f" && {{ find /opt/venv/lib -name '*.py' -newer {_STAMP} -print0 | xargs -0 -r -n 256 -P 4 "
+            f"python -m compileall -qq || :; }} && rm -f {_STAMP}")
+_ONLY_APP = ("python -c \"import json, sys; sys.exit(any(i['download_info']['url'] != 'file:///app' for i in "
+             f"json.load(open('{_REPORT}'))['install']))\"")
+
+
+def _package_run(early: str) -> str:
+    return (f"RUN touch {_STAMP} && if {early}; then :; else echo \"agent-image: this package needs its code to "
+            f"install; installing after the code\"; touch {MARK}; fi{_COMPILE} && {LIST_DISTS}")
+
+
+# The package step exactly as templates/agent.Dockerfile.j2 renders it with pip, in the two forms
+# whose effect editable.plan knows: the package alone, and the package then requirements.txt
+# skipped because the first pass installed nothing else (editable.plan requires every
+# install_requires to be among the dependency lines). Any other text (a changed template, uv,
+# one pass for both) is refused: the engine runs it. (tests/unit/test_assemble_pure.py renders
+# the template and checks both are recognised.)
+PACKAGE_RUNS = (
+    _package_run("pip install --no-compile -e /app"),
+    _package_run(f"pip install --no-compile -e /app --report {_REPORT} && {{ {_ONLY_APP} || "
+                 f"pip install --no-compile -r /app/requirements.txt; }} && rm -f {_REPORT}"),
+)
 INSTALL_RUN = f"RUN if [ -e {MARK} ]; then "
 META = ".agent-image/meta/"
 
@@ -47,8 +71,10 @@ class Assembly:
     env: list[str] = field(default_factory=list)       # the whole ENV list, Docker's KEY=VALUE order
     labels: dict[str, str] = field(default_factory=dict)
     user: str = ""
+    volumes: list[str] = field(default_factory=list)   # VOLUME paths the agent's steps declare (config only)
     history: list[dict] = field(default_factory=list)  # one entry per instruction (empty_layer when none)
     editable: str = ""                                 # the package the package step installs, if any
+    dists: str = ""                                    # the image's DISTS_PATH listing (JSON) after these steps
 
 
 def words(args: str) -> list[str]:
@@ -150,16 +176,32 @@ def copied(ctx: dict[str, tuple[tarfile.TarInfo, bytes]], src: str, dest: str) -
     return out
 
 
+def listed(deps_listing: str, name: str, version: str) -> str:
+    """The listing LIST_DISTS writes after the package step's editable install of NAME==VERSION
+    over DEPS_LISTING (the dependency image's): its rows plus the egg-info setuptools left in
+    /app (no licence or classifiers, no direct_url.json, located at /app), sorted, as json.dump
+    writes them. ValueError when the name is listed already (which row wins is pip's call)."""
+    rows = json.loads(deps_listing)
+    key = normalised(name)
+    if any(normalised(str(r[0])) == key for r in rows):
+        raise ValueError(f"{name} is a distribution of the dependency image too")
+    return json.dumps(sorted([*rows, [name, version, "", [], None, "/app"]]))
+
+
+def normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # (LIST_DISTS's key)
+
+
 def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_labels: dict[str, str],
-             deps_text: str) -> Assembly | str:
-    """The agent's steps of RENDERED (FROM its dependency image) over a config with BASE_ENV and
-    BASE_LABELS, or why the engine must build them."""
+             deps_text: str, deps_listing: str) -> Assembly | str:
+    """The agent's steps of RENDERED (FROM its dependency image, whose listing is DEPS_LISTING)
+    over a config with BASE_ENV and BASE_LABELS, or why the engine must build them."""
     abi = parse_abi(base_labels.get(ABI_LABEL))
     if not abi.get("venv") or not abi.get("python"):
         return f"the dependency image has no {ABI_LABEL} label with its venv and Python"
     site = f"{abi['venv']}/lib/python{abi['python']}/site-packages"
     ctx = context_files(context)
-    out = Assembly(env=list(base_env), labels=dict(base_labels))
+    out = Assembly(env=list(base_env), labels=dict(base_labels), dists=deps_listing)
     meta: dict[str, bytes] = {}
     try:
         for step, text in list(zip(rendered.steps, rendered.instructions))[1:]:  # after FROM
@@ -179,19 +221,22 @@ def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_la
                 out.labels.update(pairs(args))
             elif op == "USER" and len(words(args)) == 1:
                 out.user = words(args)[0]
+            elif op == "VOLUME" and not args.lstrip().startswith("[") and words(args):
+                out.volumes += [v for v in words(args) if v not in out.volumes]  # (the template's /tmp)
             elif op == "COPY" and len(args.split()) == 2 and not args.startswith("-"):
                 src, dest = args.split()
                 files = copied(ctx, src, dest)
                 if src == META:
                     meta = {path[len("/app/"):]: data for path, (_, data, _) in files.items()}
                 layer = layer_tar(files)
-            elif op == "RUN" and step == "package" and text.startswith(PACKAGE_RUN):
+            elif op == "RUN" and step == "package" and text in PACKAGE_RUNS:
                 got = editable.plan(meta, deps_text=deps_text, pip=abi.get("pip", ""),
                                     setuptools=abi.get("setuptools", ""), python=abi["python"], site_packages=site)
                 if isinstance(got, str):
                     return f"the package step: {got}"
-                out.editable = f"{got.name}=={got.version}"
-                layer = layer_tar({path: (0o644, data, "") for path, data in got.files.items()})
+                out.editable, out.dists = f"{got.name}=={got.version}", listed(out.dists, got.name, got.version)
+                files = {path: (0o644, data, "") for path, data in got.files.items()}
+                layer = layer_tar({**files, DISTS_PATH: (0o644, out.dists.encode(), "")})
             elif op == "RUN" and step == "install" and text.startswith(INSTALL_RUN) and text.endswith("; fi"):
                 pass  # the mark is never left by a package step made here: the engine commits no layer
             else:

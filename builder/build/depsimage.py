@@ -28,12 +28,12 @@ from builder import __version__
 from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
-from builder.core.labels import AGENT_NAME_LABEL, DEPS_LABEL
+from builder.core.labels import AGENT_NAME_LABEL, DEPS_DISTS_LABEL, DEPS_LABEL
 from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
 from builder.plan.cross import CrossTarget, cross_dockerfile, needs_emulation
-from builder.plan.dockerfile import Rendered, deps_dockerfile
+from builder.plan.dockerfile import DISTS_PATH, Rendered, deps_dockerfile, dq
 
 log = structlog.get_logger("agent_image")
 
@@ -129,6 +129,30 @@ def context(dockerfile: Rendered, generated: dict[str, bytes]) -> Context:
     """The Dockerfile and the dependency files (requirements lines, constraints): nothing of the package."""
     files = {name: data for name, data in generated.items() if name.startswith(".agent-image/deps/")}
     return build_context(None, {"Dockerfile": dockerfile.text.encode(), **files})
+
+
+def with_listing(engine: Engine, image_id: str, *, timeout: float) -> str:
+    """IMAGE_ID with its distribution listing in DEPS_DISTS_LABEL: a one-step LABEL build FROM it
+    (no layer: the layers, the key and the refusal checks stay as they were). The registry path
+    reads it from the config (ship/assemble.py); without it that path is not taken. On failure
+    IMAGE_ID as it was: the engine path never needs the label."""
+    raw = engine.read_file(image_id, DISTS_PATH)
+    try:
+        text = raw.decode("utf-8").strip() if raw is not None else ""
+        if not isinstance(json.loads(text), list):
+            raise ValueError("not a list")
+    except ValueError as exc:
+        log.warning("The dependency image has no readable listing; it is kept without its label",
+                    image_id=image_id, reason=str(exc)[:200])
+        return image_id
+    dockerfile = f"FROM {image_id}\nLABEL {DEPS_DISTS_LABEL}={dq(text)}\n".encode()
+    again = engine.build(context=build_context(None, {"Dockerfile": dockerfile}).data, network_mode="none",
+                         timeout=timeout)
+    if again.error is not None or again.image_id is None:
+        log.warning("Could not label the dependency image with its listing; it is kept without it",
+                    image_id=image_id, error=(again.error or "")[:200])
+        return image_id
+    return again.image_id
 
 
 def find(engine: Engine, image_ref: str, deps_key: str, base: Image, added: int, *,

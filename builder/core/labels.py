@@ -26,6 +26,10 @@ CONTENT_LABEL = "io.pixell.agent-image.content-digest"
 ABI_MUST_MATCH = ("distro", "python", "venv", "uid")
 ABI_FIELDS = (*ABI_MUST_MATCH, "pip", "setuptools")
 DEPS_LABEL = "io.pixell.agent-image.deps-key"  # what shapes the dependency layer (build.depsimage)
+# the dependency image's distribution listing (its /opt/agent-image/dists.json, a JSON list), so the
+# registry path (ship.assemble) knows the venv, for the agent's listing and its SBOM, without its layers;
+# an agent image built FROM it inherits it: it describes the dependency layer, not the agent's listing
+DEPS_DISTS_LABEL = "io.pixell.agent-image.deps-dists"
 # seconds the agent's import took on the builder, measured right after its build (build.readytime);
 # ecs-task-def derives the health check's startPeriod from it (ship.ecs.start_period)
 READY_LABEL = "io.pixell.agent-image.ready-seconds"

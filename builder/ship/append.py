@@ -61,6 +61,8 @@ def compose(deps: ImageDoc, assembly: Assembly, *, extra_labels: dict[str, str],
     inner["Env"] = list(assembly.env)
     inner["Labels"] = {**assembly.labels, **extra_labels}
     inner["User"] = assembly.user
+    if assembly.volumes:  # (as the engine writes VOLUME: the path, an empty object)
+        inner["Volumes"] = {**(inner.get("Volumes") or {}), **{v: {} for v in assembly.volumes}}
     config["created"] = created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     config["rootfs"] = {"type": "layers", "diff_ids": [*(config.get("rootfs") or {}).get("diff_ids", []),
                                                        *(_sha(layer.tar) for layer in assembly.layers)]}

@@ -31,7 +31,7 @@ from builder.build.image import Image, image_from
 from builder.build.reuse import remote
 from builder.core import events
 from builder.core.errors import RebaseError, RegistryError, TagExistsError
-from builder.core.labels import AGENT_NAME_LABEL, INPUT_LABEL
+from builder.core.labels import AGENT_NAME_LABEL, DEPS_DISTS_LABEL, INPUT_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
 from builder.package.reader import Package
 from builder.package.requirements import Split
@@ -57,6 +57,8 @@ class Assembled:
     deps_image: str = ""
     bytes_sent: int = 0
     editable: str = ""     # NAME==VERSION the package step installed, if any
+    dists: str = ""        # the image's distribution listing (DISTS_PATH's JSON), when appended here
+    base_digests: tuple[str, ...] = ()  # the base's NAME@DIGEST refs (the SBOM's and provenance's base)
 
     @property
     def installed(self) -> list[str]:
@@ -171,9 +173,13 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
     if why:
         log.warning("Not using the dependency image from the registry", image=deps.ref, reason=why)
         return None
+    listing = image.labels.get(DEPS_DISTS_LABEL)
+    if listing is None:  # the SBOM (and the agent's own listing) need it, and only the layers have it
+        return _skip(job, f"the dependency image {deps.ref} has no {DEPS_DISTS_LABEL} label (an older "
+                          "agent-image built it)")
     rendered, _, context = from_deps(job.pkg, job.options, plan, image.id)
     assembly = codelayer.assemble(rendered, context.data, base_env=list(image.env), base_labels=image.labels,
-                                  deps_text=plan.split.deps_text)
+                                  deps_text=plan.split.deps_text, deps_listing=listing)
     if isinstance(assembly, str):
         return _skip(job, assembly)
     made = append.compose(deps_doc, assembly, extra_labels=agent_labels(plan), created=_created(job))
@@ -186,7 +192,7 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
              layers=len(assembly.layers), bytes_sent=sent, editable=assembly.editable or None)
     return Assembled(plan=plan, image_id=made.config_digest, digest_ref=kept or ref.with_digest(made.digest),
                      how="appended", tag_kept=kept is not None, deps_image=deps.ref, bytes_sent=sent,
-                     editable=assembly.editable)
+                     editable=assembly.editable, dists=assembly.dists, base_digests=tuple(base.digests))
 
 
 def _skip(job: Inputs, why: str) -> None:

@@ -47,15 +47,17 @@ class BuildFacts:
     sbom: bytes = b""                        # made by prepare(), beside the push
 
 
-def prepare(engine, image_id: str, plan, pkg, options, started_monotonic: float):
+def prepare(engine, image_id: str, plan, pkg, options, started_monotonic: float, *,
+            dists: list[sbom.Dist] | None = None, base_digests: tuple[str, ...] | None = None):
     """A Future of the BuildFacts with the SBOM made: none of it needs the pushed digest, so it runs
     beside the push (reading the image's listing, and the libraries' imports, cost more than the
-    pushes of the documents)."""
+    pushes of the documents). DISTS, BASE_DIGESTS: see build_facts."""
     from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-image-sbom")
 
     def work() -> BuildFacts:
-        facts = build_facts(engine, image_id, plan, pkg, options, started_monotonic)
+        facts = build_facts(engine, image_id, plan, pkg, options, started_monotonic, dists=dists,
+                            base_digests=base_digests)
         facts.sbom = make_sbom(facts)
         return facts
     future = pool.submit(work)
@@ -68,13 +70,18 @@ def make_sbom(facts: BuildFacts) -> bytes:
                           base=facts.base, builder_version=__version__)
 
 
-def build_facts(engine, image_id: str, plan, pkg, options, started_monotonic: float) -> BuildFacts:
-    """What the build knew (builder/api.py's plan, package and options) and what the image holds."""
+def build_facts(engine, image_id: str, plan, pkg, options, started_monotonic: float, *,
+                dists: list[sbom.Dist] | None = None, base_digests: tuple[str, ...] | None = None) -> BuildFacts:
+    """What the build knew (builder/api.py's plan, package and options) and what the image holds.
+    DISTS (the image's listing) and BASE_DIGESTS (the base's NAME@DIGEST refs) are read from ENGINE
+    unless given: an image assembled in the registry (ship/assemble.py) is not in the engine."""
     from builder.build.proxy.cache import DownloadCache
     m = pkg.manifest
-    base_image = engine.image(plan.base.id)  # its registry digest, when it came from (or went to) one
+    if base_digests is None:
+        base_image = engine.image(plan.base.id)  # its registry digest, when it came from (or went to) one
+        base_digests = base_image.digests if base_image else ()
     base = {"name": plan.base.image, "id": plan.base.id,
-            "digest": next((d.split("@", 1)[1] for d in (base_image.digests if base_image else ()) if "@" in d), "")}
+            "digest": next((d.split("@", 1)[1] for d in base_digests if "@" in d), "")}
     package = {"name": "package", "digest": {"sha256": plan.content.split(":", 1)[-1]},
                "annotations": {"kind": pkg.source_kind, "inputDigest": plan.digest}}
     if Path(pkg.source).is_file():
@@ -87,10 +94,17 @@ def build_facts(engine, image_id: str, plan, pkg, options, started_monotonic: fl
                             "allowIndexHosts": sorted(options.allow_index_hosts), "noCache": options.nocache,
                             "overwrite": options.overwrite, "provenanceLabels": dict(options.provenance)}}
     cache = DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes)
-    return BuildFacts(agent={"name": m.name, "version": m.version}, dists=sbom.dists_of(engine, image_id),
+    return BuildFacts(agent={"name": m.name, "version": m.version}, dists=sbom.dists_of(engine, image_id) if dists is None else dists,
                       index_url=plan.upstream_url, base=base, external=external, dependencies=[package],
                       started=time.time() - (time.monotonic() - started_monotonic),
                       env=dict(options.env if options.env is not None else os.environ), recall=cache.recall)
+
+
+def assembled_facts(done, pkg, options, started_monotonic: float) -> BuildFacts:
+    """The BuildFacts of an image assembled in the registry (ship/assemble.py's Assembled): its
+    listing and its base's digests are known there; the engine never had the image."""
+    return build_facts(None, done.image_id, done.plan, pkg, options, started_monotonic,
+                       dists=sbom.read_listing(done.dists.encode()), base_digests=done.base_digests)
 
 
 def _file_sha256(path: Path) -> str:

@@ -6,6 +6,7 @@ behaves as the one the engine builds: the same files with the same modes and own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 
@@ -14,6 +15,7 @@ from structlog.testing import capture_logs
 
 from builder.api import BuildOptions, build_image
 from builder.core.errors import TagExistsError
+from builder.core.labels import READY_LABEL
 from builder.testing.smoke import run_smoke
 from tests.support.engine import engine_tags
 
@@ -46,7 +48,9 @@ setup(
 LIST = ("find /app /opt/venv -path /opt/venv/bin -prune -o -printf '%p %m %u:%g %s %l\\n' | sort; "
         "for f in /app/*.egg-info/* /opt/venv/lib/python3.11/site-packages/*.egg-link "
         "/opt/venv/lib/python3.11/site-packages/*.pth; do echo \"== $f\"; cat \"$f\"; echo; done; "
-        "pip list --disable-pip-version-check; python -c 'import src.main, structlog, tinyreq; print(\"imports ok\")'")
+        "pip list --disable-pip-version-check; python -c 'import src.main, structlog, tinyreq; print(\"imports ok\")'; "
+        # the listing the package step writes (the SBOM's source): the agent's row with the dependencies'
+        "stat -c '%n %a %U:%G' /opt/agent-image/dists.json; cat /opt/agent-image/dists.json")
 
 
 def _drop(docker_client, prefix: str) -> None:
@@ -75,8 +79,49 @@ def _inside(image: str) -> str:
 
 def _config(docker_client, image: str) -> dict:
     cfg = docker_client.images.get(image).attrs["Config"]
-    return {k: cfg.get(k) for k in ("Env", "Labels", "User", "WorkingDir", "Cmd", "Healthcheck", "ExposedPorts",
-                                    "Entrypoint", "Volumes")}
+    out = {k: cfg.get(k) for k in ("Env", "Labels", "User", "WorkingDir", "Cmd", "Healthcheck", "ExposedPorts",
+                                   "Entrypoint", "Volumes")}
+    # the ready time is measured by running the built image (issue 26): an image assembled without an
+    # engine has none, and ecs-task-def keeps the image's own start period then
+    out["Labels"] = {k: v for k, v in (out["Labels"] or {}).items() if k != READY_LABEL}
+    return out
+
+
+def _key(tmp_path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "sa.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    (tmp_path / "sa.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(tmp_path / "sa.key")
+
+
+def _supplied(made, registry, tmp_path) -> None:
+    """The assembled push carries what an engine-built one does (issue 25): an SBOM listing exactly
+    `pip list` of the pulled image, a provenance whose subject is the pushed digest, a signature."""
+    from tests.integration.test_supply import attached
+    from tests.support.cli import run_cli
+    name, digest = made.digest_ref.split("@")
+    repo = name.split("/", 1)[1]
+    assert made.supply["signed"] is True and made.supply["sbom"], made.supply
+    sbom = json.loads(attached(registry.host, repo, digest, "application/vnd.cyclonedx+json"))
+    listed = json.loads(subprocess.run(["docker", "run", "--rm", "--network", "none", made.digest_ref, "pip", "list",
+                                        "--format", "json", "--disable-pip-version-check"],
+                                       capture_output=True, text=True, check=True, timeout=120).stdout)
+    pip_list = {f"pkg:pypi/{p['name'].lower().replace('_', '-')}@{p['version']}" for p in listed}
+    purls = {c["purl"] for c in sbom["components"] if c.get("purl", "").startswith("pkg:pypi/")}
+    assert purls == pip_list, purls ^ pip_list
+    comps = {c["name"]: c for c in sbom["components"]}
+    assert comps["asm-two"]["properties"][0]["value"] == "agent package"
+    assert any(c["type"] == "container" and c["bom-ref"] == "base" and c["version"].startswith("sha256:")
+               for c in sbom["components"]), sbom["components"]
+    statement = json.loads(attached(registry.host, repo, digest, "application/vnd.in-toto+json"))
+    assert statement["subject"] == [{"name": name, "digest": {"sha256": digest.split(":")[1]}}]
+    proc = run_cli("verify", made.digest_ref, "--key", str(tmp_path / "sa.pub"), "--json", "--expect-name", "asm-two")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["sbom"] == made.supply["sbom"]
 
 
 def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and_it_behaves_alike(
@@ -95,13 +140,14 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     _drop(docker_client, prefix)
 
     with capture_logs() as logs:
-        made = build_image(twin, opts)
-    assert made.deps_origin == "registry" and made.deps_image == first.deps_image, made
+        made = build_image(twin, dataclasses.replace(opts, sign_key=_key(tmp_path)))
+    why = [e for e in logs if e["event"].startswith(("Not assembling", "Not using", "Assembling in the registry"))]
+    assert made.deps_origin == "registry" and made.deps_image == first.deps_image, (why, made)
     assert made.installed == engine_built.installed == ["asm-two-0.1.0"], (made.installed, engine_built.installed)
     appended = [e for e in logs if e["event"].startswith("Appended the agent's layers")]
     assert appended and appended[0]["bytes_sent"] < 64 * 1024, appended  # the code, a config, a manifest
     assert not [t for t in engine_tags(docker_client) if t.startswith(prefix)], "nothing was pulled"
-    assert set(made.phases) == {"check", "registry", "assemble"}, made.phases
+    assert set(made.phases) == {"check", "registry", "assemble", "supply"}, made.phases
     assert abs(sum(made.phases.values()) - made.duration_s) < 0.1, made
 
     pulled(made.digest_ref)
@@ -110,6 +156,8 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     ours, theirs = _inside(made.digest_ref), _inside("ai24-asm-engine/asm-two:0.1.0")
     assert "imports ok" in ours and ["asm-two", "0.1.0", "/app"] in [ln.split() for ln in ours.splitlines()], ours
     assert ours == theirs
+    assert '["asm-two", "0.1.0", "", [], null, "/app"]' in ours, ours
+    _supplied(made, registry, tmp_path)
     assert _config(docker_client, made.digest_ref) == {**_config(docker_client, "ai24-asm-engine/asm-two:0.1.0")}
     # the ECS task definition read from the registry (build --ecs-task-def) is the pulled image's
     from builder.build.engine import Engine

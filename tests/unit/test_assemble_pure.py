@@ -101,14 +101,16 @@ ENV AGENT_NAME="my-agent" REST_PORT=8080
 LABEL io.pixell.agent.name="my-agent"
 #> step package
 COPY .agent-image/meta/ /app/
-RUN touch /tmp/.agent-image-stamp && if pip install --no-compile -e /app --report r; then :; fi
+{package_run}
 #> step source
 COPY app/ /app/
 #> step install
 RUN if [ -e /opt/agent-image/installed-after-code ]; then pip install -e /app; fi
 #> step runtime
 USER agent
-"""
+""".format(package_run=codelayer.PACKAGE_RUNS[1])
+DEPS_LISTING = json.dumps([["requests", "2.32.3", "Apache-2.0", [], None, SITE],
+                           ["structlog", "24.4.0", "", ["License :: OSI Approved :: MIT License"], None, SITE]])
 ABI = {"io.pixell.agent-image.abi": "distro=debian:12;python=3.11;venv=/opt/venv;uid=10001;pip=23.0.1;"
                                     "setuptools=66.1.1"}
 
@@ -130,7 +132,8 @@ def _context(tmp_path) -> bytes:
 
 def test_the_agents_steps_become_layers_and_config(tmp_path):
     out = codelayer.assemble(_rendered(DOCKERFILE), _context(tmp_path), base_env=["PATH=/opt/venv/bin:/bin",
-                             "REST_PORT=1"], base_labels=ABI, deps_text="structlog==24.4.0\nrequests\n")
+                             "REST_PORT=1"], base_labels=ABI, deps_text="structlog==24.4.0\nrequests\n",
+                             deps_listing=DEPS_LISTING)
     assert isinstance(out, codelayer.Assembly), out
     assert out.env == ["PATH=/opt/venv/bin:/bin", "REST_PORT=8080", "AGENT_NAME=my-agent"]  # replaced in place
     assert out.labels["io.pixell.agent.name"] == "my-agent" and out.user == "agent"
@@ -140,12 +143,18 @@ def test_the_agents_steps_become_layers_and_config(tmp_path):
     modes = {m.name: (oct(m.mode), m.uid, m.gid, m.type) for m in code.getmembers()}
     assert modes["app"] == ("0o755", 0, 0, tarfile.DIRTYPE) and modes["app/src"][0] == "0o755"
     assert modes["app/run.sh"][:3] == ("0o755", 0, 0) and modes["app/src/main.py"][0] == "0o644"
-    pkg = tarfile.open(fileobj=io.BytesIO(out.layers[1].tar)).getnames()
-    assert "opt/venv/lib/python3.11/site-packages/easy-install.pth" in pkg and "app/my_agent.egg-info/PKG-INFO" in pkg
+    pkg = tarfile.open(fileobj=io.BytesIO(out.layers[1].tar))
+    assert "opt/venv/lib/python3.11/site-packages/easy-install.pth" in pkg.getnames()
+    assert "app/my_agent.egg-info/PKG-INFO" in pkg.getnames()
+    # the listing LIST_DISTS writes after the install: the dependency image's rows and the agent's, sorted
+    written = pkg.extractfile("opt/agent-image/dists.json").read().decode()
+    assert written == out.dists and json.loads(written) == sorted([*json.loads(DEPS_LISTING),
+                                                                   ["my-agent", "0.2.0", "", [], None, "/app"]])
     # the same input, the same bytes (a retry on another runner uploads nothing new)
     (tmp_path / "again").mkdir()
     again = codelayer.assemble(_rendered(DOCKERFILE), _context(tmp_path / "again"), base_env=[], base_labels=ABI,
-                               deps_text="structlog==24.4.0\nrequests\n")
+                               deps_text="structlog==24.4.0\nrequests\n",
+                             deps_listing=DEPS_LISTING)
     assert [la.tar for la in again.layers] == [la.tar for la in out.layers]
 
 
@@ -154,7 +163,8 @@ def test_the_agents_steps_become_layers_and_config(tmp_path):
 def test_a_step_only_the_engine_can_run_is_refused(tmp_path, line):
     text = DOCKERFILE.replace("USER agent", line)
     got = codelayer.assemble(_rendered(text), _context(tmp_path), base_env=[], base_labels=ABI,
-                             deps_text="structlog==24.4.0\nrequests\n")
+                             deps_text="structlog==24.4.0\nrequests\n",
+                             deps_listing=DEPS_LISTING)
     assert isinstance(got, str), got
 
 
@@ -177,3 +187,27 @@ def test_compose_appends_layers_and_keeps_the_dependency_images(tmp_path):
     assert config["rootfs"]["diff_ids"][-1] == "sha256:" + hashlib.sha256(b"tar-bytes").hexdigest()
     assert config["config"] == {"Env": ["A=1", "B=2"], "Labels": {"x": "1", "in": "d"}, "User": "agent"}
     assert "container_config" not in config and manifest["config"]["digest"] == made.config_digest
+
+
+@pytest.mark.parametrize("requirements", [True, False])
+def test_the_package_step_is_recognised_exactly_as_the_template_renders_it(requirements):
+    from builder.package.manifest import parse_manifest
+    from builder.plan.dockerfile import render
+    from tests.unit.test_pure import YAML
+
+    def package_run(**kw):
+        r = render(parse_manifest(YAML), base_image="x", index_identity="i", deps=True, editable=True,
+                   requirements=requirements, deps_image="sha256:d", **kw)
+        return next(t for s, t in zip(r.steps, r.instructions) if s == "package" and t.startswith("RUN"))
+    assert package_run(pip_report=True) in codelayer.PACKAGE_RUNS
+    assert package_run(pip_report=True).replace(" -e /app", " -e /app -U") not in codelayer.PACKAGE_RUNS
+    assert package_run(installer="uv", base_has_uv=True) not in codelayer.PACKAGE_RUNS
+    if requirements:  # one pass for both (a pip without --report): not modelled
+        assert package_run(pip_report=False) not in codelayer.PACKAGE_RUNS
+
+
+def test_the_listing_gets_the_agents_row_as_list_dists_writes_it():
+    got = codelayer.listed(DEPS_LISTING, "my-agent", "0.2.0")
+    assert got == json.dumps(sorted([*json.loads(DEPS_LISTING), ["my-agent", "0.2.0", "", [], None, "/app"]]))
+    with pytest.raises(ValueError, match="Structlog is a distribution of the dependency image too"):
+        codelayer.listed(DEPS_LISTING, "Structlog", "1.0")
