@@ -96,3 +96,45 @@ def test_sources_txt_is_setuptools_or_the_engine_decides(case):
     got = editable.plan(META[case], deps_text="", **TOOLS)
     if not isinstance(got, str):
         assert got.files["/app/a.egg-info/SOURCES.txt"].decode() == REAL_SOURCES[case]
+
+
+# -- 6. a tiny setup.py that crashes the builder ------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [10_000, 100_000])
+def test_a_deeply_nested_setup_py_is_a_refusal_not_a_crash(depth):
+    # ast.parse raises MemoryError ("too complex") for a 10 kB file; literal_setup catches only SyntaxError and
+    # ValueError, so the build dies with a traceback where the engine's build would have reported the package
+    source = 'from setuptools import setup\nsetup(name="a", version="1.0", description=' + "-" * depth + "1)\n"
+    got = editable.plan({"setup.py": source.encode()}, deps_text="", **TOOLS)
+    assert isinstance(got, str)
+
+
+# -- 7. memory: the agent's files are held four times over --------------------------------------------------------
+
+def test_assembling_the_code_layer_holds_the_package_at_most_twice():
+    """context_files copies every file out of the context, layer_tar writes them into a new tar, gzip a third
+    copy: about 4.2x the package on top of the context (269 MiB for 64 MiB), 2+ GiB for a package at the
+    512 MiB --max-total-bytes. The engine path holds the context once."""
+    import gzip
+    import io
+    import os
+    import tarfile
+    import tracemalloc
+
+    from builder.build import codelayer
+    size = 16 * 1024 * 1024
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("app/big.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    context = buf.getvalue()
+    del buf
+    tracemalloc.start()
+    try:
+        layer = codelayer.layer_tar(codelayer.copied(codelayer.context_files(context), "app/", "/app/"))
+        gzip.compress(layer, compresslevel=1, mtime=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2 * size, f"peak {peak >> 20} MiB for a {size >> 20} MiB package"
