@@ -53,7 +53,7 @@ def literal_setup(source: str) -> dict | None:
     ``setup(...)`` call of literals (a docstring and a shebang allowed), else None."""
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # (MemoryError: the parser's "too complex")
         return None
     body = list(tree.body)
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
@@ -149,7 +149,7 @@ def plan(meta: dict[str, bytes], *, deps_text: str, pip: str, setuptools: str, p
 def _files(kw: dict, meta: dict[str, bytes], installed: dict[str, str | None], python: str,
            site_packages: str) -> Editable:
     name, version = kw.get("name"), kw.get("version")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 200:  # (NAME.egg-info: at most 255 bytes)
         raise ValueError("setup() name is absent or not a plain name")
     if not isinstance(version, str) or not _VERSION.match(version):
         raise ValueError("setup() version is absent or not a plain release number")
