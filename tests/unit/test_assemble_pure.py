@@ -167,7 +167,7 @@ def test_compose_appends_layers_and_keeps_the_dependency_images(tmp_path):
                               "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
                                           "digest": "sha256:" + "2" * 64, "size": 10}]},
                     config=deps_config, digest="sha256:" + "d" * 64)
-    asm = codelayer.Assembly(layers=[codelayer.Layer(b"tar-bytes", "COPY")], env=["A=1", "B=2"], labels={"x": "1"},
+    asm = codelayer.Assembly(layers=[codelayer.Layer.of(b"tar-bytes", "COPY")], env=["A=1", "B=2"], labels={"x": "1"},
                              user="agent", history=[{"created_by": "COPY"}])
     made = compose(deps, asm, extra_labels={"in": "d"}, created="2026-01-01T00:00:00Z")
     manifest, config = json.loads(made.manifest), json.loads(made.config)

@@ -112,10 +112,10 @@ def test_a_deeply_nested_setup_py_is_a_refusal_not_a_crash(depth):
 # -- 7. memory: the agent's files are held four times over --------------------------------------------------------
 
 def test_assembling_the_code_layer_holds_the_package_at_most_twice():
-    """context_files copies every file out of the context, layer_tar writes them into a new tar, gzip a third
+    """context_files copied every file out of the context, layer_tar wrote them into a new tar, gzip a third
     copy: about 4.2x the package on top of the context (269 MiB for 64 MiB), 2+ GiB for a package at the
-    512 MiB --max-total-bytes. The engine path holds the context once."""
-    import gzip
+    512 MiB --max-total-bytes. Now the layer is streamed from the context into gzip: only the blob is held."""
+    import hashlib
     import io
     import os
     import tarfile
@@ -127,14 +127,18 @@ def test_assembling_the_code_layer_holds_the_package_at_most_twice():
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo("app/big.bin")
         info.size = size
-        tar.addfile(info, io.BytesIO(os.urandom(size)))
+        payload = os.urandom(size)
+        tar.addfile(info, io.BytesIO(payload))
+    want = hashlib.sha256(payload).hexdigest()
+    del payload
     context = buf.getvalue()
     del buf
     tracemalloc.start()
     try:
-        layer = codelayer.layer_tar(codelayer.copied(codelayer.context_files(context), "app/", "/app/"))
-        gzip.compress(layer, compresslevel=1, mtime=0)
+        layer = codelayer.write_layer(codelayer.copied(codelayer.context_files(context), "app/", "/app/"), "COPY")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak <= 2 * size, f"peak {peak >> 20} MiB for a {size >> 20} MiB package"
+    with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tar:  # and it is the same file
+        assert hashlib.sha256(tar.extractfile("app/big.bin").read()).hexdigest() == want
