@@ -101,7 +101,22 @@ def _image(doc: ImageDoc, digest_ref: str) -> Image:
 def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None:
     """The agent image made in the registry (pushed, tagged), or None: the engine must build it.
     LOCAL: the engine's image of a reference, or None. What the engine has locally it builds
-    from as before (no pull is saved there); the base it lacks is read from the registry."""
+    from as before (no pull is saved there); the base it lacks is read from the registry.
+    A shortcut only: any failure it did not foresee is logged and the engine builds."""
+    try:
+        return _build(job, local)
+    except TagExistsError:  # the version tag holds other content: the engine's build would end the same way
+        raise
+    except RegistryError as exc:  # the engine's push may still work, and will say so if not
+        log.info("Assembling in the registry failed: building with the engine", reason=str(exc)[:300])
+        return None
+    except Exception as exc:  # noqa: BLE001 (whatever the static path did not foresee, the engine builds)
+        log.warning("Assembling in the registry failed unexpectedly: building with the engine",
+                    reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+        return None
+
+
+def _build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None:
     base = local(job.base_image)
     if base is None and remote(split_ref(job.base_image)[0].split("@")[0]):
         base = registry_image(job.base_image, auth=job.options.registry_auth)  # read, not pulled
@@ -112,13 +127,7 @@ def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None
                      job.replace)
     ref = parse_ref(job.ref)
     client = RegistryClient(ref.host, auth=job.options.registry_auth)
-    try:
-        return _same_inputs(client, job, plan, local) or _append(client, job, plan, base, local)
-    except TagExistsError:  # the version tag holds other content: the engine's build would end the same way
-        raise
-    except RegistryError as exc:  # the engine's push may still work, and will say so if not
-        log.info("Assembling in the registry failed: building with the engine", reason=str(exc)[:300])
-        return None
+    return _same_inputs(client, job, plan, local) or _append(client, job, plan, base, local)
 
 
 def _tags(job: Inputs, plan: Plan) -> list[str]:
@@ -175,7 +184,10 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
                                   deps_text=plan.split.deps_text)
     if isinstance(assembly, str):
         return _skip(job, assembly)
-    made = append.compose(deps_doc, assembly, extra_labels=agent_labels(plan), created=_created(job))
+    try:
+        made = append.compose(deps_doc, assembly, extra_labels=agent_labels(plan), created=_created(job))
+    except ValueError as exc:  # a manifest kind it does not write
+        return _skip(job, str(exc))
     log.info(events.DEPS_REUSED, image=deps.ref, origin="registry", venv=_venv(job))
     kept = _kept(job, made.config_digest, plan)
     sent = 0

@@ -177,3 +177,33 @@ def test_compose_appends_layers_and_keeps_the_dependency_images(tmp_path):
     assert config["rootfs"]["diff_ids"][-1] == "sha256:" + hashlib.sha256(b"tar-bytes").hexdigest()
     assert config["config"] == {"Env": ["A=1", "B=2"], "Labels": {"x": "1", "in": "d"}, "User": "agent"}
     assert "container_config" not in config and manifest["config"]["digest"] == made.config_digest
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RecursionError("deep"), KeyError("config"), UnicodeError("x")])
+def test_an_unforeseen_failure_of_the_shortcut_is_a_build_with_the_engine(error):
+    """atk24 F7: the registry assembly only saves work; whatever it did not foresee leaves the build to the engine
+    (logged with its reason), never a traceback. TagExistsError still ends the build, as the engine's would."""
+    from structlog.testing import capture_logs
+
+    from builder.core.errors import TagExistsError
+    from builder.ship import assemble
+
+    def local(ref):
+        raise error
+    job = assemble.Inputs(pkg=None, options=None, repo="r", ref="r:1", upstream_url="", auth_header=None,
+                          split=None, added={}, replace={}, base_image="agent-image/base:py3.11")
+    with capture_logs() as logs:
+        assert assemble.build(job, local) is None
+    assert any(type(error).__name__ in e.get("reason", "") and "building with the engine" in e["event"] for e in logs)
+
+    def taken(ref):
+        raise TagExistsError("r:1 holds other content")
+    with pytest.raises(TagExistsError):
+        assemble.build(job, taken)
+
+
+def test_compose_refuses_a_manifest_kind_it_does_not_write():
+    deps = ImageDoc(manifest={"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                              "layers": []}, config={}, digest="sha256:" + "d" * 64)
+    with pytest.raises(ValueError, match="index"):
+        compose(deps, codelayer.Assembly(), extra_labels={})
