@@ -8,7 +8,8 @@ and two RUN steps. This module interprets that rendered Dockerfile (the one
 the engine would build) step by step and refuses anything it cannot produce
 exactly: the package step's ``pip install -e /app`` only in the cases
 builder/build/editable.py knows, the install step only when it is the
-``if [ -e <mark> ]`` no-op (the package step here never leaves the mark),
+``if [ -e <mark> ]`` no-op (the package step here never leaves the mark, and the
+caller has checked the dependency image's record that its lines did not),
 any other RUN never. A refusal is a reason; the caller then builds with the
 engine in the sandbox, as before.
 
@@ -249,7 +250,8 @@ def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_la
                 out.editable = f"{got.name}=={got.version}"
                 files = {path: (0o644, data, "") for path, data in got.files.items()}
             elif op == "RUN" and step == "install" and text.startswith(INSTALL_RUN) and text.endswith("; fi"):
-                pass  # the mark is never left by a package step made here: the engine commits no layer
+                pass  # no mark: a package step made here leaves none, and the dependency image's record
+                # (builder/core/depsenv.py, checked by the caller) says its lines left none either
             else:
                 return f"step {step!r} ({text[:60]}...) needs the engine"
             if files is not None:

@@ -150,7 +150,7 @@ def plan(meta: dict[str, bytes], *, deps_text: str, pip: str, setuptools: str, p
         return "setup.py is missing"
     kwargs = literal_setup(source)
     if kwargs is None:
-        return "setup.py is not UTF-8 or is more than one setup() call of literals"
+        return "setup.py is more than one setup() call of literals (or not UTF-8)"
     if set(kwargs) - _KWARGS:
         return f"setup() takes {sorted(set(kwargs) - _KWARGS)}, whose effect is not modelled"
     try:

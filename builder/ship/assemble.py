@@ -19,6 +19,9 @@ when the engine lacks it (pinned by digest, as CI recipes do): not pulled.
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,7 +31,7 @@ from builder.build import codelayer, depsimage
 from builder.build.agentbuild import agent_labels
 from builder.build.reuse import remote
 from builder.build.image import Image, image_from
-from builder.core import events
+from builder.core import depsenv, events
 from builder.core.errors import RegistryError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, INPUT_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
@@ -43,6 +46,7 @@ from builder.ship.rebase import ImageDoc
 from builder.ship.rebaser import fetch
 
 log = structlog.get_logger("agent_image")
+_RECORD_LAYER_MAX = 256 * 1024  # the record's layer is a few kB; a bigger last layer is not it
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,9 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
     if why:
         log.warning("Not using the dependency image from the registry", image=deps.ref, reason=why)
         return None
+    why = depsenv.refusal(_env_record(client, deps_ref.repo, deps_doc))
+    if why:
+        return _skip(job, why)
     rendered, _, context = from_deps(job.pkg, job.options, plan, image.id)
     assembly = codelayer.assemble(rendered, context.data, base_env=list(image.env), base_labels=image.labels,
                                   deps_text=plan.split.deps_text)
@@ -198,6 +205,22 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
     return Assembled(plan=plan, image_id=made.config_digest, digest_ref=kept or ref.with_digest(made.digest),
                      how="appended", tag_kept=kept is not None, deps_image=deps.ref, bytes_sent=sent,
                      editable=assembly.editable)
+
+
+def _env_record(client: RegistryClient, repo: str, deps: ImageDoc) -> bytes | None:
+    """builder/core/depsenv.py's record: the file in the dependency image's last layer (a few kB), or None."""
+    layers = deps.manifest.get("layers") or []
+    if not layers or int(layers[-1].get("size", 0)) > _RECORD_LAYER_MAX:
+        return None
+    blob = client.blob(repo, layers[-1]["digest"], max_bytes=_RECORD_LAYER_MAX)
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(blob)) as gz:
+            data = gz.read(_RECORD_LAYER_MAX * 16 + 1)
+        with tarfile.open(fileobj=io.BytesIO(data[:_RECORD_LAYER_MAX * 16])) as tar:
+            member = tar.getmember(depsenv.PATH.lstrip("/"))
+            return tar.extractfile(member).read() if member.isfile() else None
+    except (OSError, EOFError, KeyError, tarfile.TarError):
+        return None
 
 
 def _skip(job: Inputs, why: str) -> None:

@@ -207,3 +207,20 @@ def test_compose_refuses_a_manifest_kind_it_does_not_write():
                               "layers": []}, config={}, digest="sha256:" + "d" * 64)
     with pytest.raises(ValueError, match="index"):
         compose(deps, codelayer.Assembly(), extra_labels={})
+
+
+def test_a_dependency_image_whose_lines_changed_the_package_steps_environment_is_not_assembled_on():
+    """atk24 F3/F4: the record of the dependency image's last layer (builder/core/depsenv.py) must be a clean
+    base's; anything else (another setuptools, a .pth, a sitecustomize, the mark, no record) is the engine's."""
+    from builder.core import depsenv
+    clean = {"customize": [], "entry_points": [], "mark": False, "pth": [],
+             "tools": [["pip", "23.0.1"], ["setuptools", "66.1.1"]]}
+    drifts = [{"mark": True}, {"tools": [["pip", "23.0.1"], ["setuptools", "75.8.0"]]},
+              {"pth": [["evil.pth", "0" * 64]]}, {"customize": [["/opt/venv/lib/sitecustomize.py", "1" * 64]]},
+              {"entry_points": [["x", "egg_info.writers", "w", "x:w"]]}]
+    for drift in drifts:
+        assert depsenv.refusal(json.dumps({**clean, **drift}).encode()), drift
+    assert "mark" in depsenv.refusal(json.dumps({**clean, "mark": True}).encode())
+    assert "older builder" in depsenv.refusal(None)
+    assert "not JSON" in depsenv.refusal(b"{")
+    assert "'" not in depsenv.COMMAND.split("-c '", 1)[1].rsplit("' >", 1)[0]  # one shell word

@@ -1,7 +1,7 @@
 """Review of issue 24 (branch atk24): the static reader of setup.py (builder/build/editable.py) against the
 program that acts, real `pip install --no-compile -e /app` in agent-image/base:py3.11 (no network), on hostile
 packaging files. For each case the static reader must refuse (the engine builds) or write exactly what pip and
-setuptools write, after a pip that succeeded. tests/unit/test_atk24_editable.py holds the same cases as unit tests."""
+setuptools write, after a pip that succeeded. tests/unit/test_assemble_hostile.py holds the same cases as unit tests."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _real(meta: dict[str, bytes], deps: str, wheels) -> tuple[int, str, dict[str
     script = (f"{pre}mkdir -p /app && cd /app && echo {base64.b64encode(buf.getvalue()).decode()} | base64 -d | tar x "
               "&& pip install --no-compile -e /app >/tmp/log 2>&1; echo $? >/tmp/rc; cd / && tar c tmp/log tmp/rc "
               f"$(ls -d app/*.egg-info {SITE[1:]}/*.egg-link {SITE[1:]}/*.pth 2>/dev/null)")
-    p = subprocess.run(["docker", "run", "--rm", "--name", "atk24-oracle", "--network", "none", "-u", "0",
+    p = subprocess.run(["docker", "run", "--rm", "--name", "fx24-oracle", "--network", "none", "-u", "0",
                         "-v", f"{wheels}:/w:ro", "-e", "PIP_DISABLE_PIP_VERSION_CHECK=1", "-e", "PIP_NO_INPUT=1",
                         "-e", "PIP_CONFIG_FILE=/dev/null", base_image_for("3.11"), "sh", "-c", script],
                        capture_output=True, timeout=180)

@@ -2,7 +2,7 @@
 literal where the package step's real `pip install -e /app` (pip 23.0.1, setuptools 66.1.1, Python 3.11.2 in
 agent-image/base:py3.11) does something else. Each test fails today; the expected behaviour is a refusal (a
 reason string: the engine builds), or exactly setuptools' output. The real outputs quoted here were read from
-the base with tests/integration/test_atk24_editable_oracle.py, which runs the same cases through real pip."""
+the base with tests/integration/test_assemble_oracle.py, which runs the same cases through real pip."""
 
 from __future__ import annotations
 
