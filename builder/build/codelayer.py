@@ -191,7 +191,8 @@ def write_layer(files: dict[str, tuple[int, bytes, str]], created_by: str) -> La
     return Layer(sink.out.getvalue(), "sha256:" + sink.sha.hexdigest(), created_by)
 
 
-def copied(ctx: dict[str, tuple[tarfile.TarInfo, memoryview]], src: str, dest: str) -> dict[str, tuple[int, bytes, str]]:
+def copied(ctx: dict[str, tuple[tarfile.TarInfo, memoryview]], src: str,
+           dest: str) -> dict[str, tuple[int, memoryview, str]]:
     """COPY SRC DEST of the context: a folder's contents (SRC ends in /) or one file."""
     out = {}
     if src.endswith("/"):

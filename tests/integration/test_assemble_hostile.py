@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 
+from structlog.testing import capture_logs
+
 from builder.api import BuildOptions, build_image
 from tests.integration.test_assemble import PIXELL_SETUP, REQS, _drop, _inside, own_pulls  # noqa: F401 (fixture)
 from tests.support.index import start_index
@@ -44,7 +46,11 @@ def test_a_utf7_setup_py_gives_the_registry_the_engines_image(agent_factory, ind
     docker_client.images.get(engine_built.image_id).tag("fx24-asm-engine/asm-two", "0.1.0")
     _drop(docker_client, prefix)
 
-    made = build_image(twin, opts)
+    with capture_logs() as logs:
+        made = build_image(twin, opts)
+    why = [e.get("reason", "") for e in logs if e["event"].startswith("Not assembling in the registry")]
+    assert made.deps_origin != "registry", made  # the engine built it, for the reason found:
+    assert any("more than one setup() call of literals" in w for w in why), why
     own_pulls(made.digest_ref)
     docker_client.images.pull(made.digest_ref)
     ours, theirs = _inside(made.digest_ref), _inside("fx24-asm-engine/asm-two:0.1.0")
@@ -93,7 +99,11 @@ def _check(index_url, agent_factory, registry, docker_client, cleanup_images, ow
     docker_client.images.get(engine_built.image_id).tag("fx24-mark-engine/asm-two", "0.1.0")
     _drop(docker_client, prefix)
 
-    made = build_image(twin, opts)
+    with capture_logs() as logs:
+        made = build_image(twin, opts)
+    why = [e.get("reason", "") for e in logs if e["event"].startswith("Not assembling in the registry")]
+    assert made.deps_origin != "registry", made  # the engine built it, for the reason found:
+    assert any("installed-after-code mark" in w for w in why), why
     own_pulls(made.digest_ref)
     docker_client.images.pull(made.digest_ref)
     ours, theirs = _inside(made.digest_ref), _inside("fx24-mark-engine/asm-two:0.1.0")

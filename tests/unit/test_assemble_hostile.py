@@ -142,3 +142,25 @@ def test_assembling_the_code_layer_holds_the_package_at_most_twice():
     assert peak <= 2 * size, f"peak {peak >> 20} MiB for a {size >> 20} MiB package"
     with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tar:  # and it is the same file
         assert hashlib.sha256(tar.extractfile("app/big.bin").read()).hexdigest() == want
+
+
+# -- 8. local versions: pip's matching of "+cpu" against a specifier is not modelled --------------------------------
+
+@pytest.mark.parametrize("deps, requires", [
+    ("tinyreq==1.0+cpu\n", "tinyreq!=1.0+cpu"),   # the sibling found in review: accepted, pip says otherwise
+    ("tinyreq==1.0+cpu\n", "tinyreq>=1.0"),
+    ("tinyreq==1.0\n", "tinyreq==1.0+cpu"),
+])
+def test_a_local_version_in_the_pins_or_install_requires_is_refused(deps, requires):
+    got = editable.plan({"setup.py": _setup(f'name="a", version="1.0", install_requires=["{requires}"]')},
+                        deps_text=deps, **TOOLS)
+    assert isinstance(got, str), (deps, requires)
+
+
+def test_a_micro_independent_python_requires_and_plain_pins_are_still_assembled():
+    """The refusals above leave the shape pixell writes alone."""
+    got = editable.plan({"setup.py": _setup('name="a", version="1.0", install_requires=["tinyreq>=1.0"], '
+                                            'python_requires=">=3.9"'), "requirements.txt": b"tinyreq==1.0\n"},
+                        deps_text="tinyreq==1.0\n", **TOOLS)
+    assert not isinstance(got, str), got
+    assert b"Requires-Python: >=3.9\n" in got.files["/app/a.egg-info/PKG-INFO"]
