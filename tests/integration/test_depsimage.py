@@ -108,7 +108,7 @@ def test_an_agent_image_under_the_dependency_tag_is_refused(agent_factory, index
     bad = build_image(intruder, BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
     docker_client.images.get(bad.image_id).tag(*honest.deps_image.rsplit(":", 1))  # it carries the key label
     docker_client.images.push(*honest.deps_image.rsplit(":", 1))
-    over_deps = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"]) + 2
+    over_deps = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"]) + 3  # (+ record)
     intruder_layers = docker_client.images.get(bad.image_id).attrs["RootFS"]["Layers"][over_deps:]  # its own code
     _drop(docker_client, prefix)
     with capture_logs() as logs:
