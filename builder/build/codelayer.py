@@ -8,7 +8,8 @@ and two RUN steps. This module interprets that rendered Dockerfile (the one
 the engine would build) step by step and refuses anything it cannot produce
 exactly: the package step's ``pip install -e /app`` only in the cases
 builder/build/editable.py knows, the install step only when it is the
-``if [ -e <mark> ]`` no-op (the package step here never leaves the mark),
+``if [ -e <mark> ]`` no-op (the package step here never leaves the mark, and the
+caller has checked the dependency image's record that its lines did not),
 any other RUN never. A refusal is a reason; the caller then builds with the
 engine in the sandbox, as before.
 
@@ -19,6 +20,8 @@ included. The registry side (builder/ship/append.py) compresses and pushes them.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import posixpath
@@ -60,8 +63,51 @@ META = ".agent-image/meta/"
 
 @dataclass
 class Layer:
-    tar: bytes           # uncompressed: its sha256 is the diff_id
+    blob: bytes          # the gzipped tar, as uploaded
+    diff_id: str         # sha256 of the uncompressed tar
     created_by: str
+
+    @classmethod
+    def of(cls, tar: bytes, created_by: str) -> "Layer":
+        return cls(gzip.compress(tar, compresslevel=6, mtime=0), "sha256:" + hashlib.sha256(tar).hexdigest(),
+                   created_by)
+
+    @property
+    def tar(self) -> bytes:
+        """The uncompressed tar (for reading; the layer is kept compressed)."""
+        return gzip.decompress(self.blob)
+
+
+class _Sink(io.RawIOBase):
+    """Where a layer's tar is written: hashed (the diff_id) and gzipped as it goes, never held whole."""
+
+    def __init__(self) -> None:
+        self.out = io.BytesIO()
+        self.sha = hashlib.sha256()
+        self.gz = gzip.GzipFile(fileobj=self.out, mode="wb", compresslevel=6, mtime=0)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.gz.write(data)
+        return len(data)
+
+
+class _View(io.RawIOBase):
+    """A file's bytes in the build context, read in pieces (no copy of the whole file)."""
+
+    def __init__(self, data) -> None:
+        self.data, self.pos = memoryview(data), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
+        out, self.pos = bytes(self.data[self.pos:end]), end
+        return out
 
 
 @dataclass
@@ -120,27 +166,37 @@ def pairs(args: str) -> list[tuple[str, str]]:
     return out
 
 
-def context_files(context: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
-    """The build context's entries by name (files and links; the context has no other kind)."""
+def context_files(context: bytes) -> dict[str, tuple[tarfile.TarInfo, memoryview]]:
+    """The build context's entries by name (files and links; the context has no other kind).
+    A file's bytes are a view into CONTEXT (the context is an uncompressed tar): nothing is copied."""
     out = {}
-    with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+    whole = memoryview(context)
+    with tarfile.open(fileobj=io.BytesIO(context), mode="r:") as tar:
         for info in tar.getmembers():
-            data = tar.extractfile(info).read() if info.isfile() else b""
+            data = whole[info.offset_data:info.offset_data + info.size] if info.isfile() else whole[:0]
+            if len(data) != (info.size if info.isfile() else 0):
+                raise ValueError(f"the context's {info.name} is cut short")
             out[info.name.rstrip("/")] = (info, data)
     return out
 
 
 def layer_tar(files: dict[str, tuple[int, bytes, str]]) -> bytes:
+    """The uncompressed tar write_layer makes of FILES (small layers, tests)."""
+    return write_layer(files, "").tar
+
+
+def write_layer(files: dict[str, tuple[int, bytes, str]], created_by: str) -> Layer:
     """A layer of FILES {absolute path: (mode, bytes, link target or "")}, with every parent
-    directory (0755, root); names sorted, owner 0:0, mtime 0: the same input, the same bytes."""
+    directory (0755, root); names sorted, owner 0:0, mtime 0: the same input, the same bytes.
+    Streamed into gzip and the hash: only the compressed layer is held."""
     dirs = set()
     for path in files:
         parent = posixpath.dirname(path)
         while parent not in ("/", ""):
             dirs.add(parent)
             parent = posixpath.dirname(parent)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    sink = _Sink()
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted({*dirs, *files}):
             info = tarfile.TarInfo(path.lstrip("/"))
             info.uid = info.gid = 0
@@ -153,14 +209,16 @@ def layer_tar(files: dict[str, tuple[int, bytes, str]]) -> bytes:
                     tar.addfile(info)
                 else:
                     info.mode, info.size = mode, len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                    tar.addfile(info, _View(data))
             else:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
-    return buf.getvalue()
+    sink.gz.close()
+    return Layer(sink.out.getvalue(), "sha256:" + sink.sha.hexdigest(), created_by)
 
 
-def copied(ctx: dict[str, tuple[tarfile.TarInfo, bytes]], src: str, dest: str) -> dict[str, tuple[int, bytes, str]]:
+def copied(ctx: dict[str, tuple[tarfile.TarInfo, memoryview]], src: str,
+           dest: str) -> dict[str, tuple[int, memoryview, str]]:
     """COPY SRC DEST of the context: a folder's contents (SRC ends in /) or one file."""
     out = {}
     if src.endswith("/"):
@@ -203,11 +261,12 @@ def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_la
     ctx = context_files(context)
     out = Assembly(env=list(base_env), labels=dict(base_labels), dists=deps_listing)
     meta: dict[str, bytes] = {}
+    files: dict | None
     try:
         for step, text in list(zip(rendered.steps, rendered.instructions))[1:]:  # after FROM
             op, _, args = text.partition(" ")
             op = op.upper()
-            layer = None
+            files, created = None, f"/bin/sh -c #(agent-image assemble) {text[:200]}"
             if op == "ARG":
                 pass
             elif op == "ENV":
@@ -227,8 +286,7 @@ def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_la
                 src, dest = args.split()
                 files = copied(ctx, src, dest)
                 if src == META:
-                    meta = {path[len("/app/"):]: data for path, (_, data, _) in files.items()}
-                layer = layer_tar(files)
+                    meta = {path[len("/app/"):]: bytes(data) for path, (_, data, _) in files.items()}
             elif op == "RUN" and step == "package" and text in PACKAGE_RUNS:
                 got = editable.plan(meta, deps_text=deps_text, pip=abi.get("pip", ""),
                                     setuptools=abi.get("setuptools", ""), python=abi["python"], site_packages=site)
@@ -236,15 +294,15 @@ def assemble(rendered: Rendered, context: bytes, *, base_env: list[str], base_la
                     return f"the package step: {got}"
                 out.editable, out.dists = f"{got.name}=={got.version}", listed(out.dists, got.name, got.version)
                 files = {path: (0o644, data, "") for path, data in got.files.items()}
-                layer = layer_tar({**files, DISTS_PATH: (0o644, out.dists.encode(), "")})
+                files[DISTS_PATH] = (0o644, out.dists.encode(), "")
             elif op == "RUN" and step == "install" and text.startswith(INSTALL_RUN) and text.endswith("; fi"):
-                pass  # the mark is never left by a package step made here: the engine commits no layer
+                pass  # no mark: a package step made here leaves none, and the dependency image's record
+                # (builder/core/depsenv.py, checked by the caller) says its lines left none either
             else:
                 return f"step {step!r} ({text[:60]}...) needs the engine"
-            if layer is not None:
-                out.layers.append(Layer(layer, f"/bin/sh -c #(agent-image assemble) {text[:200]}"))
-            out.history.append({"created_by": f"/bin/sh -c #(agent-image assemble) {text[:200]}",
-                                **({} if layer is not None else {"empty_layer": True})})
+            if files is not None:
+                out.layers.append(write_layer(files, created))
+            out.history.append({"created_by": created, **({} if files is not None else {"empty_layer": True})})
     except ValueError as exc:
         return f"the Dockerfile: {exc}"
     return out

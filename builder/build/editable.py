@@ -22,7 +22,9 @@ Nothing here executes the package's files: setup.py is parsed with ``ast`` only.
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from dataclasses import dataclass
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -38,6 +40,8 @@ _VERSION = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # packaging lea
 _PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _LICENSE = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE|AUTHORS)")
+# installs that change the tools doing the package step (the base's pair is what KNOWN_TOOLS names)
+_TOOLS = {"pip", "setuptools", "wheel", "distribute"}
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,17 @@ class Editable:
     version: str
 
 
-def literal_setup(source: str) -> dict | None:
+def literal_setup(source: bytes) -> dict | None:
     """The keyword arguments of a setup.py that is only ``from setuptools import setup`` and one
-    ``setup(...)`` call of literals (a docstring and a shebang allowed), else None."""
+    ``setup(...)`` call of literals (a docstring and a shebang allowed), else None. Only a UTF-8
+    file is read: a coding declaration (utf-7, unicode_escape, latin-1) makes Python read other
+    text than a UTF-8 reader sees, so the bytes are parsed as Python parses them, and only then."""
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+        if encoding not in ("utf-8", "utf-8-sig"):
+            return None
+        tree = ast.parse(source)  # bytes: Python's own decoding (BOM, cookie), as `python setup.py` reads it
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # (MemoryError: the parser's "too complex")
         return None
     body = list(tree.body)
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
@@ -95,7 +104,7 @@ def pinned(deps_text: str) -> dict[str, str | None]:
             continue
         specs = list(req.specifier)
         exact = specs[0].version if len(specs) == 1 and specs[0].operator == "==" and "*" not in specs[0].version \
-            else None
+            and "+" not in specs[0].version else None  # (a local version: pip's matching of it is not modelled)
         out[canonicalize_name(req.name)] = exact
     return out
 
@@ -113,6 +122,8 @@ def _requirement(text: object, installed: dict[str, str | None]) -> str:
     name = canonicalize_name(req.name)
     if name not in installed:
         raise ValueError(f"{req.name} is not among the dependency lines: pip would go to the index")
+    if any("+" in spec.version for spec in req.specifier):
+        raise ValueError(f"install_requires entry {text!r} names a local version")
     if req.specifier:
         version = installed[name]
         if version is None or not req.specifier.contains(version, prereleases=True):
@@ -131,13 +142,15 @@ def plan(meta: dict[str, bytes], *, deps_text: str, pip: str, setuptools: str, p
             return f"{other} is present (a build backend or its configuration decides the install)"
     if any(_LICENSE.match(path) for path in meta if "/" not in path):
         return "a top-level file setuptools would list as a license file"
-    try:
-        source = meta["setup.py"].decode("utf-8")
-    except (KeyError, UnicodeDecodeError):
-        return "setup.py is missing or not UTF-8"
+    tools = sorted(set(pinned(deps_text)) & _TOOLS)
+    if tools or any(_names_tool(line) for line in deps_text.splitlines()):
+        return f"the dependency lines install {', '.join(tools) or 'pip/setuptools/wheel'} (the package step's tools)"
+    source = meta.get("setup.py")
+    if source is None:
+        return "setup.py is missing"
     kwargs = literal_setup(source)
     if kwargs is None:
-        return "setup.py is more than one setup() call of literals"
+        return "setup.py is more than one setup() call of literals (or not UTF-8)"
     if set(kwargs) - _KWARGS:
         return f"setup() takes {sorted(set(kwargs) - _KWARGS)}, whose effect is not modelled"
     try:
@@ -146,10 +159,23 @@ def plan(meta: dict[str, bytes], *, deps_text: str, pip: str, setuptools: str, p
         return str(exc)
 
 
+def _names_tool(line: str) -> bool:
+    """A dependency line pinned() leaves out (a marker, a URL, an option) that may still install a tool."""
+    line = line.split("#", 1)[0].strip().lower()
+    return bool(line) and any(re.search(rf"(^|[^a-z0-9_.-]){t}([^a-z0-9_.-]|$)", line) for t in _TOOLS)
+
+
+def python_excluded(spec: str, python: str) -> bool | None:
+    """Does SPEC exclude Python PYTHON (X.Y)? pip checks the interpreter's full X.Y.Z, which the
+    ABI label does not carry: the answer only when it is the same for every micro version, else None."""
+    answers = {SpecifierSet(spec).contains(f"{python}.{micro}", prereleases=True) for micro in range(100)}
+    return (not answers.pop()) if len(answers) == 1 else None
+
+
 def _files(kw: dict, meta: dict[str, bytes], installed: dict[str, str | None], python: str,
            site_packages: str) -> Editable:
     name, version = kw.get("name"), kw.get("version")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 200:  # (NAME.egg-info: at most 255 bytes)
         raise ValueError("setup() name is absent or not a plain name")
     if not isinstance(version, str) or not _VERSION.match(version):
         raise ValueError("setup() version is absent or not a plain release number")
@@ -171,16 +197,26 @@ def _files(kw: dict, meta: dict[str, bytes], installed: dict[str, str | None], p
     python_requires = kw.get("python_requires")
     if python_requires is not None:
         try:
-            if not isinstance(python_requires, str) or not SpecifierSet(python_requires).contains(python + ".0"):
-                raise ValueError(f"python_requires {python_requires!r} excludes Python {python}")
+            excluded = python_excluded(python_requires, python) if isinstance(python_requires, str) else True
         except InvalidSpecifier:
             raise ValueError(f"python_requires {python_requires!r} is not a specifier") from None
+        if excluded is None:
+            raise ValueError(f"python_requires {python_requires!r} depends on Python {python}'s micro version")
+        if excluded:
+            raise ValueError(f"python_requires {python_requires!r} excludes Python {python}")
     sources = ["setup.py"]
+    inits = set()
     for package in packages:
         init = package.replace(".", "/") + "/__init__.py"
         if init not in meta:  # setuptools would fail or warn before the code is there: the engine decides
             raise ValueError(f"package {package} has no __init__.py among the packaging files")
         sources.append(prefix + init)
+        inits.add(init)
+    # SOURCES.txt lists what setuptools finds among the files the step sees (a README, a package's
+    # modules, test/test*.py, ...): only the set whose listing is known is modelled
+    others = sorted(set(meta) - {"setup.py", "requirements.txt"} - inits)
+    if others:
+        raise ValueError(f"packaging files {others[:3]} would change SOURCES.txt")
     egg = name.replace("-", "_") + ".egg-info"
     info = {"PKG-INFO": _pkg_info(name, version, description, python_requires),
             "dependency_links.txt": "\n",

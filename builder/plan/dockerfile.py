@@ -14,6 +14,7 @@ from typing import Mapping
 import jinja2
 
 from builder import __version__
+from builder.core import depsenv
 from builder.core.errors import PackageValidationError
 from builder.core.labels import ABI_LABEL, parse_abi
 from builder.core.resources import resource
@@ -198,6 +199,7 @@ def render(
         tool_pip=tool_pip and installer == "pip",  # the base carries a current pip for the dependency layer
         tool_pip_dir=TOOL_PIP_DIR,
         list_dists=LIST_DISTS,
+        deps_env_cmd=depsenv.COMMAND,  # the dependency image's last, tiny layer (builder/core/depsenv.py)
     )
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)

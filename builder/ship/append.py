@@ -11,7 +11,6 @@ builder/ship/client.py only.
 from __future__ import annotations
 
 import copy
-import gzip
 import hashlib
 import json
 import time
@@ -55,7 +54,7 @@ def compose(deps: ImageDoc, assembly: Assembly, *, extra_labels: dict[str, str],
     media = deps.manifest.get("mediaType", DOCKER_MANIFEST)
     if media not in _LAYER:
         raise ValueError(f"the dependency image is a {media}")
-    blobs = tuple(gzip.compress(layer.tar, compresslevel=6, mtime=0) for layer in assembly.layers)
+    blobs = tuple(layer.blob for layer in assembly.layers)
     config = copy.deepcopy(deps.config)
     inner = config.setdefault("config", {})
     inner["Env"] = list(assembly.env)
@@ -65,7 +64,7 @@ def compose(deps: ImageDoc, assembly: Assembly, *, extra_labels: dict[str, str],
         inner["Volumes"] = {**(inner.get("Volumes") or {}), **{v: {} for v in assembly.volumes}}
     config["created"] = created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     config["rootfs"] = {"type": "layers", "diff_ids": [*(config.get("rootfs") or {}).get("diff_ids", []),
-                                                       *(_sha(layer.tar) for layer in assembly.layers)]}
+                                                       *(layer.diff_id for layer in assembly.layers)]}
     config["history"] = [*(config.get("history") or []),
                          *({**h, "created": config["created"]} for h in assembly.history)]
     for stale in ("container", "container_config", "docker_version"):  # the engine's record of its own build

@@ -20,6 +20,9 @@ when the engine lacks it (pinned by digest, as CI recipes do): not pulled.
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,7 +32,7 @@ from builder.build import codelayer, depsimage
 from builder.build.agentbuild import agent_labels
 from builder.build.image import Image, image_from
 from builder.build.reuse import remote
-from builder.core import events
+from builder.core import depsenv, events
 from builder.core.errors import RebaseError, RegistryError, TagExistsError
 from builder.core.labels import AGENT_NAME_LABEL, DEPS_DISTS_LABEL, INPUT_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
@@ -44,6 +47,7 @@ from builder.ship.rebase import ImageDoc
 from builder.ship.rebaser import fetch
 
 log = structlog.get_logger("agent_image")
+_RECORD_LAYER_MAX = 256 * 1024  # the record's layer is a few kB; a bigger last layer is not it
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,22 @@ def _image(doc: ImageDoc, digest_ref: str) -> Image:
 def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None:
     """The agent image made in the registry (pushed, tagged), or None: the engine must build it.
     LOCAL: the engine's image of a reference, or None. What the engine has locally it builds
-    from as before (no pull is saved there); the base it lacks is read from the registry."""
+    from as before (no pull is saved there); the base it lacks is read from the registry.
+    A shortcut only: any failure it did not foresee is logged and the engine builds."""
+    try:
+        return _build(job, local)
+    except TagExistsError:  # the version tag holds other content: the engine's build would end the same way
+        raise
+    except (RegistryError, RebaseError) as exc:  # the engine's pull and push may still work, and say so if not
+        log.info("Assembling in the registry failed: building with the engine", reason=str(exc)[:300])
+        return None
+    except Exception as exc:  # noqa: BLE001 (whatever the static path did not foresee, the engine builds)
+        log.warning("Assembling in the registry failed unexpectedly: building with the engine",
+                    reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+        return None
+
+
+def _build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None:
     base = local(job.base_image)
     if base is None and remote(split_ref(job.base_image)[0].split("@")[0]):
         base = registry_image(job.base_image, auth=job.options.registry_auth)  # read, not pulled
@@ -115,13 +134,7 @@ def build(job: Inputs, local: Callable[[str], Image | None]) -> Assembled | None
                      job.replace)
     ref = parse_ref(job.ref)
     client = RegistryClient(ref.host, auth=job.options.registry_auth)
-    try:
-        return _same_inputs(client, job, plan, local) or _append(client, job, plan, base, local)
-    except TagExistsError:  # the version tag holds other content: the engine's build would end the same way
-        raise
-    except (RegistryError, RebaseError) as exc:  # the engine's pull and push may still work, and say so if not
-        log.info("Assembling in the registry failed: building with the engine", reason=str(exc)[:300])
-        return None
+    return _same_inputs(client, job, plan, local) or _append(client, job, plan, base, local)
 
 
 def _tags(job: Inputs, plan: Plan) -> list[str]:
@@ -177,12 +190,18 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
     if listing is None:  # the SBOM (and the agent's own listing) need it, and only the layers have it
         return _skip(job, f"the dependency image {deps.ref} has no {DEPS_DISTS_LABEL} label (an older "
                           "agent-image built it)")
+    why = depsenv.refusal(_env_record(client, deps_ref.repo, deps_doc))
+    if why:
+        return _skip(job, why)
     rendered, _, context = from_deps(job.pkg, job.options, plan, image.id)
     assembly = codelayer.assemble(rendered, context.data, base_env=list(image.env), base_labels=image.labels,
                                   deps_text=plan.split.deps_text, deps_listing=listing)
     if isinstance(assembly, str):
         return _skip(job, assembly)
-    made = append.compose(deps_doc, assembly, extra_labels=agent_labels(plan), created=_created(job))
+    try:
+        made = append.compose(deps_doc, assembly, extra_labels=agent_labels(plan), created=_created(job))
+    except ValueError as exc:  # a manifest kind it does not write
+        return _skip(job, str(exc))
     log.info(events.DEPS_REUSED, image=deps.ref, origin="registry", venv=_venv(job))
     kept = _kept(job, made.config_digest, plan)
     sent = 0
@@ -193,6 +212,22 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
     return Assembled(plan=plan, image_id=made.config_digest, digest_ref=kept or ref.with_digest(made.digest),
                      how="appended", tag_kept=kept is not None, deps_image=deps.ref, bytes_sent=sent,
                      editable=assembly.editable, dists=assembly.dists, base_digests=tuple(base.digests))
+
+
+def _env_record(client: RegistryClient, repo: str, deps: ImageDoc) -> bytes | None:
+    """builder/core/depsenv.py's record: the file in the dependency image's last layer (a few kB), or None."""
+    layers = deps.manifest.get("layers") or []
+    if not layers or int(layers[-1].get("size", 0)) > _RECORD_LAYER_MAX:
+        return None
+    blob = client.blob(repo, layers[-1]["digest"], max_bytes=_RECORD_LAYER_MAX)
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(blob)) as gz:
+            data = gz.read(_RECORD_LAYER_MAX * 16 + 1)
+        with tarfile.open(fileobj=io.BytesIO(data[:_RECORD_LAYER_MAX * 16])) as tar:
+            member = tar.getmember(depsenv.PATH.lstrip("/"))
+            return tar.extractfile(member).read() if member.isfile() else None
+    except (OSError, EOFError, KeyError, tarfile.TarError):
+        return None
 
 
 def _skip(job: Inputs, why: str) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import subprocess
 
+import docker
 import pytest
 from structlog.testing import capture_logs
 
@@ -61,15 +62,31 @@ def _drop(docker_client, prefix: str) -> None:
 
 
 @pytest.fixture
-def pulled(docker_client):
-    """Images this test pulled by digest (no tag for cleanup_images to find): removed at its end."""
+def own_pulls(docker_client):
+    """Register a by-digest reference the test pulls (or runs): at the end the reference is removed, then the
+    image by its id when nothing else names it (a pull by digest leaves an untagged image behind)."""
     refs: list[str] = []
     yield refs.append
     for ref in refs:
         try:
-            docker_client.images.remove(ref, force=True)
-        except Exception:  # noqa: BLE001 gone already
+            image_id = docker_client.images.get(ref).id
+            docker_client.images.remove(ref)
+            left = docker_client.images.get(image_id)
+            if not left.attrs.get("RepoTags") and not left.attrs.get("RepoDigests"):
+                docker_client.images.remove(image_id)
+        except docker.errors.APIError:  # (ImageNotFound too) gone already, or still tagged: cleanup_images' own
             pass
+
+
+def test_the_clean_dependency_record_is_the_bases():
+    """builder/core/depsenv.py's CLEAN_DIGESTS: the record the base's own venv gives (the dependency image's
+    last layer holds it for the lines' venv; assembly needs it equal)."""
+    from builder.core import depsenv
+    from builder.core.defaults import base_image_for
+    record = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", base_image_for("3.11"),
+                             "-c", depsenv.COMMAND.rsplit(" > ", 1)[0]], capture_output=True, check=True,
+                            timeout=120).stdout
+    assert depsenv.refusal(record) is None, record[:400]
 
 
 def _inside(image: str) -> str:
@@ -125,7 +142,7 @@ def _supplied(made, registry, tmp_path) -> None:
 
 
 def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and_it_behaves_alike(
-        agent_factory, index_url, registry, docker_client, cleanup_images, pulled, tmp_path):
+        agent_factory, index_url, registry, docker_client, cleanup_images, own_pulls, tmp_path):
     prefix = f"{registry.host}/ai24asm"
     cleanup_images(prefix)
     cleanup_images("ai24-asm-engine/")
@@ -150,7 +167,7 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     assert set(made.phases) == {"check", "registry", "assemble", "supply"}, made.phases
     assert abs(sum(made.phases.values()) - made.duration_s) < 0.1, made
 
-    pulled(made.digest_ref)
+    own_pulls(made.digest_ref)
     docker_client.images.pull(made.digest_ref)
     assert docker_client.images.get(made.digest_ref).id == made.image_id
     ours, theirs = _inside(made.digest_ref), _inside("ai24-asm-engine/asm-two:0.1.0")
@@ -177,8 +194,9 @@ def test_an_empty_runner_appends_the_agent_to_the_registrys_dependency_image_and
     (twin / "agent.yaml").write_text((twin / "agent.yaml").read_text().replace("0.1.0", "0.2.0"))
     (twin / "setup.py").write_text((twin / "setup.py").read_text().replace("0.1.0", "0.2.0"))
     update = build_image(twin, opts)
-    pulled(update.digest_ref)
+    own_pulls(update.digest_ref)
     assert update.deps_origin == "registry" and update.image.endswith(":0.2.0"), update
+    own_pulls(update.digest_ref)  # (docker run pulls it)
     out = subprocess.run(["docker", "run", "--rm", update.digest_ref, "python", "-c",
                           "import src.main, importlib.metadata as m; print(src.main.REVISION, m.version('asm-two'))"],
                          capture_output=True, text=True, check=True, timeout=120).stdout.split()

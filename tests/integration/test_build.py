@@ -299,5 +299,5 @@ def test_agents_with_the_same_dependency_lines_share_the_layer(agent_factory, in
     again = build_image(two, opts(index_url, cache_dir=tmp_path / "c"))
     assert "deps" in again.steps_cached, again.steps_cached
     layers = lambda ref: docker_client.images.get(ref).attrs["RootFS"]["Layers"]  # noqa: E731
-    upto_deps = len(layers(base_image_for("3.11"))) + 2  # COPY deps, RUN install: the same layers, stored once
+    upto_deps = len(layers(base_image_for("3.11"))) + 3  # COPY deps, RUN install, the record: stored once
     assert layers(again.image)[:upto_deps] == layers(first.image)[:upto_deps]

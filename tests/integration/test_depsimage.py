@@ -67,7 +67,7 @@ def test_an_empty_runner_pulls_the_dependency_image_and_the_registry_stores_it_o
     deps_repo, deps_tag = first.deps_image.rsplit(":", 1)
     shared = _layers(registry, deps_repo.split("/", 1)[1], deps_tag)
     base_layers = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"])
-    assert len(shared) == base_layers + 2  # COPY the lines, RUN the install
+    assert len(shared) == base_layers + 3  # COPY the lines, RUN the install, RUN the record (depsenv)
     for agent in ("deps-one", "deps-two"):
         assert _layers(registry, f"depsimg/{agent}", "0.1.0")[:len(shared)] == shared
     # and it runs
@@ -108,7 +108,7 @@ def test_an_agent_image_under_the_dependency_tag_is_refused(agent_factory, index
     bad = build_image(intruder, BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
     docker_client.images.get(bad.image_id).tag(*honest.deps_image.rsplit(":", 1))  # it carries the key label
     docker_client.images.push(*honest.deps_image.rsplit(":", 1))
-    over_deps = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"]) + 2
+    over_deps = len(docker_client.images.get(base_image_for("3.11")).attrs["RootFS"]["Layers"]) + 3  # (+ record)
     intruder_layers = docker_client.images.get(bad.image_id).attrs["RootFS"]["Layers"][over_deps:]  # its own code
     _drop(docker_client, prefix)
     with capture_logs() as logs:

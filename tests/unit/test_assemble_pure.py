@@ -177,7 +177,7 @@ def test_compose_appends_layers_and_keeps_the_dependency_images(tmp_path):
                               "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
                                           "digest": "sha256:" + "2" * 64, "size": 10}]},
                     config=deps_config, digest="sha256:" + "d" * 64)
-    asm = codelayer.Assembly(layers=[codelayer.Layer(b"tar-bytes", "COPY")], env=["A=1", "B=2"], labels={"x": "1"},
+    asm = codelayer.Assembly(layers=[codelayer.Layer.of(b"tar-bytes", "COPY")], env=["A=1", "B=2"], labels={"x": "1"},
                              user="agent", history=[{"created_by": "COPY"}])
     made = compose(deps, asm, extra_labels={"in": "d"}, created="2026-01-01T00:00:00Z")
     manifest, config = json.loads(made.manifest), json.loads(made.config)
@@ -211,3 +211,50 @@ def test_the_listing_gets_the_agents_row_as_list_dists_writes_it():
     assert got == json.dumps(sorted([*json.loads(DEPS_LISTING), ["my-agent", "0.2.0", "", [], None, "/app"]]))
     with pytest.raises(ValueError, match="Structlog is a distribution of the dependency image too"):
         codelayer.listed(DEPS_LISTING, "Structlog", "1.0")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RecursionError("deep"), KeyError("config"), UnicodeError("x")])
+def test_an_unforeseen_failure_of_the_shortcut_is_a_build_with_the_engine(error):
+    """atk24 F7: the registry assembly only saves work; whatever it did not foresee leaves the build to the engine
+    (logged with its reason), never a traceback. TagExistsError still ends the build, as the engine's would."""
+    from structlog.testing import capture_logs
+
+    from builder.core.errors import TagExistsError
+    from builder.ship import assemble
+
+    def local(ref):
+        raise error
+    job = assemble.Inputs(pkg=None, options=None, repo="r", ref="r:1", upstream_url="", auth_header=None,
+                          split=None, added={}, replace={}, base_image="agent-image/base:py3.11")
+    with capture_logs() as logs:
+        assert assemble.build(job, local) is None
+    assert any(type(error).__name__ in e.get("reason", "") and "building with the engine" in e["event"] for e in logs)
+
+    def taken(ref):
+        raise TagExistsError("r:1 holds other content")
+    with pytest.raises(TagExistsError):
+        assemble.build(job, taken)
+
+
+def test_compose_refuses_a_manifest_kind_it_does_not_write():
+    deps = ImageDoc(manifest={"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                              "layers": []}, config={}, digest="sha256:" + "d" * 64)
+    with pytest.raises(ValueError, match="index"):
+        compose(deps, codelayer.Assembly(), extra_labels={})
+
+
+def test_a_dependency_image_whose_lines_changed_the_package_steps_environment_is_not_assembled_on():
+    """atk24 F3/F4: the record of the dependency image's last layer (builder/core/depsenv.py) must be a clean
+    base's; anything else (another setuptools, a .pth, a sitecustomize, the mark, no record) is the engine's."""
+    from builder.core import depsenv
+    clean = {"customize": [], "entry_points": [], "mark": False, "pth": [],
+             "tools": [["pip", "23.0.1"], ["setuptools", "66.1.1"]]}
+    drifts = [{"mark": True}, {"tools": [["pip", "23.0.1"], ["setuptools", "75.8.0"]]},
+              {"pth": [["evil.pth", "0" * 64]]}, {"customize": [["/opt/venv/lib/sitecustomize.py", "1" * 64]]},
+              {"entry_points": [["x", "egg_info.writers", "w", "x:w"]]}]
+    for drift in drifts:
+        assert depsenv.refusal(json.dumps({**clean, **drift}).encode()), drift
+    assert "mark" in depsenv.refusal(json.dumps({**clean, "mark": True}).encode())
+    assert "older builder" in depsenv.refusal(None)
+    assert "not JSON" in depsenv.refusal(b"{")
+    assert "'" not in depsenv.COMMAND.split("-c '", 1)[1].rsplit("' >", 1)[0]  # one shell word

@@ -46,11 +46,11 @@ def test_the_key_separates_what_shapes_the_layer_and_who_reads_it(tmp_path):
     assert depsimage.index_user(None) == ""
 
 
-def test_the_dependency_dockerfile_names_no_agent_and_adds_two_layers(tmp_path):
+def test_the_dependency_dockerfile_names_no_agent_and_adds_three_layers(tmp_path):
     text = _plan(tmp_path, "tinyreq==1.0\n").text
     head = deps_dockerfile(text)
     assert "keyed" not in head.text and "COPY app/" not in head.text and ".agent-image/meta" not in head.text
-    assert head.steps[0] == "base" and head.steps[-1] == "deps" and depsimage.layer_count(head) == 2
+    assert head.steps[0] == "base" and head.steps[-1] == "deps" and depsimage.layer_count(head) == 3  # COPY, RUN, the record (depsenv)
     with pytest.raises(ValueError):
         deps_dockerfile(text.replace("#> step deps", "#> step other"))
 

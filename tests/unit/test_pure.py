@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.core import depsenv
+
 from builder.build.proxy.cache import DownloadCache
 from builder.build.proxy.server import IndexProxy
 from builder.build.proxy.upstream import Upstream
@@ -92,15 +94,16 @@ def test_render_order_and_step_names():
     new = (" && { find /opt/venv/lib -name '*.py' -newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 "
            "python -m compileall -qq || :; } && rm -f /tmp/.agent-image-stamp && " + LIST_DISTS)  # the SBOM's listing
     assert runs[0] == stamp + "pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + new
+    assert runs[1] == "RUN " + depsenv.COMMAND, "the dependency layer's record, in a layer of its own"
     # one pass for package and requirements; the seed's order when that pass refuses (pins against
     # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
-    assert runs[1].startswith(stamp + "if pip install --no-compile -e /app -r /app/requirements.txt || {")
-    assert "pip install --no-compile -e /app && pip install --no-compile -r /app/requirements.txt; }" in runs[1]
-    assert runs[1].endswith(new)
-    assert runs[2].startswith("RUN if [ -e /opt/agent-image/installed-after-code ]; then touch /tmp/.agent-image-stamp")
-    assert runs[2].index("pip install --no-compile -e /app") < runs[2].index("pip install --no-compile -r /app/req")
-    assert runs[2].endswith(new + "; fi"), "a code-only change must not scan the venv"
-    assert r.step_name(r.instructions.index(runs[1]) + 1) == "package"
+    assert runs[2].startswith(stamp + "if pip install --no-compile -e /app -r /app/requirements.txt || {")
+    assert "pip install --no-compile -e /app && pip install --no-compile -r /app/requirements.txt; }" in runs[2]
+    assert runs[2].endswith(new)
+    assert runs[3].startswith("RUN if [ -e /opt/agent-image/installed-after-code ]; then touch /tmp/.agent-image-stamp")
+    assert runs[3].index("pip install --no-compile -e /app") < runs[3].index("pip install --no-compile -r /app/req")
+    assert runs[3].endswith(new + "; fi"), "a code-only change must not scan the venv"
+    assert r.step_name(r.instructions.index(runs[2]) + 1) == "package"
     assert r.steps[r.instructions.index("COPY .agent-image/meta/ /app/")] == "package"
     assert r.instructions[0] == "FROM agent-image/base:py3.11"
     args = [i for i in r.instructions if i.startswith("ARG")]
@@ -115,8 +118,8 @@ def test_render_order_and_step_names():
 def test_requirements_that_need_the_code_install_after_it():
     r = _render(source_requirements=True)
     runs = [i for i in r.instructions if i.startswith("RUN")]
-    assert "pip install -r /app/requirements.txt" not in runs[1], "the early pass cannot read -e ./lib lines"
-    assert runs[2].endswith("pip install --no-compile -r /app/requirements.txt && { find /opt/venv/lib -name '*.py' "
+    assert "pip install -r /app/requirements.txt" not in runs[2], "the early pass cannot read -e ./lib lines"
+    assert runs[3].endswith("pip install --no-compile -r /app/requirements.txt && { find /opt/venv/lib -name '*.py' "
                             "-newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 python -m compileall "
                             "-qq || :; } && rm -f /tmp/.agent-image-stamp && " + LIST_DISTS)
 
@@ -292,10 +295,10 @@ def test_with_a_pip_that_reports_the_second_pass_runs_only_when_the_first_change
     dependency layer left them. pip 20 (the py3.9 base) has no --report: the one pass stays."""
     from builder.plan.dockerfile import pip_reports
     runs = [i for i in _render(pip_report=True).instructions if i.startswith("RUN")]
-    first = runs[1].index("pip install --no-compile -e /app --report /tmp/.agent-image-report.json")
-    check = runs[1].index("sys.exit(any(i['download_info']['url'] != 'file:///app'")
-    assert first < check < runs[1].index("|| pip install --no-compile -r /app/requirements.txt; }")
-    assert "-e /app -r /app/requirements.txt" not in runs[1]
+    first = runs[2].index("pip install --no-compile -e /app --report /tmp/.agent-image-report.json")
+    check = runs[2].index("sys.exit(any(i['download_info']['url'] != 'file:///app'")
+    assert first < check < runs[2].index("|| pip install --no-compile -r /app/requirements.txt; }")
+    assert "-e /app -r /app/requirements.txt" not in runs[2]
     uv = [i for i in _render(pip_report=True, installer="uv", base_has_uv=True).instructions if i.startswith("RUN")]
     assert "--report" not in uv[1], "uv has no --report: its one pass stays"
     hashed = [i for i in _render(pip_report=True, require_hashes=True).instructions if i.startswith("RUN")]
