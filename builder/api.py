@@ -19,11 +19,12 @@ from typing import Any
 
 import structlog
 
-from builder.build import agentbuild, depsimage
+from builder.build import agentbuild, depsimage, usage
 from builder.build.classify import classify
 from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.build.proxy.index import resolve_index
+from builder.build.prune import after_build
 from builder.build.proxy.upstream import Upstream
 from builder.build.reuse import from_registry, own_previous, remember_fence, remote, same_agent
 from builder.build.sandbox import Sandbox
@@ -33,15 +34,14 @@ from builder.core.defaults import base_image_for
 from builder.core.errors import EngineError, PackageLoadError, PackageValidationError, RegistryError
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
-from builder.core.redact import current_redactor, redaction_scope
+from builder.core.redact import redaction_scope
 from builder.core.refs import check_image_ref, input_tag, split_ref
-from builder.package.dotenv import env_values
 from builder.package.piplines import logical_lines
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
 from builder.plan.agent import Base, Plan, base_facts, make_plan
 from builder.plan.dockerfile import check_installer
-from builder.plan.inputs import (PACKAGING_FILES, added_files, check_cache_dir, check_identity, log_requirements,
+from builder.plan.inputs import (added_files, check_cache_dir, check_identity, learn_env_values, log_requirements,
                                  read_ca_bundle, read_split, repository)
 from builder.plan.options import BuildOptions
 
@@ -95,19 +95,24 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
     Each build redacts with its own Redactor (its credentials, its .env values):
     nothing it learns reaches the next build in this process.
     """
+    engine = engine or Engine()  # (it connects on its first call: the checks before it ask it nothing)
+    reached: list[str] = []      # the image this build made or reused, once the engine was asked
     with redaction_scope() as redactor:
         if options is not None and options.registry_auth:
             redactor.add_secret(options.registry_auth.get("password"))
         try:
-            result = _build_image(source, options, engine)
+            result = _build_image(source, options, engine, reached)
         except PackageLoadError as err:
             raise err.redacted(redactor) from None
+        finally:  # --prune-max-bytes: after every build that reached the engine, its result kept
+            after_build(engine, options, reached)
         result.warnings = [redactor(w) for w in result.warnings]
         result.installed = [redactor(p) for p in result.installed]
         return result
 
 
-def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine: Engine | None) -> BuildResult:
+def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine: Engine,
+                 reached: list[str]) -> BuildResult:
     """The stages, in order; each is a function of the values the ones before it settled."""
     if not structlog.is_configured():
         # a library caller that set nothing up gets our redacting logs on stderr,
@@ -116,16 +121,19 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
     options = options or BuildOptions()
     started = time.monotonic()
     deadline = started + options.timeout  # the whole command's: reading the package too, not only the build
-    with open_package(source, options.limits, deadline) as pkg, contextlib.ExitStack() as early:
-        job = _check_inputs(pkg, options, started)
+    with open_package(source, options.limits, deadline) as pkg, contextlib.ExitStack() as early, \
+            contextlib.ExitStack() as held:
+        job = _check_inputs(pkg, options, started, held)
         _lap(job, "check")
         if options.push and remote(job.repo):  # before the engine: a build the push would lose is not started
             from builder.ship.preflight import check_push
             check_push(job.repo, auth=options.registry_auth,
                        option="--repository" if options.repository else "--registry")
             _lap(job, "registry")
-        engine = engine or Engine()  # (it connects on its first call: nothing above asked it anything)
         engine.ping()
+        reached.append("")
+        # what a prune must not take while this build runs (builder/build/usage.py): its repository
+        held.enter_context(job.lease)
         base = _base(engine, job.base_image, options, pkg.manifest.python)
         plan = make_plan(pkg, options, base_facts(job.base_image, base.id, base.labels, base.digests, base.layers),
                          job.upstream.url, job.split, job.added, job.replace)
@@ -133,6 +141,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
 
         hit, cache_from = _identical_image(engine, job, plan)
         if hit is not None:
+            reached.append(hit.id)
             return _ship(*_reuse(engine, job, plan, hit), engine, job)
         deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
         # every build of this call shares --timeout, with the reading before them
@@ -148,7 +157,9 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                                 cache_from, sandbox_early)
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
+            usage.touch_many(options.cache_dir, built.outcome.committed, [job.ref])
             raise _failure(job, plan, built)
+        reached.append(built.outcome.image_id)
         return _ship(*_finish(engine, job, plan, deps, built), engine, job)
 
 
@@ -168,6 +179,8 @@ class _Job:
     added: dict[str, bytes]      # inputs.added_files: the same for every rendering
     replace: dict[str, bytes]
     base_image: str
+    held: contextlib.ExitStack   # what the build holds until it ends: its lease, the version tag's lock
+    lease: usage.Lease
     laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
 
 
@@ -177,11 +190,12 @@ def _lap(job: _Job, name: str) -> None:
     job.laps[name] = round(now - sum(job.laps.values()), 3)
 
 
-def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
+def _check_inputs(pkg: Package, options: BuildOptions, started: float,
+                  held: contextlib.ExitStack | None = None) -> _Job:
     m = pkg.manifest
     log.info(events.OPENED, agent=m.name, version=m.version, runtime=m.runtime,
              source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
-    _learn_env_values(pkg, pkg.env_paths)
+    learn_env_values(pkg, pkg.env_paths)
     check_identity(m, options)
     for rel in pkg.env_paths if options.include_env else ():
         log.warning("Including .env in the image (--include-env): its values ship to whoever pulls it",
@@ -201,23 +215,13 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
     added, replace = added_files(pkg, options, split)  # (--ca-bundle-in-image without --ca-bundle fails here)
     return _Job(pkg=pkg, options=options, started=started, repo=repo, ref=f"{repo}:{m.version}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
-                base_image=options.base_image or base_image_for(m.python))
+                base_image=options.base_image or base_image_for(m.python), held=held or contextlib.ExitStack(),
+                lease=usage.Lease(repos=[repo]))
 
 
 def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
     """Every check a build makes before the engine (--dry-run runs them too)."""
     return _check_inputs(pkg, options, time.monotonic())
-
-
-def _learn_env_values(pkg: Package, paths: list[str]) -> None:
-    """This build's redactor hides the values of the package's .env files; a value
-    the package shows itself (agent.yaml, requirements, setup files) is no secret."""
-    public = "\n".join((pkg.root / rel).read_text(encoding="utf-8", errors="replace")
-                       for rel in ("agent.yaml", *PACKAGING_FILES)
-                       if (pkg.root / rel).is_file() and not pkg.kept_out(rel))
-    redactor = current_redactor()
-    for value in env_values(pkg.root, paths):
-        redactor.add_value(value, public)
 
 
 # -- resolve the base ----------------------------------------------------------------------------------------------
@@ -251,8 +255,9 @@ def _identical_image(engine: Engine, job: _Job, plan: Plan) -> tuple[Image | Non
 
 
 def _reuse(engine: Engine, job: _Job, plan: Plan, hit: Image) -> tuple[BuildResult, str | None]:
-    kept = _guard_tag(job.ref, hit.id, plan.content, job.options)
+    kept = _guard_tag(job, hit.id, plan.content)
     engine.tag(hit.id, job.ref)
+    usage.touch_used(job.options.cache_dir, hit.id, [job.ref, f"{job.repo}:{input_tag(plan.digest)}"])
     log.info(events.REUSED_IMAGE, image=job.ref, image_id=hit.id, input_digest=plan.digest)
     m = job.pkg.manifest
     return BuildResult(ok=True, image=job.ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
@@ -271,6 +276,7 @@ def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image,
     if not deps or options.nocache:
         return deps, None
     sandbox = None
+    job.lease.add(refs=[deps.ref])  # before it is looked up: a prune from now on keeps it
     if remote(deps.repo) and engine.image(deps.ref) is None:
         # the pull takes seconds: the build's sandbox starts meanwhile (0.3 s saved on an empty runner)
         sandbox = early.enter_context(Sandbox(engine, job.base_image))
@@ -309,9 +315,12 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
             built: agentbuild.Built) -> tuple[BuildResult, str | None]:
     """Tag the built image (after the tag guard), remember its fence, and report it."""
     image_id, venv = built.outcome.image_id, job.venv
-    kept = _guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
+    kept = _guard_tag(job, image_id, plan.content)  # before any tag moves
     engine.tag(image_id, job.ref)
     engine.tag(image_id, f"{job.repo}:{input_tag(plan.digest)}")
+    usage.touch_used(job.options.cache_dir, image_id, [job.ref, f"{job.repo}:{input_tag(plan.digest)}"])
+    if deps and deps.image is not None:
+        usage.touch_used(job.options.cache_dir, deps.image.id, [deps.ref])
     if built.target.fenced:
         remember_fence(job.options.cache_dir, image_id, built.target.fenced, built.outcome.lines)
     cached_names = cached_steps(built.target.rendered, built.outcome.cached)
@@ -358,12 +367,13 @@ def _ship(result: BuildResult, kept: str | None, engine: Engine, job: _Job) -> B
 def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildOptions) -> None:
     if not options.push:
         return
-    from builder.ship.pushpull import push_image
+    from builder.ship.pushpull import push_or_keep
     if kept:
         result.digest_ref, result.tag_kept = kept, True
-    else:
-        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
-                                       auth=options.registry_auth)
+    else:  # (an immutable registry may refuse: the tag holds this content, kept, or another, refused)
+        result.digest_ref, result.tag_kept = push_or_keep(engine, result.image, image_id=result.image_id,
+                                                          input_digest=result.input_digest,
+                                                          auth=options.registry_auth, overwrite=options.overwrite)
     # after the agent: its layers are there now, so this is a manifest, for the next runner to find
     if result.deps_image and result.deps_origin != "pulled" and remote(split_ref(result.deps_image)[0]):
         try:
@@ -376,9 +386,14 @@ def _push(result: BuildResult, kept: str | None, engine: Engine, options: BuildO
             result.warnings.append(why)
 
 
-def _guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
-    """Version tags are immutable (builder/ship/pushpull.py guard_tag), checked before any tag moves."""
-    if not options.push or options.overwrite or not remote(ref.rsplit(":", 1)[0]):
+def _guard_tag(job: _Job, image_id: str, content: str) -> str | None:
+    """Version tags are immutable (builder/ship/pushpull.py guard_tag), checked before any tag moves.
+    The check and the push are one step on this machine: the tag's lock is held until the build ends."""
+    options, ref = job.options, job.ref
+    if not options.push or not remote(ref.rsplit(":", 1)[0]):
         return None
-    from builder.ship.pushpull import guard_tag
+    from builder.ship.pushpull import guard_tag, tag_lock
+    job.held.enter_context(tag_lock(ref))
+    if options.overwrite:
+        return None
     return guard_tag(ref, image_id=image_id, content=content, auth=options.registry_auth)

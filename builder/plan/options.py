@@ -35,3 +35,5 @@ class BuildOptions:
     expect_version: str | None = None       # ... and this version (it picks the tag)
     overwrite: bool = False                 # --push may replace a NAME:VERSION that holds other content
     provenance: dict[str, str] = field(default_factory=dict)  # OCI source/revision/created (plan.provenance)
+    prune_max_bytes: int | None = None      # after the build, prune what agent-image keeps to this (build.prune)
+    prune_scope: tuple[str, ...] = ()       # ... only images whose references start with these
