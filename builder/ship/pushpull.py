@@ -55,7 +55,7 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
                                      field="metadata.version", hint="Bump metadata.version in agent.yaml.") from None
             raise
         if target == ref:
-            _read_back(ref, d, auth, image.labels.get(CONTENT_LABEL) if image is not None else None)
+            read_back(ref, d, auth, image.labels.get(CONTENT_LABEL) if image is not None else None)
         digest = digest or d
     pinned = f"{repo}@{digest}"
     log.info(events.PUSHED, image=ref, digest_ref=pinned)
@@ -77,7 +77,7 @@ def push_or_keep(engine: Engine, ref: str, *, image_id: str, input_digest: str |
         return kept, True
 
 
-def _read_back(ref: str, pushed: str, auth: dict | None, content: str | None) -> None:
+def read_back(ref: str, pushed: str, auth: dict | None, content: str | None) -> None:
     """After the version tag's push: it must hold what was pushed (or the same content). Another
     runner's push of other content between this builder's check and its push shows here (when it
     came before the read)."""
