@@ -51,6 +51,7 @@ class Item:
     last_used: float
     bytes: int = 0            # what removing it freed (or would free, in a dry run)
     agent: str = ""
+    on: list[str] = field(default_factory=list)  # an orphan layer: the references of the image it stands on
 
 
 @dataclass
@@ -93,8 +94,10 @@ def _kind(img: dict, stamp: dict | None) -> str | None:
     return None  # a base, or nothing of ours
 
 
-def _leased(img: dict, leases: list[dict]) -> bool:
+def _leased(img: dict, leases: list[dict], on: list[str] = ()) -> bool:
     for lease in leases:
+        if any(r in lease.get("refs", ()) or r.rsplit(":", 1)[0] in lease.get("repos", ()) for r in on):
+            return True
         if img["id"] in lease.get("ids", ()) or any(t in lease.get("refs", ()) for t in img["tags"]):
             return True
         if any(t.rsplit(":", 1)[0] in lease.get("repos", ()) for t in img["tags"]):
@@ -166,6 +169,7 @@ def plan(images: list[dict], in_use: set[str], leases: list[dict], stamps: dict[
                                last_used=stamp[0] if stamp else float(img["created"]),
                                agent=f"{refs[0].rsplit(':', 1)[0] if refs else ''}|"
                                      f"{img['labels'].get(AGENT_NAME_LABEL, '')}")
+    _orphans(images, graph, ours)
     shared = {n for i in images if i["id"] not in ours and (i["tags"] or graph.children[i["id"]] == 0)
               for n in graph.chain(i["id"])}
     mine = {n for i in ours for n in graph.chain(i)} - shared
@@ -176,7 +180,7 @@ def plan(images: list[dict], in_use: set[str], leases: list[dict], stamps: dict[
     for item in ours.values():
         img = graph.nodes[item.id]
         why = ("in-use" if item.id in in_use or item.id in protect else
-               "leased" if _leased(img, leases) else None)
+               "leased" if _leased(img, leases, item.on) else None)
         if why:
             kept[why] = kept.get(why, 0) + 1
             continue
@@ -199,6 +203,22 @@ def plan(images: list[dict], in_use: set[str], leases: list[dict], stamps: dict[
     usage = _choose(graph, candidates, mine, usage, policy, out)
     out.usage_after = usage
     return out
+
+
+def _orphans(images: list[dict], graph: _Graph, ours: dict[str, Item]) -> None:
+    """Layers an interrupted or killed build committed on one of OURS (a dependency image): untagged,
+    nothing built on them, no stamp. They belong to the scope of the image they stand on (and stay
+    while it is leased: a build in progress commits such layers between its steps)."""
+    for img in images:
+        if img["tags"] or img["id"] in ours or graph.children[img["id"]]:
+            continue
+        for above in graph.chain(img["id"])[1:]:
+            if graph.nodes[above]["tags"]:
+                if above in ours:
+                    owner = ours[above]
+                    ours[img["id"]] = Item(kind=FAILED_KIND, id=img["id"], refs=[], last_used=float(img["created"]),
+                                           agent=owner.agent, on=owner.refs)
+                break
 
 
 def _choose(graph: _Graph, candidates: list[Item], mine: set[str], usage: int, policy: Policy,
@@ -252,6 +272,7 @@ def prune(engine: Engine, cache_dir: Path, policy: Policy, *, dry_run: bool = Fa
         parts = DownloadCache(Path(cache_dir) / "downloads").parts_removed  # (it cleans them as it opens)
     with lease_lock():
         leases = live_leases(remove_dead=not dry_run)
+        listed = time.time()
         images, in_use = engine.inventory()
         out = plan(images, in_use, leases, read_stamps(cache_dir), cache_files(cache_dir), policy, now=now,
                    protect=set(protect), dry_run=dry_run)
@@ -259,7 +280,8 @@ def prune(engine: Engine, cache_dir: Path, policy: Policy, *, dry_run: bool = Fa
             _execute(engine, out)
     out.partial_downloads_removed = parts
     if not dry_run:
-        _forget_gone(engine, cache_dir)
+        gone = {i.id for i in out.removed}
+        _forget_gone(cache_dir, {i["id"] for i in images if i["id"] not in gone}, listed)
         if not policy.scope:  # (with a scope, only what the scope names is touched)
             out.sandboxes_removed = remove_stale(engine)
     log.info("Pruned" if not dry_run else "Prune (dry run)", removed=len(out.removed),
@@ -288,15 +310,15 @@ def _execute(engine: Engine, out: Outcome) -> None:
     out.removed = done
 
 
-def _forget_gone(engine: Engine, cache_dir: Path) -> None:
-    """Stamps and fences of images the engine no longer has."""
-    images, _ = engine.inventory()
-    present = {i["id"].split(":", 1)[-1] for i in images}
+def _forget_gone(cache_dir: Path, ids: set[str], listed: float) -> None:
+    """Stamps and fences of images the engine no longer has (IDS: those it had when LISTED; a file
+    written since may be a build's that finished after: it stays)."""
+    present = {i.split(":", 1)[-1] for i in ids}
     present |= {f"short-{p[:12]}" for p in present}
     for sub in (STAMPS, "fences"):
         folder = Path(cache_dir) / sub
         for entry in os.scandir(folder) if folder.is_dir() else ():
-            if not entry.name.startswith(".") and entry.name not in present:
+            if not entry.name.startswith(".") and entry.name not in present and entry.stat().st_mtime < listed:
                 Path(entry.path).unlink(missing_ok=True)
 
 

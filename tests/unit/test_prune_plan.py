@@ -118,3 +118,14 @@ def test_sizes_durations_and_immutable_tag_errors_parse():
     assert not tag_refused("denied: requested access to the resource is denied")
     assert not tag_refused("blob upload unknown")
 
+
+
+def test_layers_an_interrupted_build_left_on_a_dependency_image_go_with_its_scope():
+    orphan = img("o1", "deps", 131 * MB, created=12)  # a step an interrupted build committed: no tag, no label
+    out = run(engine_of(orphan))
+    assert ids(out) == ["o1", "a1", "a2", "deps"] and out.removed[0].bytes == MB
+    # while a build in progress leases the dependency image, such layers may be its own steps: they stay
+    leased = run(engine_of(orphan), leases=[{"repos": [], "refs": ["reg/t/agent-image.deps:deps-k1"], "ids": []}])
+    assert "o1" not in ids(leased) and leased.kept["leased"] == 2
+    # on the base (another scope's, or nobody's): never
+    assert "o2" not in ids(run(engine_of(img("o2", "base", 101 * MB)), policy=Policy()))
