@@ -153,3 +153,22 @@ def test_concurrent_cli_builds_with_a_budget_all_succeed_and_leave_nothing(agent
     assert not [p for p in LEASE_DIR.glob("*.json") if p.name.split("-")[0] in pids], "a lease was left"
     sandboxes = docker_client.api.containers(all=True, filters={"label": "io.pixell.agent-image.sandbox"})
     assert not [c for c in sandboxes if c["Labels"].get("io.pixell.agent-image.sandbox.pid") in pids]
+
+
+def test_concurrent_api_builds_in_threads_with_a_budget(agent_factory, index_url, prefix, tmp_path, docker_client):
+    """The same through the Python API: four threads, one Engine, two of one agent, each pruning after."""
+    import concurrent.futures as cf
+
+    from builder.build.engine import Engine
+    cache = tmp_path / "cache"
+    agents = [agent_factory(f"ai27-thr{i}", requirements=f'tinyreq==1.{i % 2} ; platform_release != "ai27-thr"\n')
+              for i in range(3)]
+    engine = Engine()
+    opts = BuildOptions(index_url=index_url, registry=prefix, cache_dir=cache, use_cache=False,
+                        prune_max_bytes=0, prune_scope=(f"{prefix}/",))
+    with cf.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda a: build_image(a, opts, engine=engine), agents + [agents[0]]))
+    assert all(r.ok for r in results)
+    assert not [p for p in LEASE_DIR.glob(f"{os.getpid()}-*.json")], "a lease was left"
+    # the last prune ran after every build ended: at most the images the last builds kept are left
+    assert len([t for t in our_tags(docker_client, prefix) if ":0.1.0" in t]) <= 3
