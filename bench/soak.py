@@ -121,7 +121,7 @@ class Soak:
                 "cached": res.get("cached"), "deps_origin": res.get("deps_origin"),
                 "stderr_tail": "" if expected else err[-1500:]}
 
-    def phase(self, name: str, builds: int, lanes: int, agents: int, kill: bool) -> dict:
+    def phase(self, name: str, builds: int, lanes: int, agents: int, kill: bool, until: float | None = None) -> dict:
         base = self.private_base(name)
         cache = self.tmp / f"cache-{name}"
         scope = f"{self.registry}/{self.run}-{name}/"
@@ -134,7 +134,7 @@ class Soak:
         disk_start = self.disk(cache, scope)
 
         def lane() -> None:
-            while True:
+            while until is None or time.time() < until:
                 try:
                     job = todo.get_nowait()
                 except queue.Empty:
@@ -161,6 +161,9 @@ class Soak:
         prune(self.engine, cache, Policy(max_bytes=self.budget, scope=(scope,)))
         out = self.report(name, builds, lanes, wall, results, cache, scope, disk_start, base)
         out["disk_samples"], out["disk_max_bytes"] = peak, max(peak, default=0)
+        out["stopped_early"] = len(results) < builds  # --until came first: the rates are over what ran
+        out["builds"] = len(results)
+        out["builds_per_hour"] = round(len(results) / wall * 3600)
         return out
 
     def disk(self, cache: Path, scope: str) -> dict:
@@ -228,6 +231,9 @@ def main() -> int:
     ap.add_argument("--budget", default="40M", help="--prune-max-bytes for every build (default 40M)")
     ap.add_argument("--reference-builds", type=int, help="builds in the one-lane phase (default builds/2; 0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "soak-results.json")
+    ap.add_argument("--many-first", action="store_true", help="run the many-lane phase first")
+    ap.add_argument("--until", metavar="HH:MM", help="start no build after this UTC time (a phase stopped early "
+                                                      "reports what ran; the ratio then compares rates)")
     args = ap.parse_args()
     from builder.core.units import parse_bytes
     run = f"ai27-soak-{time.strftime('%H%M%S')}"
@@ -238,14 +244,22 @@ def main() -> int:
     reg = Registry(tmp / "registry", free_port())
     reg.start()
     soak = Soak(tmp, index.url_for("alice"), reg.host, parse_bytes(args.budget), run)
-    phases = []
+    phases: list[dict] = []
+    until = None
+    if args.until:
+        hh, mm = map(int, args.until.split(":"))
+        t = time.gmtime()
+        until = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, hh, mm, 0, 0, 0, 0)) - time.timezone
+    ref = args.builds // 2 if args.reference_builds is None else args.reference_builds
+    plan = [("one", ref, 1, False)] if ref else []
+    plan.append(("many", args.builds, args.lanes, True))
+    if args.many_first:
+        plan.reverse()
     try:
-        ref = args.builds // 2 if args.reference_builds is None else args.reference_builds
-        if ref:
-            print(f"phase 1: {ref} builds in 1 lane", flush=True)
-            phases.append(soak.phase("one", ref, 1, args.agents, kill=False))
-        print(f"phase 2: {args.builds} builds in {args.lanes} lanes", flush=True)
-        phases.append(soak.phase("many", args.builds, args.lanes, args.agents, kill=True))
+        for name, n, lanes, kill in plan:
+            print(f"phase {name}: {n} builds in {lanes} lane(s)", flush=True)
+            phases.append(soak.phase(name, n, lanes, args.agents, kill=kill, until=until))
+            args.out.write_text(json.dumps({"machine": info, "command": " ".join(sys.argv), "phases": phases}))
     finally:
         info["load_at_end"] = os.getloadavg()
         info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -253,8 +267,15 @@ def main() -> int:
         index.stop()
         reg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    ratio = phases[-1]["wall_s"] / phases[0]["wall_s"] if len(phases) == 2 else None
-    out = {"machine": info, "command": " ".join(sys.argv), "phases": phases, "ratio_many_vs_one": ratio}
+    phases.sort(key=lambda p: p["lanes"])
+    one, many = (phases + [None, None])[:2]
+    ratio = None
+    if one and many:  # the many-lane phase's time for its builds over the one lane's for its own
+        ratio = (many["wall_s"] / many["builds"]) / (one["wall_s"] / one["builds"]) * (
+            args.builds / (ref or 1)) if (one["stopped_early"] or many["stopped_early"]) else \
+            many["wall_s"] / one["wall_s"]
+    out = {"machine": info, "command": " ".join(sys.argv), "phases": phases, "ratio_many_vs_one": ratio,
+           "ratio_from_rates": bool(one and many and (one["stopped_early"] or many["stopped_early"]))}
     args.out.write_text(json.dumps(out, indent=1))
     for p in phases:
         print(f"\n{p['phase']}: {p['builds']} builds, {p['lanes']} lane(s), {p['wall_s']} s, {p['builds_per_hour']}/h, "
@@ -266,8 +287,9 @@ def main() -> int:
         for r in p["unexpected"][:5]:
             print(f"  UNEXPECTED {r['agent']} rev {r['rev']}: {r['class']} (exit {r['code']})\n{r['stderr_tail'][-600:]}")
     if ratio:
-        print(f"\nwall time: {phases[-1]['lanes']} lanes x {phases[-1]['builds']} builds / 1 lane x "
-              f"{phases[0]['builds']} builds = {ratio:.2f} (goal < 2)")
+        est = " (from the rates: a phase stopped early)" if one["stopped_early"] or many["stopped_early"] else ""
+        print(f"\nwall time: {many['lanes']} lanes x {args.builds} builds / 1 lane x {ref} builds = {ratio:.2f}"
+              f"{est} (goal < 2)")
     print(f"machine: {info}")
     return 0
 

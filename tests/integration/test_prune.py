@@ -82,7 +82,8 @@ def test_in_use_and_leased_images_stay_and_the_rest_goes(agent_factory, index_ur
     leased = build(agent_factory("ai27-leased", requirements=REQS), index_url, prefix, cache)
     free = build(agent_factory("ai27-free"), index_url, prefix, cache)
     container = docker_client.containers.run(used.image_id, ["sleep", "60"], detach=True, entrypoint=[],
-                                             name=f"{prefix}-runner", healthcheck={"test": ["NONE"]})
+                                             name=f"{prefix}-runner", healthcheck={"test": ["NONE"]},
+                                             network_mode="none")
     try:
         with Lease(repos=[f"{prefix}/ai27-leased"]):
             out = prune_json(prefix, cache)  # everything in scope that may go
