@@ -31,7 +31,8 @@ from builder.build.sandbox import Sandbox
 from builder.build.steplog import Failure, cached_steps, conflict_warnings, installed_packages, marked_step, step_lines
 from builder.core import events
 from builder.core.defaults import base_image_for
-from builder.core.errors import EngineError, PackageLoadError, PackageValidationError, RegistryError
+from builder.core.errors import (BuildInterruptedError, EngineError, PackageLoadError, PackageValidationError,
+                                 RegistryError)
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
 from builder.core.redact import redaction_scope
@@ -100,12 +101,12 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
     with redaction_scope() as redactor:
         if options is not None and options.registry_auth:
             redactor.add_secret(options.registry_auth.get("password"))
-        try:
+        try:  # --prune-max-bytes: after every build that reached the engine (not a cancelled one)
             result = _build_image(source, options, engine, reached)
         except PackageLoadError as err:
+            after_build(engine, options, reached if not isinstance(err, BuildInterruptedError) else [])
             raise err.redacted(redactor) from None
-        finally:  # --prune-max-bytes: after every build that reached the engine, its result kept
-            after_build(engine, options, reached)
+        after_build(engine, options, reached)
         result.warnings = [redactor(w) for w in result.warnings]
         result.installed = [redactor(p) for p in result.installed]
         return result

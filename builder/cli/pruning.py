@@ -55,7 +55,7 @@ SCOPE_HELP = ("only images whose every reference starts with PREFIX (repeatable;
 def add_budget_options(b: argparse.ArgumentParser) -> None:
     g = b.add_argument_group("disk budget (docs/usage.md#prune)")
     g.add_argument("--prune-max-bytes", type=_size, default=None, metavar="SIZE",
-                   help=f"after the build (success or failure), prune agent images, dependency images, download "
+                   help=f"after the build (success or failure, not a cancelled one), prune agent images, dependency images, download "
                         f"cache entries and crash files, least recently used first, until they take at most SIZE; "
                         f"the image this build made is kept (default ${MAX_BYTES_ENV}; unset: no pruning)")
     g.add_argument("--prune-scope", action="append", default=None, metavar="PREFIX", help=SCOPE_HELP)
