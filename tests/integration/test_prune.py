@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -154,6 +156,9 @@ def test_concurrent_cli_builds_with_a_budget_all_succeed_and_leave_nothing(agent
     assert not [p for p in LEASE_DIR.glob("*.json") if p.name.split("-")[0] in pids], "a lease was left"
     sandboxes = docker_client.api.containers(all=True, filters={"label": "io.pixell.agent-image.sandbox"})
     assert not [c for c in sandboxes if c["Labels"].get("io.pixell.agent-image.sandbox.pid") in pids]
+    folders = [p for p in Path(tempfile.gettempdir()).glob("agent-image-sbx-*") if p.name.split("-")[3] in pids]
+    assert not folders, "a sandbox's socket folder was left"
+    assert not list((cache / "downloads" / "v2" / "tmp").iterdir()), "a partial download was left"
 
 
 def test_concurrent_api_builds_in_threads_with_a_budget(agent_factory, index_url, prefix, tmp_path, docker_client):
