@@ -170,7 +170,11 @@ class Soak:
         out = prune(self.engine, cache, Policy(max_bytes=None, scope=(scope,)), dry_run=True)
         files = sum(i.bytes for i in cache_files(cache)) if cache.is_dir() else 0
         total = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
-        return {"scope_bytes": out.usage_before, "images_bytes": out.usage_before - files, "cache_dir_bytes": total}
+        reg = self.tmp / "registry" / "data"  # not budgeted (the registry's own retention): reported
+        pushed = sum(f.stat().st_size for f in reg.rglob("*") if f.is_file()) if reg.is_dir() else 0
+        st = os.statvfs(tempfile.gettempdir())
+        return {"scope_bytes": out.usage_before, "images_bytes": out.usage_before - files, "cache_dir_bytes": total,
+                "registry_bytes": pushed, "host_fs_used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize}
 
     def leftovers(self, cache: Path, scope: str) -> dict:
         pids = set(self.pids)
