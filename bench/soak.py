@@ -214,12 +214,12 @@ class Soak:
     def cleanup(self) -> None:
         """Every image under this run's prefixes (and the private bases), nothing else."""
         for image in self.client.api.images():
-            for tag in image.get("RepoTags") or []:
-                if f"/{self.run}-" in tag or tag.startswith(f"{self.run}-base/"):
-                    try:
-                        self.client.api.remove_image(tag, force=True)
-                    except docker.errors.APIError:
-                        pass
+            refs = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])  # pulled: digests too
+            if any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/") for r in refs):
+                try:
+                    self.client.api.remove_image(image["Id"], force=True)
+                except docker.errors.APIError:
+                    pass
 
 
 def machine() -> dict:
