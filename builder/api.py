@@ -18,18 +18,19 @@ from typing import Any
 
 import structlog
 
-from builder.build import agentbuild, depsimage
+from builder.build import agentbuild, depsimage, usage
 from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.build.platformbuild import check_base, cross_target, remember_stage, sandbox_image, stage_cache
 from builder.build.proxy.index import resolve_index
+from builder.build.prune import after_build
 from builder.build.proxy.upstream import Upstream
 from builder.build.reuse import from_registry, own_previous, remember_fence, remote, same_agent
 from builder.build.sandbox import Sandbox
 from builder.build.steplog import cached_steps, conflict_warnings, installed_packages
 from builder.core import events
 from builder.core.defaults import base_image_for
-from builder.core.errors import PackageLoadError, PackageValidationError
+from builder.core.errors import BuildInterruptedError, PackageLoadError, PackageValidationError
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
 from builder.core.platforms import is_host, platform_tag, require_emulation
@@ -38,7 +39,7 @@ from builder.core.refs import CACHE_TAG, check_image_ref, input_tag, split_ref
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
 from builder.package.runtime import warn_about_runtime
-from builder.plan.agent import Base, Plan, base_facts, make_plan
+from builder.plan.agent import Plan, base_facts, make_plan, prepare  # (prepare: --dry-run and tools)
 from builder.plan.dockerfile import check_installer
 from builder.plan.inputs import (added_files, check_cache_dir, check_identity, learn_env_values, log_requirements,
                                  read_ca_bundle, read_split, repository)
@@ -77,20 +78,6 @@ class BuildResult:
         return asdict(self)
 
 
-def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
-            base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None,
-            base_has_uv: bool = True, pip_report: bool = False, tool_pip: bool = False,
-            base_has_runtime: bool = False):
-    """Pure-ish middle of the pipeline (--dry-run, tools): (split, Dockerfile, context, input digest)."""
-    check_identity(pkg.manifest, options)
-    split = split or read_split(pkg, options)
-    base = Base(image=options.base_image or base_image_for(pkg.manifest.python), id=base_id,
-                labels=base_labels or {}, has_venv=base_has_venv, has_uv=base_has_uv, pip_report=pip_report,
-                tool_pip=tool_pip, has_runtime=base_has_runtime)
-    plan = make_plan(pkg, options, base, upstream_url, split, *added_files(pkg, options, split))
-    return split, plan.rendered, plan.context, plan.digest
-
-
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
                 engine: Engine | None = None) -> BuildResult:
     """Build the agent image for SOURCE. Returns a BuildResult or raises PackageLoadError.
@@ -98,19 +85,24 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
     Each build redacts with its own Redactor (its credentials, its .env values):
     nothing it learns reaches the next build in this process.
     """
+    engine = engine or Engine()  # (it connects on its first call: the checks before it ask it nothing)
+    reached: list[str] = []      # the image this build made or reused, once the engine was asked
     with redaction_scope() as redactor:
         if options is not None and options.registry_auth:
             redactor.add_secret(options.registry_auth.get("password"))
-        try:
-            result = _build_image(source, options, engine)
+        try:  # --prune-max-bytes: after every build that reached the engine (not a cancelled one)
+            result = _build_image(source, options, engine, reached)
         except PackageLoadError as err:
+            after_build(engine, options, reached if not isinstance(err, BuildInterruptedError) else [])
             raise err.redacted(redactor) from None
+        after_build(engine, options, reached)
         result.warnings = [redactor(w) for w in result.warnings]
         result.installed = [redactor(p) for p in result.installed]
         return result
 
 
-def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine: Engine | None) -> BuildResult:
+def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine: Engine,
+                 reached: list[str]) -> BuildResult:
     """The stages, in order; each is a function of the values the ones before it settled."""
     if not structlog.is_configured():
         # a library caller that set nothing up gets our redacting logs on stderr,
@@ -119,16 +111,19 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
     options = options or BuildOptions()
     started = time.monotonic()
     deadline = started + options.timeout  # the whole command's: reading the package too, not only the build
-    with open_package(source, options.limits, deadline) as pkg, contextlib.ExitStack() as early:
-        job = _check_inputs(pkg, options, started)
+    with open_package(source, options.limits, deadline) as pkg, contextlib.ExitStack() as early, \
+            contextlib.ExitStack() as held:
+        job = _check_inputs(pkg, options, started, held)
         _lap(job, "check")
         if options.push and remote(job.repo):  # before the engine: a build the push would lose is not started
             from builder.ship.preflight import check_push
             check_push(job.repo, auth=options.registry_auth,
                        option="--repository" if options.repository else "--registry")
             _lap(job, "registry")
-        engine = engine or Engine()  # (it connects on its first call: nothing above asked it anything)
         engine.ping()
+        reached.append("")
+        # what a prune must not take while this build runs (builder/build/usage.py): its repository
+        held.enter_context(job.lease)
         assembled = _in_registry(engine, job)
         if assembled is not None:
             return assembled
@@ -139,6 +134,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
 
         hit, cache_from = _identical_image(engine, job, plan)
         if hit is not None:
+            reached.append(hit.id)
             return _ship(*_reuse(engine, job, plan, hit), engine, job, plan)
         deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
         # every build of this call shares --timeout, with the reading before them
@@ -155,8 +151,10 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
                                                 cache_from, sandbox_early)
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
+            usage.touch_many(options.cache_dir, built.outcome.committed, [job.ref])
             raise agentbuild.failure(built, plan, job.pkg, job.venv)
         agentbuild.add_ready_time(build, built)
+        reached.append(built.outcome.image_id)
         return _ship(*_finish(engine, job, plan, deps, built), engine, job, plan)
 
 
@@ -177,6 +175,8 @@ class _Job:
     replace: dict[str, bytes]
     base_image: str
     cache_tag: str               # the layer cache's moving tag: latest (latest-ARCH for one platform of an index)
+    held: contextlib.ExitStack   # what the build holds until it ends: its lease, the version tag's lock
+    lease: usage.Lease
     laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
     signer: Any = None           # --sign-key, loaded before the engine (builder/ship/sign.py)
 
@@ -187,7 +187,8 @@ def _lap(job: _Job, name: str) -> None:
     job.laps[name] = round(now - sum(job.laps.values()), 3)
 
 
-def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
+def _check_inputs(pkg: Package, options: BuildOptions, started: float,
+                  held: contextlib.ExitStack | None = None) -> _Job:
     m = pkg.manifest
     log.info(events.OPENED, agent=m.name, version=m.version, runtime=m.runtime,
              source=str(pkg.source), kind=pkg.source_kind, files=len(pkg.files))
@@ -217,7 +218,8 @@ def _check_inputs(pkg: Package, options: BuildOptions, started: float) -> _Job:
                 repo=repo, ref=f"{repo}:{platform_tag(m.version, options.platform, options.platform_tags)}",
                 venv=f"{m.name}-{m.version}", upstream=upstream, split=split, added=added, replace=replace,
                 base_image=options.base_image or base_image_for(m.python, options.platform),
-                cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags))
+                cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags),
+                held=held or contextlib.ExitStack(), lease=usage.Lease(repos=[repo]))
 
 
 def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
@@ -288,8 +290,9 @@ def _identical_image(engine: Engine, job: _Job, plan: Plan) -> tuple[Image | Non
 
 
 def _reuse(engine: Engine, job: _Job, plan: Plan, hit: Image) -> tuple[BuildResult, str | None]:
-    kept = guard_tag(job.ref, hit.id, plan.content, job.options)
+    kept = guard_tag(job.ref, hit.id, plan.content, job.options, job.held)
     engine.tag(hit.id, job.ref)
+    usage.touch_used(job.options.cache_dir, hit.id, [job.ref, f"{job.repo}:{input_tag(plan.digest)}"])
     log.info(events.REUSED_IMAGE, image=job.ref, image_id=hit.id, input_digest=plan.digest)
     m = job.pkg.manifest
     return BuildResult(ok=True, image=job.ref, image_id=hit.id, agent={"name": m.name, "version": m.version},
@@ -310,6 +313,7 @@ def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image,
     if not deps or options.nocache:
         return deps, None
     sandbox = None
+    job.lease.add(refs=[deps.ref])  # before it is looked up: a prune from now on keeps it
     if remote(deps.repo) and engine.image(deps.ref) is None:
         # the pull takes seconds: the build's sandbox starts meanwhile (0.3 s saved on an empty runner)
         sandbox = early.enter_context(Sandbox(engine, sandbox_image(engine, job.base_image, options.platform, python)))
@@ -327,10 +331,13 @@ def _finish(engine: Engine, job: _Job, plan: Plan, deps: depsimage.Plan | None,
             built: agentbuild.Built) -> tuple[BuildResult, str | None]:
     """Tag the built image (after the tag guard), remember its fence, and report it."""
     image_id, venv = built.outcome.image_id, job.venv
-    kept = guard_tag(job.ref, image_id, plan.content, job.options)  # before any tag moves
+    kept = guard_tag(job.ref, image_id, plan.content, job.options, job.held)  # before any tag moves
     engine.tag(image_id, job.ref)
     engine.tag(image_id, f"{job.repo}:{input_tag(plan.digest)}")
     remember_stage(engine, built.outcome.lines, built.target.rendered.text, job.repo, job.cache_tag)
+    usage.touch_used(job.options.cache_dir, image_id, [job.ref, f"{job.repo}:{input_tag(plan.digest)}"])
+    if deps and deps.image is not None:
+        usage.touch_used(job.options.cache_dir, deps.image.id, [deps.ref])
     if built.target.fenced:
         remember_fence(job.options.cache_dir, image_id, built.target.fenced, built.outcome.lines)
     cached_names = cached_steps(built.target.rendered, built.outcome.cached)

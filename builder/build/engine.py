@@ -313,6 +313,18 @@ class Engine:
         return [{"id": c["Id"], "labels": c.get("Labels") or {}, "running": c.get("State") == "running"}
                 for c in found]
 
+    def inventory(self) -> tuple[list[dict], set[str]]:
+        """Every image, intermediate ones too ({"id", "parent", "size", "created", "labels", "tags"}),
+        and the ids of the images any container (running or not) uses. Two API calls."""
+        try:
+            images, containers = self.api.images(all=True), self.api.containers(all=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _engine_error(exc, "listing images") from None
+        return ([{"id": i["Id"], "parent": i.get("ParentId") or "", "size": i.get("Size") or 0,
+                  "created": i.get("Created") or 0, "labels": i.get("Labels") or {},
+                  "tags": [t for t in i.get("RepoTags") or [] if t != "<none>:<none>"]} for i in images],
+                {c.get("ImageID") or "" for c in containers})
+
     def kill(self, container_id: str) -> None:
         """SIGKILL; returns once sent (an auto-removed container then goes by itself)."""
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import structlog
@@ -111,7 +112,7 @@ def remember_fence(cache_dir: Path, image_id: str, value: str, lines: list[str])
     path = fence_file(cache_dir, image_id)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # two threads, one image: apart
         tmp.write_text(value)
         tmp.replace(path)
         entries = list(path.parent.iterdir())

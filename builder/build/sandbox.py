@@ -48,6 +48,7 @@ PORT = 3128
 SOCKET_NAME = "index.sock"
 # the longest a sandbox lives (a build's --timeout is far less); after it, any builder may remove it
 LIFETIME_S = 6 * 3600
+DIR_PREFIX = "agent-image-sbx-"  # + pid: the proxy's socket folder on the builder's host
 # test-only: build on the host network with the proxy on the host's loopback,
 # as before the sandbox, so a test (and bench/) can see what the sandbox stops
 HOST_NETWORK_ENV = "AGENT_IMAGE_TEST_HOST_NETWORK"
@@ -103,7 +104,16 @@ def remove_stale(engine: Engine) -> int:
             removed += 1
     if removed:
         log.info("removed build sandboxes left by builders that are gone", count=removed)
+    _remove_stale_dirs()
     return removed
+
+
+def _remove_stale_dirs() -> None:
+    """The socket folders of builders killed mid-build (SIGKILL runs no clean-up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        pid = path.name[len(DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def host_network_requested() -> bool:
@@ -147,7 +157,8 @@ class Sandbox:
             log.warning("building on the host network: the build can reach everything the builder can",
                         switch=HOST_NETWORK_ENV)
             return self
-        self._dir = tempfile.mkdtemp(prefix="agent-image-sbx-")  # 0700: the proxy's socket, for this builder only
+        # 0700: only root and the sandbox; the pid in its name lets remove_stale find a killed builder's
+        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
         self._thread = threading.Thread(target=self._start, name="sandbox-start", daemon=True)
         self._thread.start()
         # sweeping other builders' leftovers is off the build's path; joined at the end

@@ -106,6 +106,7 @@ def cmd_ecs_task_def(args, engine_factory) -> dict:
 
 def cmd_build(args, engine_factory) -> dict:
     from builder.api import BuildOptions, build_image
+    from builder.cli.pruning import budget
     from builder.plan.provenance import provenance
 
     opts = BuildOptions(
@@ -116,7 +117,7 @@ def cmd_build(args, engine_factory) -> dict:
         limits=limits(args), registry_auth=registry_auth(args),
         expect_name=args.expect_name, expect_version=args.expect_version,
         index_page_max_bytes=args.max_index_page_bytes, download_max_bytes=args.max_download_bytes, overwrite=args.overwrite,
-        provenance=provenance(args.source_url, args.revision, os.environ), sign_key=args.sign_key,
+        provenance=provenance(args.source_url, args.revision, os.environ), sign_key=args.sign_key, **budget(args),
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     if args.dry_run:
         return _dry_run(args, opts)
@@ -316,4 +317,9 @@ def cmd_test(args, engine_factory) -> dict:
 
 COMMANDS = {"build": cmd_build, "base": cmd_base, "pull": cmd_pull, "verify": cmd_verify, "run": cmd_run, "doctor": cmd_doctor,
             "ecs-task-def": cmd_ecs_task_def, "rebase": cmd_rebase,
-            "test": cmd_test}
+            "test": cmd_test, "prune": lambda args, engine_factory: _prune(args, engine_factory)}
+
+
+def _prune(args, engine_factory) -> dict:
+    from builder.cli.pruning import cmd_prune
+    return cmd_prune(args, engine_factory)

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from builder import __version__
-from builder.cli import ciout
+from builder.cli import ciout, pruning
 from builder.cli.commands import COMMANDS
 from builder.cli.platformopts import add_platform
 from builder.cli.supplyargs import add_pull, add_sign_key, add_verify, add_verify_key
@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_ecs_task_def(sub)
     _add_test(sub)
+    pruning.add_prune(sub, _add_common)
     top.commands = sub.choices  # each command's parser, for the usage errors argparse cannot see (_check_usage)
     return top
 
@@ -164,6 +165,7 @@ def _add_build(sub) -> None:
     b.add_argument("--max-ratio", type=_positive(int), default=DEFAULT_LIMITS.max_ratio,
                    help=f"highest compression ratio of an entry over 1 MiB (default {DEFAULT_LIMITS.max_ratio})")
     _add_common(b)
+    pruning.add_budget_options(b)
     _add_ecs(b)
 
 

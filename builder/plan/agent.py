@@ -95,3 +95,19 @@ def from_deps(pkg: Package, options: BuildOptions, plan: Plan, deps_image_id: st
         rendered = package_on_host(rendered, options.host_deps_image) or rendered
     files = {"Dockerfile": rendered.text.encode(), **plan.added}
     return rendered, files, build_context(pkg.root, files, exclude=kept_out(pkg, options), replace=dict(plan.replace))
+
+
+def prepare(pkg: Package, options: BuildOptions, upstream_url: str, base_id: str, *,
+            base_has_venv: bool = True, split: Split | None = None, base_labels: dict[str, str] | None = None,
+            base_has_uv: bool = True, pip_report: bool = False, tool_pip: bool = False,
+            base_has_runtime: bool = False):
+    """Pure-ish middle of the pipeline (--dry-run, tools): (split, Dockerfile, context, input digest)."""
+    from builder.core.defaults import base_image_for
+    from builder.plan.inputs import added_files, check_identity, read_split
+    check_identity(pkg.manifest, options)
+    split = split or read_split(pkg, options)
+    base = Base(image=options.base_image or base_image_for(pkg.manifest.python), id=base_id,
+                labels=base_labels or {}, has_venv=base_has_venv, has_uv=base_has_uv, pip_report=pip_report,
+                tool_pip=tool_pip, has_runtime=base_has_runtime)
+    plan = make_plan(pkg, options, base, upstream_url, split, *added_files(pkg, options, split))
+    return split, plan.rendered, plan.context, plan.digest

@@ -39,3 +39,5 @@ class BuildOptions:
     platform: str | None = None             # linux/amd64 | linux/arm64 (None: the host's), builder/core/platforms.py
     platform_tags: bool = False             # tag VERSION-ARCH and latest-ARCH (one platform of a multi-platform push)
     host_deps_image: str = ""               # the host CPU's dependency image of the same build (plan/cross.py)
+    prune_max_bytes: int | None = None      # after the build, prune what agent-image keeps to this (build.prune)
+    prune_scope: tuple[str, ...] = ()       # ... only images whose references start with these

@@ -4,6 +4,8 @@ image. ``result`` is the api's BuildResult (read and filled by its field names).
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 
 from builder.build import depsimage
@@ -26,11 +28,19 @@ def add_runtime(result, manifest: Manifest) -> None:
         result.warnings.insert(0, warning)
 
 
-def guard_tag(ref: str, image_id: str, content: str, options: BuildOptions) -> str | None:
-    """Version tags are immutable (builder/ship/pushpull.py guard_tag), checked before any tag moves."""
-    if not options.push or options.overwrite or not remote(ref.rsplit(":", 1)[0]):
+def guard_tag(ref: str, image_id: str, content: str, options: BuildOptions,
+              held: contextlib.ExitStack | None = None) -> str | None:
+    """Version tags are immutable (builder/ship/pushpull.py guard_tag), checked before any tag moves.
+    With HELD, the check and the push are one step on this machine: the tag's lock is held until
+    HELD closes (the build's end)."""
+    if not options.push or not remote(ref.rsplit(":", 1)[0]):
         return None
     from builder.ship.pushpull import guard_tag as guard
+    from builder.ship.pushpull import tag_lock
+    if held is not None:
+        held.enter_context(tag_lock(ref))
+    if options.overwrite:
+        return None
     return guard(ref, image_id=image_id, content=content, auth=options.registry_auth)
 
 
@@ -39,13 +49,14 @@ def push(result, kept: str | None, engine: Engine, options: BuildOptions) -> Non
     its dependency image (a manifest by then: its layers went with the agent's)."""
     if not options.push:
         return
-    from builder.ship.pushpull import push_image
+    from builder.ship.pushpull import push_or_keep
     if kept:
         result.digest_ref, result.tag_kept = kept, True
-    else:
-        result.digest_ref = push_image(engine, result.image, input_digest=result.input_digest,
-                                       auth=options.registry_auth,
-                                       cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags))
+    else:  # (an immutable registry may refuse: the tag holds this content, kept, or another, refused)
+        result.digest_ref, result.tag_kept = push_or_keep(
+            engine, result.image, image_id=result.image_id, input_digest=result.input_digest,
+            auth=options.registry_auth, overwrite=options.overwrite,
+            cache_tag=platform_tag(CACHE_TAG, options.platform, options.platform_tags))
     # after the agent: its layers are there now, so this is a manifest, for the next runner to find
     if result.deps_image and result.deps_origin != "pulled" and remote(split_ref(result.deps_image)[0]):
         try:

@@ -10,18 +10,37 @@ from builder.build.engine import Engine
 from builder.core import events
 from builder.build.image import Image
 from builder.build.reuse import remote
-from builder.core.errors import ImageVerificationError, PlatformMissingError, TagExistsError
+from builder.core.errors import ImageVerificationError, PlatformMissingError, RegistryError, TagExistsError
+from builder.core.filelock import key_lock, locked
+from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, CONTENT_LABEL
 from builder.core.platforms import arch
-from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
 from builder.core.refs import CACHE_TAG, input_tag, split_ref
 from builder.core.retry import with_retries
 
 log = structlog.get_logger("agent_image.registry")
 
 
+def tag_lock(ref: str):
+    """The version tag's lock on this machine: check-then-push is one step for every builder here
+    (threads and processes alike, whatever their --cache-dir)."""
+    return locked(key_lock("tags", ref))
+
+
+def tag_refused(text: str) -> bool:
+    """Does a registry's push error say the tag is immutable and taken? ECR's ImageTagAlreadyExistsException
+    ("tag invalid: The image tag '1.0' already exists in the 'x' repository and cannot be overwritten because
+    the repository is immutable"), Harbor's and Artifactory's immutable-tag refusals."""
+    low = text.lower()
+    return ("imagetagalreadyexists" in low or ("already exists" in low and "cannot be overwritten" in low)
+            or ("immutable" in low and ("tag" in low) and ("overwrit" in low or "denied" in low or "refus" in low)))
+
+
 def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, retries: int = 3,
                auth: dict | None = None, cache_tag: str = CACHE_TAG) -> str:
-    """Push REF (and its input-digest tag); return REPO@sha256:... pinned by digest."""
+    """Push REF (and its input-digest tag); return REPO@sha256:... pinned by digest. A registry that
+    refuses to move an immutable tag raises TagExistsError (the caller decides whether it holds this
+    content); a registry that moves it anyway is read back, so a race with another runner that pushed
+    other content in between is reported, not hidden."""
     repo, _ = split_ref(ref)
     # VERSION, the input-digest tag (no-op builds find it), and latest (the
     # layer cache an empty CI runner starts from)
@@ -31,11 +50,48 @@ def push_image(engine: Engine, ref: str, *, input_digest: str | None = None, ret
     for target in refs:
         if image is not None and target != ref:
             engine.tag(image.id, target)
-        d = with_retries(lambda: engine.push(target, auth=auth), doing="push", attempts=retries, image=target)
+        try:
+            d = with_retries(lambda: engine.push(target, auth=auth), doing="push", attempts=retries, image=target)
+        except RegistryError as exc:
+            if target == ref and tag_refused(str(exc)):
+                raise TagExistsError(f"{ref}: the registry refused to move the tag ({str(exc)[:300]})",
+                                     field="metadata.version", hint="Bump metadata.version in agent.yaml.") from None
+            raise
+        if target == ref:
+            read_back(ref, d, auth, image.labels.get(CONTENT_LABEL) if image is not None else None)
         digest = digest or d
     pinned = f"{repo}@{digest}"
     log.info(events.PUSHED, image=ref, digest_ref=pinned)
     return pinned
+
+
+def push_or_keep(engine: Engine, ref: str, *, image_id: str, input_digest: str | None, auth: dict | None,
+                 overwrite: bool = False, cache_tag: str = CACHE_TAG) -> tuple[str, bool]:
+    """push_image; when the registry refuses to move the version tag (immutable), the tag is read:
+    this content already there is (its digest ref, kept=True), other content is TagExistsError."""
+    try:
+        return push_image(engine, ref, input_digest=input_digest, auth=auth, cache_tag=cache_tag), False
+    except TagExistsError:
+        image = engine.image(image_id)
+        kept = None if overwrite else guard_tag(ref, image_id=image_id, auth=auth,
+                                                content=image.labels.get(CONTENT_LABEL, "") if image else "")
+        if kept is None:
+            raise
+        return kept, True
+
+
+def read_back(ref: str, pushed: str, auth: dict | None, content: str | None) -> None:
+    """After the version tag's push: it must hold what was pushed (or the same content). Another
+    runner's push of other content between this builder's check and its push shows here (when it
+    came before the read)."""
+    held = remote_image(ref, auth=auth)
+    if held is None or held[0].endswith(pushed) or (content and held[1].get(CONTENT_LABEL) == content):
+        return
+    raise TagExistsError(f"{ref} holds {held[0].split('@', 1)[1]} (content {held[1].get(CONTENT_LABEL, 'unknown')}) "
+                         f"right after this builder pushed {pushed}: another runner pushed the same version at the "
+                         "same time", field="metadata.version",
+                         hint="Two uploads of one version raced on a registry without immutable tags: check which "
+                              "content the tag should hold, then bump metadata.version (or --overwrite).")
 
 
 def verify_labels(labels: dict[str, str], *, ref: str, name: str | None, version: str | None) -> None:
@@ -113,7 +169,6 @@ def guard_tag(ref: str, *, image_id: str, content: str, auth: dict | None = None
     (its content-digest label), return its digest ref and push nothing (a retry on
     another runner, whose bytes differ, keeps what is there); when it holds other
     content, TagExistsError. None: the tag is free."""
-    from builder.core.labels import CONTENT_LABEL
     held = remote_image(ref, auth=auth)
     if held is None:
         return None

@@ -1,0 +1,302 @@
+"""A runner that builds for hours: `.venv/bin/python bench/soak.py [--builds 200] [--lanes 4] [--agents 40]`.
+
+Two phases, side by side in one run, each from a cold start (its own private
+base, download cache, registry prefix and lease-free engine state):
+
+1. one lane doing BUILDS/2 builds (the reference);
+2. LANES lanes doing BUILDS builds, one `agent-image build` process per build.
+
+Every build pushes to a local registry (Debian's docker-registry) from a local
+index (pypiserver), with `--prune-max-bytes BUDGET --prune-scope` this run's
+prefix. Agents change their code every build and their requirement lines every
+third build; some fail on purpose (a requirement the index lacks), some are
+cancelled with SIGINT mid-build, one builder is killed with SIGKILL mid-build.
+
+Reports: builds per hour, failures by class (expected and unexpected), what is
+left over (containers, sandboxes, volumes, temp folders, .part files, sockets,
+leases), disk (the scope's images and the cache folder) at start and end, the
+median build time of the last 20 builds against the first 20, and the ratio of
+phase 2's wall time to phase 1's. Writes bench/soak-results.json. Touches only
+images, containers and files named with its own prefix (ai27-soak-RUN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+
+from builder.build.engine import Engine  # noqa: E402
+from builder.build.prune import Policy, cache_files, prune  # noqa: E402
+from builder.build.usage import LEASE_DIR  # noqa: E402
+from builder.core.defaults import base_image_for  # noqa: E402
+from builder.core.labels import SANDBOX_LABEL  # noqa: E402
+from tests.support.index import fill_wheelhouse, start_index  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.packages import make_agent  # noqa: E402
+from tests.support.registry import Registry  # noqa: E402
+
+BIN = Path(sys.executable).parent
+DEPS_SETS = [["tinyreq==1.0"], ["tinyreq==1.1"], ["tinydep==1.0"], ["sharedlib==1.0", "tinyreq==1.0"],
+             ["requests==2.32.3"], ["structlog==24.4.0"], ["requests==2.32.3", "structlog==24.4.0"], []]
+
+
+def job_list(n: int, agents: int, prefix: str, kill_at: int | None) -> list[dict]:
+    jobs = []
+    for j in range(n):
+        i, rev = j % agents, j // agents
+        lines = DEPS_SETS[(i + rev // 3) % len(DEPS_SETS)]
+        fails = i % 10 == 7
+        if fails:
+            lines = lines + ["ai27-no-such-package==1.0"]
+        signal_ = "SIGKILL" if j == kill_at else "SIGINT" if j % 20 == 11 else None
+        jobs.append({"n": j, "agent": f"{prefix}-a{i}", "rev": rev, "lines": lines, "expect_fail": fails,
+                     "signal": signal_})
+    return jobs
+
+
+class Soak:
+    def __init__(self, tmp: Path, index_url: str, registry: str, budget: int, run: str) -> None:
+        self.tmp, self.index_url, self.registry, self.budget, self.run = tmp, index_url, registry, budget, run
+        self.client = docker.from_env()
+        self.engine = Engine()
+        self.pids: list[int] = []
+        self.lock = threading.Lock()
+
+    def private_base(self, phase: str) -> str:
+        """The shared base plus one LABEL: its own image id, so the layer cache chains are this phase's."""
+        tag = f"{self.run}-base/py3.11:{phase}"
+        self.client.images.build(fileobj=io.BytesIO(
+            f'FROM {base_image_for("3.11")}\nLABEL io.agent-image.soak="{self.run}-{phase}"\n'.encode()),
+            tag=tag, rm=True)
+        return tag
+
+    def one(self, job: dict, base: str, cache: Path, scope: str) -> dict:
+        folder = self.tmp / "jobs" / f"{scope.rstrip('/').rsplit('/', 1)[-1]}-{job['n']}"
+        agent = make_agent(folder, job["agent"], version=f"0.1.{job['rev']}",
+                           requirements="\n".join(job["lines"]) + "\n" if job["lines"] else None)
+        main = agent / "src" / "main.py"
+        main.write_text(main.read_text() + f"\nREVISION = {job['rev']}\n")
+        cmd = [str(BIN / "agent-image"), "build", str(agent), "--json", "--progress", "json",
+               "--index-url", self.index_url, "--registry", scope.rstrip("/"), "--push", "--base-image", base,
+               "--cache-dir", str(cache), "--prune-max-bytes", str(self.budget), "--prune-scope", scope,
+               "--timeout", "600"]
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with self.lock:
+            self.pids.append(proc.pid)
+        if job["signal"]:
+            threading.Timer(2.5 if job["signal"] == "SIGKILL" else 1.5,
+                            lambda: proc.poll() is None and proc.send_signal(getattr(signal, job["signal"]))).start()
+        out, err = proc.communicate()
+        took = time.monotonic() - started
+        try:
+            res = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            res = {"ok": False, "error": {"class": "killed" if proc.returncode == -9 else
+                                          "interrupted" if proc.returncode == 130 else "no-json"}}
+        cls = None if res.get("ok") else res["error"]["class"]
+        expected = (cls is None or (job["expect_fail"] and cls in ("DependencyNotFoundError", "VersionNotFoundError"))
+                    or (job["signal"] == "SIGINT" and cls in ("BuildInterruptedError", "interrupted"))
+                    or (job["signal"] == "SIGKILL" and cls == "killed"))
+        return {"n": job["n"], "agent": job["agent"], "rev": job["rev"], "code": proc.returncode, "class": cls,
+                "expected": bool(expected), "signal": job["signal"], "seconds": round(took, 2),
+                "cached": res.get("cached"), "deps_origin": res.get("deps_origin"),
+                "stderr_tail": "" if expected else err[-1500:]}
+
+    def phase(self, name: str, builds: int, lanes: int, agents: int, kill: bool, until: float | None = None) -> dict:
+        base = self.private_base(name)
+        cache = self.tmp / f"cache-{name}"
+        scope = f"{self.registry}/{self.run}-{name}/"
+        jobs = job_list(builds, agents, f"{self.run}-{name}", builds // 2 + 1 if kill else None)
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        results: list[dict] = []
+        peak: list[int] = []
+        disk_start = self.disk(cache, scope)
+
+        def lane() -> None:
+            while until is None or time.time() < until:
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                r = self.one(job, base, cache, scope)
+                with self.lock:
+                    results.append(r)
+                    done = len(results)
+                if done % 5 == 0:  # the scope's bytes between builds: the budget must hold all along
+                    peak.append(self.disk(cache, scope)["scope_bytes"])
+                if done % 10 == 0 or not r["expected"]:
+                    print(f"  [{name}] {done}/{builds} last {r['agent']} {r['class'] or 'ok'} {r['seconds']}s",
+                          flush=True)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=lane) for _ in range(lanes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - started
+        time.sleep(2)  # auto-removed sandboxes go a moment after their kill
+        # the killed builder's leftovers are swept by the next build; after the last build, by this prune
+        prune(self.engine, cache, Policy(max_bytes=self.budget, scope=(scope,)))
+        out = self.report(name, builds, lanes, wall, results, cache, scope, disk_start, base)
+        out["disk_samples"], out["disk_max_bytes"] = peak, max(peak, default=0)
+        out["stopped_early"] = len(results) < builds  # --until came first: the rates are over what ran
+        out["builds"] = len(results)
+        out["builds_per_hour"] = round(len(results) / wall * 3600)
+        return out
+
+    def disk(self, cache: Path, scope: str) -> dict:
+        out = prune(self.engine, cache, Policy(max_bytes=None, scope=(scope,)), dry_run=True)
+        files = sum(i.bytes for i in cache_files(cache)) if cache.is_dir() else 0
+        total = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
+        reg = self.tmp / "registry" / "data"  # not budgeted (the registry's own retention): reported
+        pushed = sum(f.stat().st_size for f in reg.rglob("*") if f.is_file()) if reg.is_dir() else 0
+        st = os.statvfs(tempfile.gettempdir())
+        return {"scope_bytes": out.usage_before, "images_bytes": out.usage_before - files, "cache_dir_bytes": total,
+                "registry_bytes": pushed, "host_fs_used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize}
+
+    def leftovers(self, cache: Path, scope: str) -> dict:
+        pids = set(self.pids)
+        sandboxes = [c for c in self.client.api.containers(all=True, filters={"label": SANDBOX_LABEL})
+                     if int(c["Labels"].get(f"{SANDBOX_LABEL}.pid", "0")) in pids]
+        ours = {i["Id"] for i in self.client.api.images(all=True)
+                if any(t.startswith(scope) for t in i.get("RepoTags") or [])}
+        containers = [c for c in self.client.api.containers(all=True) if c.get("ImageID") in ours]
+        tmpdirs = [p for p in Path(tempfile.gettempdir()).glob("agent-image-sbx-*")
+                   if p.name.split("-")[3].isdigit() and int(p.name.split("-")[3]) in pids]
+        parts = list((cache / "downloads" / "v2" / "tmp").glob("*")) if cache.is_dir() else []
+        sockets = [p for d in tmpdirs for p in d.rglob("*") if p.is_socket()]
+        leases = [p for p in LEASE_DIR.glob("*.json") if int(p.name.split("-")[0]) in pids]
+        volumes = [v["Name"] for v in (self.client.api.volumes().get("Volumes") or [])
+                   if self.run in v["Name"] or any(self.run in str(x) for x in (v.get("Labels") or {}).values())]
+        return {"containers": len(containers), "sandboxes": len(sandboxes), "volumes": len(volumes),
+                "temp_folders": len(tmpdirs), "part_files": len(parts), "sockets": len(sockets),
+                "leases": len(leases)}
+
+    def report(self, name, builds, lanes, wall, results, cache, scope, disk_start, base) -> dict:
+        results.sort(key=lambda r: r["n"])
+        ok = [r for r in results if r["class"] is None]
+        by_class: dict[str, dict[str, int]] = {"expected": {}, "unexpected": {}}
+        for r in results:
+            if r["class"]:
+                side = by_class["expected" if r["expected"] else "unexpected"]
+                side[r["class"]] = side.get(r["class"], 0) + 1
+        first, last = [r["seconds"] for r in ok[:20]], [r["seconds"] for r in ok[-20:]]
+        return {"phase": name, "builds": builds, "lanes": lanes, "wall_s": round(wall, 1),
+                "builds_per_hour": round(builds / wall * 3600), "ok": len(ok), "failures": by_class,
+                "unexpected": [r for r in results if not r["expected"]],
+                "median_first20_s": statistics.median(first) if first else None,
+                "median_last20_s": statistics.median(last) if last else None,
+                "disk_start": disk_start, "disk_end": self.disk(cache, scope), "budget_bytes": self.budget,
+                "leftovers": self.leftovers(cache, scope), "results": results}
+
+    def cleanup(self) -> None:
+        """Every image under this run's prefixes (and the private bases), nothing else."""
+        for image in self.client.api.images():
+            refs = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])  # pulled: digests too
+            if any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/") for r in refs):
+                try:
+                    self.client.api.remove_image(image["Id"], force=True)
+                except docker.errors.APIError:
+                    pass
+
+
+def machine() -> dict:
+    return {"host": socket.gethostname(), "cpus": os.cpu_count(), "load_at_start": os.getloadavg(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--builds", type=int, default=200, help="builds in the many-lane phase (default 200)")
+    ap.add_argument("--lanes", type=int, default=4, help="lanes in the many-lane phase (default 4)")
+    ap.add_argument("--agents", type=int, default=40, help="different agents (default 40)")
+    ap.add_argument("--budget", default="40M", help="--prune-max-bytes for every build (default 40M)")
+    ap.add_argument("--reference-builds", type=int, help="builds in the one-lane phase (default builds/2; 0: skip)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "soak-results.json")
+    ap.add_argument("--many-first", action="store_true", help="run the many-lane phase first")
+    ap.add_argument("--until", metavar="HH:MM", help="start no build after this UTC time (a phase stopped early "
+                                                      "reports what ran; the ratio then compares rates)")
+    args = ap.parse_args()
+    from builder.core.units import parse_bytes
+    run = f"ai27-soak-{time.strftime('%H%M%S')}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{run}-"))
+    info = machine()
+    index = start_index(tmp / "index", fill_wheelhouse(tmp / "house", tmp / "src"))
+    (tmp / "registry").mkdir()
+    reg = Registry(tmp / "registry", free_port())
+    reg.start()
+    soak = Soak(tmp, index.url_for("alice"), reg.host, parse_bytes(args.budget), run)
+    phases: list[dict] = []
+    until = None
+    if args.until:
+        hh, mm = map(int, args.until.split(":"))
+        t = time.gmtime()
+        until = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, hh, mm, 0, 0, 0, 0)) - time.timezone
+    ref = args.builds // 2 if args.reference_builds is None else args.reference_builds
+    plan = [("one", ref, 1, False)] if ref else []
+    plan.append(("many", args.builds, args.lanes, True))
+    if args.many_first:
+        plan.reverse()
+    try:
+        for name, n, lanes, kill in plan:
+            print(f"phase {name}: {n} builds in {lanes} lane(s)", flush=True)
+            phases.append(soak.phase(name, n, lanes, args.agents, kill=kill, until=until))
+            args.out.write_text(json.dumps({"machine": info, "command": " ".join(sys.argv), "phases": phases}))
+    finally:
+        info["load_at_end"] = os.getloadavg()
+        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        soak.cleanup()
+        index.stop()
+        reg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    phases.sort(key=lambda p: p["lanes"])
+    one, many = (phases + [None, None])[:2]
+    ratio = None
+    if one and many:  # the many-lane phase's time for its builds over the one lane's for its own
+        ratio = (many["wall_s"] / many["builds"]) / (one["wall_s"] / one["builds"]) * (
+            args.builds / (ref or 1)) if (one["stopped_early"] or many["stopped_early"]) else \
+            many["wall_s"] / one["wall_s"]
+    out = {"machine": info, "command": " ".join(sys.argv), "phases": phases, "ratio_many_vs_one": ratio,
+           "ratio_from_rates": bool(one and many and (one["stopped_early"] or many["stopped_early"]))}
+    args.out.write_text(json.dumps(out, indent=1))
+    for p in phases:
+        print(f"\n{p['phase']}: {p['builds']} builds, {p['lanes']} lane(s), {p['wall_s']} s, {p['builds_per_hour']}/h, "
+              f"ok {p['ok']}, failures {p['failures']}")
+        print(f"  median build s: first 20 {p['median_first20_s']}, last 20 {p['median_last20_s']}")
+        print(f"  disk: start {p['disk_start']}, end {p['disk_end']}, budget {p['budget_bytes']}, "
+              f"largest sample {p['disk_max_bytes']}")
+        print(f"  leftovers: {p['leftovers']}")
+        for r in p["unexpected"][:5]:
+            print(f"  UNEXPECTED {r['agent']} rev {r['rev']}: {r['class']} (exit {r['code']})\n{r['stderr_tail'][-600:]}")
+    if ratio:
+        est = " (from the rates: a phase stopped early)" if one["stopped_early"] or many["stopped_early"] else ""
+        print(f"\nwall time: {many['lanes']} lanes x {args.builds} builds / 1 lane x {ref} builds = {ratio:.2f}"
+              f"{est} (goal < 2)")
+    print(f"machine: {info}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
