@@ -2,7 +2,7 @@
 
 ``Engine`` offers keyword-only verbs (build, image, tag, push, pull, run) and returns neutral values
 (``Image``, ``BuildOutcome``); nothing else imports docker-py. Engine failures become ``EngineError``
-or ``RegistryError`` here, once (their words: builder/build/engineerrors.py).
+or ``RegistryError`` here, once (their words, and the pure parts: builder/build/engineparts.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.api.client import APIClient
 
-from builder.build.engineerrors import SSH_HINT, engine_error, pull_error, registry_hint, shutdown_response
+from builder.build.engineparts import (SSH_HINT, engine_error, first_file, inventory_rows, pull_error,
+                                      registry_hint, shutdown_response)
 from builder.build.image import Image, image_from
 from builder.build.stream import BuildOutcome, consume, rejoin_lines
 from builder.core.errors import (BaseImageMissingError, BuildInterruptedError, BuildTimeoutError, EngineError,
@@ -36,11 +37,8 @@ _STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExce
 
 
 class _CancellableAPIClient(APIClient):
-    """APIClient that remembers each thread's streaming response.
-
-    docker-py's build generator cannot be closed from another thread, but its
-    socket can be shut down, which makes the engine cancel the build.
-    """
+    """APIClient that remembers each thread's streaming response: docker-py's build generator cannot be
+    closed from another thread, but its socket can be shut down, which makes the engine cancel the build."""
 
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
@@ -65,8 +63,7 @@ class Engine:
     """The container engine, through docker-py. One instance per process is fine."""
 
     def __init__(self, base_url: str | None = None, *, api_timeout: float = 120.0) -> None:
-        # no connection yet: the checks before a build must not depend on the engine
-        # (version="auto" asks the daemon), so the first real call connects
+        # no connection yet (version="auto" asks the daemon): the checks before a build need no engine
         self._base_url, self._api_timeout = base_url, api_timeout
         self._api: _CancellableAPIClient | None = None
         self._connecting = threading.Lock()
@@ -276,11 +273,9 @@ class Engine:
             raise EngineError(f"starting {image} failed: {redact(exc.explanation or str(exc))}") from None
 
     def start_attached(self, image: str, *, command: list[str], labels: dict[str, str]) -> tuple[str, Any, Any]:
-        """Start IMAGE running COMMAND with only its own loopback (``--network none``), a read-only
-        root, no capabilities, nothing mounted, auto-removed when it exits, stdin and stdout attached
-        before it starts (works wherever DOCKER_HOST points). Return the container id, the attach socket
-        (raw stdin in, docker's multiplexed stdout out; closing it closes the container's stdin) and a
-        handle to keep while it is used."""
+        """IMAGE running COMMAND: ``--network none``, read-only, no capabilities, no mounts, auto-removed,
+        stdin/stdout attached before it starts (any DOCKER_HOST). Returns (id, the attach socket: raw stdin
+        in, docker's multiplexed stdout out, and a handle to keep while it is used)."""
         try:
             host_config = self.api.create_host_config(
                 network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
@@ -319,11 +314,8 @@ class Engine:
         try:
             images, containers = self.api.images(all=True), self.api.containers(all=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _engine_error(exc, "listing images") from None
-        return ([{"id": i["Id"], "parent": i.get("ParentId") or "", "size": i.get("Size") or 0,
-                  "created": i.get("Created") or 0, "labels": i.get("Labels") or {},
-                  "tags": [t for t in i.get("RepoTags") or [] if t != "<none>:<none>"]} for i in images],
-                {c.get("ImageID") or "" for c in containers})
+            raise engine_error(exc, "listing images") from None
+        return inventory_rows(images, containers)
 
     def kill(self, container_id: str) -> None:
         """SIGKILL; returns once sent (an auto-removed container then goes by itself)."""
@@ -374,7 +366,6 @@ class Engine:
     def read_file(self, image: str, path: str, *, max_bytes: int = 1 << 20) -> bytes | None:
         """One small file of IMAGE (None when it has none): a created, never started container's
         archive, so nothing of the image runs (the SBOM's listing: builder/ship/sbom.py)."""
-        import tarfile
         try:
             cid = self.api.create_container(image, command=["true"], entrypoint=[],
                                             host_config=self.api.create_host_config(network_mode="none"))["Id"]
@@ -389,10 +380,7 @@ class Engine:
                 self.api.remove_container(cid, force=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_error(exc, f"reading {path} from {image}") from None
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            member = next((m for m in tar.getmembers() if m.isfile()), None)
-            fh = tar.extractfile(member) if member else None
-            return fh.read(max_bytes) if fh else None
+        return first_file(data, max_bytes)
 
     def logs(self, container_id: str, tail: int = 50) -> str:
         return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")

@@ -1,9 +1,11 @@
-"""What engine.py says when the engine or a registry fails, and how it cuts a stream: pure
-(no docker-py), so the engine module keeps to the verbs."""
+"""The engine seam's pure parts (no docker-py), so builder/build/engine.py keeps to the verbs: what
+it says when the engine or a registry fails, how it cuts a stream, how it reads what the API answers."""
 
 from __future__ import annotations
 
+import io
 import socket
+import tarfile
 
 from builder.core.errors import EngineError, PlatformMissingError, RegistryError
 from builder.core.redact import redact
@@ -46,3 +48,19 @@ def registry_hint(text: str) -> str:
     if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
         return "The registry is unreachable: check the address and that it is running, then retry."
     return "Check the registry address and its logs, then retry."
+
+
+def inventory_rows(images: list[dict], containers: list[dict]) -> tuple[list[dict], set[str]]:
+    """The API's image and container lists as Engine.inventory answers them."""
+    return ([{"id": i["Id"], "parent": i.get("ParentId") or "", "size": i.get("Size") or 0,
+              "created": i.get("Created") or 0, "labels": i.get("Labels") or {},
+              "tags": [t for t in i.get("RepoTags") or [] if t != "<none>:<none>"]} for i in images],
+            {c.get("ImageID") or "" for c in containers})
+
+
+def first_file(archive: bytes, max_bytes: int) -> bytes | None:
+    """The first regular file of a tar archive (get_archive's answer), at most MAX_BYTES."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = next((m for m in tar.getmembers() if m.isfile()), None)
+        fh = tar.extractfile(member) if member else None
+        return fh.read(max_bytes) if fh else None
