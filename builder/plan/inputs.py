@@ -194,14 +194,3 @@ def added_files(pkg: Package, options: BuildOptions, split: Split) -> tuple[dict
             generated[f".agent-image/deps/{name}"] = proxied_requirements(written_as_read_text(text, name),
                                                                           hosts).encode()
     return generated, proxied
-
-
-def learn_env_values(pkg: Package, paths: list[str]) -> None:
-    """This build's redactor hides the values of the package's .env files; a value
-    the package shows itself (agent.yaml, requirements, setup files) is no secret."""
-    public = "\n".join((pkg.root / rel).read_text(encoding="utf-8", errors="replace")
-                       for rel in ("agent.yaml", *PACKAGING_FILES)
-                       if (pkg.root / rel).is_file() and not pkg.kept_out(rel))
-    redactor = current_redactor()
-    for value in env_values(pkg.root, paths):
-        redactor.add_value(value, public)
