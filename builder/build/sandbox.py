@@ -108,9 +108,17 @@ def remove_stale(engine: Engine) -> int:
     return removed
 
 
+def _socket_parent() -> str:
+    """Where the proxy's socket folder goes: TMPDIR, unless its path is so deep that the socket's
+    would pass AF_UNIX's 107 bytes (then /tmp)."""
+    base = tempfile.gettempdir()
+    longest = os.path.join(base, f"{DIR_PREFIX}{os.getpid()}-xxxxxxxx", SOCKET_NAME)
+    return base if len(longest.encode()) <= 100 else "/tmp"
+
+
 def _remove_stale_dirs() -> None:
     """The socket folders of builders killed mid-build (SIGKILL runs no clean-up)."""
-    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+    for path in {*Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"), *Path("/tmp").glob(f"{DIR_PREFIX}*-*")}:
         pid = path.name[len(DIR_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -158,7 +166,7 @@ class Sandbox:
                         switch=HOST_NETWORK_ENV)
             return self
         # 0700: only root and the sandbox; the pid in its name lets remove_stale find a killed builder's
-        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
+        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=_socket_parent())
         self._thread = threading.Thread(target=self._start, name="sandbox-start", daemon=True)
         self._thread.start()
         # sweeping other builders' leftovers is off the build's path; joined at the end

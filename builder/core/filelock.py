@@ -11,12 +11,12 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
-# machine-wide, not per cache folder: two builders with different --cache-dir still meet here
-LOCK_DIR = Path(os.environ.get("AGENT_IMAGE_LOCK_DIR", Path(tempfile.gettempdir()) / "agent-image-locks"))
+# machine-wide, not per cache folder or TMPDIR: two builders with different --cache-dir or TMPDIR
+# still meet here (/tmp, not tempfile.gettempdir(), which follows each process's TMPDIR)
+LOCK_DIR = Path(os.environ.get("AGENT_IMAGE_LOCK_DIR", "/tmp/agent-image-locks"))
 
 
 @contextlib.contextmanager
