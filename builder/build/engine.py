@@ -376,8 +376,8 @@ class Engine:
                 data = b"".join(stream)
             except docker.errors.NotFound:
                 return None
-            finally:
-                self.api.remove_container(cid, force=True)
+            finally:  # v: the anonymous volume an image's VOLUME gave it (agent images: /tmp)
+                self.api.remove_container(cid, force=True, v=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_error(exc, f"reading {path} from {image}") from None
         return first_file(data, max_bytes)

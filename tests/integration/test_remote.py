@@ -317,5 +317,5 @@ def test_build_push_and_run_on_a_remote_tls_engine(dind_tls, remote_registry, in
         with urllib.request.urlopen(served["url"] + "/health", timeout=10) as resp:
             assert resp.status == 200
     finally:
-        dind_tls.docker("rm", "-f", served["container"], check=False)
+        dind_tls.docker("rm", "-f", "-v", served["container"], check=False)  # -v: its /tmp volume
     assert leftovers(dind_tls) == []
