@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -29,9 +27,8 @@ from builder.core.defaults import base_image_for
 from builder.core.labels import SANDBOX_LABEL
 from tests.support.cli import AGENT_IMAGE
 from tests.support.dind import DindNetwork, RemoteEngine, make_certs
-from tests.support.hostile import hostile_code, requests_to_try
+from tests.support.hostile import hostile_agent, hostile_index, requests_to_try
 from tests.support.hosts import Counting
-from tests.support.index import start_index
 from tests.support.net import free_port
 from tests.support.registry import Registry
 
@@ -174,23 +171,9 @@ def test_hostile_build_on_a_remote_engine_reaches_only_the_proxy(dind, tmp_path,
         targets.append("151.101.0.223:443")
     cfg = {"env_name": "AGENT_IMAGE_CANARY", "canary_path": str(canary_path), "targets": targets,
            "requests": requests_to_try(str(canary_path), outer[0].port)}
-    src = tmp_path / "hostiledep-1.0"
-    (src / "hostiledep").mkdir(parents=True)
-    (src / "hostiledep" / "__init__.py").write_text("")
-    (src / "setup.py").write_text(hostile_code("dep", cfg) + "from setuptools import setup\n"
-                                  "setup(name='hostiledep', version='1.0', packages=['hostiledep'])\n")
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
-                   cwd=src, check=True, capture_output=True, env={**os.environ, "HOSTILE_SKIP": "1"})
-    house = tmp_path / "house"
-    shutil.copytree(wheelhouse, house)
-    for sdist in (tmp_path / "sdist").glob("hostiledep-*"):
-        shutil.copy(sdist, house)
-    index = start_index(tmp_path / "index", house)
+    index = hostile_index(tmp_path, wheelhouse, cfg)
     try:
-        agent = agent_factory("hostile-agent", requirements="hostiledep==1.0\ntinyreq==1.0\n")
-        (agent / "setup.py").write_text(
-            hostile_code("agent", cfg) + "from setuptools import setup\n"
-            "setup(name='hostile-agent', version='0.1.0', packages=['src'], package_dir={'': '.'})\n")
+        agent = hostile_agent(agent_factory, cfg)
         proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "-v", "--no-cache",
                                "--index-url", index.url_for("alice"), "--repository", "ai29-remote/hostile",
                                "--cache-dir", str(tmp_path / "cache")],

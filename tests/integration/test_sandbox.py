@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -28,9 +26,8 @@ import pytest
 from builder.core.labels import SANDBOX_LABEL as LABEL
 from tests.support.cli import AGENT_IMAGE
 from tests.support.engine import image_holds
-from tests.support.hostile import hostile_code, requests_to_try
+from tests.support.hostile import hostile_agent, hostile_index, requests_to_try
 from tests.support.hosts import Counting
-from tests.support.index import start_index
 
 
 @pytest.fixture
@@ -65,24 +62,9 @@ def test_hostile_agent_and_dependency_reach_only_the_index(tmp_path, wheelhouse,
            "requests": requests_to_try(str(canary_path), port)}
 
     # the hostile sdist dependency, on its own copy of the test index
-    src = tmp_path / "hostiledep-1.0"
-    (src / "hostiledep").mkdir(parents=True)
-    (src / "hostiledep" / "__init__.py").write_text("")
-    (src / "setup.py").write_text(hostile_code("dep", cfg) +
-                                  "from setuptools import setup\n"
-                                  "setup(name='hostiledep', version='1.0', packages=['hostiledep'])\n")
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
-                   cwd=src, check=True, capture_output=True, env={**os.environ, "HOSTILE_SKIP": "1"})
-    house = tmp_path / "house"
-    shutil.copytree(wheelhouse, house)
-    for sdist in (tmp_path / "sdist").glob("hostiledep-*"):
-        shutil.copy(sdist, house)
-    index = start_index(tmp_path / "index", house)
+    index = hostile_index(tmp_path, wheelhouse, cfg)
     try:
-        agent = agent_factory("hostile-agent", requirements="hostiledep==1.0\ntinyreq==1.0\n")
-        (agent / "setup.py").write_text(
-            hostile_code("agent", cfg) + "from setuptools import setup\n"
-            "setup(name='hostile-agent', version='0.1.0', packages=['src'], package_dir={'': '.'})\n")
+        agent = hostile_agent(agent_factory, cfg)
         repo = f"agent-image-test10/hostile-{secrets.token_hex(3)}"
         cleanup_images(repo)
         env = {**os.environ, "AGENT_IMAGE_CANARY": canary_env}

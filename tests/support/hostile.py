@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 from tests.support.hosts import LINK_LOCAL
+from tests.support.index import start_index
 
 
 def hostile_code(where: str, cfg: dict) -> str:
@@ -75,3 +81,28 @@ def requests_to_try(canary_path: str, port: int) -> dict[str, str]:
         "links_file_url": get(f"/_l/{b64('file://' + canary_path)}/"),
         "root_page": get("/simple/"),
     }
+
+
+def hostile_index(tmp_path: Path, wheelhouse: Path, cfg: dict):
+    """A copy of the test index with the hostile sdist dependency (hostiledep 1.0) beside its wheels."""
+    src = tmp_path / "hostiledep-1.0"
+    (src / "hostiledep").mkdir(parents=True)
+    (src / "hostiledep" / "__init__.py").write_text("")
+    (src / "setup.py").write_text(hostile_code("dep", cfg) + "from setuptools import setup\n"
+                                  "setup(name='hostiledep', version='1.0', packages=['hostiledep'])\n")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
+                   cwd=src, check=True, capture_output=True, env={**os.environ, "HOSTILE_SKIP": "1"})
+    house = tmp_path / "house"
+    shutil.copytree(wheelhouse, house)
+    for sdist in (tmp_path / "sdist").glob("hostiledep-*"):
+        shutil.copy(sdist, house)
+    return start_index(tmp_path / "index", house)
+
+
+def hostile_agent(agent_factory, cfg: dict) -> Path:
+    """The hostile agent: its setup.py tries every door, and it needs hostiledep from hostile_index."""
+    agent = agent_factory("hostile-agent", requirements="hostiledep==1.0\ntinyreq==1.0\n")
+    (agent / "setup.py").write_text(
+        hostile_code("agent", cfg) + "from setuptools import setup\n"
+        "setup(name='hostile-agent', version='0.1.0', packages=['src'], package_dir={'': '.'})\n")
+    return agent
