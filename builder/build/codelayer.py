@@ -180,11 +180,6 @@ def context_files(context: bytes) -> dict[str, tuple[tarfile.TarInfo, memoryview
     return out
 
 
-def layer_tar(files: dict[str, tuple[int, bytes, str]]) -> bytes:
-    """The uncompressed tar write_layer makes of FILES (small layers, tests)."""
-    return write_layer(files, "").tar
-
-
 def write_layer(files: dict[str, tuple[int, bytes, str]], created_by: str) -> Layer:
     """A layer of FILES {absolute path: (mode, bytes, link target or "")}, with every parent
     directory (0755, root); names sorted, owner 0:0, mtime 0: the same input, the same bytes.
