@@ -106,3 +106,21 @@ def hostile_agent(agent_factory, cfg: dict) -> Path:
         hostile_code("agent", cfg) + "from setuptools import setup\n"
         "setup(name='hostile-agent', version='0.1.0', packages=['src'], package_dir={'': '.'})\n")
     return agent
+
+
+def assert_confined(reports: dict[str, dict], canaries: tuple[str, ...]) -> None:
+    """What hostile_code wrote (per WHERE): no canary, no connection, no DNS; the proxy served the
+    index page and refused every trick, and no answer carries a canary or a listener's words."""
+    for where, report in reports.items():
+        assert report["env_canary"] is False, where
+        assert report["file"].startswith("error"), (where, report["file"])
+        for target, outcome in report["tcp"].items():
+            assert outcome.startswith("error"), (where, target, outcome)
+        assert report["dns"].startswith("error"), (where, report["dns"])
+        proxy = report["proxy"]
+        assert proxy["page_ok"].startswith("HTTP/1.1 200"), (where, proxy["page_ok"][:300])
+        for name, answer in proxy.items():
+            if name != "page_ok":
+                status = answer.split("\r\n", 1)[0]
+                assert status[9:10] in ("4", "5") or answer.startswith("error"), (where, name, answer[:300])
+            assert not any(c in answer for c in canaries) and "listener-answered" not in answer, (where, name)
