@@ -115,9 +115,9 @@ def drift(ok_seconds: list[float]) -> dict:
     n = len(ok_seconds)
     groups = [round(statistics.median(ok_seconds[i:i + 20]), 2) for i in range(0, n, 20) if ok_seconds[i:i + 20]]
     mid = ok_seconds[n // 2 - 10:n // 2 + 10] if n >= 60 else []
-    return {"median_first20_s": statistics.median(ok_seconds[:20]) if n else None,
-            "median_middle20_s": statistics.median(mid) if mid else None,
-            "median_last20_s": statistics.median(ok_seconds[-20:]) if n else None,
+    return {"median_first20_s": round(statistics.median(ok_seconds[:20]), 2) if n else None,
+            "median_middle20_s": round(statistics.median(mid), 2) if mid else None,
+            "median_last20_s": round(statistics.median(ok_seconds[-20:]), 2) if n else None,
             "medians_per20_s": groups,
             "last_over_first": round(statistics.median(ok_seconds[-20:]) / statistics.median(ok_seconds[:20]), 2)
             if n else None}
@@ -271,14 +271,20 @@ class Soak:
                 "leftovers": self.leftovers(cache, scope), "results": results}
 
     def cleanup(self) -> None:
-        """Every image under this run's prefixes (and the private bases), nothing else."""
-        for image in self.client.api.images():
-            refs = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])  # pulled: digests too
-            if any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/") for r in refs):
-                try:
-                    self.client.api.remove_image(image["Id"], force=True)
-                except docker.errors.APIError:
-                    pass
+        """Every image under this run's prefixes (and the private bases), nothing else. In passes: a
+        base with images still built on it goes once they are gone."""
+        for _ in range(5):
+            removed = 0
+            for image in self.client.api.images():
+                refs = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])  # pulled: digests too
+                if any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/") for r in refs):
+                    try:
+                        self.client.api.remove_image(image["Id"], force=True)
+                        removed += 1
+                    except docker.errors.APIError:
+                        pass
+            if not removed:
+                return
 
 
 def machine() -> dict:
