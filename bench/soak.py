@@ -271,18 +271,30 @@ class Soak:
                 "leftovers": self.leftovers(cache, scope), "results": results}
 
     def cleanup(self) -> None:
-        """Every image under this run's prefixes (and the private bases), nothing else. In passes: a
-        base with images still built on it goes once they are gone."""
+        """Every image of this run, nothing else: those under its prefixes (and its private bases), and the
+        untagged ones built on them (a failed or cancelled build's layers), leaves first: an image with a
+        child cannot be deleted (its untag would leave it behind, dangling)."""
         for _ in range(5):
+            images = self.client.api.images(all=True)
+            parent = {i["Id"]: i.get("ParentId") or "" for i in images}
+            named = {i["Id"] for i in images  # (the private bases' label is inherited by what is built on them)
+                     if (i.get("Labels") or {}).get("io.agent-image.soak", "").startswith(f"{self.run}-")
+                     or any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/")  # pulled: digests too
+                            for r in (i.get("RepoTags") or []) + (i.get("RepoDigests") or []))}
+
+            def depth(image_id: str) -> int:  # its chain's length; -1: nothing of this run in it
+                n, at, mine = 0, image_id, False
+                while at and n < 1000:
+                    mine, at, n = mine or at in named, parent.get(at, ""), n + 1
+                return n if mine else -1
+            ours = sorted((d, i) for i in parent if (d := depth(i)) >= 0)
             removed = 0
-            for image in self.client.api.images():
-                refs = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])  # pulled: digests too
-                if any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/") for r in refs):
-                    try:
-                        self.client.api.remove_image(image["Id"], force=True)
-                        removed += 1
-                    except docker.errors.APIError:
-                        pass
+            for _, image_id in reversed(ours):  # the deepest (leaves) first
+                try:
+                    self.client.api.remove_image(image_id, force=True)
+                    removed += 1
+                except docker.errors.APIError:
+                    pass
             if not removed:
                 return
 
