@@ -17,7 +17,7 @@ left over (containers, sandboxes, volumes, temp folders, .part files, sockets,
 leases), disk (the scope's images and the cache folder) at start and end, the
 median build time of the last 20 builds against the first 20, and the ratio of
 phase 2's wall time to phase 1's. Writes bench/soak-results.json. Touches only
-images, containers and files named with its own prefix (ai27-soak-RUN).
+images, containers and files named with its own prefix (--prefix, default ai27-soak, -HHMMSS).
 """
 
 from __future__ import annotations
@@ -72,6 +72,57 @@ def job_list(n: int, agents: int, prefix: str, kill_at: int | None) -> list[dict
     return jobs
 
 
+def own_prune(stderr: str) -> dict | None:
+    """The build's own prune (its "Pruned" log line): the scope's bytes after it, and what was protected
+    then (leased by builds in progress, in use, this build's image and what they stand on)."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith("{") and '"Pruned"' in line:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "Pruned":
+                return {k: ev.get(k) for k in ("usage_before", "usage_after", "protected_bytes", "max_bytes")}
+    return None
+
+
+def budget_check(results: list[dict], samples: list[dict], budget: int) -> dict:
+    """The budget's promise: the only excess over the budget is what is protected at that moment.
+    - Each build's own prune (exact: its numbers are taken under the lease lock): afterwards the total is
+      at most max(budget, protected), since a prune stops within the budget or when nothing unprotected is left.
+    - A sample between builds: the excess over the budget is at most what is protected then
+      (total <= budget + protected). The stricter total <= max(budget, protected) holds right after a prune
+      only: since then, builds in progress add leased images and download-cache files, and a build that ended
+      left its own image (its prune protected it) for the next prune; those samples are counted, not hidden."""
+    pruned = [r for r in results if r.get("prune")]
+    bad = [r["n"] for r in pruned if r["prune"]["usage_after"] > max(budget, r["prune"]["protected_bytes"])]
+    over = [x for x in samples if x["total"] > budget]
+    above_max = [x for x in samples if x["total"] > max(budget, x["protected"])]
+    violations = [x for x in samples if x["total"] - budget > x["protected"]]
+    return {"builds_pruned": len(pruned), "builds_not_pruned": [(r["n"], r["class"]) for r in results
+                                                                 if not r.get("prune")],
+            "own_prune_violations": bad,
+            "own_prune_max_after": max((r["prune"]["usage_after"] for r in pruned), default=0),
+            "samples": len(samples), "samples_over_budget": len(over),
+            "samples_over_max_budget_protected": above_max,
+            "samples_excess_not_protected": violations,
+            "max_sample": max(samples, key=lambda x: x["total"], default=None),
+            "held": not bad and not violations}
+
+
+def drift(ok_seconds: list[float]) -> dict:
+    """Build times in order: the medians of the first and last 20, the middle, and of every 20."""
+    n = len(ok_seconds)
+    groups = [round(statistics.median(ok_seconds[i:i + 20]), 2) for i in range(0, n, 20) if ok_seconds[i:i + 20]]
+    mid = ok_seconds[n // 2 - 10:n // 2 + 10] if n >= 60 else []
+    return {"median_first20_s": round(statistics.median(ok_seconds[:20]), 2) if n else None,
+            "median_middle20_s": round(statistics.median(mid), 2) if mid else None,
+            "median_last20_s": round(statistics.median(ok_seconds[-20:]), 2) if n else None,
+            "medians_per20_s": groups,
+            "last_over_first": round(statistics.median(ok_seconds[-20:]) / statistics.median(ok_seconds[:20]), 2)
+            if n else None}
+
+
 class Soak:
     def __init__(self, tmp: Path, index_url: str, registry: str, budget: int, run: str) -> None:
         self.tmp, self.index_url, self.registry, self.budget, self.run = tmp, index_url, registry, budget, run
@@ -118,7 +169,7 @@ class Soak:
                     or (job["signal"] == "SIGKILL" and cls == "killed"))
         return {"n": job["n"], "agent": job["agent"], "rev": job["rev"], "code": proc.returncode, "class": cls,
                 "expected": bool(expected), "signal": job["signal"], "seconds": round(took, 2),
-                "cached": res.get("cached"), "deps_origin": res.get("deps_origin"),
+                "cached": res.get("cached"), "deps_origin": res.get("deps_origin"), "prune": own_prune(err),
                 "stderr_tail": "" if expected else err[-1500:]}
 
     def phase(self, name: str, builds: int, lanes: int, agents: int, kill: bool, until: float | None = None) -> dict:
@@ -130,8 +181,9 @@ class Soak:
         for job in jobs:
             todo.put(job)
         results: list[dict] = []
-        peak: list[int] = []
+        samples: list[dict] = []
         disk_start = self.disk(cache, scope)
+        t0 = time.monotonic()
 
         def lane() -> None:
             while until is None or time.time() < until:
@@ -143,8 +195,15 @@ class Soak:
                 with self.lock:
                     results.append(r)
                     done = len(results)
-                if done % 5 == 0:  # the scope's bytes between builds: the budget must hold all along
-                    peak.append(self.disk(cache, scope)["scope_bytes"])
+                # after each build (and its own prune): the scope's bytes, and what was protected then
+                dry = prune(self.engine, cache, Policy(max_bytes=None, scope=(scope,)), dry_run=True)
+                kinds: dict[str, int] = {}
+                for item in dry.removed:  # (no budget: every unprotected item, by kind)
+                    kinds[item.kind] = kinds.get(item.kind, 0) + item.bytes
+                with self.lock:
+                    samples.append({"after": r["n"], "done": done, "t": round(time.monotonic() - t0, 1),
+                                    "total": dry.usage_before, "protected": dry.protected_bytes,
+                                    "unprotected_by_kind": kinds, "kept": dry.kept})
                 if done % 10 == 0 or not r["expected"]:
                     print(f"  [{name}] {done}/{builds} last {r['agent']} {r['class'] or 'ok'} {r['seconds']}s",
                           flush=True)
@@ -160,7 +219,9 @@ class Soak:
         # the killed builder's leftovers are swept by the next build; after the last build, by this prune
         prune(self.engine, cache, Policy(max_bytes=self.budget, scope=(scope,)))
         out = self.report(name, builds, lanes, wall, results, cache, scope, disk_start, base)
-        out["disk_samples"], out["disk_max_bytes"] = peak, max(peak, default=0)
+        out["disk_samples"] = samples
+        out["disk_max_bytes"] = max((x["total"] for x in samples), default=0)
+        out["budget_check"] = budget_check(results, samples, self.budget)
         out["stopped_early"] = len(results) < builds  # --until came first: the rates are over what ran
         out["builds"] = len(results)
         out["builds_per_hour"] = round(len(results) / wall * 3600)
@@ -202,24 +263,40 @@ class Soak:
             if r["class"]:
                 side = by_class["expected" if r["expected"] else "unexpected"]
                 side[r["class"]] = side.get(r["class"], 0) + 1
-        first, last = [r["seconds"] for r in ok[:20]], [r["seconds"] for r in ok[-20:]]
         return {"phase": name, "builds": builds, "lanes": lanes, "wall_s": round(wall, 1),
                 "builds_per_hour": round(builds / wall * 3600), "ok": len(ok), "failures": by_class,
                 "unexpected": [r for r in results if not r["expected"]],
-                "median_first20_s": statistics.median(first) if first else None,
-                "median_last20_s": statistics.median(last) if last else None,
+                **drift([r["seconds"] for r in ok]),
                 "disk_start": disk_start, "disk_end": self.disk(cache, scope), "budget_bytes": self.budget,
                 "leftovers": self.leftovers(cache, scope), "results": results}
 
     def cleanup(self) -> None:
-        """Every image under this run's prefixes (and the private bases), nothing else."""
-        for image in self.client.api.images():
-            refs = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])  # pulled: digests too
-            if any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/") for r in refs):
+        """Every image of this run, nothing else: those under its prefixes (and its private bases), and the
+        untagged ones built on them (a failed or cancelled build's layers), leaves first: an image with a
+        child cannot be deleted (its untag would leave it behind, dangling)."""
+        for _ in range(5):
+            images = self.client.api.images(all=True)
+            parent = {i["Id"]: i.get("ParentId") or "" for i in images}
+            named = {i["Id"] for i in images  # (the private bases' label is inherited by what is built on them)
+                     if (i.get("Labels") or {}).get("io.agent-image.soak", "").startswith(f"{self.run}-")
+                     or any(f"/{self.run}-" in r or r.startswith(f"{self.run}-base/")  # pulled: digests too
+                            for r in (i.get("RepoTags") or []) + (i.get("RepoDigests") or []))}
+
+            def depth(image_id: str) -> int:  # its chain's length; -1: nothing of this run in it
+                n, at, mine = 0, image_id, False
+                while at and n < 1000:
+                    mine, at, n = mine or at in named, parent.get(at, ""), n + 1
+                return n if mine else -1
+            ours = sorted((d, i) for i in parent if (d := depth(i)) >= 0)
+            removed = 0
+            for _, image_id in reversed(ours):  # the deepest (leaves) first
                 try:
-                    self.client.api.remove_image(image["Id"], force=True)
+                    self.client.api.remove_image(image_id, force=True)
+                    removed += 1
                 except docker.errors.APIError:
                     pass
+            if not removed:
+                return
 
 
 def machine() -> dict:
@@ -235,12 +312,17 @@ def main() -> int:
     ap.add_argument("--budget", default="40M", help="--prune-max-bytes for every build (default 40M)")
     ap.add_argument("--reference-builds", type=int, help="builds in the one-lane phase (default builds/2; 0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "soak-results.json")
+    ap.add_argument("--prefix", default="ai27-soak", help="names of everything it makes start with PREFIX-HHMMSS "
+                                                          "(default ai27-soak)")
     ap.add_argument("--many-first", action="store_true", help="run the many-lane phase first")
     ap.add_argument("--until", metavar="HH:MM", help="start no build after this UTC time (a phase stopped early "
                                                       "reports what ran; the ratio then compares rates)")
     args = ap.parse_args()
     from builder.core.units import parse_bytes
-    run = f"ai27-soak-{time.strftime('%H%M%S')}"
+    import logging
+    import structlog  # the dry-run prune after every build would log a line each: warnings only
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    run = f"{args.prefix}-{time.strftime('%H%M%S')}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{run}-"))
     info = machine()
     index = start_index(tmp / "index", fill_wheelhouse(tmp / "house", tmp / "src"))
@@ -279,14 +361,34 @@ def main() -> int:
             args.builds / (ref or 1)) if (one["stopped_early"] or many["stopped_early"]) else \
             many["wall_s"] / one["wall_s"]
     out = {"machine": info, "command": " ".join(sys.argv), "phases": phases, "ratio_many_vs_one": ratio,
-           "ratio_from_rates": bool(one and many and (one["stopped_early"] or many["stopped_early"]))}
+           "ratio_from_rates": bool(one and many and (one["stopped_early"] or many["stopped_early"])),
+           "goals": {"unexpected_failures": sum(len(p["unexpected"]) for p in phases),
+                     "leftovers": sum(sum(p["leftovers"].values()) for p in phases),
+                     "budget_held": all(p["budget_check"]["held"] for p in phases),
+                     "last20_over_first20": {p["phase"]: p["last_over_first"] for p in phases},
+                     "ratio_under_2": ratio < 2 if ratio else None}}
     args.out.write_text(json.dumps(out, indent=1))
     for p in phases:
         print(f"\n{p['phase']}: {p['builds']} builds, {p['lanes']} lane(s), {p['wall_s']} s, {p['builds_per_hour']}/h, "
               f"ok {p['ok']}, failures {p['failures']}")
-        print(f"  median build s: first 20 {p['median_first20_s']}, last 20 {p['median_last20_s']}")
-        print(f"  disk: start {p['disk_start']}, end {p['disk_end']}, budget {p['budget_bytes']}, "
-              f"largest sample {p['disk_max_bytes']}")
+        print(f"  median build s: first 20 {p['median_first20_s']}, middle 20 {p['median_middle20_s']}, "
+              f"last 20 {p['median_last20_s']} (last/first {p['last_over_first']}); "
+              f"per 20: {p['medians_per20_s']}")
+        print(f"  disk (scope bytes): start {p['disk_start']['scope_bytes']}, end {p['disk_end']['scope_bytes']}, "
+              f"budget {p['budget_bytes']}, largest sample {p['disk_max_bytes']}")
+        print(f"  disk (other): start {p['disk_start']}, end {p['disk_end']}")
+        bc = p["budget_check"]
+        big = bc["max_sample"] or {}
+        print(f"  budget held: {'yes' if bc['held'] else 'NO'}: own prunes {bc['builds_pruned']} "
+              f"(over max(budget, protected): {bc['own_prune_violations'] or 'none'}; largest after "
+              f"{bc['own_prune_max_after']}); not pruned: {bc['builds_not_pruned'] or 'none'}; samples "
+              f"{bc['samples']}, over the budget {bc['samples_over_budget']}, excess over the budget not "
+              f"protected {len(bc['samples_excess_not_protected'])}, over max(budget, protected) "
+              f"{len(bc['samples_over_max_budget_protected'])}; largest sample {big.get('total')} "
+              f"(protected then {big.get('protected')})")
+        for x in bc["samples_over_max_budget_protected"]:
+            print(f"    sample after build {x['after']}: total {x['total']}, protected {x['protected']}, "
+                  f"unprotected {x['unprotected_by_kind']}")
         print(f"  leftovers: {p['leftovers']}")
         for r in p["unexpected"][:5]:
             print(f"  UNEXPECTED {r['agent']} rev {r['rev']}: {r['class']} (exit {r['code']})\n{r['stderr_tail'][-600:]}")
@@ -294,6 +396,7 @@ def main() -> int:
         est = " (from the rates: a phase stopped early)" if one["stopped_early"] or many["stopped_early"] else ""
         print(f"\nwall time: {many['lanes']} lanes x {args.builds} builds / 1 lane x {ref} builds = {ratio:.2f}"
               f"{est} (goal < 2)")
+    print(f"goals: {out['goals']}")
     print(f"machine: {info}")
     return 0
 

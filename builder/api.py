@@ -30,7 +30,7 @@ from builder.build.sandbox import Sandbox
 from builder.build.steplog import cached_steps, conflict_warnings, installed_packages
 from builder.core import events
 from builder.core.defaults import base_image_for
-from builder.core.errors import BuildInterruptedError, PackageLoadError, PackageValidationError
+from builder.core.errors import PackageLoadError, PackageValidationError
 from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
 from builder.core.platforms import is_host, platform_tag, require_emulation
@@ -87,22 +87,26 @@ def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
     """
     engine = engine or Engine()  # (it connects on its first call: the checks before it ask it nothing)
     reached: list[str] = []      # the image this build made or reused, once the engine was asked
-    with redaction_scope() as redactor:
+    # the build's lease outlives it, narrowed to what it made, until its own prune ran (prune.after_build)
+    leases: list[usage.Lease] = []
+    with redaction_scope() as redactor, contextlib.ExitStack() as ends:
+        ends.callback(lambda: [lease.__exit__() for lease in leases])
         if options is not None and options.registry_auth:
             redactor.add_secret(options.registry_auth.get("password"))
-        try:  # --prune-max-bytes: after every build that reached the engine (not a cancelled one)
-            result = _build_image(source, options, engine, reached)
+        try:
+            result = _build_image(source, options, engine, reached, leases)
         except PackageLoadError as err:
-            after_build(engine, options, reached if not isinstance(err, BuildInterruptedError) else [])
             raise err.redacted(redactor) from None
-        after_build(engine, options, reached)
+        finally:  # --prune-max-bytes: after every build that reached the engine, a cancelled one too (its
+            # lease goes now: what other builds' prunes could not take while it ran would else stay)
+            after_build(engine, options, reached, leases)
         result.warnings = [redactor(w) for w in result.warnings]
         result.installed = [redactor(p) for p in result.installed]
         return result
 
 
 def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine: Engine,
-                 reached: list[str]) -> BuildResult:
+                 reached: list[str], leases: list[usage.Lease]) -> BuildResult:
     """The stages, in order; each is a function of the values the ones before it settled."""
     if not structlog.is_configured():
         # a library caller that set nothing up gets our redacting logs on stderr,
@@ -123,7 +127,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         engine.ping()
         reached.append("")
         # what a prune must not take while this build runs (builder/build/usage.py): its repository
-        held.enter_context(job.lease)
+        leases.append(job.lease.__enter__())
         assembled = _in_registry(engine, job)
         if assembled is not None:
             return assembled
@@ -175,7 +179,7 @@ class _Job:
     replace: dict[str, bytes]
     base_image: str
     cache_tag: str               # the layer cache's moving tag: latest (latest-ARCH for one platform of an index)
-    held: contextlib.ExitStack   # what the build holds until it ends: its lease, the version tag's lock
+    held: contextlib.ExitStack   # what the build holds until it ends: the version tag's lock (build_image: the lease)
     lease: usage.Lease
     laps: dict[str, float] = field(default_factory=dict)  # stage -> seconds (BuildResult.phases)
     signer: Any = None           # --sign-key, loaded before the engine (builder/ship/sign.py)

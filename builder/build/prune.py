@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -60,6 +60,9 @@ class Outcome:
     removed: list[Item] = field(default_factory=list)
     usage_before: int = 0
     usage_after: int = 0
+    # what no budget could free at that moment: images in use, leased or protected, those --keep or
+    # --older-than keep, and what they stand on. After a prune, usage_after <= max(max_bytes, this).
+    protected_bytes: int = 0
     kept: dict[str, int] = field(default_factory=dict)  # why things stayed: in-use, leased, keep, recent, parent
     failed: list[str] = field(default_factory=list)
     sandboxes_removed: int = 0
@@ -200,6 +203,9 @@ def plan(images: list[dict], in_use: set[str], leases: list[dict], stamps: dict[
             kept["recent"] = len(recent)
         candidates = [c for c in candidates if c.last_used <= now - policy.older_than]
     candidates.sort(key=lambda c: c.last_used)
+    # the floor: what is left once every candidate went (a copy of the graph and of the items)
+    out.protected_bytes = _choose(_Graph(images, in_use), [replace(c) for c in candidates], mine, usage, Policy(),
+                                  Outcome(dry_run=True))
     usage = _choose(graph, candidates, mine, usage, policy, out)
     out.usage_after = usage
     return out
@@ -286,7 +292,8 @@ def prune(engine: Engine, cache_dir: Path, policy: Policy, *, dry_run: bool = Fa
             out.sandboxes_removed = remove_stale(engine)
     log.info("Pruned" if not dry_run else "Prune (dry run)", removed=len(out.removed),
              freed_bytes=sum(i.bytes for i in out.removed), usage_before=out.usage_before,
-             usage_after=out.usage_after, kept=out.kept)
+             usage_after=out.usage_after, protected_bytes=out.protected_bytes, max_bytes=policy.max_bytes,
+             kept=out.kept)
     return out
 
 
@@ -322,14 +329,20 @@ def _forget_gone(cache_dir: Path, ids: set[str], listed: float) -> None:
                 Path(entry.path).unlink(missing_ok=True)
 
 
-def after_build(engine: Engine, options, reached: list[str]) -> Outcome | None:
+def after_build(engine: Engine, options, reached: list[str], leases=()) -> Outcome | None:
     """The budget applied after a build (BuildOptions.prune_max_bytes, --prune-max-bytes) that
-    reached the engine (REACHED not empty), keeping the image it made or reused. Never fails the build."""
+    reached the engine (REACHED not empty), a cancelled one too, keeping the image it made or reused.
+    The build's LEASES are narrowed to that image first (its repository's other images become
+    prunable) and released by the caller after: its images are never unleased and unpruned at once.
+    Never fails the build."""
     if options is None or options.prune_max_bytes is None or not reached:
         return None
+    mine = [i for i in reached if i]
+    for lease in leases:
+        lease.narrow(ids=mine)
     try:
         return prune(engine, options.cache_dir, Policy(max_bytes=options.prune_max_bytes, scope=options.prune_scope),
-                     protect={i for i in reached if i})
+                     protect=set(mine))
     except (OSError, PackageLoadError) as exc:
         log.warning("could not apply the prune budget after the build", reason=str(exc)[:300])
         return None

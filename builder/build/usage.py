@@ -113,6 +113,11 @@ class Lease:
         self.data["ids"] += [i for i in ids if i]
         self._write()
 
+    def narrow(self, *, ids: list[str]) -> None:
+        """The build ended: only IDS (what it made) stay leased, until its own prune has run."""
+        self.data.update(repos=[], refs=[], ids=[i for i in ids if i])
+        self._write()
+
     def __enter__(self) -> "Lease":
         self._write()
         return self

@@ -55,9 +55,10 @@ SCOPE_HELP = ("only images whose every reference starts with PREFIX (repeatable;
 def add_budget_options(b: argparse.ArgumentParser) -> None:
     g = b.add_argument_group("disk budget (docs/usage.md#prune)")
     g.add_argument("--prune-max-bytes", type=_size, default=None, metavar="SIZE",
-                   help=f"after the build (success or failure, not a cancelled one), prune agent images, dependency images, download "
+                   help=f"after the build (success, failure or Ctrl-C), prune agent images, dependency images, download "
                         f"cache entries and crash files, least recently used first, until they take at most SIZE; "
-                        f"the image this build made is kept (default ${MAX_BYTES_ENV}; unset: no pruning)")
+                        f"what is protected (this build's image, builds in progress' leases, images in use) stays "
+                        f"even above SIZE (default ${MAX_BYTES_ENV}; unset: no pruning)")
     g.add_argument("--prune-scope", action="append", default=None, metavar="PREFIX", help=SCOPE_HELP)
 
 
@@ -74,7 +75,12 @@ def add_prune(sub, add_common) -> None:
         description="Remove agent images, dependency images, download-cache entries, crash files, partial "
                     "downloads and stale build sandboxes, least recently used first. Never a base image, an image "
                     "a container uses or a build in progress leased, nor an image others are built on (it goes "
-                    "with them). Without --max-bytes and --older-than, everything else in scope goes.")
+                    "with them). Without --max-bytes and --older-than, everything else in scope goes.\n\n"
+                    "The budget (--max-bytes) counts everything in scope, protected or not; what may go goes, "
+                    "least recently used first, until the total is at most SIZE. Afterwards the total is at most "
+                    "max(SIZE, protected bytes): the only excess is what no prune may take at that moment (in use, "
+                    "leased by a build in progress, kept by --keep/--older-than, and what those stand on); both "
+                    "numbers are in the output (usage_after, protected_bytes).")
     p.add_argument("--max-bytes", type=_size, metavar="SIZE", help="stop once what is left takes at most SIZE "
                    "(K, M, G, T: powers of 1024)")
     p.add_argument("--keep", type=_keep, default=0, metavar="N",
@@ -101,7 +107,8 @@ def cmd_prune(args, engine_factory) -> dict:
             print(f"{'would remove' if args.dry_run else 'removed'} {item['kind']} {what} "
                   f"({_human(item['bytes'])}, last used {when})")
         print(f"{'would free' if args.dry_run else 'freed'} {_human(out['freed_bytes'])}: "
-              f"{_human(out['usage_before'])} -> {_human(out['usage_after'])}"
+              f"{_human(out['usage_before'])} -> {_human(out['usage_after'])} "
+              f"(protected {_human(out['protected_bytes'])})"
               + (f"; kept: {', '.join(f'{k} {v}' for k, v in sorted(out['kept'].items()))}" if out["kept"] else ""))
     return {"ok": True, **out}
 

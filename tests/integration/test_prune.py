@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,7 @@ import pytest
 from builder.api import BuildOptions, build_image
 from builder.build.usage import LEASE_DIR, Lease
 from builder.core.defaults import base_image_for
+from builder.core.labels import SANDBOX_LABEL
 from tests.support.cli import AGENT_IMAGE, run_cli
 from tests.support.engine import engine_tags
 
@@ -178,3 +180,30 @@ def test_concurrent_api_builds_in_threads_with_a_budget(agent_factory, index_url
     assert not [p for p in LEASE_DIR.glob(f"{os.getpid()}-*.json")], "a lease was left"
     # the last prune ran after every build ended: at most the images the last builds kept are left
     assert len([t for t in our_tags(docker_client, prefix) if ":0.1.0" in t]) <= 3
+
+
+def test_a_cancelled_build_applies_the_budget_too(agent_factory, index_url, prefix, tmp_path, docker_client):
+    """A build in progress leases what it uses, so other builds' prunes leave it; once it is cancelled its
+    lease goes and, on an idle runner, no other prune follows: its own prune is what brings the scope
+    back within the budget (before the fix a cancelled build skipped it and the excess stayed)."""
+    cache = tmp_path / "cache"
+    build(agent_factory("ai27b-idle", requirements=REQS), index_url, prefix, cache)  # no budget: it stays
+    assert our_tags(docker_client, prefix)
+    agent = agent_factory("ai27b-cancelled", requirements="slowpkg==1.0\n")
+    proc = subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "--no-cache", "--index-url", index_url,
+                             "--registry", prefix, "--cache-dir", str(cache), "--prune-max-bytes", "0",
+                             "--prune-scope", f"{prefix}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not docker_client.api.containers(all=True, filters={"label": f"{SANDBOX_LABEL}.pid={proc.pid}"}):
+            assert proc.poll() is None and time.monotonic() < deadline, "the build never started a sandbox"
+            time.sleep(0.2)
+        time.sleep(2)  # into the slow RUN step
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 or json.loads(out)["error"]["class"] == "BuildInterruptedError", (out, err[-2000:])
+    assert our_tags(docker_client, prefix) == set(), "the cancelled build left the scope over its budget of 0"
+    assert prune_json(prefix, cache, "--dry-run")["usage_before"] == 0

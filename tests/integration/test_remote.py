@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from builder.core.defaults import base_image_for
-from builder.core.labels import SANDBOX_LABEL
+from builder.core.labels import CONTENT_LABEL, SANDBOX_LABEL
 from tests.support.cli import AGENT_IMAGE
 from tests.support.dind import DindNetwork, RemoteEngine, make_certs
 from tests.support.hostile import assert_confined, hostile_agent, hostile_index, requests_to_try
@@ -290,3 +291,74 @@ def test_build_push_and_run_on_a_remote_tls_engine(dind_tls, remote_registry, in
     finally:
         dind_tls.docker("rm", "-f", "-v", served["container"], check=False)  # -v: its /tmp volume
     assert leftovers(dind_tls) == []
+
+
+# -- issue 27: two runners (two engines, no lock shared) pushing one version to one registry at once ----------------
+
+def _registry_get(registry: Registry, path: str, accept: str = "") -> tuple[bytes, dict]:
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=registry.tls_dir / "ca.pem")
+    req = urllib.request.Request(f"https://{registry.host}/v2/{path}", headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+        return resp.read(), dict(resp.headers)
+
+
+def held_by(registry: Registry, name: str, reference: str) -> tuple[str, str]:
+    """(manifest digest, content-digest label) of what the registry holds under NAME:REFERENCE."""
+    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    data, headers = _registry_get(registry, f"{name}/manifests/{reference}", accept)
+    config, _ = _registry_get(registry, f"{name}/blobs/{json.loads(data)['config']['digest']}")
+    return headers["Docker-Content-Digest"], json.loads(config)["config"]["Labels"][CONTENT_LABEL]
+
+
+def two_runners(engines, agents, registry: Registry, prefix: str, index_url: str, tmp_path: Path) -> list[tuple]:
+    """One build per (engine, agent) at once, each its own runner: its own engine, cache and lock folder
+    (the machine-wide tag lock is per runner, so nothing serialises them but the registry)."""
+    procs = []
+    for i, (eng, agent) in enumerate(zip(engines, agents)):
+        env = env_for(eng, SSL_CERT_FILE=str(registry.ca_bundle), AGENT_IMAGE_LOCK_DIR=str(tmp_path / f"locks{i}"))
+        procs.append(subprocess.Popen([AGENT_IMAGE, "build", str(agent), "--json", "--index-url", index_url,
+                                       "--registry", f"{registry.host}/{prefix}", "--push",
+                                       "--cache-dir", str(tmp_path / f"cache{i}")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [(p.returncode, json.loads(o), e) for p, (o, e) in zip(procs, outs)]
+
+
+def test_two_engines_pushing_one_version_to_one_registry_at_once(dind, dind_tls, remote_registry, index_url,
+                                                                 agent_factory, tmp_path):
+    """Debian's registry has no immutable tags: what decides is each builder's check before its push and its
+    read-back after (builder/ship/pushpull.py). The same package twice: both succeed and the tag holds that
+    content. Two packages under one version: the tag holds one of them, whole, and the build whose push it
+    holds reports it; the other is refused (TagExistsError) unless its read-back came before the winner's push,
+    the window docs/security.md names; then it reports its own digest, which the registry still serves."""
+    engines = (dind, dind_tls)
+    same = agent_factory("ai27b-two-same")
+    runs = two_runners(engines, (same, same), remote_registry, "ai27b-two", index_url, tmp_path / "same")
+    assert [code for code, _, _ in runs] == [0, 0], [(c, o.get("error"), e[-1500:]) for c, o, e in runs]
+    digest, content = held_by(remote_registry, "ai27b-two/ai27b-two-same", "0.1.0")
+    refs = [out["digest_ref"] for _, out, _ in runs]
+    assert any(r.endswith("@" + digest) for r in refs), (digest, refs)
+    for ref in refs:  # each reported digest is served, and is this package
+        assert held_by(remote_registry, "ai27b-two/ai27b-two-same", ref.rsplit("@", 1)[1])[1] == content
+    kept = sorted(out["tag_kept"] for _, out, _ in runs)
+    assert kept in ([False, True], [False, False]), "a keep needs another's push to keep"
+    print(f"same content: tag_kept {kept}, digests {sorted(set(r.rsplit('@', 1)[1][:19] for r in refs))}")
+
+    one = agent_factory("ai27b-two-diff")
+    other = tmp_path / "other" / "ai27b-two-diff"
+    shutil.copytree(one, other)
+    (other / "src" / "main.py").write_text((other / "src" / "main.py").read_text() + "\nOTHER = True\n")
+    runs = two_runners(engines, (one, other), remote_registry, "ai27b-two", index_url, tmp_path / "diff")
+    digest, content = held_by(remote_registry, "ai27b-two/ai27b-two-diff", "0.1.0")
+    winners = [out for code, out, _ in runs if code == 0 and out["digest_ref"].endswith("@" + digest)]
+    assert len(winners) == 1, [(c, o.get("digest_ref") or o.get("error")) for c, o, _ in runs]
+    (loser_code, loser, loser_err), = [r for r in runs if r[1] is not winners[0]]
+    if loser_code == 62:
+        assert loser["error"]["class"] == "TagExistsError" and digest in loser["error"]["message"], loser
+    else:  # read back before the winner's push landed: its own push, reported as such, still served by digest
+        assert loser_code == 0, (loser, loser_err[-1500:])
+        theirs = loser["digest_ref"].rsplit("@", 1)[1]
+        assert theirs != digest and held_by(remote_registry, "ai27b-two/ai27b-two-diff", theirs)[1] != content
+    print(f"different content: loser exit {loser_code}")

@@ -129,3 +129,15 @@ def test_layers_an_interrupted_build_left_on_a_dependency_image_go_with_its_scop
     assert "o1" not in ids(leased) and leased.kept["leased"] == 2
     # on the base (another scope's, or nobody's): never
     assert "o2" not in ids(run(engine_of(img("o2", "base", 101 * MB)), policy=Policy()))
+
+
+def test_protected_bytes_are_the_floor_no_budget_goes_below():
+    """What is leased or in use, and what it stands on, is the floor; a budget below it ends there."""
+    leased = [{"refs": ["reg/t/one:1"]}]
+    out = run(engine_of(), policy=Policy(max_bytes=0, scope=("reg/t/",)), leases=leased)
+    assert out.protected_bytes == 32 * MB, "the leased agent (2 MB) and the dependency image it stands on (30 MB)"
+    assert out.usage_after == 32 * MB and ids(out) == ["a2"]
+    roomy = run(engine_of(), policy=Policy(max_bytes=34 * MB, scope=("reg/t/",)), leases=leased)
+    assert roomy.protected_bytes == 32 * MB and roomy.usage_after == 32 * MB  # (a2 had to go: 35 > 34)
+    free = run(engine_of(), policy=Policy(max_bytes=40 * MB, scope=("reg/t/",)))
+    assert free.protected_bytes == 0 and free.removed == [] and free.usage_after == 35 * MB
