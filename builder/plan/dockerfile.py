@@ -53,10 +53,11 @@ LIST_DISTS = ("python -I -c '" + _LIST_CODE + "os.makedirs(os.path.dirname(\"" +
 LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.stdout)"
 # Bytecode while the dependency step's installer still unpacks (templates/agent.Dockerfile.j2):
 # started in the background before it, this compiles each distribution whose dist-info/RECORD
-# appears (pip and uv write RECORD last, once its files are in place) on the core the
+# appears (pip writes it last, atomically, once the wheel's files are in place) on the core the
 # installer leaves idle, and stops between two files once the step touches COMPILE_DONE. The
-# step's own pass after the install then compiles what is left (compileall skips a current
-# .pyc), so this one only saves time: it prints nothing and its status is ignored. -I, and
+# step's own pass after the install then compiles what is left or changed since (compileall
+# checks each .pyc's source mtime and size), so this one only saves time, whatever the
+# installer: it prints nothing and its status is ignored. -I, and
 # started before the install: nothing the lines install runs in it.
 STAMP = "/tmp/.agent-image-stamp"  # each install step compiles the .py files newer than this
 COMPILE_DONE = STAMP + ".done"
