@@ -39,11 +39,10 @@ def _mib(n: int) -> str:
 def _instruction(text: str) -> str:
     """'RUN pip install ...' reads as 'pip install ...'; other instructions keep their keyword.
     The base's own pip (PYTHONPATH=... python -m pip) reads as pip too, and the bytecode
-    stamp a step touches first (and the compiler it starts) is left out: the line has room for the rest."""
+    stamp a step touches first is left out: the line has room for the rest."""
     text = " ".join(text.split())
     text = text[4:] if text.startswith("RUN ") else text
     text = re.sub(r"^touch /tmp/\.agent-image-stamp && ", "", text)
-    text = re.sub(r"^\{ python -I -c '[^']*' & \} && w=\$! && \{ ", "", text)  # the dependency step's compiler
     return re.sub(r"^PYTHONPATH=\S+ python -m (pip )", r"\1", text)
 
 

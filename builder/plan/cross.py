@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from builder.plan.dockerfile import Rendered, parse_steps
+from builder.plan.dockerfile import COMPILE_START, Rendered, parse_steps
 
 CROSS = "/opt/agent-image/cross"
 MARK = ".agent-image-emulate"
@@ -63,9 +63,9 @@ def cross_dockerfile(deps: Rendered, target: CrossTarget) -> Rendered | None:
     """DEPS (the dependency image's Dockerfile) with its install done by a host-CPU stage;
     None when the Dockerfile is not the shape this knows (then the install runs emulated)."""
     text = deps.text
-    # the dependency step: touch STAMP && [its background compiler && { ]INSTALL -r REQUIREMENTS REST
-    m = re.search(r"^RUN touch (\S+) && (\{ .+? & \} && w=\$! && \{ )?(.+?) -r " + re.escape(REQUIREMENTS) + r"(.*)$",
-                  text, re.M)
+    # the dependency step: touch STAMP && [COMPILE_START]INSTALL -r REQUIREMENTS REST
+    m = re.search(r"^RUN touch (\S+) && (" + re.escape(COMPILE_START) + r")?(.+?) -r " + re.escape(REQUIREMENTS)
+                  + r"(.*)$", text, re.M)
     index = re.search(r"^#> step index\n(.*?)(?=^#> step )", text, re.M | re.S)
     copy = re.search(r"^COPY \.agent-image/deps/ /opt/agent-image/deps/$", text, re.M)
     if not m or not index or not copy or "uv pip install" in m.group(3):

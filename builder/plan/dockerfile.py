@@ -72,6 +72,8 @@ COMPILE_WATCH = (
     "go = lambda r: seen.add(r) or [c.compile_file(p, quiet=2) for p in py(r) if not done()]; "
     "[go(r) for _ in iter(lambda: done() or time.sleep(0.05), True) for r in new()]'"
 )
+# how the dependency step starts it, before the install (which the step's log and progress line show without it)
+COMPILE_START = "{ " + COMPILE_WATCH + " & } && w=$! && { "
 
 
 def tool_pip_version(python: str) -> str:
@@ -221,7 +223,7 @@ def render(
         tool_pip_dir=TOOL_PIP_DIR,
         list_dists=LIST_DISTS,
         stamp=STAMP,
-        compile_watch=COMPILE_WATCH,
+        compile_start=COMPILE_START,
         compile_done=COMPILE_DONE,
         deps_env_cmd=depsenv.COMMAND,  # the dependency image's last, tiny layer (builder/core/depsenv.py)
     )
