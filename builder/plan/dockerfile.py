@@ -57,7 +57,9 @@ LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.
 # installer leaves idle, and stops between two files once the step touches COMPILE_DONE. The
 # step's own pass after the install then compiles what is left or changed since (compileall
 # checks each .pyc's source mtime and size), so this one only saves time, whatever the
-# installer: it prints nothing and its status is ignored. -I, and
+# installer: it prints nothing and its status is ignored. force: a file a later distribution
+# overwrote within the same second and at the same size (what that check cannot see) is compiled
+# again with that distribution's RECORD, as pip's own per-wheel compile does. -I, and
 # started before the install: nothing the lines install runs in it.
 STAMP = "/tmp/.agent-image-stamp"  # each install step compiles the .py files newer than this
 COMPILE_DONE = STAMP + ".done"
@@ -69,7 +71,7 @@ COMPILE_WATCH = (
     "if r not in seen and os.stat(r).st_mtime >= t]; "
     "py = lambda r: [p for p in (os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(r)), w[0])) "
     "for w in csv.reader(open(r)) if w) if p.endswith(\".py\") and p.startswith(\"/opt/venv/lib/\")]; "
-    "go = lambda r: seen.add(r) or [c.compile_file(p, quiet=2) for p in py(r) if not done()]; "
+    "go = lambda r: seen.add(r) or [c.compile_file(p, quiet=2, force=True) for p in py(r) if not done()]; "
     "[go(r) for _ in iter(lambda: done() or time.sleep(0.05), True) for r in new()]'"
 )
 # how the dependency step starts it, before the install (which the step's log and progress line show without it)
