@@ -29,7 +29,7 @@ from builder.core.labels import ABI_LABEL, CONTENT_LABEL, DEPS_LABEL, INPUT_LABE
 from builder.package.reader import Package
 from builder.plan.agent import Plan, from_deps
 from builder.plan.context import Context
-from builder.plan.dockerfile import Rendered
+from builder.plan.dockerfile import COMPILE_START, Rendered
 from builder.plan.options import BuildOptions
 
 log = structlog.get_logger("agent_image")
@@ -65,7 +65,7 @@ class Builder:
             name = dockerfile.step_name(n)
             if name == "package" and instr.startswith("RUN"):
                 log.info("Installing agent package in editable mode", venv=self.venv, step=f"{n}/{total}")
-            log.info(events.STEP, step=f"{n}/{total}", name=name, instruction=instr[:200])
+            log.info(events.STEP, step=f"{n}/{total}", name=name, instruction=instr.replace(COMPILE_START, "")[:200])
         return self.engine.build(context=context.data, buildargs=buildargs, labels=labels,
                                  timeout=max(1.0, self.deadline - time.monotonic()), nocache=self.nocache,
                                  cache_from=cache_from, network_mode=network, on_step=on_step,

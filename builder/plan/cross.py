@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from builder.plan.dockerfile import Rendered, parse_steps
+from builder.plan.dockerfile import COMPILE_START, Rendered, parse_steps
 
 CROSS = "/opt/agent-image/cross"
 MARK = ".agent-image-emulate"
@@ -63,12 +63,14 @@ def cross_dockerfile(deps: Rendered, target: CrossTarget) -> Rendered | None:
     """DEPS (the dependency image's Dockerfile) with its install done by a host-CPU stage;
     None when the Dockerfile is not the shape this knows (then the install runs emulated)."""
     text = deps.text
-    m = re.search(r"^RUN touch (\S+) && (.+?) -r " + re.escape(REQUIREMENTS) + r"(.*)$", text, re.M)
+    # the dependency step: touch STAMP && [COMPILE_START]INSTALL -r REQUIREMENTS REST
+    m = re.search(r"^RUN touch (\S+) && (" + re.escape(COMPILE_START) + r")?(.+?) -r " + re.escape(REQUIREMENTS)
+                  + r"(.*)$", text, re.M)
     index = re.search(r"^#> step index\n(.*?)(?=^#> step )", text, re.M | re.S)
     copy = re.search(r"^COPY \.agent-image/deps/ /opt/agent-image/deps/$", text, re.M)
-    if not m or not index or not copy or "uv pip install" in m.group(2):
+    if not m or not index or not copy or "uv pip install" in m.group(3):
         return None
-    install = m.group(2)
+    install = m.group(3)
     site = f"/opt/venv/lib/python{target.python}/site-packages"
     abi = "cp" + target.python.replace(".", "")
     platforms = " ".join(f"--platform {p}" for p in target.platforms())
@@ -86,8 +88,8 @@ def cross_dockerfile(deps: Rendered, target: CrossTarget) -> Rendered | None:
              f"RUN {{ {fetch}; }} || {{ {fallback}; }}; mkdir -p {CROSS}/bin && touch {CROSS}/site/{SEEN}\n")
     run = (f"COPY --from=wheels {CROSS}/site/ {site}/\n"
            f"COPY --from=wheels {CROSS}/bin/ /opt/venv/bin/\n"
-           f"RUN if [ -e {site}/{MARK} ]; then rm -f {site}/{MARK} && touch {m.group(1)} && {install} -r "
-           f"{REQUIREMENTS}{m.group(3)}; fi && rm -f {site}/{SEEN}")
+           f"RUN if [ -e {site}/{MARK} ]; then rm -f {site}/{MARK} && touch {m.group(1)} && {m.group(2) or ''}{install} -r "
+           f"{REQUIREMENTS}{m.group(4)}; fi && rm -f {site}/{SEEN}")
     body = text[:m.start()] + run + text[m.end():]
     full = stage + body
     steps, instructions = parse_steps(full)

@@ -51,6 +51,31 @@ LIST_DISTS = ("python -I -c '" + _LIST_CODE + "os.makedirs(os.path.dirname(\"" +
               "json.dump(sorted(d.values()), open(\"" + DISTS_PATH + "\", \"w\"))'")
 # the same listing on stdout, for an image no install step wrote one into (python -I -c LIST_DISTS_STDOUT)
 LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.stdout)"
+# Bytecode while the dependency step's installer still unpacks (templates/agent.Dockerfile.j2):
+# started in the background before it, this compiles each distribution whose dist-info/RECORD
+# appears (pip writes it last, atomically, once the wheel's files are in place) on the core the
+# installer leaves idle, and stops between two files once the step touches COMPILE_DONE. The
+# step's own pass after the install then compiles what is left or changed since (compileall
+# checks each .pyc's source mtime and size), so this one only saves time, whatever the
+# installer: it prints nothing and its status is ignored. force: a file a later distribution
+# overwrote within the same second and at the same size (what that check cannot see) is compiled
+# again with that distribution's RECORD, as pip's own per-wheel compile does. -I, and
+# started before the install: nothing the lines install runs in it.
+STAMP = "/tmp/.agent-image-stamp"  # each install step compiles the .py files newer than this
+COMPILE_DONE = STAMP + ".done"
+COMPILE_WATCH = (
+    "python -I -c 'import compileall as c, csv, glob, os, sys, time; sys.stderr = open(os.devnull, \"w\"); "
+    "t = os.stat(\"" + STAMP + "\").st_mtime; seen = set(); "
+    "done = lambda: os.path.exists(\"" + COMPILE_DONE + "\"); "
+    "new = lambda: [r for r in sorted(glob.glob(\"/opt/venv/lib/python*/site-packages/*.dist-info/RECORD\")) "
+    "if r not in seen and os.stat(r).st_mtime >= t]; "
+    "py = lambda r: [p for p in (os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(r)), w[0])) "
+    "for w in csv.reader(open(r)) if w) if p.endswith(\".py\") and p.startswith(\"/opt/venv/lib/\")]; "
+    "go = lambda r: seen.add(r) or [c.compile_file(p, quiet=2, force=True) for p in py(r) if not done()]; "
+    "[go(r) for _ in iter(lambda: done() or time.sleep(0.05), True) for r in new()]'"
+)
+# how the dependency step starts it, before the install (which the step's log and progress line show without it)
+COMPILE_START = "{ " + COMPILE_WATCH + " & } && w=$! && { "
 
 
 def tool_pip_version(python: str) -> str:
@@ -199,6 +224,9 @@ def render(
         tool_pip=tool_pip and installer == "pip",  # the base carries a current pip for the dependency layer
         tool_pip_dir=TOOL_PIP_DIR,
         list_dists=LIST_DISTS,
+        stamp=STAMP,
+        compile_start=COMPILE_START,
+        compile_done=COMPILE_DONE,
         deps_env_cmd=depsenv.COMMAND,  # the dependency image's last, tiny layer (builder/core/depsenv.py)
     )
     steps, instructions = parse_steps(text)

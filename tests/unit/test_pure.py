@@ -82,7 +82,7 @@ def _render(manifest_text=YAML, **kw):
     return render(parse_manifest(manifest_text), **args)
 
 
-from builder.plan.dockerfile import LIST_DISTS  # noqa: E402
+from builder.plan.dockerfile import COMPILE_START, LIST_DISTS  # noqa: E402
 
 
 def test_render_order_and_step_names():
@@ -93,7 +93,11 @@ def test_render_order_and_step_names():
     stamp = "RUN touch /tmp/.agent-image-stamp && "
     new = (" && { find /opt/venv/lib -name '*.py' -newer /tmp/.agent-image-stamp -print0 | xargs -0 -r -n 256 -P 4 "
            "python -m compileall -qq || :; } && rm -f /tmp/.agent-image-stamp && " + LIST_DISTS)  # the SBOM's listing
-    assert runs[0] == stamp + "pip install --no-compile -r /opt/agent-image/deps/requirements-deps.txt" + new
+    # the dependency step compiles in the background while pip installs, stops the compiler and
+    # waits for it whatever pip did, and ends with pip's status before the same pass as the others
+    assert runs[0] == (stamp + COMPILE_START + "pip install --no-compile -r "
+                       "/opt/agent-image/deps/requirements-deps.txt; r=$?; touch /tmp/.agent-image-stamp.done; "
+                       "wait $w; rm -f /tmp/.agent-image-stamp.done; (exit $r); }" + new)
     assert runs[1] == "RUN " + depsenv.COMMAND, "the dependency layer's record, in a layer of its own"
     # one pass for package and requirements; the seed's order when that pass refuses (pins against
     # install_requires); both first from the packaging files alone, then (only if that could not work) after the code
