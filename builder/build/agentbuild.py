@@ -80,6 +80,7 @@ class Built:
     stats: Stats
     deps_lines: list[str] = field(default_factory=list)  # the dependency image's build log, when built
     failed: Rendered | None = None                       # the Dockerfile whose build failed
+    previous: Image | None = None                        # a code-only rebuild's previous image (its ready time)
 
 
 def agent_labels(plan: Plan) -> dict[str, str]:
@@ -89,7 +90,12 @@ def agent_labels(plan: Plan) -> dict[str, str]:
 
 
 def add_ready_time(build: Builder, built: Built) -> None:
-    """The built image gets the agent's ready time, measured now (builder/build/readytime.py)."""
+    """The built image gets the agent's ready time (builder/build/readytime.py): measured now, or on a
+    code-only rebuild the previous image's, which the build already labelled it with (readytime.carried)."""
+    if built.previous is not None:
+        image = build.engine.image(built.outcome.image_id)
+        if image is not None and readytime.carried(built.previous, image, built.target.rendered) is not None:
+            return
     readytime.label(build.engine, built.outcome, timeout=max(1.0, build.deadline - time.monotonic()))
 
 
@@ -101,9 +107,12 @@ def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[s
             and only_code_changed(cache_dir, cache_from[0], target.fenced)):
         return None
     log.info("Only the code changed: building without a network", previous=cache_from[0])
-    outcome = build(target.context, target.rendered, agent_labels(plan), cache_from, "none")
+    previous = build.engine.image(cache_from[0])
+    # its ready time goes on with the build's own labels (no step more); add_ready_time checks it may
+    ready = readytime.ready_label(previous)
+    outcome = build(target.context, target.rendered, {**agent_labels(plan), **ready}, cache_from, "none")
     if outcome.error is None and outcome.image_id is not None:
-        return Built(outcome, target, Stats())
+        return Built(outcome, target, Stats(), previous=previous if ready else None)
     log.info("A step needs the index after all: building in the sandbox", error=(outcome.error or "")[:200])
     drop_attempt(build.engine, outcome)
     return None

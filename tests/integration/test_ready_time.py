@@ -128,3 +128,37 @@ def test_the_image_runs_with_the_fargate_task_settings(slow, docker_client):
         volume = mounts[0]["Name"]
         served.remove()
     assert volume not in {v.name for v in docker_client.volumes.list()}  # removed with its container
+
+
+def _build(agent, index_url: str, repo: str, cache) -> tuple[dict, list[dict]]:
+    proc = subprocess.run([AGENT_IMAGE, "build", str(agent), "--json", "--progress", "json", "--index-url", index_url,
+                           "--repository", repo, "--cache-dir", str(cache)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout), [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+
+
+def test_a_code_only_rebuild_carries_the_ready_time_and_any_other_change_measures_it(
+        agent_factory, index_url, cleanup_images, docker_client, tmp_path):
+    """A code-only rebuild is not measured (the import would cost it more than the rebuild itself): it
+    takes the previous image's ready time, and says so. An ENV the import reads that changed, on the
+    same code-only path, measures again."""
+    cleanup_images("ready-carry/")
+    agent = agent_factory("ready-carry", requirements=None, extra={"src/main.py": SLOW_MAIN})
+    label = lambda out: docker_client.images.get(out["image_id"]).labels[READY_LABEL]  # noqa: E731
+    first, _ = _build(agent, index_url, "ready-carry/agent", tmp_path / "c")
+    assert float(label(first)) >= SLEEP_S
+
+    (agent / "src" / "main.py").write_text(SLOW_MAIN.replace(f"time.sleep({SLEEP_S})", "time.sleep(0)"))
+    second, events = _build(agent, index_url, "ready-carry/agent", tmp_path / "c")
+    assert second["image_id"] != first["image_id"]
+    assert any(e.get("event") == "Only the code changed: building without a network" for e in events)
+    assert label(second) == label(first)  # the previous image's: stale by design, and said so
+    ready = [e for e in events if e.get("event") == "Measured the agent's ready time"]
+    assert len(ready) == 1 and ready[0]["carried_from"] == first["image_id"], ready
+
+    yaml = agent / "agent.yaml"
+    yaml.write_text(yaml.read_text() + "environment:\n  READY_CARRY_MODE: fast\n")
+    third, events = _build(agent, index_url, "ready-carry/agent", tmp_path / "c")
+    assert float(label(third)) < SLEEP_S  # measured: this import does not sleep
+    ready = [e for e in events if e.get("event") == "Measured the agent's ready time"]
+    assert len(ready) == 1 and "carried_from" not in ready[0], ready
