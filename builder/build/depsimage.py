@@ -33,14 +33,13 @@ from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
 from builder.plan.cross import CrossTarget, cross_dockerfile, needs_emulation
-from builder.plan.dockerfile import DISTS_PATH, Rendered, deps_dockerfile, dq
+from builder.plan.dockerfile import DISTS_PATH, LAYER_INSTRUCTIONS, Rendered, deps_dockerfile, dq
 
 log = structlog.get_logger("agent_image")
 
 # a dot: no agent name (^[a-z][a-z0-9-]*$) can take this repository, so no
 # package can push an image under a dependency image's name by naming itself
 REPOSITORY_NAME = "agent-image.deps"
-_LAYER_INSTRUCTIONS = ("RUN", "COPY", "ADD")
 
 
 @dataclass
@@ -107,7 +106,7 @@ def layer_count(dockerfile: Rendered) -> int:
     """Layers the Dockerfile's last stage adds over its FROM (classic builder: every RUN, COPY, ADD)."""
     words = [i.split(None, 1)[0].upper() for i in dockerfile.instructions]
     last = max((n for n, w in enumerate(words) if w == "FROM"), default=0)
-    return sum(1 for w in words[last:] if w in _LAYER_INSTRUCTIONS)
+    return sum(1 for w in words[last:] if w in LAYER_INSTRUCTIONS)
 
 
 def refusal(image: Image, deps_key: str, base: Image, added: int) -> str | None:

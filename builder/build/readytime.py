@@ -29,7 +29,7 @@ from builder.build.stream import BuildOutcome
 from builder.core import events
 from builder.core.errors import EngineError
 from builder.core.labels import READY_LABEL, ready_seconds
-from builder.plan.dockerfile import Rendered
+from builder.plan.dockerfile import LAYER_INSTRUCTIONS, Rendered
 from builder.plan.context import build_context
 
 log = structlog.get_logger("agent_image")
@@ -112,7 +112,7 @@ def carried(previous: Image, built: Image, rendered: Rendered) -> float | None:
     if seconds is None or built.labels.get(READY_LABEL) != f"{seconds:.3f}" or "source" not in names:
         return None
     first = names.index("source")
-    above = sum(1 for i in rendered.instructions[first:] if i.split(None, 1)[0].upper() in ("RUN", "COPY", "ADD"))
+    above = sum(1 for i in rendered.instructions[first:] if i.split(None, 1)[0].upper() in LAYER_INSTRUCTIONS)
     below = len(built.layers) - above
     if above == 0 or below <= 0 or len(previous.layers) != len(built.layers) \
             or previous.layers[:below] != built.layers[:below]:

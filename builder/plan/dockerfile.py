@@ -119,6 +119,10 @@ def _environment() -> jinja2.Environment:
 _ENV = _environment()
 
 
+# the instructions that add a layer in the classic builder (the others change the config only)
+LAYER_INSTRUCTIONS = ("RUN", "COPY", "ADD")
+
+
 @dataclass(frozen=True)
 class Rendered:
     text: str
