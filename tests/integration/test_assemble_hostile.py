@@ -42,18 +42,8 @@ def test_a_utf7_setup_py_gives_the_registry_the_engines_image(agent_factory, ind
     twin = agent_factory("asm-two", requirements=REQS)
     body = PIXELL_SETUP.split('"""\n', 2)[2]  # the literal form, after pixell's shebang and docstring
     (twin / "setup.py").write_text(HIDDEN + body)
-    engine_built = build_image(twin, BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
-    docker_client.images.get(engine_built.image_id).tag("fx24-asm-engine/asm-two", "0.1.0")
-    _drop(docker_client, prefix)
-
-    with capture_logs() as logs:
-        made = build_image(twin, opts)
-    why = [e.get("reason", "") for e in logs if e["event"].startswith("Not assembling in the registry")]
-    assert made.deps_origin != "registry", made  # the engine built it, for the reason found:
-    assert any("more than one setup() call of literals" in w for w in why), why
-    own_pulls(made.digest_ref)
-    docker_client.images.pull(made.digest_ref)
-    ours, theirs = _inside(made.digest_ref), _inside("fx24-asm-engine/asm-two:0.1.0")
+    made, ours, theirs = _engine_built_both_ways(twin, opts, "fx24-asm-engine", docker_client, own_pulls, tmp_path,
+                                                 because="more than one setup() call of literals")
     assert "atk24-hidden.pth" in theirs, "the engine ran the code Python reads in the UTF-7 setup.py"
     assert made.deps_origin != "registry" or ours == theirs, \
         f"assembled in the registry without the code's effect:\n{made}\nengine has atk24-hidden.pth, ours does not"
@@ -95,17 +85,27 @@ def _check(index_url, agent_factory, registry, docker_client, cleanup_images, ow
     assert first.deps_origin == "built", first
     twin = agent_factory("asm-two", requirements=reqs)
     (twin / "setup.py").write_text(PIXELL_SETUP)
-    engine_built = build_image(twin, BuildOptions(index_url=index_url, registry=prefix, cache_dir=tmp_path / "c"))
-    docker_client.images.get(engine_built.image_id).tag("fx24-mark-engine/asm-two", "0.1.0")
-    _drop(docker_client, prefix)
+    made, ours, theirs = _engine_built_both_ways(twin, opts, "fx24-mark-engine", docker_client, own_pulls, tmp_path,
+                                                 because="installed-after-code mark")
+    assert "src/main.py" in theirs, "the engine's install step ran again after the code (SOURCES.txt lists it)"
+    assert made.deps_origin != "registry" or ours == theirs, "assembled without the install step the engine ran"
+
+
+def _engine_built_both_ways(twin, opts: BuildOptions, engine_repo: str, docker_client, own_pulls, tmp_path, *,
+                            because: str):
+    """TWIN built by the engine alone (tagged ENGINE_REPO/asm-two:0.1.0, not pushed), then with OPTS' --push
+    once the engine holds nothing of the registry's: that build must leave the registry path BECAUSE of
+    the reason given. (the pushed build, the files in its image, the files in the engine-only image)."""
+    engine_built = build_image(twin, BuildOptions(index_url=opts.index_url, registry=opts.registry,
+                                                  cache_dir=tmp_path / "c"))
+    docker_client.images.get(engine_built.image_id).tag(f"{engine_repo}/asm-two", "0.1.0")
+    _drop(docker_client, opts.registry)
 
     with capture_logs() as logs:
         made = build_image(twin, opts)
     why = [e.get("reason", "") for e in logs if e["event"].startswith("Not assembling in the registry")]
     assert made.deps_origin != "registry", made  # the engine built it, for the reason found:
-    assert any("installed-after-code mark" in w for w in why), why
+    assert any(because in w for w in why), why
     own_pulls(made.digest_ref)
     docker_client.images.pull(made.digest_ref)
-    ours, theirs = _inside(made.digest_ref), _inside("fx24-mark-engine/asm-two:0.1.0")
-    assert "src/main.py" in theirs, "the engine's install step ran again after the code (SOURCES.txt lists it)"
-    assert made.deps_origin != "registry" or ours == theirs, "assembled without the install step the engine ran"
+    return made, _inside(made.digest_ref), _inside(f"{engine_repo}/asm-two:0.1.0")
