@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -35,6 +35,7 @@ from builder.core.labels import INPUT_LABEL
 from builder.core.log import configure as configure_logs
 from builder.core.platforms import is_host, platform_tag, require_emulation
 from builder.core.redact import redaction_scope
+from builder.core.result import BuildResult
 from builder.core.refs import CACHE_TAG, check_image_ref, input_tag, split_ref
 from builder.package.reader import Package, open_package
 from builder.package.requirements import Split
@@ -44,38 +45,12 @@ from builder.plan.dockerfile import check_installer
 from builder.plan.inputs import (added_files, check_cache_dir, check_identity, learn_env_values, log_requirements,
                                  read_ca_bundle, read_split, repository)
 from builder.plan.options import BuildOptions
+from builder.ship import deltaimage
 from builder.ship.publish import add_runtime, guard_tag, push
 
 __all__ = ["BuildOptions", "BuildResult", "build_image", "check_inputs", "prepare"]
 
 log = structlog.get_logger("agent_image")
-
-
-@dataclass
-class BuildResult:
-    ok: bool
-    image: str
-    image_id: str
-    agent: dict[str, str]
-    duration_s: float
-    cached: bool = False
-    input_digest: str = ""
-    digest_ref: str | None = None
-    steps_cached: list[str] = field(default_factory=list)  # build steps the layer cache served
-    steps_total: int = 0
-    installed: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    index: dict[str, Any] = field(default_factory=dict)
-    tag_kept: bool = False  # the registry's NAME:VERSION already held this content: nothing was pushed
-    deps_image: str = ""    # the dependency image it was built FROM (builder/build/depsimage.py)
-    deps_origin: str = ""   # "local" | "pulled" | "built" | "registry" (appended there: ship/assemble.py)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per stage; duration_s is the whole call
-    # the agent's runtime: name, python, end_of_life (ISO date), past_end_of_life, preview (package/runtime.py)
-    runtime: dict[str, Any] = field(default_factory=dict)
-    supply: dict[str, Any] = field(default_factory=dict)  # with --push: SBOM, provenance, signature (ship/supply.py)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_image(source: str | os.PathLike, options: BuildOptions | None = None,
@@ -151,8 +126,15 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         target = agentbuild.target_of(pkg, options, plan, deps)
         built = agentbuild.build_offline(build, plan, target, cache_from, options.cache_dir)
         if built is None:
-            built = agentbuild.build_in_sandbox(build, pkg, options, job.upstream, plan, base, deps, target,
-                                                cache_from, sandbox_early)
+            twin = deltaimage.near_twin(build, deps, plan, base, options, job.repo)
+            for near in (twin, None):  # a near twin's dependency image goes to the registry, the agent after it
+                built = agentbuild.build_in_sandbox(build, pkg, options, job.upstream, plan, base, deps, target,
+                                                    cache_from, sandbox_early, near and near.step)
+                done = built.delta and near.finish(deps, base, built.delta) and _in_registry(engine, job, "near twin")
+                if done or built.delta is None:
+                    break
+            if done:
+                return done
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
             usage.touch_many(options.cache_dir, built.outcome.committed, [job.ref])
@@ -248,7 +230,7 @@ def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -
 
 # -- in the registry: an empty runner pulls nothing the registry already has -------------------------------------
 
-def _in_registry(engine: Engine, job: _Job) -> BuildResult | None:
+def _in_registry(engine: Engine, job: _Job, origin: str = "registry") -> BuildResult | None:
     """An empty runner, --push to a registry: the image of the same inputs retagged there, or the agent's
     layers appended to the dependency image there (builder/ship/assemble.py); None: the engine builds."""
     options = job.options
@@ -271,7 +253,7 @@ def _in_registry(engine: Engine, job: _Job) -> BuildResult | None:
     return _supplied(BuildResult(
         ok=True, image=job.ref, image_id=done.image_id, agent={"name": m.name, "version": m.version},
         duration_s=0.0, cached=done.how == "reused", input_digest=plan.digest, digest_ref=done.digest_ref,
-        tag_kept=done.tag_kept, deps_image=done.deps_image, deps_origin="registry" if done.deps_image else "",
+        tag_kept=done.tag_kept, deps_image=done.deps_image, deps_origin=origin if done.deps_image else "",
         index={"url": plan.upstream_url}, installed=done.installed), job, facts)
 
 

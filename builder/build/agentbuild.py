@@ -8,10 +8,11 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
-from builder.build import depsimage, readytime
+from builder.build import delta, depsimage, readytime
 from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.build.platformbuild import sandbox_image
@@ -25,7 +26,7 @@ from builder.build.steplog import cached_steps
 from builder.build.stream import BuildOutcome
 from builder.core import events
 from builder.core.errors import PackageLoadError
-from builder.core.labels import ABI_LABEL, CONTENT_LABEL, DEPS_LABEL, INPUT_LABEL
+from builder.core.labels import ABI_LABEL, CONTENT_LABEL, INPUT_LABEL
 from builder.package.reader import Package
 from builder.plan.agent import Plan, from_deps
 from builder.plan.context import Context
@@ -81,6 +82,7 @@ class Built:
     deps_lines: list[str] = field(default_factory=list)  # the dependency image's build log, when built
     failed: Rendered | None = None                       # the Dockerfile whose build failed
     previous: Image | None = None                        # a code-only rebuild's previous image (its ready time)
+    delta: object | None = None                          # a near twin's layer (build/delta.py): the registry goes on
 
 
 def agent_labels(plan: Plan) -> dict[str, str]:
@@ -120,7 +122,7 @@ def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[s
 
 def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstream: Upstream, plan: Plan, base: Image,
                      deps: depsimage.Plan | None, target: Target, cache_from: list[str],
-                     sandbox_early: Sandbox | None) -> Built:
+                     sandbox_early: Sandbox | None, near_twin: Callable[[str, dict], object] | None = None) -> Built:
     """The build's network (builder/build/sandbox.py) reaches the index proxy and nothing else:
     the dependency image first when it must be built, then the agent FROM it."""
     split, engine = plan.split, build.engine
@@ -135,11 +137,14 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
             proxy.expect([line.text for line in split.deps])
         sandbox.wait(proxy.ready)
         args, deps_lines = {"http_proxy": sandbox.proxy_url(proxy)}, []
+        made = near_twin(sandbox.network_mode, args) if near_twin and deps and deps.image is None else None
+        if made is not None:  # the dependency image is written in the registry, and the agent appended there
+            return Built(BuildOutcome(image_id=None), target, proxy.stats, delta=made)
         if deps and deps.image is None:
             log.info(events.DEPS_BUILDING, image=deps.ref, deps_key=deps.key, venv=build.venv)
             # no cache_from: the engine's own layer cache (same base, same lines) is this image's
             outcome = build(depsimage.context(deps.dockerfile, plan.files), deps.dockerfile,
-                            {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
+                            depsimage.labels(deps), None, sandbox.network_mode, args)
             if outcome.error is not None or outcome.image_id is None:
                 return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
             labelled = depsimage.with_listing(engine, outcome.image_id,
@@ -151,6 +156,23 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
         outcome = build(target.context, target.rendered, agent_labels(plan), cache_from, sandbox.network_mode, args)
         failed = target.rendered if outcome.error is not None or outcome.image_id is None else None
         return Built(outcome, target, proxy.stats, deps_lines, failed)
+
+
+def near_twin(build: Builder, deps: depsimage.Plan, plan: Plan, siblings: list, install: str) -> Callable:
+    """The delta step (builder/build/delta.py) for build_in_sandbox: its Delta, or None to build whole."""
+    def run(network: str, args: dict[str, str]):
+        rendered = delta.dockerfile(deps.dockerfile)
+        log.info("Building a near twin's dependency layer", image=deps.ref, siblings=len(siblings), venv=build.venv)
+        outcome = build(delta.context(rendered, plan.files, install, siblings), rendered, {}, None, network, args)
+        try:
+            if outcome.error is not None or outcome.image_id is None:
+                log.info("The near twin's step failed: building the dependency image whole",
+                         error=(outcome.error or "")[:300])
+                return None
+            return delta.read(build.engine, outcome.image_id)
+        finally:
+            delta.drop(build.engine, outcome.image_id)
+    return run
 
 
 def failure(built: Built, plan: Plan, pkg: Package, venv: str) -> PackageLoadError:

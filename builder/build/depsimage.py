@@ -28,18 +28,20 @@ from builder import __version__
 from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
-from builder.core.labels import AGENT_NAME_LABEL, DEPS_DISTS_LABEL, DEPS_LABEL
+from builder.core.labels import (AGENT_NAME_LABEL, DEPS_DELTA_LABEL, DEPS_DISTS_LABEL, DEPS_FAMILY_LABEL, DEPS_LABEL,
+                                  DEPS_REQUESTED_LABEL)
 from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
 from builder.plan.cross import CrossTarget, cross_dockerfile, needs_emulation
-from builder.plan.dockerfile import DISTS_PATH, LAYER_INSTRUCTIONS, Rendered, deps_dockerfile, dq
+from builder.plan.dockerfile import DISTS_PATH, LAYER_INSTRUCTIONS, REQUESTED_PATH, Rendered, deps_dockerfile, dq
 
 log = structlog.get_logger("agent_image")
 
 # a dot: no agent name (^[a-z][a-z0-9-]*$) can take this repository, so no
 # package can push an image under a dependency image's name by naming itself
 REPOSITORY_NAME = "agent-image.deps"
+MAX_DELTAS = 6  # near-twin layers one dependency image may stack (builder/build/delta.py); then it is built whole
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Plan:
     repo: str
     ref: str
     layers: int                      # layers it adds over the base
+    family: str = ""                 # the key without the lines (DEPS_FAMILY_LABEL)
     image: Image | None = None
     origin: str = ""                 # "local" | "pulled" | "built"
     cached: list[str] = field(default_factory=list)  # its steps the engine's layer cache served, when built
@@ -65,9 +68,10 @@ def plan(agent_dockerfile: Rendered, split: Split, base: Image, agent_repo: str,
     if cross is not None and not needs_emulation(split.deps_text):
         dockerfile = cross_dockerfile(dockerfile, cross) or dockerfile
     repo = repository(agent_repo, registry)
-    deps_key = key(dockerfile, split, base.id, reader=index_user(auth_header), repo=repo)
+    reader = index_user(auth_header)
+    deps_key = key(dockerfile, split, base.id, reader=reader, repo=repo)
     return Plan(dockerfile=dockerfile, key=deps_key, repo=repo, ref=ref(repo, deps_key),
-                layers=layer_count(dockerfile))
+                layers=layer_count(dockerfile), family=family(dockerfile, base.id, reader=reader, repo=repo))
 
 
 def repository(agent_repo: str, registry: str | None) -> str:
@@ -98,6 +102,23 @@ def key(dockerfile: Rendered, split: Split, base_id: str, *, reader: str, repo: 
                                       __version__], sort_keys=True).encode()).hexdigest()
 
 
+def family(dockerfile: Rendered, base_id: str, *, reader: str, repo: str) -> str:
+    """The key without the lines: dependency images that differ only in their lines (builder/build/delta.py)."""
+    return hashlib.sha256(json.dumps([base_id, dockerfile.text, reader, repo, __version__],
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def labels(plan: Plan) -> dict[str, str]:
+    """What the dependency build labels its image with (the listings come after: with_listing)."""
+    return {DEPS_LABEL: plan.key, DEPS_FAMILY_LABEL: plan.family}
+
+
+def deltas(image_labels: dict[str, str]) -> int:
+    """How many near-twin layers a dependency image stacks (DEPS_DELTA_LABEL); 0 when built whole."""
+    value = image_labels.get(DEPS_DELTA_LABEL, "0")
+    return int(value) if value.isdigit() and int(value) <= MAX_DELTAS else -1
+
+
 def ref(repo: str, deps_key: str) -> str:
     return f"{repo}:deps-{deps_key[:48]}"
 
@@ -119,6 +140,11 @@ def refusal(image: Image, deps_key: str, base: Image, added: int) -> str | None:
         return f"it is an agent's image ({image.labels['io.pixell.agent.name']!r})"
     if image.layers[:len(base.layers)] != base.layers:
         return "it is not built on this base"
+    stacked = deltas(image.labels)
+    if stacked < 0:
+        return f"its {DEPS_DELTA_LABEL} label is not a count up to {MAX_DELTAS}"
+    # a near twin's image (builder/build/delta.py) keeps its sibling's install, not its COPY of the lines
+    added += max(0, stacked - 1)
     if len(image.layers) != len(base.layers) + added:
         return f"it adds {len(image.layers) - len(base.layers)} layers over the base, not {added}"
     return None
@@ -144,7 +170,9 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float) -> str:
         log.warning("The dependency image has no readable listing; it is kept without its label",
                     image_id=image_id, reason=str(exc)[:200])
         return image_id
-    dockerfile = f"FROM {image_id}\nLABEL {DEPS_DISTS_LABEL}={dq(text)}\n".encode()
+    requested = _requested(engine, image_id)
+    extra = f" {DEPS_REQUESTED_LABEL}={dq(requested)}" if requested is not None else ""
+    dockerfile = f"FROM {image_id}\nLABEL {DEPS_DISTS_LABEL}={dq(text)}{extra}\n".encode()
     again = engine.build(context=build_context(None, {"Dockerfile": dockerfile}).data, network_mode="none",
                          timeout=timeout)
     if again.error is not None or again.image_id is None:
@@ -152,6 +180,16 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float) -> str:
                     image_id=image_id, error=(again.error or "")[:200])
         return image_id
     return again.image_id
+
+
+def _requested(engine: Engine, image_id: str) -> str | None:
+    """The image's REQUESTED_PATH (a JSON list of names), or None: a near twin cannot build on it then."""
+    raw = engine.read_file(image_id, REQUESTED_PATH)
+    try:
+        names = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return json.dumps(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def find(engine: Engine, image_ref: str, deps_key: str, base: Image, added: int, *,

@@ -30,6 +30,12 @@ DEPS_LABEL = "io.pixell.agent-image.deps-key"  # what shapes the dependency laye
 # registry path (ship.assemble) knows the venv, for the agent's listing and its SBOM, without its layers;
 # an agent image built FROM it inherits it: it describes the dependency layer, not the agent's listing
 DEPS_DISTS_LABEL = "io.pixell.agent-image.deps-dists"
+# the dependency image's requested distributions (those pip marked REQUESTED: the lines' own names), a JSON list
+DEPS_REQUESTED_LABEL = "io.pixell.agent-image.deps-requested"
+# the deps key without the lines (base, index, installer, reader, repository, builder): dependency images of
+# one family can lend a near twin their layers (build.delta); DELTA: how many near-twin layers it has
+DEPS_FAMILY_LABEL = "io.pixell.agent-image.deps-family"
+DEPS_DELTA_LABEL = "io.pixell.agent-image.deps-delta"
 # seconds the agent's import took on the builder, measured right after its build (build.readytime);
 # ecs-task-def derives the health check's startPeriod from it (ship.ecs.start_period)
 READY_LABEL = "io.pixell.agent-image.ready-seconds"

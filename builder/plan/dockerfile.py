@@ -51,6 +51,13 @@ LIST_DISTS = ("python -I -c '" + _LIST_CODE + "os.makedirs(os.path.dirname(\"" +
               "json.dump(sorted(d.values()), open(\"" + DISTS_PATH + "\", \"w\"))'")
 # the same listing on stdout, for an image no install step wrote one into (python -I -c LIST_DISTS_STDOUT)
 LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.stdout)"
+# The names pip marked REQUESTED (the lines' own, not what they pulled in), canonical: the dependency
+# step writes them next to the listing, and a near twin must mark the same (builder/build/delta.py).
+REQUESTED_PATH = "/opt/agent-image/deps-requested.json"
+_REQUESTED_CODE = ("import json, re, importlib.metadata as m; r = sorted({re.sub(r\"[-_.]+\", \"-\", x.metadata[\"Name\"]).lower() "
+                   "for x in m.distributions() if x.metadata[\"Name\"] and x.read_text(\"REQUESTED\") is not None}); ")
+LIST_REQUESTED = "python -I -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
+REQUESTED_STDOUT = _REQUESTED_CODE + "import sys; json.dump(r, sys.stdout)"
 # Bytecode while the dependency step's installer still unpacks (templates/agent.Dockerfile.j2):
 # started in the background before it, this compiles each distribution whose dist-info/RECORD
 # appears (pip writes it last, atomically, once the wheel's files are in place) on the core the
@@ -228,6 +235,7 @@ def render(
         tool_pip=tool_pip and installer == "pip",  # the base carries a current pip for the dependency layer
         tool_pip_dir=TOOL_PIP_DIR,
         list_dists=LIST_DISTS,
+        list_requested=LIST_REQUESTED,
         stamp=STAMP,
         compile_start=COMPILE_START,
         compile_done=COMPILE_DONE,

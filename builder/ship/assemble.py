@@ -93,10 +93,10 @@ def registry_image(ref: str, *, auth: dict | None) -> Image | None:
     except (RegistryError, RebaseError) as exc:  # (RebaseError: an index of platforms, not one image)
         log.debug("image not readable from its registry", image=ref, reason=str(exc)[:200])
         return None
-    return _image(doc, f"{r.name}@{doc.digest}")
+    return doc_image(doc, f"{r.name}@{doc.digest}")
 
 
-def _image(doc: ImageDoc, digest_ref: str) -> Image:
+def doc_image(doc: ImageDoc, digest_ref: str) -> Image:
     """The engine's inspect document of DOC, as a pull would give it (what the pipeline reads)."""
     return image_from({"Id": doc.manifest["config"]["digest"], "Config": doc.config.get("config") or {},
                        "RootFS": {"Layers": (doc.config.get("rootfs") or {}).get("diff_ids") or []},
@@ -181,7 +181,7 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
         deps_doc = fetch(client, deps_ref)
     except RegistryError:
         return _skip(job, f"the registry has no {deps.ref}")
-    image = _image(deps_doc, deps_ref.with_digest(deps_doc.digest))
+    image = doc_image(deps_doc, deps_ref.with_digest(deps_doc.digest))
     why = depsimage.refusal(image, deps.key, base, deps.layers)
     if why:
         log.warning("Not using the dependency image from the registry", image=deps.ref, reason=why)
@@ -190,7 +190,7 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
     if listing is None:  # the SBOM (and the agent's own listing) need it, and only the layers have it
         return _skip(job, f"the dependency image {deps.ref} has no {DEPS_DISTS_LABEL} label (an older "
                           "agent-image built it)")
-    why = depsenv.refusal(_env_record(client, deps_ref.repo, deps_doc))
+    why = depsenv.refusal(env_record(client, deps_ref.repo, deps_doc))
     if why:
         return _skip(job, why)
     rendered, _, context = from_deps(job.pkg, job.options, plan, image.id)
@@ -214,7 +214,7 @@ def _append(client: RegistryClient, job: Inputs, plan: Plan, base: Image, local)
                      editable=assembly.editable, dists=assembly.dists, base_digests=tuple(base.digests))
 
 
-def _env_record(client: RegistryClient, repo: str, deps: ImageDoc) -> bytes | None:
+def env_record(client: RegistryClient, repo: str, deps: ImageDoc) -> bytes | None:
     """builder/core/depsenv.py's record: the file in the dependency image's last layer (a few kB), or None."""
     layers = deps.manifest.get("layers") or []
     if not layers or int(layers[-1].get("size", 0)) > _RECORD_LAYER_MAX:

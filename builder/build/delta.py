@@ -1,0 +1,155 @@
+"""A near twin's dependency image: a pushed sibling's install, plus what it lacks.
+
+One line added to a pushed agent's requirements is a new dependency key, and built whole it
+reinstalls and recompiles every distribution, then uploads it all again (issue 24's near
+twin). Here, in the build sandbox behind the index proxy as any dependency step, pip resolves
+the lines (--dry-run --report: pip's own reading of them), and builder/build/deltarun.py picks
+the pushed dependency image of the same family (base, index, installer, reader, repository,
+builder) whose every distribution is in that set at the same version and requested the same
+way, installs only the rest, and writes their files as one layer. builder/ship/deltaimage.py
+then writes the new dependency image in the registry: the sibling's install layers, this
+layer, the sibling's environment record; and the agent is appended there as for a twin.
+
+Taken only where that image equals what the dependency step would install, as far as pip
+reads the lines: wheels from the index (no sdist, no URL), nothing of the base replaced,
+nothing that changes what the package step sees (builder/core/depsenv.py), pip as installer,
+no --require-hashes, the build's own CPU. Anything else builds the dependency image whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from builder.build.engine import Engine
+from builder.core import depsenv
+from builder.core.errors import PackageLoadError
+from builder.plan.context import build_context
+from builder.plan.dockerfile import (COMPILE_START, DISTS_PATH, LIST_DISTS_STDOUT, REQUESTED_PATH,
+                                     REQUESTED_STDOUT, Rendered, parse_steps)
+
+log = structlog.get_logger("agent_image")
+
+SCRIPT = Path(__file__).with_name("deltarun.py")
+OUT = "/opt/agent-image/delta-out"            # deltarun.OUT
+_REQS = " -r /opt/agent-image/deps/requirements-deps.txt"
+LAYER_MAX_BYTES = 512 << 20                   # the new distributions' files: a near twin adds a few
+# what the layer may hold: the venv, the lines' files, the two listings (deltarun.py writes no other)
+_ALLOWED = ("opt/venv/", "opt/agent-image/deps/", DISTS_PATH.lstrip("/"), REQUESTED_PATH.lstrip("/"))
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """A pushed dependency image of the family (builder/ship/deltaimage.py), as deltarun.py reads it."""
+    ref: str                    # REPO@DIGEST
+    dists: dict[str, str]       # name -> version (the listing label)
+    requested: list[str]
+    listing: list
+
+    def spec(self) -> dict:
+        return {"ref": self.ref, "dists": self.dists, "requested": self.requested, "listing": self.listing}
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What the delta step made: the sibling it builds on, what it added, the layer (uncompressed tar)."""
+    sibling: str
+    new: list[str]
+    layer: bytes
+    listing: str                # the merged listing (DISTS_PATH's JSON): the new image's label
+    requested: str
+
+
+def install_command(deps: Rendered) -> str | None:
+    """The dependency step's installer command (pip and its flags), or None when the step is not the one
+    deltarun.py knows (COMPILE_START, then the command, then the lines' file)."""
+    run = next((i for s, i in zip(deps.steps, deps.instructions) if s == "deps" and i.startswith("RUN ")), "")
+    if COMPILE_START not in run or _REQS not in run:
+        return None
+    command = run.split(COMPILE_START, 1)[1].split(_REQS, 1)[0]
+    return command if "pip install" in command and "'" not in command else None
+
+
+def dockerfile(deps: Rendered) -> Rendered:
+    """The dependency Dockerfile with its install steps replaced by deltarun.py."""
+    head = deps.text.split("#> step deps", 1)[0]
+    text = (head + "#> step deps\nCOPY .agent-image/deps/ /opt/agent-image/deps/\n"
+            "COPY .agent-image/delta/ /opt/agent-image/delta/\nRUN python -I /opt/agent-image/delta/deltarun.py\n")
+    steps, instructions = parse_steps(text)
+    return Rendered(text=text, steps=steps, instructions=instructions)
+
+
+def context(rendered: Rendered, generated: dict[str, bytes], install: str, siblings: list[Sibling]):
+    spec = {"install": install, "args": _REQS.strip(), "fingerprint": depsenv.FINGERPRINT_SCRIPT,
+            "list_code": LIST_DISTS_STDOUT, "requested_code": REQUESTED_STDOUT, "dists_path": DISTS_PATH,
+            "requested_path": REQUESTED_PATH, "siblings": [s.spec() for s in siblings]}
+    files = {name: data for name, data in generated.items() if name.startswith(".agent-image/deps/")}
+    return build_context(None, {"Dockerfile": rendered.text.encode(), **files,
+                                ".agent-image/delta/spec.json": json.dumps(spec).encode(),
+                                ".agent-image/delta/deltarun.py": SCRIPT.read_bytes()})
+
+
+def checked(layer: bytes) -> str | None:
+    """Why LAYER may not be pushed as the near twin's layer, or None. The sandbox wrote it: every
+    member must be a file or directory under the paths deltarun.py writes, named plainly."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+            for m in tar:
+                name = m.name
+                if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+                    return f"the layer names {name!r}"
+                if not (m.isfile() or m.isdir()):  # (pip makes no link from a wheel)
+                    return f"the layer holds {name!r}, not a file or directory"
+                parent = m.isdir() and any(a.startswith(name.rstrip("/") + "/") for a in _ALLOWED)
+                if not (name.startswith(_ALLOWED) or parent):
+                    return f"the layer writes {name!r}, outside what the dependency step writes"
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return f"the layer is not a tar ({exc})"
+    return None
+
+
+def read(engine: Engine, image_id: str) -> Delta | None:
+    """The delta step's result from its image; None (logged) when it did not make one."""
+    raw = engine.read_file(image_id, f"{OUT}/result.json")
+    try:
+        result = json.loads(raw) if raw is not None else {"why": "the step left no result"}
+    except ValueError:
+        result = {"why": "the step's result is not JSON"}
+    if result.get("why") or not isinstance(result.get("sibling"), str):
+        log.info("Not a near twin of a pushed dependency image: building it whole",
+                 reason=str(result.get("why") or "no sibling")[:300])
+        return None
+    layer = engine.read_file(image_id, f"{OUT}/layer.tar", max_bytes=LAYER_MAX_BYTES)
+    why = checked(layer) if layer is not None else "the step left no layer"
+    listing = _member(layer, DISTS_PATH) if why is None else None
+    requested = _member(layer, REQUESTED_PATH) if why is None else None
+    if why is None and (listing is None or requested is None):
+        why = "the layer has no listing"
+    if why is not None:
+        log.warning("The near twin's layer is refused: building the dependency image whole", reason=why)
+        return None
+    return Delta(sibling=result["sibling"], new=[str(n) for n in result.get("new") or []], layer=layer,
+                 listing=listing, requested=requested)
+
+
+def _member(layer: bytes, path: str) -> str | None:
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        try:
+            f = tar.extractfile(path.lstrip("/"))
+        except KeyError:
+            return None
+        return f.read().decode("utf-8") if f is not None else None
+
+
+def drop(engine: Engine, image_id: str | None) -> None:
+    """The step's image is a vehicle: its layer travels as the tar, the image is not kept."""
+    if image_id:
+        try:
+            engine.remove_image(image_id)
+        except PackageLoadError as exc:
+            log.debug("could not remove the delta step's image", image_id=image_id, reason=str(exc)[:200])
