@@ -83,6 +83,20 @@ def _files(name: str) -> list[str]:
     return paths
 
 
+def _unrequest(name: str) -> None:
+    """pip marks every name it is given REQUESTED (the file, and its RECORD line); the whole set's own
+    pass marks only the lines' names: a distribution they pulled in loses both."""
+    from importlib import metadata
+    dist = metadata.distribution(name)
+    for f in dist.files or []:
+        if f.name == "REQUESTED" and f.parent.name.endswith(".dist-info"):
+            record = dist.locate_file(f.parent / "RECORD")
+            lines = open(record, newline="").read().splitlines(keepends=True)
+            with open(record, "w", newline="") as out:
+                out.writelines(ln for ln in lines if not ln.startswith(f"{f.as_posix()},"))
+            os.unlink(dist.locate_file(f))
+
+
 def _say(result: dict) -> int:
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "result.json"), "w") as f:
@@ -117,6 +131,9 @@ def main() -> int:
             return _say({"why": "pip could not install the new distributions"})
     if _run_text(spec["fingerprint"]) != before:
         return _say({"why": "a new distribution changes what the package step sees (tools, .pth, hooks)"})
+    for name in new:
+        if not want[name][1]:
+            _unrequest(name)
     files: set[str] = set()
     for name in new:
         for path in _files(name):
@@ -125,9 +142,6 @@ def main() -> int:
                 cached = importlib.util.cache_from_source(path)
                 if os.path.exists(cached):
                     files.add(cached)
-            if os.path.basename(path) == "REQUESTED" and not want[name][1]:
-                os.unlink(path)  # pip marks every name it is given; the set's own pass would not
-                continue
             if os.path.lexists(path):
                 files.add(path)
     listing = {canon(e[0]): e for e in sibling["listing"]}
