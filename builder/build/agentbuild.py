@@ -137,7 +137,13 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
             proxy.expect([line.text for line in split.deps])
         sandbox.wait(proxy.ready)
         args, deps_lines = {"http_proxy": sandbox.proxy_url(proxy)}, []
-        made = near_twin(sandbox.network_mode, args) if near_twin and deps and deps.image is None else None
+        made = None
+        if near_twin and deps and deps.image is None:
+            proxy.wheels_only = True  # no code of what it installs may run there (build/delta.py)
+            try:
+                made = near_twin(sandbox.network_mode, args)
+            finally:
+                proxy.wheels_only = False
         if made is not None:  # the dependency image is written in the registry, and the agent appended there
             return Built(BuildOutcome(image_id=None), target, proxy.stats, delta=made)
         if deps and deps.image is None:
@@ -147,7 +153,9 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
                             depsimage.labels(deps), None, sandbox.network_mode, args)
             if outcome.error is not None or outcome.image_id is None:
                 return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
-            labelled = depsimage.with_listing(engine, outcome.image_id,
+            # wheels alone, and the step ran (not the layer cache's, made who knows how): it ran no code of theirs
+            wheels = not proxy.stats.sources and "deps" not in cached_steps(deps.dockerfile, outcome.cached)
+            labelled = depsimage.with_listing(engine, outcome.image_id, wheels=wheels,
                                               timeout=max(1.0, build.deadline - time.monotonic()))
             engine.tag(labelled, deps.ref)
             deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"

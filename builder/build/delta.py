@@ -78,8 +78,8 @@ def install_command(deps: Rendered) -> str | None:
 def dockerfile(deps: Rendered) -> Rendered:
     """The dependency Dockerfile with its install steps replaced by deltarun.py."""
     head = deps.text.split("#> step deps", 1)[0]
-    text = (head + "#> step deps\nCOPY .agent-image/deps/ /opt/agent-image/deps/\n"
-            "COPY .agent-image/delta/ /opt/agent-image/delta/\nRUN python -I /opt/agent-image/delta/deltarun.py\n")
+    # one COPY for the lines' files and the step's own (the context holds nothing else)
+    text = head + "#> step deps\nCOPY .agent-image/ /opt/agent-image/\nRUN python -I /opt/agent-image/delta/deltarun.py\n"
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)
 

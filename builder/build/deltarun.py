@@ -2,7 +2,9 @@
 
 Not imported by the builder (only its pure ``choose`` is, by the tests): the file itself goes
 into the build context and runs there as ``python -I`` with the base's venv, started before
-anything is installed, so no code the lines install runs in this process.
+anything is installed. No code of what it installs runs in the step: the proxy serves it wheels
+alone (an sdist's build would run its code; pip fails instead, and the image is built whole),
+installing a wheel runs none, and no interpreter starts after the install (a .pth would run).
 
 1. pip (the step's own pip, same flags) resolves the lines with ``--dry-run --report``: the
    reading of the program that would install them decides what the set is.
@@ -127,7 +129,7 @@ def main() -> int:
     new = sorted(set(want) - set(own))
     if new:
         pins = " ".join(f"'{n}=={want[n][0]}'" for n in new)
-        if subprocess.run(["sh", "-c", f"{spec['install']} --quiet --no-deps {pins}"]).returncode != 0:
+        if subprocess.run(["sh", "-c", f"{spec['install']} --quiet --no-deps --only-binary :all: {pins}"]).returncode != 0:
             return _say({"why": "pip could not install the new distributions"})
     if _run_text(spec["fingerprint"]) != before:
         return _say({"why": "a new distribution changes what the package step sees (tools, .pth, hooks)"})

@@ -29,7 +29,7 @@ from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
 from builder.core.labels import (AGENT_NAME_LABEL, DEPS_DELTA_LABEL, DEPS_DISTS_LABEL, DEPS_FAMILY_LABEL, DEPS_LABEL,
-                                  DEPS_REQUESTED_LABEL)
+                                  DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL)
 from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
@@ -156,7 +156,7 @@ def context(dockerfile: Rendered, generated: dict[str, bytes]) -> Context:
     return build_context(None, {"Dockerfile": dockerfile.text.encode(), **files})
 
 
-def with_listing(engine: Engine, image_id: str, *, timeout: float) -> str:
+def with_listing(engine: Engine, image_id: str, *, timeout: float, wheels: bool = False) -> str:
     """IMAGE_ID with its distribution listing in DEPS_DISTS_LABEL: a one-step LABEL build FROM it
     (no layer: the layers, the key and the refusal checks stay as they were). The registry path
     reads it from the config (ship/assemble.py); without it that path is not taken. On failure
@@ -171,7 +171,8 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float) -> str:
                     image_id=image_id, reason=str(exc)[:200])
         return image_id
     requested = _requested(engine, image_id)
-    extra = f" {DEPS_REQUESTED_LABEL}={dq(requested)}" if requested is not None else ""
+    extra = (f" {DEPS_REQUESTED_LABEL}={dq(requested)}" if requested is not None else "") + \
+        (f' {DEPS_WHEELS_LABEL}="1"' if wheels else "")
     dockerfile = f"FROM {image_id}\nLABEL {DEPS_DISTS_LABEL}={dq(text)}{extra}\n".encode()
     again = engine.build(context=build_context(None, {"Dockerfile": dockerfile}).data, network_mode="none",
                          timeout=timeout)

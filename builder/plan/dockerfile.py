@@ -51,12 +51,19 @@ LIST_DISTS = ("python -I -c '" + _LIST_CODE + "os.makedirs(os.path.dirname(\"" +
               "json.dump(sorted(d.values()), open(\"" + DISTS_PATH + "\", \"w\"))'")
 # the same listing on stdout, for an image no install step wrote one into (python -I -c LIST_DISTS_STDOUT)
 LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.stdout)"
+# After the dependency step's install no interpreter processes the venv's site (-S, the venv named):
+# a wheel's .pth would run then, and that step must run no code of what it installs when the proxy
+# served it wheels alone (DEPS_WHEELS_LABEL: a near twin may build on that image, builder/build/delta.py).
+_VENV_SITE = "glob.glob(\"/opt/venv/lib/python*/site-packages\")"
+DEPS_LIST_DISTS = LIST_DISTS.replace("python -I -c 'import ", "python -I -S -c 'import glob, ").replace(
+    "m.distributions()", f"m.distributions(path={_VENV_SITE})")
 # The names pip marked REQUESTED (the lines' own, not what they pulled in), canonical: the dependency
 # step writes them next to the listing, and a near twin must mark the same (builder/build/delta.py).
 REQUESTED_PATH = "/opt/agent-image/deps-requested.json"
-_REQUESTED_CODE = ("import json, re, importlib.metadata as m; r = sorted({re.sub(r\"[-_.]+\", \"-\", x.metadata[\"Name\"]).lower() "
-                   "for x in m.distributions() if x.metadata[\"Name\"] and x.read_text(\"REQUESTED\") is not None}); ")
-LIST_REQUESTED = "python -I -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
+_REQUESTED_CODE = ("import glob, json, re, importlib.metadata as m; r = sorted({re.sub(r\"[-_.]+\", \"-\", "
+                   "x.metadata[\"Name\"]).lower() for x in m.distributions(path=glob.glob(\"/opt/venv/lib/python*/"
+                   "site-packages\")) if x.metadata[\"Name\"] and x.read_text(\"REQUESTED\") is not None}); ")
+LIST_REQUESTED = "python -I -S -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
 REQUESTED_STDOUT = _REQUESTED_CODE + "import sys; json.dump(r, sys.stdout)"
 # Bytecode while the dependency step's installer still unpacks (templates/agent.Dockerfile.j2):
 # started in the background before it, this compiles each distribution whose dist-info/RECORD
@@ -236,6 +243,7 @@ def render(
         tool_pip_dir=TOOL_PIP_DIR,
         list_dists=LIST_DISTS,
         list_requested=LIST_REQUESTED,
+        deps_list_dists=DEPS_LIST_DISTS,
         stamp=STAMP,
         compile_start=COMPILE_START,
         compile_done=COMPILE_DONE,

@@ -28,7 +28,7 @@ from builder.build.image import Image
 from builder.core import depsenv
 from builder.core.errors import RebaseError, RegistryError
 from builder.core.labels import (AGENT_NAME_LABEL, DEPS_DELTA_LABEL, DEPS_DISTS_LABEL, DEPS_FAMILY_LABEL, DEPS_LABEL,
-                                 DEPS_REQUESTED_LABEL)
+                                 DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL)
 from builder.build.reuse import remote
 from builder.plan.agent import Plan
 from builder.plan.options import BuildOptions
@@ -69,7 +69,8 @@ def _candidate(client: RegistryClient, repo: str, tag: str, deps: depsimage.Plan
     except (RegistryError, RebaseError, ValueError):
         return None
     labels = doc.labels
-    if labels.get(DEPS_FAMILY_LABEL) != deps.family or AGENT_NAME_LABEL in labels or DEPS_LABEL not in labels:
+    if labels.get(DEPS_FAMILY_LABEL) != deps.family or AGENT_NAME_LABEL in labels or DEPS_LABEL not in labels \
+            or labels.get(DEPS_WHEELS_LABEL) != "1":  # its install may have run code that its listing hides
         return None
     image = doc_image(doc, f"{client.host}/{repo}@{doc.digest}")
     if depsimage.refusal(image, labels[DEPS_LABEL], base, deps.layers) is not None \
@@ -108,7 +109,7 @@ def compose(cand: Candidate, deps: depsimage.Plan, base: Image, delta: Delta) ->
     config["history"] = _history(config.get("history") or [], set(keep), len(layers) - 1, created,
                                  f"agent-image near twin of {cand.sibling.ref}: {' '.join(delta.new)}")
     labels = (config.setdefault("config", {}).get("Labels") or {})
-    labels.update({DEPS_LABEL: deps.key, DEPS_DISTS_LABEL: delta.listing.strip(),
+    labels.update({DEPS_LABEL: deps.key, DEPS_DISTS_LABEL: delta.listing.strip(), DEPS_WHEELS_LABEL: "1",
                    DEPS_REQUESTED_LABEL: delta.requested.strip(), DEPS_DELTA_LABEL: str(stacked + 1)})
     config["config"]["Labels"] = labels
     config_bytes = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
@@ -184,6 +185,8 @@ def near_twin(build: agentbuild.Builder, deps: depsimage.Plan | None, plan: Plan
            "the dependency step is not pip's plain one (another CPU, or an older base)" if install is None else
            "a line names a URL" if plan.split.direct else
            "the lines carry hashes" if "--hash" in plan.split.deps_text else
+           "a line sets a pip option" if any(ln.lstrip().startswith("-") and not ln.lstrip().startswith(
+               ("-c ", "--constraint")) for ln in plan.split.deps_text.splitlines()) else
            "the dependency image and the agent are on two registries"
            if parse_ref(deps.ref).host != parse_ref(agent_repo + ":x").host else None)
     if why:

@@ -16,7 +16,7 @@ name>/`` of the configured index; ``/_f/<id>/<file>`` only for a link an index
 page served to this build; the indexes and find-links pages of hosts named by
 ``--allow-index-host`` (``/_x/``, ``/_l/``, see ``proxy_url``) and the files
 requirements name there directly (``/_d/``), without the index's credentials.
-Everything else is a 4xx with a one-line reason.
+Everything else is a 4xx with a one-line reason; with ``wheels_only``, every file but a wheel too.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class Stats:
     downloaded: list[str] = field(default_factory=list)  # file names fetched from upstream
     reused: list[str] = field(default_factory=list)      # file names served from the cache
     prefetch: dict[str, int] = field(default_factory=dict)  # builder/build/proxy/prefetch.py's counts
+    sources: list[str] = field(default_factory=list)     # files served that are not wheels: build code runs
 
     def as_dict(self) -> dict:
         return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
@@ -134,6 +135,7 @@ class IndexProxy:
         self.page_max_bytes, self.file_max_bytes = page_max_bytes, file_max_bytes
         self.unix_path = unix_path
         self.ready = threading.Event()
+        self.wheels_only = False  # refuse every file but a wheel (a near twin's step, builder/build/delta.py)
         self._ident = identity(upstream.url, upstream.auth_header)
         self._links: dict[str, Link] = {}
         self._lock = threading.Lock()
@@ -324,6 +326,8 @@ class IndexProxy:
             return
         if link is None or name != link.name:
             raise Denied(404, "not a file an index page served to this build linked")
+        if not name.endswith(".whl") and (self.stats.sources.append(name) or self.wheels_only):
+            raise Denied(403, "this step installs wheels alone: the dependency image is built whole instead")
         blob = self.cache.lookup(link.url, link.sha256, link.ident)
         if self.prefetch is not None:
             if blob is not None:
