@@ -31,13 +31,14 @@ from builder.core import depsenv
 from builder.core.errors import PackageLoadError
 from builder.plan.context import build_context
 from builder.plan.dockerfile import (COMPILE_START, DISTS_PATH, LIST_DISTS_STDOUT, REQUESTED_PATH,
-                                     REQUESTED_STDOUT, Rendered, parse_steps)
+                                     REQUESTED_STDOUT, TOOL_PIP_DIR, Rendered, parse_steps)
 
 log = structlog.get_logger("agent_image")
 
 SCRIPT = Path(__file__).with_name("deltarun.py")
 OUT = "/opt/agent-image/delta-out"            # deltarun.OUT
 _REQS = " -r /opt/agent-image/deps/requirements-deps.txt"
+_PIP = "pip install --no-compile"
 LAYER_MAX_BYTES = 512 << 20                   # the new distributions' files: a near twin adds a few
 # what the layer may hold: the venv, the lines' files, the two listings (deltarun.py writes no other)
 _ALLOWED = ("opt/venv/", "opt/agent-image/deps/", DISTS_PATH.lstrip("/"), REQUESTED_PATH.lstrip("/"))
@@ -72,7 +73,8 @@ def install_command(deps: Rendered) -> str | None:
     if COMPILE_START not in run or _REQS not in run:
         return None
     command = run.split(COMPILE_START, 1)[1].split(_REQS, 1)[0]
-    return command if "pip install" in command and "'" not in command else None
+    # pip's two forms in the template (the base's pip, or the current one the base carries), and no other
+    return command if command in (_PIP, f"PYTHONPATH={TOOL_PIP_DIR} python -m {_PIP}") else None
 
 
 def dockerfile(deps: Rendered) -> Rendered:
