@@ -153,8 +153,10 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
                             depsimage.labels(deps), None, sandbox.network_mode, args)
             if outcome.error is not None or outcome.image_id is None:
                 return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
-            # wheels alone, and the step ran (not the layer cache's, made who knows how): it ran no code of theirs
-            wheels = not proxy.stats.sources and "deps" not in cached_steps(deps.dockerfile, outcome.cached)
+            # wheels alone, and every instruction of the step ran (none the layer cache's, made who knows
+            # how): it ran no code of what it installed (DEPS_WHEELS_LABEL)
+            ran = {n for n, step in enumerate(deps.dockerfile.steps, 1) if step == "deps"}.isdisjoint(outcome.cached)
+            wheels = not proxy.stats.sources and ran
             labelled = depsimage.with_listing(engine, outcome.image_id, wheels=wheels,
                                               timeout=max(1.0, build.deadline - time.monotonic()))
             engine.tag(labelled, deps.ref)

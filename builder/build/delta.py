@@ -41,7 +41,11 @@ _REQS = " -r /opt/agent-image/deps/requirements-deps.txt"
 _PIP = "pip install --no-compile"
 LAYER_MAX_BYTES = 512 << 20                   # the new distributions' files: a near twin adds a few
 # what the layer may hold: the venv, the lines' files, the two listings (deltarun.py writes no other)
-_ALLOWED = ("opt/venv/", "opt/agent-image/deps/", DISTS_PATH.lstrip("/"), REQUESTED_PATH.lstrip("/"))
+_UNDER = ("opt/venv/", "opt/agent-image/deps/")
+_EXACT = (DISTS_PATH.lstrip("/"), REQUESTED_PATH.lstrip("/"))
+_ALLOWED = (*_UNDER, *_EXACT)
+_OPAQUE = "opt/agent-image/deps/.wh..wh..opq"  # deltarun.py's: the sibling's lines' folder goes
+_MAX_MEMBERS = 200_000
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,21 @@ def checked(layer: bytes) -> str | None:
     member must be a file or directory under the paths deltarun.py writes, named plainly."""
     try:
         with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-            for m in tar:
-                name = m.name
-                if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+            for n, m in enumerate(tar):
+                name = m.name.rstrip("/")
+                if n >= _MAX_MEMBERS:
+                    return f"the layer holds more than {_MAX_MEMBERS} files"
+                if name.startswith("/") or ".." in name.split("/") or "\\" in name or not name:
                     return f"the layer names {name!r}"
                 if not (m.isfile() or m.isdir()):  # (pip makes no link from a wheel)
                     return f"the layer holds {name!r}, not a file or directory"
-                parent = m.isdir() and any(a.startswith(name.rstrip("/") + "/") for a in _ALLOWED)
-                if not (name.startswith(_ALLOWED) or parent):
+                if m.mode & 0o7022 or m.uid or m.gid:  # (what pip writes: root's, 0644/0755)
+                    return f"the layer's {name!r} has mode {m.mode:o}, owner {m.uid}:{m.gid}"
+                # a file a wheel named .wh.* would delete a lower layer's in the image: only the lines' folder's own
+                if name.rsplit("/", 1)[-1].startswith(".wh.") and name != _OPAQUE:
+                    return f"the layer would delete files below it ({name!r})"
+                parent = m.isdir() and any(a.startswith(name + "/") for a in _ALLOWED)
+                if not (name in _EXACT or name.startswith(_UNDER) or parent):
                     return f"the layer writes {name!r}, outside what the dependency step writes"
     except (tarfile.TarError, OSError, EOFError) as exc:
         return f"the layer is not a tar ({exc})"

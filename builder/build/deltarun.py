@@ -115,6 +115,7 @@ def main() -> int:
     if subprocess.run(["sh", "-c", cmd]).returncode != 0:
         return _say({"why": "pip could not resolve the lines (the full step will say why)"})
     want: dict[str, tuple[str, bool]] = {}
+    hashes: dict[str, str] = {}
     for item in json.load(open(report_path)).get("install") or []:
         name, info = canon(item["metadata"]["name"]), item.get("download_info") or {}
         url = (info.get("url") or "").split("#", 1)[0]
@@ -122,15 +123,22 @@ def main() -> int:
             return _say({"why": f"{name} is not a wheel from the index"})
         if name in base:
             return _say({"why": f"{name} replaces the base's own"})
-        want[name] = (item["metadata"]["version"], bool(item.get("requested")))
+        digest = ((info.get("archive_info") or {}).get("hashes") or {}).get("sha256", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            return _say({"why": f"pip's report gives no sha256 for {name}'s wheel"})
+        want[name], hashes[name] = (item["metadata"]["version"], bool(item.get("requested"))), digest
     sibling, own = choose(want, base, spec["siblings"])
     if sibling is None:
         return _say({"why": "no pushed dependency image holds a part of this set"})
     new = sorted(set(want) - set(own))
-    if new:
-        pins = " ".join(f"'{n}=={want[n][0]}'" for n in new)
-        if subprocess.run(["sh", "-c", f"{spec['install']} --quiet --no-deps --only-binary :all: {pins}"]).returncode != 0:
+    if new:  # each the very file the resolve chose: pinned by its hash (pip checks every one then)
+        pins = "/tmp/.agent-image-delta-pins.txt"
+        with open(pins, "w") as f:
+            f.writelines(f"{n}=={want[n][0]} --hash=sha256:{hashes[n]}\n" for n in new)
+        if subprocess.run(["sh", "-c", f"{spec['install']} --quiet --no-deps --only-binary :all: -r {pins}"]).returncode:
             return _say({"why": "pip could not install the new distributions"})
+    if _dists() != {**base, **{n: want[n][0] for n in new}}:  # (a wheel may carry another's dist-info)
+        return _say({"why": "the venv does not hold exactly the base and the new distributions"})
     if _run_text(spec["fingerprint"]) != before:
         return _say({"why": "a new distribution changes what the package step sees (tools, .pth, hooks)"})
     for name in new:

@@ -39,7 +39,10 @@ FINGERPRINT_SCRIPT = (
     '"entry_points":sorted([n(d),e.group,e.name,e.value] for d in D for e in d.entry_points if e.group in G),'
     f'"mark":os.path.lexists("{MARK}")}},sort_keys=True))'
 )
-COMMAND = f"/opt/venv/bin/python -I -S -c '{FINGERPRINT_SCRIPT}' > {PATH}"
+# the base's python3 on the system's PATH, not the venv's: a wheel may have written /opt/venv/bin/python
+# (a data script of that name), and what it would print is what this record is for
+COMMAND = (f"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; python3 -I -S -c '{FINGERPRINT_SCRIPT}'"
+           f" > {PATH}")
 
 # sha256 of the record of a dependency image whose lines left the package step as the base has it:
 # agent-image/base:py3.11 (Debian 12: Python 3.11.2, pip 23.0.1, setuptools 66.1.1). Checked against the

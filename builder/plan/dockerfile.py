@@ -55,7 +55,10 @@ LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.
 # a wheel's .pth would run then, and that step must run no code of what it installs when the proxy
 # served it wheels alone (DEPS_WHEELS_LABEL: a near twin may build on that image, builder/build/delta.py).
 _VENV_SITE = "glob.glob(\"/opt/venv/lib/python*/site-packages\")"
-DEPS_LIST_DISTS = LIST_DISTS.replace("python -I -c 'import ", "python -I -S -c 'import glob, ").replace(
+# and nothing is looked up in the venv's bin, which a wheel writes (console scripts named touch or find,
+# a data script named python): the system's PATH, the base's own python3 (pip writes nothing there)
+SYSTEM_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; "
+DEPS_LIST_DISTS = LIST_DISTS.replace("python -I -c 'import ", "python3 -I -S -c 'import glob, ").replace(
     "m.distributions()", f"m.distributions(path={_VENV_SITE})")
 # The names pip marked REQUESTED (the lines' own, not what they pulled in), canonical: the dependency
 # step writes them next to the listing, and a near twin must mark the same (builder/build/delta.py).
@@ -63,7 +66,7 @@ REQUESTED_PATH = "/opt/agent-image/deps-requested.json"
 _REQUESTED_CODE = ("import glob, json, re, importlib.metadata as m; r = sorted({re.sub(r\"[-_.]+\", \"-\", "
                    "x.metadata[\"Name\"]).lower() for x in m.distributions(path=glob.glob(\"/opt/venv/lib/python*/"
                    "site-packages\")) if x.metadata[\"Name\"] and x.read_text(\"REQUESTED\") is not None}); ")
-LIST_REQUESTED = "python -I -S -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
+LIST_REQUESTED = "python3 -I -S -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
 REQUESTED_STDOUT = _REQUESTED_CODE + "import sys; json.dump(r, sys.stdout)"
 # Bytecode while the dependency step's installer still unpacks (templates/agent.Dockerfile.j2):
 # started in the background before it, this compiles each distribution whose dist-info/RECORD
@@ -244,6 +247,7 @@ def render(
         list_dists=LIST_DISTS,
         list_requested=LIST_REQUESTED,
         deps_list_dists=DEPS_LIST_DISTS,
+        system_path=SYSTEM_PATH,
         stamp=STAMP,
         compile_start=COMPILE_START,
         compile_done=COMPILE_DONE,

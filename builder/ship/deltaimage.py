@@ -185,6 +185,7 @@ def near_twin(build: agentbuild.Builder, deps: depsimage.Plan | None, plan: Plan
            "the dependency step is not pip's plain one (another CPU, or an older base)" if install is None else
            "a line names a URL" if plan.split.direct else
            "the lines carry hashes" if "--hash" in plan.split.deps_text else
+           "the lines name constraint files" if plan.split.constraints else
            "a line sets a pip option" if any(ln.lstrip().startswith("-") and not ln.lstrip().startswith(
                ("-c ", "--constraint")) for ln in plan.split.deps_text.splitlines()) else
            "the dependency image and the agent are on two registries"

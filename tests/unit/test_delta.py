@@ -64,7 +64,11 @@ def test_the_layer_from_the_sandbox_holds_only_what_the_step_writes():
     for bad, why in ((("etc/cron.d/x", None, b"x"), "outside"), (("opt/venv/../../etc/x", None, b"x"), "names"),
                      (("opt/venv/bin/x", tarfile.SYMTYPE, b""), "not a file"),
                      (("opt/agent-image/serve.py", None, b"x"), "outside"),
-                     (("opt/agent-image", tarfile.SYMTYPE, b""), "not a file")):
+                     (("opt/agent-image", tarfile.SYMTYPE, b""), "not a file"),
+                     # a wheel's file named as a whiteout would delete the sibling's files in the image
+                     (("opt/venv/lib/python3.11/site-packages/.wh.requests", None, b""), "delete"),
+                     (("opt/venv/lib/python3.11/site-packages/.wh..wh..opq", None, b""), "delete"),
+                     (("opt/agent-image/dists.json.x", None, b""), "outside")):
         assert why in (delta.checked(_tar([bad])) or ""), bad
     assert "not a tar" in delta.checked(b"garbage" * 100)
 

@@ -82,7 +82,8 @@ def _render(manifest_text=YAML, **kw):
     return render(parse_manifest(manifest_text), **args)
 
 
-from builder.plan.dockerfile import COMPILE_START, DEPS_LIST_DISTS, LIST_DISTS, LIST_REQUESTED  # noqa: E402
+from builder.plan.dockerfile import (COMPILE_START, DEPS_LIST_DISTS, LIST_DISTS, LIST_REQUESTED,  # noqa: E402
+                                     SYSTEM_PATH)
 
 
 def test_render_order_and_step_names():
@@ -96,11 +97,11 @@ def test_render_order_and_step_names():
     # the dependency step compiles in the background while pip installs, stops the compiler and
     # waits for it whatever pip did, and ends with pip's status before the same pass as the others
     assert runs[0] == (stamp + COMPILE_START + "pip install --no-compile -r "
-                       "/opt/agent-image/deps/requirements-deps.txt; r=$?; touch /tmp/.agent-image-stamp.done; "
-                       "wait $w; rm -f /tmp/.agent-image-stamp.done; (exit $r); }"
-                       + new.replace(" python -m compileall", " python -I -S -m compileall").replace(
+                       "/opt/agent-image/deps/requirements-deps.txt; r=$?; " + SYSTEM_PATH +
+                       "touch /tmp/.agent-image-stamp.done; wait $w; rm -f /tmp/.agent-image-stamp.done; (exit $r); }"
+                       + new.replace(" python -m compileall", " python3 -I -S -m compileall").replace(
                            LIST_DISTS, DEPS_LIST_DISTS) + " && " + LIST_REQUESTED), \
-        "no interpreter runs the venv's site after the install (a wheel's .pth); the names pip marked REQUESTED"
+        "after the install nothing from the venv's bin (a wheel's scripts) nor its site (a .pth) runs; REQUESTED"
     assert runs[1] == "RUN " + depsenv.COMMAND, "the dependency layer's record, in a layer of its own"
     # one pass for package and requirements; the seed's order when that pass refuses (pins against
     # install_requires); both first from the packaging files alone, then (only if that could not work) after the code

@@ -87,7 +87,7 @@ class Stats:
     downloaded: list[str] = field(default_factory=list)  # file names fetched from upstream
     reused: list[str] = field(default_factory=list)      # file names served from the cache
     prefetch: dict[str, int] = field(default_factory=dict)  # builder/build/proxy/prefetch.py's counts
-    sources: list[str] = field(default_factory=list)     # files served that are not wheels: build code runs
+    sources: list[str] = field(default_factory=list)     # not a wheel of the index: an sdist (its code runs), another host's
 
     def as_dict(self) -> dict:
         return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
@@ -326,7 +326,8 @@ class IndexProxy:
             return
         if link is None or name != link.name:
             raise Denied(404, "not a file an index page served to this build linked")
-        if not name.endswith(".whl") and (self.stats.sources.append(name) or self.wheels_only):
+        if (not name.endswith(".whl") or link.ident != self._ident) and not self.stats.sources.append(name) \
+                and self.wheels_only:
             raise Denied(403, "this step installs wheels alone: the dependency image is built whole instead")
         blob = self.cache.lookup(link.url, link.sha256, link.ident)
         if self.prefetch is not None:
