@@ -30,7 +30,7 @@ from builder.core import depsenv
 from builder.core.errors import RebaseError, RegistryError
 from builder.core.refs import CACHE_TAG
 from builder.core.labels import (AGENT_NAME_LABEL, DEPS_DELTA_LABEL, DEPS_DISTS_LABEL, DEPS_FAMILY_LABEL, DEPS_LABEL,
-                                 DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL)
+                                 DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL, DEPS_HASHES_LABEL)
 from builder.build.reuse import remote
 from builder.plan.agent import Plan
 from builder.plan.options import BuildOptions
@@ -95,13 +95,14 @@ def _candidate(client: RegistryClient, repo: str, tag: str, deps: depsimage.Plan
     try:
         listing = json.loads(labels.get(DEPS_DISTS_LABEL, ""))
         requested = json.loads(labels.get(DEPS_REQUESTED_LABEL, ""))
+        hashes = json.loads(depsimage.wheel_hashes(labels.get(DEPS_HASHES_LABEL)) or "")
         dists = {str(e[0]): str(e[1]) for e in listing}
     except (ValueError, TypeError, IndexError, KeyError):
         return None
     if not isinstance(requested, list) or depsenv.refusal(env_record(client, repo, doc)) is not None:
         return None  # no record of what the package step sees there, or not the base's: not one to build on
     return Candidate(Sibling(ref=image.digests[0] if image.digests else f"{repo}@{doc.digest}", dists=dists,
-                             requested=[str(n) for n in requested], listing=listing), doc, repo)
+                             requested=[str(n) for n in requested], listing=listing, hashes=hashes), doc, repo)
 
 
 def _sha(data: bytes) -> str:
@@ -126,7 +127,8 @@ def compose(cand: Candidate, deps: depsimage.Plan, base: Image, delta: Delta) ->
                                  f"agent-image near twin of {cand.sibling.ref}: {' '.join(delta.new)}")
     labels = (config.setdefault("config", {}).get("Labels") or {})
     labels.update({DEPS_LABEL: deps.key, DEPS_DISTS_LABEL: delta.listing.strip(), DEPS_WHEELS_LABEL: "1",
-                   DEPS_REQUESTED_LABEL: delta.requested.strip(), DEPS_DELTA_LABEL: str(stacked + 1)})
+                   DEPS_REQUESTED_LABEL: delta.requested.strip(), DEPS_DELTA_LABEL: str(stacked + 1),
+                   DEPS_HASHES_LABEL: delta.hashes.strip()})
     config["config"]["Labels"] = labels
     config_bytes = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
     media = doc.manifest.get("mediaType")
