@@ -31,7 +31,7 @@ from builder.core import depsenv
 from builder.core.errors import PackageLoadError
 from builder.plan.context import build_context
 from builder.plan.dockerfile import (COMPILE_START, DISTS_PATH, LIST_DISTS_STDOUT, REQUESTED_PATH,
-                                     REQUESTED_STDOUT, TOOL_PIP_DIR, Rendered, parse_steps)
+                                     REQUESTED_STDOUT, TOOL_PIP_DIR, WHEELS_PATH, Rendered, parse_steps)
 
 log = structlog.get_logger("agent_image")
 
@@ -42,7 +42,7 @@ _PIP = "pip install --no-compile"
 LAYER_MAX_BYTES = 512 << 20                   # the new distributions' files: a near twin adds a few
 # what the layer may hold: the venv, the lines' files, the two listings (deltarun.py writes no other)
 _UNDER = ("opt/venv/", "opt/agent-image/deps/")
-_EXACT = (DISTS_PATH.lstrip("/"), REQUESTED_PATH.lstrip("/"))
+_EXACT = (DISTS_PATH.lstrip("/"), REQUESTED_PATH.lstrip("/"), WHEELS_PATH.lstrip("/"))
 _ALLOWED = (*_UNDER, *_EXACT)
 _OPAQUE = "opt/agent-image/deps/.wh..wh..opq"  # deltarun.py's: the sibling's lines' folder goes
 _MAX_MEMBERS = 200_000
@@ -55,9 +55,11 @@ class Sibling:
     dists: dict[str, str]       # name -> version (the listing label)
     requested: list[str]
     listing: list
+    hashes: dict[str, str]      # name -> sha256 of its wheel (DEPS_HASHES_LABEL)
 
     def spec(self) -> dict:
-        return {"ref": self.ref, "dists": self.dists, "requested": self.requested, "listing": self.listing}
+        return {"ref": self.ref, "dists": self.dists, "requested": self.requested, "listing": self.listing,
+                "hashes": self.hashes}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Delta:
     layer: bytes
     listing: str                # the merged listing (DISTS_PATH's JSON): the new image's label
     requested: str
+    hashes: str                 # WHEELS_PATH's JSON
 
 
 def install_command(deps: Rendered) -> str | None:
@@ -93,7 +96,7 @@ def dockerfile(deps: Rendered) -> Rendered:
 def context(rendered: Rendered, generated: dict[str, bytes], install: str, siblings: list[Sibling]):
     spec = {"install": install, "args": _REQS.strip(), "fingerprint": depsenv.FINGERPRINT_SCRIPT,
             "list_code": LIST_DISTS_STDOUT, "requested_code": REQUESTED_STDOUT, "dists_path": DISTS_PATH,
-            "requested_path": REQUESTED_PATH, "siblings": [s.spec() for s in siblings]}
+            "requested_path": REQUESTED_PATH, "wheels_path": WHEELS_PATH, "siblings": [s.spec() for s in siblings]}
     files = {name: data for name, data in generated.items() if name.startswith(".agent-image/deps/")}
     return build_context(None, {"Dockerfile": rendered.text.encode(), **files,
                                 ".agent-image/delta/spec.json": json.dumps(spec).encode(),
@@ -141,13 +144,14 @@ def read(engine: Engine, image_id: str) -> Delta | None:
     why = checked(layer) if layer is not None else "the step left no layer"
     listing = _member(layer, DISTS_PATH) if why is None else None
     requested = _member(layer, REQUESTED_PATH) if why is None else None
-    if why is None and (listing is None or requested is None):
+    hashes = _member(layer, WHEELS_PATH) if why is None else None
+    if why is None and (listing is None or requested is None or hashes is None):
         why = "the layer has no listing"
     if why is not None:
         log.warning("The near twin's layer is refused: building the dependency image whole", reason=why)
         return None
     return Delta(sibling=result["sibling"], new=[str(n) for n in result.get("new") or []], layer=layer,
-                 listing=listing, requested=requested)
+                 listing=listing, requested=requested, hashes=hashes)
 
 
 def _member(layer: bytes, path: str) -> str | None:

@@ -42,18 +42,22 @@ def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def choose(want: dict[str, tuple[str, bool]], base: dict[str, str],
+def choose(want: dict[str, tuple[str, bool]], hashes: dict[str, str], base: dict[str, str],
            siblings: list[dict]) -> tuple[dict | None, dict[str, str]]:
-    """The sibling holding the most of WANT ({name: (version, requested)}), and its own
-    distributions ({name: version}, the base's left out); (None, {}) when none fits. A sibling
-    fits when each of its distributions is wanted at its version and requested as it was."""
+    """The sibling holding the most of WANT ({name: (version, requested)}, from wheels HASHES
+    {name: sha256}), and its own distributions ({name: version}, the base's left out); (None, {})
+    when none fits. A sibling fits when each of its distributions is wanted at its version, from
+    the same wheel, and requested as it was."""
     best: tuple[dict | None, dict[str, str]] = (None, {})
     for sib in siblings:
         own = {canon(k): v for k, v in sib["dists"].items() if base.get(canon(k)) != v}
-        requested = {canon(n) for n in sib["requested"]}
+        requested, theirs = {canon(n) for n in sib["requested"]}, {canon(k): v for k, v in sib["hashes"].items()}
         if not own or any(k in base for k in own):
             continue  # nothing of the set, or it replaced a distribution of the base
-        if any(want.get(k, ("", False))[0] != v or want[k][1] != (k in requested) for k, v in own.items()):
+        if set(theirs) != set(own):
+            continue  # it installed a wheel its listing does not show (one that rewrote its own metadata)
+        if any(want.get(k) is None or want[k][0] != v or want[k][1] != (k in requested) or theirs[k] != hashes[k]
+               for k, v in own.items()):
             continue
         if len(own) > len(best[1]):
             best = (sib, own)
@@ -127,7 +131,7 @@ def main() -> int:
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             return _say({"why": f"pip's report gives no sha256 for {name}'s wheel"})
         want[name], hashes[name] = (item["metadata"]["version"], bool(item.get("requested"))), digest
-    sibling, own = choose(want, base, spec["siblings"])
+    sibling, own = choose(want, hashes, base, spec["siblings"])
     if sibling is None:
         return _say({"why": "no pushed dependency image holds a part of this set"})
     new = sorted(set(want) - set(own))
@@ -174,7 +178,8 @@ def main() -> int:
         for name in sorted(os.listdir(DEPS_DIR)):
             tar.add(os.path.join(DEPS_DIR, name), arcname=f"{DEPS_DIR.lstrip('/')}/{name}")
         for path, data in ((spec["dists_path"], json.dumps(sorted(listing.values()))),
-                           (spec["requested_path"], json.dumps(requested))):
+                           (spec["requested_path"], json.dumps(requested)),
+                           (spec["wheels_path"], json.dumps(dict(sorted(hashes.items()))))):
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size, info.mode = len(data.encode()), 0o644
             tar.addfile(info, io.BytesIO(data.encode()))

@@ -29,12 +29,13 @@ from builder.build.engine import Engine
 from builder.build.image import Image
 from builder.core.errors import EngineError, PackageLoadError, RegistryError
 from builder.core.labels import (AGENT_NAME_LABEL, DEPS_DELTA_LABEL, DEPS_DISTS_LABEL, DEPS_FAMILY_LABEL, DEPS_LABEL,
-                                  DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL)
+                                  DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL, DEPS_HASHES_LABEL)
 from builder.core.refs import split_ref
 from builder.package.requirements import Split
 from builder.plan.context import Context, build_context
 from builder.plan.cross import CrossTarget, cross_dockerfile, needs_emulation
-from builder.plan.dockerfile import DISTS_PATH, LAYER_INSTRUCTIONS, REQUESTED_PATH, Rendered, deps_dockerfile, dq
+from builder.plan.dockerfile import (DISTS_PATH, LAYER_INSTRUCTIONS, REQUESTED_PATH, WHEELS_PATH, Rendered,
+                                     deps_dockerfile, dq)
 
 log = structlog.get_logger("agent_image")
 
@@ -170,8 +171,9 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float, wheels: bool 
         log.warning("The dependency image has no readable listing; it is kept without its label",
                     image_id=image_id, reason=str(exc)[:200])
         return image_id
-    requested = _requested(engine, image_id)
+    requested, hashes = _requested(engine, image_id), wheel_hashes(engine.read_file(image_id, WHEELS_PATH))
     extra = (f" {DEPS_REQUESTED_LABEL}={dq(requested)}" if requested is not None else "") + \
+        (f" {DEPS_HASHES_LABEL}={dq(hashes)}" if hashes is not None else "") + \
         (f' {DEPS_WHEELS_LABEL}="1"' if wheels else "")
     dockerfile = f"FROM {image_id}\nLABEL {DEPS_DISTS_LABEL}={dq(text)}{extra}\n".encode()
     again = engine.build(context=build_context(None, {"Dockerfile": dockerfile}).data, network_mode="none",
@@ -191,6 +193,17 @@ def _requested(engine: Engine, image_id: str) -> str | None:
     except ValueError:
         return None
     return json.dumps(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def wheel_hashes(raw: bytes | str | None) -> str | None:
+    """WHEELS_PATH's JSON when it is {name: sha256} (the text a near twin's label carries), else None."""
+    try:
+        found = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    ok = isinstance(found, dict) and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                                         and all(c in "0123456789abcdef" for c in v) for k, v in found.items())
+    return json.dumps(found) if ok else None
 
 
 def find(engine: Engine, image_ref: str, deps_key: str, base: Image, added: int, *,

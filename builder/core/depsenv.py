@@ -39,10 +39,14 @@ FINGERPRINT_SCRIPT = (
     '"entry_points":sorted([n(d),e.group,e.name,e.value] for d in D for e in d.entry_points if e.group in G),'
     f'"mark":os.path.lexists("{MARK}")}},sort_keys=True))'
 )
-# the base's python3 on the system's PATH, not the venv's: a wheel may have written /opt/venv/bin/python
-# (a data script of that name), and what it would print is what this record is for
-COMMAND = (f"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; python3 -I -S -c '{FINGERPRINT_SCRIPT}'"
-           f" > {PATH}")
+# Sets $py for what runs after an install: the system's PATH, and the interpreter the venv's python3 links to
+# (a wheel writes files, never links: still a link out of the venv, it is the base's), else the system's
+# python3 (a venv of copies, or one a wheel replaced). Not what the venv's bin holds then: a wheel may have
+# written console scripts named touch or find, or a data script named python, and what the record
+# would print is what it is for (and the dependency step's compile and listings, plan/dockerfile.py)
+BASE_PYTHON = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; py=$(readlink -f /opt/venv/bin/python3); "
+       'case "$py" in /opt/venv/*|"") py=python3;; esac; ')
+COMMAND = f"""{BASE_PYTHON}"$py" -I -S -c '{FINGERPRINT_SCRIPT}' > {PATH}"""
 
 # sha256 of the record of a dependency image whose lines left the package step as the base has it:
 # agent-image/base:py3.11 (Debian 12: Python 3.11.2, pip 23.0.1, setuptools 66.1.1). Checked against the

@@ -39,6 +39,8 @@ DEPS_DELTA_LABEL = "io.pixell.agent-image.deps-delta"
 # "1": its install ran no code of what it installed (the proxy served wheels alone, nothing ran the venv's site
 # after): only such an image may lend a near twin its layers (what it lists is then what its layers hold)
 DEPS_WHEELS_LABEL = "io.pixell.agent-image.deps-wheels"
+# {name: sha256 of the wheel it came from} (its /opt/agent-image/deps-wheels.json, from pip's --report)
+DEPS_HASHES_LABEL = "io.pixell.agent-image.deps-wheel-hashes"
 # seconds the agent's import took on the builder, measured right after its build (build.readytime);
 # ecs-task-def derives the health check's startPeriod from it (ship.ecs.start_period)
 READY_LABEL = "io.pixell.agent-image.ready-seconds"

@@ -55,10 +55,9 @@ LIST_DISTS_STDOUT = _LIST_CODE + "import sys; json.dump(sorted(d.values()), sys.
 # a wheel's .pth would run then, and that step must run no code of what it installs when the proxy
 # served it wheels alone (DEPS_WHEELS_LABEL: a near twin may build on that image, builder/build/delta.py).
 _VENV_SITE = "glob.glob(\"/opt/venv/lib/python*/site-packages\")"
-# and nothing is looked up in the venv's bin, which a wheel writes (console scripts named touch or find,
-# a data script named python): the system's PATH, the base's own python3 (pip writes nothing there)
-SYSTEM_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; "
-DEPS_LIST_DISTS = LIST_DISTS.replace("python -I -c 'import ", "python3 -I -S -c 'import glob, ").replace(
+# and nothing is looked up in the venv's bin, which a wheel writes: $py (core/depsenv.py BASE_PYTHON)
+SYSTEM_PATH = depsenv.BASE_PYTHON
+DEPS_LIST_DISTS = LIST_DISTS.replace("python -I -c 'import ", "\"$py\" -I -S -c 'import glob, ").replace(
     "m.distributions()", f"m.distributions(path={_VENV_SITE})")
 # The names pip marked REQUESTED (the lines' own, not what they pulled in), canonical: the dependency
 # step writes them next to the listing, and a near twin must mark the same (builder/build/delta.py).
@@ -66,8 +65,17 @@ REQUESTED_PATH = "/opt/agent-image/deps-requested.json"
 _REQUESTED_CODE = ("import glob, json, re, importlib.metadata as m; r = sorted({re.sub(r\"[-_.]+\", \"-\", "
                    "x.metadata[\"Name\"]).lower() for x in m.distributions(path=glob.glob(\"/opt/venv/lib/python*/"
                    "site-packages\")) if x.metadata[\"Name\"] and x.read_text(\"REQUESTED\") is not None}); ")
-LIST_REQUESTED = "python3 -I -S -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
+LIST_REQUESTED = "\"$py\" -I -S -c '" + _REQUESTED_CODE + "json.dump(r, open(\"" + REQUESTED_PATH + "\", \"w\"))'"
 REQUESTED_STDOUT = _REQUESTED_CODE + "import sys; json.dump(r, sys.stdout)"
+# The sha256 of the wheel each distribution of the dependency step came from (pip's --report), sorted by
+# name: a near twin shares a distribution's files only when its own resolve chose the same file.
+WHEELS_PATH = "/opt/agent-image/deps-wheels.json"
+DEPS_REPORT = "/tmp/.agent-image-deps-report.json"
+WHEELS_CODE = ("import json, re; h = {re.sub(r\"[-_.]+\", \"-\", i[\"metadata\"][\"name\"]).lower(): "
+               "((i.get(\"download_info\") or {}).get(\"archive_info\") or {}).get(\"hashes\", {}).get(\"sha256\", \"\") "
+               "for i in json.load(open(\"" + DEPS_REPORT + "\")).get(\"install\") or []}; ")
+LIST_WHEELS = ("\"$py\" -I -S -c 'import os; " + WHEELS_CODE + "json.dump(dict(sorted(h.items())), open(\""
+               + WHEELS_PATH + "\", \"w\")); os.remove(\"" + DEPS_REPORT + "\")'")
 # Bytecode while the dependency step's installer still unpacks (templates/agent.Dockerfile.j2):
 # started in the background before it, this compiles each distribution whose dist-info/RECORD
 # appears (pip writes it last, atomically, once the wheel's files are in place) on the core the
@@ -248,6 +256,8 @@ def render(
         list_requested=LIST_REQUESTED,
         deps_list_dists=DEPS_LIST_DISTS,
         system_path=SYSTEM_PATH,
+        deps_report=DEPS_REPORT,
+        list_wheels=LIST_WHEELS,
         stamp=STAMP,
         compile_start=COMPILE_START,
         compile_done=COMPILE_DONE,

@@ -15,6 +15,7 @@ import copy
 import gzip
 import hashlib
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from builder.build.delta import Delta, Sibling
 from builder.build.image import Image
 from builder.core import depsenv
 from builder.core.errors import RebaseError, RegistryError
+from builder.core.refs import CACHE_TAG
 from builder.core.labels import (AGENT_NAME_LABEL, DEPS_DELTA_LABEL, DEPS_DISTS_LABEL, DEPS_FAMILY_LABEL, DEPS_LABEL,
-                                 DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL)
+                                 DEPS_REQUESTED_LABEL, DEPS_WHEELS_LABEL, DEPS_HASHES_LABEL)
 from builder.build.reuse import remote
 from builder.plan.agent import Plan
 from builder.plan.options import BuildOptions
@@ -50,17 +52,31 @@ class Candidate:
     repo: str
 
 
-def siblings(client: RegistryClient, deps: depsimage.Plan, base: Image) -> list[Candidate]:
-    """The family's dependency images a near twin may build on; [] when none (or the registry cannot list)."""
+def siblings(client: RegistryClient, deps: depsimage.Plan, base: Image, agent_repo: str) -> list[Candidate]:
+    """The family's dependency images a near twin may build on; [] when none (or the registry cannot list).
+    The agent's own last one first (its next version adding a line is the common near twin), then the
+    repository's others, MAX_CANDIDATES in all."""
     ref = parse_ref(deps.ref)
     try:
         tags = [t for t in client.tags(ref.repo) if t.startswith("deps-") and t != ref.reference]
     except RegistryError as exc:
         log.info("Cannot list the dependency images: no near twin", reason=str(exc)[:200])
         return []
+    own = _own_last(client, agent_repo)
+    tags = ([own] if own in tags else []) + [t for t in tags if t != own]
     with ThreadPoolExecutor(_WORKERS) as pool:
         found = list(pool.map(lambda tag: _candidate(client, ref.repo, tag, deps, base), tags[:MAX_CANDIDATES]))
     return [c for c in found if c is not None]
+
+
+def _own_last(client: RegistryClient, agent_repo: str) -> str | None:
+    """The deps tag of the agent's last pushed image (its CACHE_TAG), or None."""
+    try:
+        doc = fetch(client, parse_ref(f"{agent_repo}:{CACHE_TAG}"))
+    except (RegistryError, RebaseError, ValueError):
+        return None
+    key = doc.labels.get(DEPS_LABEL, "")
+    return depsimage.ref("", key).split(":", 1)[1] if re.fullmatch(r"[0-9a-f]{64}", key) else None
 
 
 def _candidate(client: RegistryClient, repo: str, tag: str, deps: depsimage.Plan, base: Image) -> Candidate | None:
@@ -79,13 +95,14 @@ def _candidate(client: RegistryClient, repo: str, tag: str, deps: depsimage.Plan
     try:
         listing = json.loads(labels.get(DEPS_DISTS_LABEL, ""))
         requested = json.loads(labels.get(DEPS_REQUESTED_LABEL, ""))
+        hashes = json.loads(depsimage.wheel_hashes(labels.get(DEPS_HASHES_LABEL)) or "")
         dists = {str(e[0]): str(e[1]) for e in listing}
     except (ValueError, TypeError, IndexError, KeyError):
         return None
     if not isinstance(requested, list) or depsenv.refusal(env_record(client, repo, doc)) is not None:
         return None  # no record of what the package step sees there, or not the base's: not one to build on
     return Candidate(Sibling(ref=image.digests[0] if image.digests else f"{repo}@{doc.digest}", dists=dists,
-                             requested=[str(n) for n in requested], listing=listing), doc, repo)
+                             requested=[str(n) for n in requested], listing=listing, hashes=hashes), doc, repo)
 
 
 def _sha(data: bytes) -> str:
@@ -110,7 +127,8 @@ def compose(cand: Candidate, deps: depsimage.Plan, base: Image, delta: Delta) ->
                                  f"agent-image near twin of {cand.sibling.ref}: {' '.join(delta.new)}")
     labels = (config.setdefault("config", {}).get("Labels") or {})
     labels.update({DEPS_LABEL: deps.key, DEPS_DISTS_LABEL: delta.listing.strip(), DEPS_WHEELS_LABEL: "1",
-                   DEPS_REQUESTED_LABEL: delta.requested.strip(), DEPS_DELTA_LABEL: str(stacked + 1)})
+                   DEPS_REQUESTED_LABEL: delta.requested.strip(), DEPS_DELTA_LABEL: str(stacked + 1),
+                   DEPS_HASHES_LABEL: delta.hashes.strip()})
     config["config"]["Labels"] = labels
     config_bytes = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
     media = doc.manifest.get("mediaType")
@@ -195,7 +213,7 @@ def near_twin(build: agentbuild.Builder, deps: depsimage.Plan | None, plan: Plan
         return None
     client = RegistryClient(parse_ref(deps.ref).host, auth=options.registry_auth)
     started = time.monotonic()
-    candidates = siblings(client, deps, base)
+    candidates = siblings(client, deps, base, agent_repo)
     log.info("Read the registry's dependency images of this family", siblings=len(candidates),
              seconds=round(time.monotonic() - started, 2))
     if not candidates:

@@ -18,8 +18,9 @@ from builder.ship.rebase import ImageDoc
 BASE = {"pip": "23.0.1", "setuptools": "66.1.1"}
 
 
-def _sib(ref: str, dists: dict[str, str], requested: list[str]) -> dict:
-    return {"ref": ref, "dists": {**BASE, **dists}, "requested": requested, "listing": []}
+def _sib(ref: str, dists: dict[str, str], requested: list[str], hashes: dict[str, str] | None = None) -> dict:
+    return {"ref": ref, "dists": {**BASE, **dists}, "requested": requested, "listing": [],
+            "hashes": hashes if hashes is not None else {k: f"{k}-{v}" for k, v in dists.items()}}
 
 
 def test_the_sibling_is_the_largest_whose_every_distribution_is_in_the_set_as_it_is():
@@ -28,18 +29,26 @@ def test_the_sibling_is_the_largest_whose_every_distribution_is_in_the_set_as_it
     small = _sib("r@small", {"idna": "3.10"}, [])
     big = _sib("r@big", {"requests": "2.32.3", "idna": "3.10", "certifi": "2025.1.31"}, ["requests"])
     older = _sib("r@older", {"requests": "2.31.0", "idna": "3.10", "certifi": "2025.1.31", "x": "1"}, ["requests"])
-    assert choose(want, BASE, [small, older, big]) == (big, {"requests": "2.32.3", "idna": "3.10",
+    hashes = {k: f"{k}-{v}" for k, (v, _) in want.items()}
+    assert choose(want, hashes, BASE, [small, older, big]) == (big, {"requests": "2.32.3", "idna": "3.10",
                                                             "certifi": "2025.1.31"})
     # a distribution the set does not hold, or holds at another version: not a sibling (its files would stay)
-    assert choose(want, BASE, [older])[0] is None
+    assert choose(want, hashes, BASE, [older])[0] is None
+    # the same version from another wheel (a file added to the release later, a private index's re-upload)
+    assert choose(want, hashes, BASE, [_sib("r@other", {"idna": "3.10"}, [], {"idna": "another"})])[0] is None
+    # it installed a wheel its listing does not show (one that rewrote its own METADATA, and another's files)
+    hidden = _sib("r@hidden", {"idna": "3.10"}, [], {"idna": "idna-3.10", "zhide": "h"})
+    assert choose(want, hashes, BASE, [hidden])[0] is None
+    # a distribution the set does not hold, with a version that matches the missing one's default: no error
+    assert choose(want, hashes, BASE, [_sib("r@odd", {"foo": ""}, [], {"foo": "x"}), small])[0] is small
     # requested otherwise: its REQUESTED marks would be wrong for this set
-    assert choose(want, BASE, [_sib("r@req", {"idna": "3.10"}, ["idna"])])[0] is None
+    assert choose(want, hashes, BASE, [_sib("r@req", {"idna": "3.10"}, ["idna"])])[0] is None
     # one that replaced a distribution of the base, or holds nothing of the set
-    assert choose(want, BASE, [_sib("r@pip", {"idna": "3.10", "pip": "26.0"}, [])])[0] is None
-    assert choose(want, BASE, [_sib("r@none", {}, [])])[0] is None
+    assert choose(want, hashes, BASE, [_sib("r@pip", {"idna": "3.10", "pip": "26.0"}, [])])[0] is None
+    assert choose(want, hashes, BASE, [_sib("r@none", {}, [])])[0] is None
     # names compare as pip normalises them
-    assert choose({"typing-extensions": ("4.0", False)}, BASE,
-                  [_sib("r@t", {"Typing_Extensions": "4.0"}, [])])[0]["ref"] == "r@t"
+    assert choose({"typing-extensions": ("4.0", False)}, {"typing-extensions": "h"}, BASE,
+                  [_sib("r@t", {"Typing_Extensions": "4.0"}, [], {"Typing_Extensions": "h"})])[0]["ref"] == "r@t"
 
 
 def _tar(members: list[tuple[str, bytes | None, bytes]]) -> bytes:
@@ -103,10 +112,11 @@ def test_the_near_twins_manifest_keeps_the_base_and_the_siblings_install_and_put
                                                                       "sha256:install", "sha256:record"]},
                            "history": sib_history, "config": {"Labels": {DEPS_LABEL: "old", "keep": "me"}}},
                    digest="sha256:sib")
-    cand = deltaimage.Candidate(delta.Sibling("r@sha256:sib", {}, [], []), doc, "r")
+    cand = deltaimage.Candidate(delta.Sibling("r@sha256:sib", {}, [], [], {}), doc, "r")
     plan = depsimage.Plan(dockerfile=None, key="new", repo="h:5000/r", ref="h:5000/r:deps-new", layers=3, family="f")
     made = delta.Delta(sibling="r@sha256:sib", new=["python-dotenv==1.0.1"], layer=_tar([("opt", tarfile.DIRTYPE, b"")]),
-                       listing='[["python-dotenv", "1.0.1"]]', requested='["python-dotenv"]')
+                       listing='[["python-dotenv", "1.0.1"]]', requested='["python-dotenv"]',
+                       hashes='{"python-dotenv": "' + "a" * 64 + '"}')
     manifest, media, config, blob = deltaimage.compose(cand, plan, base, made)
     m, c = json.loads(manifest), json.loads(config)
     assert [x["size"] for x in m["layers"]] == [1, 2, 4, len(blob), 5], "base, install, near twin, record"

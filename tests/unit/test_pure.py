@@ -99,7 +99,7 @@ def test_render_order_and_step_names():
     assert runs[0] == (stamp + COMPILE_START + "pip install --no-compile -r "
                        "/opt/agent-image/deps/requirements-deps.txt; r=$?; " + SYSTEM_PATH +
                        "touch /tmp/.agent-image-stamp.done; wait $w; rm -f /tmp/.agent-image-stamp.done; (exit $r); }"
-                       + new.replace(" python -m compileall", " python3 -I -S -m compileall").replace(
+                       + new.replace(" python -m compileall", ' "$py" -I -S -m compileall').replace(
                            LIST_DISTS, DEPS_LIST_DISTS) + " && " + LIST_REQUESTED), \
         "after the install nothing from the venv's bin (a wheel's scripts) nor its site (a .pth) runs; REQUESTED"
     assert runs[1] == "RUN " + depsenv.COMMAND, "the dependency layer's record, in a layer of its own"
