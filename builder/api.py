@@ -127,14 +127,19 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         built = agentbuild.build_offline(build, plan, target, cache_from, options.cache_dir)
         if built is None:
             twin = deltaimage.near_twin(build, deps, plan, base, options, job.repo)
-            for near in (twin, None):  # a near twin's dependency image goes to the registry, the agent after it
+            built = agentbuild.build_in_sandbox(build, pkg, options, job.upstream, plan, base, deps, target,
+                                                cache_from, sandbox_early, twin and twin.step)
+            if built.delta is not None:  # a near twin: its dependency image is written in the registry
+                written = twin.finish(deps, base, built.delta)
+                done = written and _in_registry(engine, job, "near twin")  # and the agent appended there
+                if done:
+                    return done
+                if written:  # the agent's steps need the engine: FROM that image, pulled (else built whole)
+                    deps.image, deps.origin = depsimage.find(engine, deps.ref, deps.key, base, deps.layers,
+                                                             auth=options.registry_auth, remote=True)
+                    target = agentbuild.target_of(pkg, options, plan, deps)
                 built = agentbuild.build_in_sandbox(build, pkg, options, job.upstream, plan, base, deps, target,
-                                                    cache_from, sandbox_early, near and near.step)
-                done = built.delta and near.finish(deps, base, built.delta) and _in_registry(engine, job, "near twin")
-                if done or built.delta is None:
-                    break
-            if done:
-                return done
+                                                    cache_from, sandbox_early)
             early.close()  # the sandbox started before the pull, if any: gone with the build
         if built.failed is not None:
             usage.touch_many(options.cache_dir, built.outcome.committed, [job.ref])

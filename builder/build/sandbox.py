@@ -138,6 +138,7 @@ class Sandbox:
         self.engine, self.image = engine, image
         self.host_network = host_network_requested() if host_network is None else host_network
         self.ready_timeout = ready_timeout
+        self._ready = False  # its hello reached a proxy: the next proxy on the same path needs none
         self.container_id: str | None = None
         self.tunnel: Tunnel | None = None
         self.started_s = 0.0
@@ -201,7 +202,7 @@ class Sandbox:
 
     def wait(self, ready: threading.Event) -> None:
         """Return once the forwarder listens and its hello has reached the proxy through the tunnel."""
-        if self.host_network:
+        if self.host_network or self._ready:
             return
         deadline = time.monotonic() + self.ready_timeout
         while not (ready.wait(0.02) and not self._thread.is_alive()):
@@ -217,6 +218,7 @@ class Sandbox:
             if time.monotonic() > deadline:
                 raise SandboxError(f"the build sandbox did not become ready in {self.ready_timeout:g}s",
                                    hint="Run `agent-image doctor` to see what the engine does with it.")
+        self._ready = True
         log.debug("build sandbox ready", container=(self.container_id or "")[:12],
                   start_s=round(self.started_s, 3))
 

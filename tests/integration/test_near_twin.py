@@ -76,3 +76,25 @@ def test_a_near_twin_builds_on_its_pushed_sibling_and_runs_as_the_engine_would_b
     assert _labels(docker_client, made.digest_ref) == _labels(docker_client, "ai24-near-engine/near-two:0.1.0")
     layers = docker_client.images.get(made.digest_ref).attrs["RootFS"]["Layers"]
     assert len(layers) == len(docker_client.images.get("ai24-near-engine/near-two:0.1.0").attrs["RootFS"]["Layers"])
+
+
+def test_a_near_twin_whose_agent_steps_need_the_engine_builds_from_its_pulled_dependency_image(
+        agent_factory, index_url, registry, docker_client, cleanup_images, tmp_path):
+    """A setup.cfg beside setup.py: the registry assembly leaves the agent's steps to the engine. The
+    near twin's dependency image, written in the registry, is what the engine builds the agent FROM:
+    pulled, not built whole again."""
+    prefix = f"{registry.host}/ai24near2"
+    cleanup_images(prefix)
+    opts = BuildOptions(index_url=index_url, registry=prefix, push=True, cache_dir=tmp_path / "c")
+    assert build_image(agent_factory("near-one", requirements=REQS), opts).deps_origin == "built"
+    near = agent_factory("near-cfg", requirements=NEAR, extra={"setup.cfg": "[metadata]\nname = near-cfg\n"})
+    _drop(docker_client, prefix)  # an empty runner
+    with capture_logs() as logs:
+        made = build_image(near, dataclasses.replace(opts, cache_dir=tmp_path / "n"))
+    events = [e["event"] for e in logs]
+    assert any(e.startswith("Wrote the near twin's dependency image") for e in events), events
+    assert made.deps_origin == "pulled" and "Building the dependency image" not in events, (made, events)
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", made.image_id,
+                          "-c", "import requests, tinyreq, src.main; print('imports ok')"],
+                         capture_output=True, text=True, timeout=120)
+    assert "imports ok" in out.stdout, out.stderr[-2000:]

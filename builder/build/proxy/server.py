@@ -26,10 +26,9 @@ import hashlib
 import html
 import os
 import re
-import socketserver
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -48,6 +47,7 @@ from builder.core.urls import Disagreement, join, read_url
 from builder.package.piplines import names_own_index, normalise
 from builder.plan.proxied import direct_name
 from builder.build.proxy.connect import index_is_private
+from builder.build.proxy.listen import TCPHTTPServer, UnixHTTPServer
 
 log = structlog.get_logger("agent_image.index")
 _HASH_FRAGMENT = re.compile(r"(?:md5|sha1|sha224|sha256|sha384|sha512)=[0-9a-fA-F]+")
@@ -96,18 +96,6 @@ class Stats:
                 "prefetch": dict(self.prefetch)}
 
 
-class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    request_queue_size = 128  # uv opens ~50 connections at once
-
-
-class _TCPHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # the default backlog of 5 overflows when uv opens ~50 connections at once,
-    # and a dropped SYN is retried only after a second
-    request_queue_size = 128
-
-
 class IndexProxy:
     """An HTTP proxy in front of one upstream index. Use as a context manager.
 
@@ -139,7 +127,7 @@ class IndexProxy:
         self._ident = identity(upstream.url, upstream.auth_header)
         self._links: dict[str, Link] = {}
         self._lock = threading.Lock()
-        self._server: socketserver.BaseServer | None = None
+        self._server: UnixHTTPServer | TCPHTTPServer | None = None
         self.prefetch = Prefetcher(self._prefetch_page, self._prefetch_file, target) if prefetch else None
 
     # -- lifecycle -------------------------------------------------------------
@@ -162,10 +150,10 @@ class IndexProxy:
                 pass
 
         if self.unix_path:
-            self._server = _UnixHTTPServer(self.unix_path, Handler)
+            self._server = UnixHTTPServer(self.unix_path, Handler)
             os.chmod(self.unix_path, 0o600)
         else:
-            self._server = _TCPHTTPServer(("127.0.0.1", 0), Handler)
+            self._server = TCPHTTPServer(("127.0.0.1", 0), Handler)
         # each request thread runs in the build's context, so its log lines and
         # errors are redacted with this build's redactor (builder/core/errors.py)
         context, serve = contextvars.copy_context(), self._server.process_request_thread
