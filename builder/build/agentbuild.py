@@ -26,7 +26,7 @@ from builder.build.steplog import cached_steps
 from builder.build.stream import BuildOutcome
 from builder.core import events
 from builder.core.errors import PackageLoadError
-from builder.core.labels import ABI_LABEL, CONTENT_LABEL, INPUT_LABEL
+from builder.core.labels import ABI_LABEL, CONTENT_LABEL, DEPS_LABEL, INPUT_LABEL
 from builder.package.reader import Package
 from builder.plan.agent import Plan, from_deps
 from builder.plan.context import Context
@@ -150,14 +150,14 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
             log.info(events.DEPS_BUILDING, image=deps.ref, deps_key=deps.key, venv=build.venv)
             # no cache_from: the engine's own layer cache (same base, same lines) is this image's
             outcome = build(depsimage.context(deps.dockerfile, plan.files), deps.dockerfile,
-                            depsimage.labels(deps), None, sandbox.network_mode, args)
+                            {DEPS_LABEL: deps.key}, None, sandbox.network_mode, args)
             if outcome.error is not None or outcome.image_id is None:
                 return Built(outcome, target, proxy.stats, failed=deps.dockerfile)
             # wheels alone, and every instruction of the step ran (none the layer cache's, made who knows
             # how): it ran no code of what it installed (DEPS_WHEELS_LABEL)
             ran = {n for n, step in enumerate(deps.dockerfile.steps, 1) if step == "deps"}.isdisjoint(outcome.cached)
             wheels = not proxy.stats.sources and ran
-            labelled = depsimage.with_listing(engine, outcome.image_id, wheels=wheels,
+            labelled = depsimage.with_listing(engine, outcome.image_id, family=deps.family, wheels=wheels,
                                               timeout=max(1.0, build.deadline - time.monotonic()))
             engine.tag(labelled, deps.ref)
             deps.image, deps.origin = engine.require_image(deps.ref, hint="Rerun the build."), "built"

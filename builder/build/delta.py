@@ -88,7 +88,8 @@ def dockerfile(deps: Rendered) -> Rendered:
     """The dependency Dockerfile with its install steps replaced by deltarun.py."""
     head = deps.text.split("#> step deps", 1)[0]
     # one COPY for the lines' files and the step's own (the context holds nothing else)
-    text = head + "#> step deps\nCOPY .agent-image/ /opt/agent-image/\nRUN python -I /opt/agent-image/delta/deltarun.py\n"
+    text = (head + "#> step deps\nCOPY .agent-image/ /opt/agent-image/\n"
+            "RUN python -I /opt/agent-image/delta/deltarun.py\n")
     steps, instructions = parse_steps(text)
     return Rendered(text=text, steps=steps, instructions=instructions)
 
@@ -142,9 +143,8 @@ def read(engine: Engine, image_id: str) -> Delta | None:
         return None
     layer = engine.read_file(image_id, f"{OUT}/layer.tar", max_bytes=LAYER_MAX_BYTES)
     why = checked(layer) if layer is not None else "the step left no layer"
-    listing = _member(layer, DISTS_PATH) if why is None else None
-    requested = _member(layer, REQUESTED_PATH) if why is None else None
-    hashes = _member(layer, WHEELS_PATH) if why is None else None
+    found = _members(layer, (DISTS_PATH, REQUESTED_PATH, WHEELS_PATH)) if why is None else {}
+    listing, requested, hashes = (found.get(p) for p in (DISTS_PATH, REQUESTED_PATH, WHEELS_PATH))
     if why is None and (listing is None or requested is None or hashes is None):
         why = "the layer has no listing"
     if why is not None:
@@ -154,13 +154,12 @@ def read(engine: Engine, image_id: str) -> Delta | None:
                  listing=listing, requested=requested, hashes=hashes)
 
 
-def _member(layer: bytes, path: str) -> str | None:
+def _members(layer: bytes, paths: tuple[str, ...]) -> dict[str, str]:
+    """The files at PATHS in LAYER (text), in one pass over it: {path: text} for those it holds."""
+    names = {p.lstrip("/"): p for p in paths}
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        try:
-            f = tar.extractfile(path.lstrip("/"))
-        except KeyError:
-            return None
-        return f.read().decode("utf-8") if f is not None else None
+        return {names[m.name]: tar.extractfile(m).read().decode("utf-8") for m in tar
+                if m.name in names and m.isfile()}
 
 
 def drop(engine: Engine, image_id: str | None) -> None:

@@ -109,11 +109,6 @@ def family(dockerfile: Rendered, base_id: str, *, reader: str, repo: str) -> str
                                      sort_keys=True).encode()).hexdigest()
 
 
-def labels(plan: Plan) -> dict[str, str]:
-    """What the dependency build labels its image with (the listings come after: with_listing)."""
-    return {DEPS_LABEL: plan.key, DEPS_FAMILY_LABEL: plan.family}
-
-
 def deltas(image_labels: dict[str, str]) -> int:
     """How many near-twin layers a dependency image stacks (DEPS_DELTA_LABEL); 0 when built whole."""
     value = image_labels.get(DEPS_DELTA_LABEL, "0")
@@ -157,11 +152,13 @@ def context(dockerfile: Rendered, generated: dict[str, bytes]) -> Context:
     return build_context(None, {"Dockerfile": dockerfile.text.encode(), **files})
 
 
-def with_listing(engine: Engine, image_id: str, *, timeout: float, wheels: bool = False) -> str:
+def with_listing(engine: Engine, image_id: str, *, timeout: float, family: str = "", wheels: bool = False) -> str:
     """IMAGE_ID with its distribution listing in DEPS_DISTS_LABEL: a one-step LABEL build FROM it
     (no layer: the layers, the key and the refusal checks stay as they were). The registry path
-    reads it from the config (ship/assemble.py); without it that path is not taken. On failure
-    IMAGE_ID as it was: the engine path never needs the label."""
+    reads it from the config (ship/assemble.py); without it that path is not taken. What a near
+    twin needs of a sibling (builder/build/delta.py) comes in the same step: its FAMILY, REQUESTED
+    names, wheel hashes, and whether its install ran no code of what it installed (WHEELS). On
+    failure IMAGE_ID as it was: the engine path never needs the labels."""
     raw = engine.read_file(image_id, DISTS_PATH)
     try:
         text = raw.decode("utf-8").strip() if raw is not None else ""
@@ -174,7 +171,7 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float, wheels: bool 
     requested, hashes = _requested(engine, image_id), wheel_hashes(engine.read_file(image_id, WHEELS_PATH))
     extra = (f" {DEPS_REQUESTED_LABEL}={dq(requested)}" if requested is not None else "") + \
         (f" {DEPS_HASHES_LABEL}={dq(hashes)}" if hashes is not None else "") + \
-        (f' {DEPS_WHEELS_LABEL}="1"' if wheels else "")
+        (f' {DEPS_WHEELS_LABEL}="1"' if wheels else "") + (f" {DEPS_FAMILY_LABEL}={dq(family)}" if family else "")
     dockerfile = f"FROM {image_id}\nLABEL {DEPS_DISTS_LABEL}={dq(text)}{extra}\n".encode()
     again = engine.build(context=build_context(None, {"Dockerfile": dockerfile}).data, network_mode="none",
                          timeout=timeout)
