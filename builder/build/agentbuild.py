@@ -5,6 +5,7 @@ network when only the code changed, else in the sandbox behind the index proxy
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[s
 
 def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstream: Upstream, plan: Plan, base: Image,
                      deps: depsimage.Plan | None, target: Target, cache_from: list[str],
-                     sandbox_early: Sandbox | None, near_twin: Callable[[str, dict], object] | None = None) -> Built:
+                     sandbox_early: Sandbox | None, near_twin: "DeltaStep | None" = None) -> Built:
     """The build's network (builder/build/sandbox.py) reaches the index proxy and nothing else:
     the dependency image first when it must be built, then the agent FROM it."""
     split, engine = plan.split, build.engine
@@ -133,17 +134,22 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
                        direct_urls=split.direct, page_max_bytes=options.index_page_max_bytes,
                        file_max_bytes=options.download_max_bytes, unix_path=sandbox.socket_path,
                        target=wheeltags.target(base.labels.get(ABI_LABEL), base.architecture)) as proxy:
+        twin = near_twin if deps and deps.image is None else None
+        if twin and proxy.prefetch is not None:  # it resolves all and installs little: .metadata ahead, not wheels
+            proxy.prefetch.metadata_first = True
         if deps and deps.image is None:  # its pages can come while the sandbox starts
-            proxy.expect([line.text for line in split.deps])
+            proxy.expect([line.text for line in split.deps] + (twin.hints if twin else []))
         sandbox.wait(proxy.ready)
         args, deps_lines = {"http_proxy": sandbox.proxy_url(proxy)}, []
         made = None
-        if near_twin and deps and deps.image is None:
+        if twin:
             proxy.wheels_only = True  # no code of what it installs may run there (build/delta.py)
             try:
-                made = near_twin(sandbox.network_mode, args)
+                made = twin.run(sandbox.network_mode, args)
             finally:
                 proxy.wheels_only = False
+                if proxy.prefetch is not None:
+                    proxy.prefetch.metadata_first = False
         if made is not None:  # the dependency image is written in the registry, and the agent appended there
             return Built(BuildOutcome(image_id=None), target, proxy.stats, delta=made)
         if deps and deps.image is None:
@@ -168,8 +174,16 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
         return Built(outcome, target, proxy.stats, deps_lines, failed)
 
 
-def near_twin(build: Builder, deps: depsimage.Plan, plan: Plan, siblings: list, install: str) -> Callable:
-    """The delta step (builder/build/delta.py) for build_in_sandbox: its Delta, or None to build whole."""
+@dataclass(frozen=True)
+class DeltaStep:
+    """A near twin's step for build_in_sandbox: RUN(network, build args) -> its Delta, or None to build
+    whole; HINTS: the first sibling's distributions (name==version), whose pages the resolve will want."""
+    run: Callable[[str, dict], object]
+    hints: list[str]
+
+
+def near_twin(build: Builder, deps: depsimage.Plan, plan: Plan, siblings: list, install: str) -> DeltaStep:
+    """The delta step (builder/build/delta.py) for build_in_sandbox."""
     def run(network: str, args: dict[str, str]):
         rendered = delta.dockerfile(deps.dockerfile)
         log.info("Building a near twin's dependency layer", image=deps.ref, siblings=len(siblings), venv=build.venv)
@@ -182,7 +196,10 @@ def near_twin(build: Builder, deps: depsimage.Plan, plan: Plan, siblings: list, 
             return delta.read(build.engine, outcome.image_id)
         finally:
             delta.drop(build.engine, outcome.image_id)
-    return run
+    # (a sibling's labels are another build's words: only what reads as a name and a version)
+    hints = [f"{n}=={v}" for n, v in (siblings[0].dists.items() if siblings else ())
+             if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", n) and re.fullmatch(r"[0-9][A-Za-z0-9.+!_-]{0,63}", v)]
+    return DeltaStep(run, hints)
 
 
 def failure(built: Built, plan: Plan, pkg: Package, venv: str) -> PackageLoadError:

@@ -19,7 +19,6 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import structlog
 
@@ -178,7 +177,7 @@ class NearTwin:
     """A build's chance to be a near twin: the registry's siblings, and the step that tries them."""
     client: RegistryClient
     candidates: list[Candidate]
-    step: Callable
+    step: agentbuild.DeltaStep
 
     def finish(self, deps: depsimage.Plan, base: Image, made: Delta) -> str | None:
         """Write the dependency image for MADE; its REPO@DIGEST, or None (logged): build it whole."""

@@ -152,7 +152,8 @@ def test_pages_and_the_wheels_pip_takes_are_fetched_before_it_asks(a, tmp_path):
                                          "top-1.0.dist-info"]
     # every page and every wheel pip used was there before it asked, each fetched once:
     # the guesses skipped the yanked, the pre-release and the Python-2-only releases
-    assert proxy.stats.prefetch == {"pages": 4, "page_hits": 4, "files": 4, "file_hits": 4}
+    assert proxy.stats.prefetch == {"pages": 4, "page_hits": 4, "files": 4, "file_hits": 4, "metadata": 0,
+                                    "metadata_hits": 0}
     assert sorted(a.paths()) == sorted(["/simple/top/", "/simple/dep-a/", "/simple/dep-b/", "/simple/leaf/",
                                         "/files/top-1.0-py3-none-any.whl", "/files/dep_a-1.0-py3-none-any.whl",
                                         "/files/dep_b-2.0-py3-none-any.whl", "/files/leaf-1.0-py3-none-any.whl"])
@@ -186,6 +187,7 @@ def test_a_failed_prefetch_leaves_the_error_to_pip(a, tmp_path):
 
 def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
     import builder.build.proxy.prefetch as prefetch
+    import builder.build.proxy.wheelmeta as wheelmeta
     asked: list[str] = []
 
     def page(name):
@@ -221,7 +223,7 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
     assert p.page("cc", 5) is None          # would go over the budget: fetched, not kept
     assert p.page_bytes == 0
     p.close()
-    assert prefetch.requires_dist("Name: x\nRequires-Dist: a>=1\nrequires-dist:b\n\nRequires-Dist: body") == ["a>=1", "b"]
+    assert wheelmeta.requires_dist("Name: x\nRequires-Dist: a>=1\nrequires-dist:b\n\nRequires-Dist: body") == ["a>=1", "b"]
 
 
 def test_the_guess_is_the_newest_final_release_pip_can_install_here():
@@ -323,18 +325,18 @@ def test_guesses_under_way_count_against_the_budget(monkeypatch):
 
 
 def test_a_wheel_with_a_huge_directory_is_not_opened(monkeypatch, tmp_path):
-    import builder.build.proxy.prefetch as prefetch
-    monkeypatch.setattr(prefetch, "ZIP_ENTRIES", 10)
+    import builder.build.proxy.wheelmeta as wheelmeta
+    monkeypatch.setattr(wheelmeta, "ZIP_ENTRIES", 10)
     small, big = tmp_path / "small.whl", tmp_path / "big.whl"
     small.write_bytes(wheel("x-1.0-py3-none-any.whl", requires=("dep-a",)))
     with zipfile.ZipFile(big, "w") as z:
         z.writestr("x-1.0.dist-info/METADATA", "Name: x\nRequires-Dist: dep-a\n")
         for i in range(20):
             z.writestr(f"x/f{i}.py", "")
-    assert prefetch.requires_dist(prefetch.wheel_metadata(small)) == ["dep-a"]
-    assert prefetch.wheel_metadata(big) == ""
+    assert wheelmeta.requires_dist(wheelmeta.wheel_metadata(small)) == ["dep-a"]
+    assert wheelmeta.wheel_metadata(big) == ""
     (tmp_path / "junk.whl").write_bytes(b"PK\x05\x06 not a zip")
-    assert prefetch.wheel_metadata(tmp_path / "junk.whl") == ""
+    assert wheelmeta.wheel_metadata(tmp_path / "junk.whl") == ""
 
 
 def test_lines_that_name_their_own_index_are_not_prefetched_from_this_one(a, tmp_path):
@@ -347,3 +349,54 @@ def test_lines_that_name_their_own_index_are_not_prefetched_from_this_one(a, tmp
         proxy.expect(["--no-index", "acme-internal-wheelhouse"])
         threading.Event().wait(0.5)
     assert a.paths() == []
+
+
+def test_a_near_twins_resolve_finds_every_metadata_file_here_and_fetches_no_wheel(a, tmp_path):
+    """A near twin's step (builder/build/delta.py) resolves the whole set and installs only what is new:
+    the guesses are each page's .metadata (PEP 658), not its wheel, and pip reads them from here."""
+    projects = {name: [(f, requires, attrs + ' data-core-metadata="true"') for f, requires, attrs in files]
+                for name, files in TRICKY.items()}
+    serve_index(a, projects)
+    for files in projects.values():
+        for filename, requires, _ in files:
+            name, version = filename.split("-")[:2]
+            a.file(f"/files/{filename}.metadata", (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                                   + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode())
+    with make(a.base + "/simple/", tmp_path, target=target(HOST_PY, "amd64")) as proxy:
+        proxy.prefetch.metadata_first = True
+        proxy.expect(["top"])
+        r = pip_install(proxy, tmp_path / "t", "--dry-run", "--report", str(tmp_path / "report.json"), "top")
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert '"name": "dep-b"' in (tmp_path / "report.json").read_text().replace("dep_b", "dep-b")
+    assert proxy.stats.prefetch == {"pages": 4, "page_hits": 4, "files": 0, "file_hits": 0, "metadata": 4,
+                                    "metadata_hits": 4}
+    assert not [p for p in a.paths() if p.endswith(".whl")]
+    assert sorted(p for p in a.paths() if p.endswith(".metadata")) == [
+        "/files/dep_a-1.0-py3-none-any.whl.metadata", "/files/dep_b-2.0-py3-none-any.whl.metadata",
+        "/files/leaf-1.0-py3-none-any.whl.metadata", "/files/top-1.0-py3-none-any.whl.metadata"]
+
+
+def test_as_many_guesses_as_workers_start_at_once():
+    """The pages of a set's lines come in together, and each page's guess with them: every worker's
+    guess starts (at 256 MiB reserved apiece, the fifth failed on the budget and was never retried)."""
+    import builder.build.proxy.prefetch as prefetch
+    release, caps = threading.Event(), {}
+
+    def download(key, cap):
+        caps[key] = cap
+        release.wait(10)
+        return 1000
+
+    p = prefetch.Prefetcher(lambda n: (b"", []), download, target(HOST_PY, "amd64"))
+    keys = [f"k{i}" for i in range(prefetch.WORKERS)]
+    for key in keys:
+        p._want_file(key)
+    for _ in range(100):
+        if len(caps) == len(keys):
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    for key in keys:
+        p._files[key].result(10)  # none failed
+    p.close()
+    assert sorted(caps) == sorted(keys) and set(caps.values()) == {prefetch.GUESS_FILE_BYTES}

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-import os
 import queue
-import struct
 import threading
-import zipfile
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from builder.build.proxy.pages import project_and_version
+from builder.build.proxy.wheelmeta import METADATA_BYTES, requires_dist, wheel_metadata
 from builder.build.proxy.wheeltags import Target
 
 log = structlog.get_logger("agent_image.index")
@@ -46,10 +44,10 @@ WORKERS = 8                      # fetches at once: pip's serial walk needs only
 MAX_PAGES = 1000                 # per build: a dependency tree is rarely over 300 projects
 PAGE_BYTES = 256 * 1024 ** 2     # per build: pages held until pip asks (each is let go once served)
 GUESS_BYTES = 1024 ** 3          # per build: files fetched on a guess, before pip asked for them
-GUESS_FILE_BYTES = 256 * 1024 ** 2  # a larger file is never a guess (8 at once could be 24 GiB): pip fetches it
-METADATA_BYTES = 1024 ** 2       # a wheel's METADATA larger than this is not read
-ZIP_ENTRIES = 100_000            # a wheel with more files, or a larger directory, is not opened here:
-ZIP_DIRECTORY = 32 * 1024 ** 2   # zipfile builds the whole directory in memory first
+# a larger file is never a guess (pip fetches it): the WORKERS guesses under way each reserve this much of
+# GUESS_BYTES, and all of them must fit (at 256 MiB, only four could start: a fifth failed, never retried)
+GUESS_FILE_BYTES = GUESS_BYTES // WORKERS
+META_BYTES = 32 * 1024 ** 2      # per build: .metadata files (PEP 658) held until pip asks
 PAGE_WAIT = 15.0                 # pip's request waits this long for a page already being fetched
 FILE_WAIT = 20.0                 # ... and for a guessed file (pip times out at 60 s; then it fetches itself)
 
@@ -67,43 +65,6 @@ class Offer:
     yanked: bool
 
 
-def requires_dist(metadata: str) -> list[str]:
-    """The Requires-Dist values of a core-metadata text (its header: the body is the description)."""
-    header = metadata.replace("\r\n", "\n").split("\n\n", 1)[0]
-    return [value.strip() for key, _, value in (line.partition(":") for line in header.split("\n"))
-            if key.strip().lower() == "requires-dist" and value.strip()]
-
-
-def _small_zip(blob: Path) -> bool:
-    """Is BLOB a zip whose central directory is small enough to read (its end record says)?"""
-    with open(blob, "rb") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, size - 65557))  # the end record (22 bytes) and a comment of at most 64 KiB
-        tail = fh.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
-        return False
-    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
-    # 0xFFFF / 0xFFFFFFFF: a zip64 directory, which no wheel small enough to read here needs
-    return entries < min(ZIP_ENTRIES, 0xFFFF) and directory < ZIP_DIRECTORY
-
-
-def wheel_metadata(blob: Path) -> str:
-    """The METADATA of a wheel file, or '' (not a zip, no single dist-info, too large)."""
-    try:
-        if not _small_zip(blob):
-            return ""
-        with zipfile.ZipFile(blob) as z:
-            found = [i for i in z.infolist() if i.filename.count("/") == 1
-                     and i.filename.endswith(".dist-info/METADATA")]
-            if len(found) != 1 or found[0].file_size > METADATA_BYTES:
-                return ""
-            with z.open(found[0]) as fh:
-                return fh.read(METADATA_BYTES).decode("utf-8", "replace")
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError, NotImplementedError):
-        return ""
-
-
 class Prefetcher:
     """Pages and files fetched ahead of pip, for one build.
 
@@ -111,8 +72,13 @@ class Prefetcher:
     the file into the download cache (0: it was there already). Both raise on failure."""
 
     def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str, int], int],
-                 target: Target | None) -> None:
-        self._page, self._download, self.target = page, download, target
+                 target: Target | None, metadata: Callable[[str], bytes] | None = None) -> None:
+        self._page, self._download, self.target, self._metadata = page, download, target, metadata
+        # a near twin's step (builder/build/delta.py) resolves the whole set and installs only what is
+        # new: guess each page's .metadata, not its wheel (METADATA(key) -> the file's bytes, or raises)
+        self.metadata_first = False
+        self._metas: dict[str, Future] = {}
+        self.meta_bytes = 0              # .metadata files held now
         self._env = None if target is None else {
             "python_version": f"3.{target.minor}", "python_full_version": f"3.{target.minor}.0",
             "platform_machine": target.arch, "sys_platform": "linux", "platform_system": "Linux",
@@ -132,7 +98,7 @@ class Prefetcher:
         self.guessed_bytes = 0
         self._reserved = 0               # bytes the guesses under way may still fetch
         self.page_bytes = 0              # pages held now
-        self.counts = {"pages": 0, "page_hits": 0, "files": 0, "file_hits": 0}
+        self.counts = {"pages": 0, "page_hits": 0, "files": 0, "file_hits": 0, "metadata": 0, "metadata_hits": 0}
 
     # -- what pip will want --------------------------------------------------------
     def expect(self, lines: list[str]) -> None:
@@ -168,7 +134,8 @@ class Prefetcher:
         """pip read a wheel's .metadata (PEP 658): it will want that wheel at the end, and its dependencies."""
         text = text[:METADATA_BYTES]  # read off the request's thread, at most as much as a wheel's
         self._submit(lambda: self.expect(requires_dist(text)))
-        self._want_file(key)
+        if not self.metadata_first:
+            self._want_file(key)
 
     def _want(self, name: str, spec: SpecifierSet) -> None:
         with self._lock:
@@ -198,7 +165,7 @@ class Prefetcher:
             return
         guess = self.choose(offers, self._specs.get(name, SpecifierSet()))
         if guess is not None:
-            self._want_file(guess.key)
+            (self._want_metadata if self.metadata_first else self._want_file)(guess.key)
 
     def choose(self, offers: list[Offer], spec: SpecifierSet) -> Offer | None:
         """The wheel pip will most likely take: the newest final release in SPEC that runs on the
@@ -268,7 +235,58 @@ class Prefetcher:
                 self._guessed.discard(key)
         fut.set_result(size)
 
+    def _want_metadata(self, key: str) -> None:
+        with self._lock:
+            if key in self._metas or self._closed or self._metadata is None or self.meta_bytes >= META_BYTES:
+                return
+            self._metas[key] = fut = Future()
+            self.counts["metadata"] += 1
+        self._submit(lambda: self._fetch_metadata(key, fut))  # as a page: what pip waits for next
+
+    def _fetch_metadata(self, key: str, fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():  # pip asked first and fetched it itself
+            return
+        try:
+            data = self._metadata(key)
+            if data is None:  # its page offers none: the wheel, as without a near twin
+                with self._lock:
+                    self._metas[key] = _SERVED
+                self._want_file(key)
+                return
+            with self._lock:
+                if self.meta_bytes + len(data) > META_BYTES:
+                    raise LookupError("the prefetched .metadata files fill their budget")
+                if self._metas.get(key) is fut:
+                    self.meta_bytes += len(data)
+                fut.set_result(data)
+        except Exception as exc:  # noqa: BLE001 (module doc)
+            fut.set_exception(exc)
+            return
+        self.expect(requires_dist(data[:METADATA_BYTES].decode("utf-8", "replace")))
+
     # -- what pip asks ---------------------------------------------------------------
+    def metadata(self, key: str, timeout: float = PAGE_WAIT) -> bytes | None:
+        """The prefetched .metadata of KEY's wheel (served once), or None: fetch it yourself."""
+        with self._lock:
+            fut = self._metas.get(key)
+            if fut is None or fut.cancel():  # none, or still queued: pip's own request goes now
+                self._metas[key] = _SERVED
+                return None
+        try:
+            data = fut.result(timeout)
+        except Exception:  # noqa: BLE001 failed or slow: the caller asks upstream itself
+            with self._lock:
+                if self._metas.get(key) is fut and not fut.done():
+                    self._metas[key] = _SERVED
+            return None
+        with self._lock:
+            if self._metas.get(key) is not fut:  # another request took it first
+                return None
+            self._metas[key] = _SERVED
+            self.meta_bytes -= len(data)
+            self.counts["metadata_hits"] += 1
+        return data
+
     def page(self, name: str, timeout: float = PAGE_WAIT) -> bytes | None:
         """The prefetched page for NAME (waiting a little if it is being fetched), or None: fetch it
         yourself. A page still queued is given up to pip's request at once."""

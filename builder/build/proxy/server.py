@@ -128,7 +128,8 @@ class IndexProxy:
         self._links: dict[str, Link] = {}
         self._lock = threading.Lock()
         self._server: UnixHTTPServer | TCPHTTPServer | None = None
-        self.prefetch = Prefetcher(self._prefetch_page, self._prefetch_file, target) if prefetch else None
+        self.prefetch = Prefetcher(self._prefetch_page, self._prefetch_file, target,
+                                   self._prefetch_metadata) if prefetch else None
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> "IndexProxy":
@@ -306,8 +307,9 @@ class IndexProxy:
     def _serve_file(self, h: BaseHTTPRequestHandler, key: str, name: str, head: bool = False) -> None:
         link = self._links.get(key)
         if link is not None and link.metadata and name == link.name + ".metadata":
-            with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=self.page_max_bytes) as b:
-                data = b.read()
+            data = self.prefetch.metadata(key) if self.prefetch is not None else None
+            if data is None:
+                data = self._prefetch_metadata(key, any_index=True)
             self._send(h, 200, data, "application/octet-stream")
             if self.prefetch is not None and link.ident == self._ident:  # (as _read_dependencies)
                 self.prefetch.saw_metadata(key, data.decode("utf-8", "replace"))
@@ -345,6 +347,15 @@ class IndexProxy:
         # index's wheel must not make this index hear of the names it needs)
         if self.prefetch is not None and link.name.endswith(".whl") and link.ident == self._ident:
             self.prefetch.saw_wheel(blob)
+
+    def _prefetch_metadata(self, key: str, any_index: bool = False) -> bytes | None:
+        """The .metadata (PEP 658) of KEY's wheel, as its page offered it (a guess: the configured index's);
+        None when it offered none."""
+        link = self._links[key]
+        if not link.metadata or not (any_index or link.ident == self._ident):
+            return None
+        with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=self.page_max_bytes) as body:
+            return body.read()
 
     def _prefetch_file(self, key: str, max_bytes: int) -> int:
         """A guessed file into the cache (at most MAX_BYTES): its size, or 0 when it was there."""
