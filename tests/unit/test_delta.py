@@ -140,3 +140,16 @@ def test_the_near_twins_manifest_keeps_the_base_and_the_siblings_install_and_put
                          "Config": {"Labels": c2["config"]["Labels"]}})
     assert depsimage.refusal(image2, "new", base, 3) is None
     assert "layers over the base" in depsimage.refusal(image2, "new", base, 2)
+
+
+def test_the_first_siblings_distributions_are_expected_pinned_and_only_those_that_read_as_names():
+    """Their pages come while the sandbox starts: the resolve then finds them here. A sibling's labels are
+    another build's words: what does not read as a name and a version is not asked for."""
+    from builder.build import agentbuild
+    first = delta.Sibling(ref="r@first", dists={"requests": "2.32.3", "idna": "3.10", "evil; os_name": "1",
+                                                "x": "1 ; python_version>'0'", "../p": "1"},
+                          requested=[], listing=[], hashes={})
+    other = delta.Sibling(ref="r@other", dists={"numpy": "2.2.6"}, requested=[], listing=[], hashes={})
+    step = agentbuild.near_twin(None, None, None, [first, other], "pip install")
+    assert step.hints == ["requests==2.32.3", "idna==3.10"]
+    assert agentbuild.near_twin(None, None, None, [], "pip install").hints == []
