@@ -19,7 +19,8 @@ from builder.build.image import Image
 from builder.build.platformbuild import sandbox_image
 from builder.build.proxy import wheeltags
 from builder.build.proxy.cache import DownloadCache
-from builder.build.proxy.server import IndexProxy, Stats
+from builder.build.proxy.server import IndexProxy
+from builder.build.proxy.stats import Stats
 from builder.build.proxy.upstream import Upstream
 from builder.build.reuse import drop_attempt, fence, only_code_changed
 from builder.build.sandbox import Sandbox
@@ -35,6 +36,8 @@ from builder.plan.dockerfile import COMPILE_START, Rendered
 from builder.plan.options import BuildOptions
 
 log = structlog.get_logger("agent_image")
+
+MAX_HINTS = 300  # a sibling's distributions expected ahead (its label may name thousands: the pages' budget is the set's)
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def near_twin(build: Builder, deps: depsimage.Plan, plan: Plan, siblings: list, 
     # (a sibling's labels are another build's words: only what reads as a name and a version)
     hints = [f"{n}=={v}" for n, v in (siblings[0].dists.items() if siblings else ())
              if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", n) and re.fullmatch(r"[0-9][A-Za-z0-9.+!_-]{0,63}", v)]
-    return DeltaStep(run, hints)
+    return DeltaStep(run, hints[:MAX_HINTS])
 
 
 def failure(built: Built, plan: Plan, pkg: Package, venv: str) -> PackageLoadError:

@@ -153,3 +153,5 @@ def test_the_first_siblings_distributions_are_expected_pinned_and_only_those_tha
     step = agentbuild.near_twin(None, None, None, [first, other], "pip install")
     assert step.hints == ["requests==2.32.3", "idna==3.10"]
     assert agentbuild.near_twin(None, None, None, [], "pip install").hints == []
+    many = delta.Sibling(ref="r@many", dists={f"p{i}": "1" for i in range(5000)}, requested=[], listing=[], hashes={})
+    assert len(agentbuild.near_twin(None, None, None, [many], "pip install").hints) == agentbuild.MAX_HINTS

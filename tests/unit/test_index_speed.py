@@ -400,3 +400,35 @@ def test_as_many_guesses_as_workers_start_at_once():
         p._files[key].result(10)  # none failed
     p.close()
     assert sorted(caps) == sorted(keys) and set(caps.values()) == {prefetch.GUESS_FILE_BYTES}
+
+
+def test_a_metadata_guess_without_a_file_lets_pip_go_on_at_once_and_guesses_the_wheel():
+    """A page that offers no .metadata: pip's request waiting on the guess goes upstream at once, and the
+    guess becomes the wheel's (pip's dry run reads the wheel then); one over its cap is not held."""
+    import time
+
+    import builder.build.proxy.prefetch as prefetch
+    asked, files = [], []
+
+    def metadata(key, max_bytes):
+        asked.append((key, max_bytes))
+        threading.Event().wait(0.3)
+        return None if key == "plain" else b"x" * 10
+
+    p = prefetch.Prefetcher(lambda n: (b"", []), lambda key, cap: files.append(key) or 1, target(HOST_PY, "amd64"),
+                            metadata)
+    p.metadata_first = True
+    p._want_metadata("plain")
+    threading.Event().wait(0.05)
+    started = time.monotonic()
+    assert p.metadata("plain", timeout=5) is None and time.monotonic() - started < 2
+    p._want_metadata("meta")
+    assert p.metadata("meta", timeout=5) == b"x" * 10 and p.meta_bytes == 0
+    assert p.metadata("meta", timeout=5) is None  # served once
+    for _ in range(100):
+        if files:
+            break
+        threading.Event().wait(0.05)
+    p.close()
+    assert files == ["plain"] and asked == [("plain", prefetch.META_FILE_BYTES), ("meta", prefetch.META_FILE_BYTES)]
+    assert p.counts["metadata_hits"] == 1

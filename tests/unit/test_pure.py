@@ -229,6 +229,13 @@ def test_proxy_rewrites_links_through_itself(tmp_path):
     assert proxy._links[key].url == "http://idx.test/packages/requests-2.whl"
     assert proxy._links[key].sha256 == "a" * 64
     assert proxy._link(page, '<a href="file:///etc/passwd">', None, "id") == '<a href="">'
+    # another page giving the same URL another hash, or its .metadata, is another link: neither reading
+    # replaces the other's (pip fetches each by the page it read)
+    other = proxy._link("http://idx.test/simple/evil/", '<a href="../../packages/requests-2.whl#sha256=' + "b" * 64
+                        + '" data-core-metadata="true">', None, "id")
+    key2 = other.split("/_f/", 1)[1].split("/", 1)[0]
+    assert key2 != key and proxy._links[key].sha256 == "a" * 64 and not proxy._links[key].metadata
+    assert proxy._links[key2].sha256 == "b" * 64 and proxy._links[key2].metadata
 
 
 def test_download_cache_is_content_addressed_bounded_and_concurrent(tmp_path):

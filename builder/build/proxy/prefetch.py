@@ -48,6 +48,7 @@ GUESS_BYTES = 1024 ** 3          # per build: files fetched on a guess, before p
 # GUESS_BYTES, and all of them must fit (at 256 MiB, only four could start: a fifth failed, never retried)
 GUESS_FILE_BYTES = GUESS_BYTES // WORKERS
 META_BYTES = 32 * 1024 ** 2      # per build: .metadata files (PEP 658) held until pip asks
+META_FILE_BYTES = META_BYTES // WORKERS  # a larger one is not a guess (pip fetches it: a few KiB is usual)
 PAGE_WAIT = 15.0                 # pip's request waits this long for a page already being fetched
 FILE_WAIT = 20.0                 # ... and for a guessed file (pip times out at 60 s; then it fetches itself)
 
@@ -72,10 +73,11 @@ class Prefetcher:
     the file into the download cache (0: it was there already). Both raise on failure."""
 
     def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str, int], int],
-                 target: Target | None, metadata: Callable[[str], bytes] | None = None) -> None:
+                 target: Target | None, metadata: Callable[[str, int], bytes | None] | None = None) -> None:
         self._page, self._download, self.target, self._metadata = page, download, target, metadata
         # a near twin's step (builder/build/delta.py) resolves the whole set and installs only what is
-        # new: guess each page's .metadata, not its wheel (METADATA(key) -> the file's bytes, or raises)
+        # new: guess each page's .metadata, not its wheel (METADATA(key, max_bytes) -> the file's bytes,
+        # None when its page offers none, or raises)
         self.metadata_first = False
         self._metas: dict[str, Future] = {}
         self.meta_bytes = 0              # .metadata files held now
@@ -247,10 +249,11 @@ class Prefetcher:
         if not fut.set_running_or_notify_cancel():  # pip asked first and fetched it itself
             return
         try:
-            data = self._metadata(key)
+            data = self._metadata(key, META_FILE_BYTES)
             if data is None:  # its page offers none: the wheel, as without a near twin
                 with self._lock:
                     self._metas[key] = _SERVED
+                    fut.set_result(None)  # (a request waiting on it goes on at once)
                 self._want_file(key)
                 return
             with self._lock:
@@ -276,11 +279,13 @@ class Prefetcher:
             data = fut.result(timeout)
         except Exception:  # noqa: BLE001 failed or slow: the caller asks upstream itself
             with self._lock:
-                if self._metas.get(key) is fut and not fut.done():
+                if self._metas.get(key) is fut:  # not held for later (nor counted, if it came just now)
                     self._metas[key] = _SERVED
+                    if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+                        self.meta_bytes -= len(fut.result())
             return None
         with self._lock:
-            if self._metas.get(key) is not fut:  # another request took it first
+            if data is None or self._metas.get(key) is not fut:  # none offered; or another request took it
                 return None
             self._metas[key] = _SERVED
             self.meta_bytes -= len(data)

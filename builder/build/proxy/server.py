@@ -27,7 +27,7 @@ import html
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -38,6 +38,7 @@ from builder.build.proxy.cache import DownloadCache, identity  # noqa: F401 (re-
 from builder.build.proxy.pages import ANCHOR, HREF, SHA256, drop_foreign, offer_attrs, versions_on_page
 from builder.build.proxy.prefetch import Offer, Prefetcher
 from builder.build.proxy.routes import PROJECT_NAME, Denied, route, unb64
+from builder.build.proxy.stats import Stats
 from builder.build.proxy.tee import Tee, begin, send, send_file
 from builder.build.proxy.upstream import Fetcher, Refused, Unreachable, Upstream, UpstreamStatus, is_loopback
 from builder.build.proxy.wheeltags import Target
@@ -53,9 +54,10 @@ log = structlog.get_logger("agent_image.index")
 _HASH_FRAGMENT = re.compile(r"(?:md5|sha1|sha224|sha256|sha384|sha512)=[0-9a-fA-F]+")
 
 
-def _link_key(ident: str, url: str) -> str:
-    """The opaque id of a file a build may fetch: /_f/<id>/ for a page's link, /_d/'s the same way."""
-    return hashlib.sha256(f"{ident}\0{url}".encode()).hexdigest()[:32]
+def _link_key(ident: str, url: str, sha256: str | None = None, metadata: bool = False) -> str:
+    """The opaque id of a file a build may fetch (/_f/<id>/ for a page's link, /_d/'s the same way), one per
+    reading: two pages giving one URL two hashes (or .metadata on one) make two links, neither replaced."""
+    return hashlib.sha256(f"{ident}\0{url}\0{sha256 or ''}\0{int(metadata)}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -67,33 +69,6 @@ class Link:
     auth: Upstream | None      # whose credential may go with it (upstream.covers decides)
     ident: str                 # download-cache identity of the page that linked it
     metadata: bool = False     # the page offered <url>.metadata (PEP 658)
-
-
-@dataclass
-class Stats:
-    """What one build asked of the index. Reported in the build result."""
-    upstream_requests: int = 0
-    upstream_bytes: int = 0
-    cache_hits: int = 0
-    cache_bytes: int = 0
-    auth_failures: list[int] = field(default_factory=list)
-    unreachable: list[str] = field(default_factory=list)
-    not_found: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)   # upstream answers not passed on (caps, redirects)
-    denied: int = 0                                     # requests from the build outside the allow-list
-    # versions each project page listed (normalised name -> versions): uv names no
-    # alternatives when a version is missing, so the error takes them from here
-    versions: dict[str, list[str]] = field(default_factory=dict)
-    downloaded: list[str] = field(default_factory=list)  # file names fetched from upstream
-    reused: list[str] = field(default_factory=list)      # file names served from the cache
-    prefetch: dict[str, int] = field(default_factory=dict)  # builder/build/proxy/prefetch.py's counts
-    sources: list[str] = field(default_factory=list)     # not a wheel of the index: an sdist (its code runs), another host's
-
-    def as_dict(self) -> dict:
-        return {"upstream_requests": self.upstream_requests, "upstream_bytes": self.upstream_bytes,
-                "cache_hits": self.cache_hits, "cache_bytes": self.cache_bytes, "denied": self.denied,
-                "downloaded": sorted(set(self.downloaded)), "reused": sorted(set(self.reused)),
-                "prefetch": dict(self.prefetch)}
 
 
 class IndexProxy:
@@ -203,9 +178,10 @@ class IndexProxy:
         name = unquote(parts.path.rsplit("/", 1)[-1]) or "index"
         sha = SHA256.search(parts.fragment)
         meta = re.search(r"\bdata-(?:dist-info|core)-metadata\s*=\s*[\"'](?!false)", tag, re.I) is not None
-        key = _link_key(ident, url)
+        digest = sha.group(1) if sha else None
+        key = _link_key(ident, url, digest, meta)
         with self._lock:
-            self._links[key] = Link(url, name, sha.group(1) if sha else None, auth, ident, meta)
+            self._links[key] = Link(url, name, digest, auth, ident, meta)
         if offers is not None:
             offers.append(Offer(key, name, *offer_attrs(tag)))
         # only a hash goes on to pip: a page's '#subdirectory=/elsewhere' would have pip build from any
@@ -275,9 +251,10 @@ class IndexProxy:
                     raise Denied(403, "not a file the requirements name on a host --allow-index-host names")
                 plain, _, fragment = url.partition("#")
                 ident, sha = identity(plain, None), SHA256.search(fragment)
-                key = _link_key(ident, plain)
+                digest = sha.group(1) if sha else None
+                key = _link_key(ident, plain, digest)
                 with self._lock:  # (the name asked for must be the URL's own: _serve_file)
-                    self._links[key] = Link(plain, direct_name(plain), sha.group(1) if sha else None, None, ident)
+                    self._links[key] = Link(plain, direct_name(plain), digest, None, ident)
                 self._serve_file(h, key, unquote(groups[1]), head)
             else:
                 self._serve_file(h, groups[0], unquote(groups[1]), head)
@@ -308,8 +285,8 @@ class IndexProxy:
         link = self._links.get(key)
         if link is not None and link.metadata and name == link.name + ".metadata":
             data = self.prefetch.metadata(key) if self.prefetch is not None else None
-            if data is None:
-                data = self._prefetch_metadata(key, any_index=True)
+            if data is None:  # (the link read once, here: _links may take another page's reading meanwhile)
+                data = self._metadata_of(link, self.page_max_bytes)
             self._send(h, 200, data, "application/octet-stream")
             if self.prefetch is not None and link.ident == self._ident:  # (as _read_dependencies)
                 self.prefetch.saw_metadata(key, data.decode("utf-8", "replace"))
@@ -348,13 +325,14 @@ class IndexProxy:
         if self.prefetch is not None and link.name.endswith(".whl") and link.ident == self._ident:
             self.prefetch.saw_wheel(blob)
 
-    def _prefetch_metadata(self, key: str, any_index: bool = False) -> bytes | None:
-        """The .metadata (PEP 658) of KEY's wheel, as its page offered it (a guess: the configured index's);
-        None when it offered none."""
+    def _prefetch_metadata(self, key: str, max_bytes: int) -> bytes | None:
+        """A guess: KEY's .metadata (PEP 658) on the configured index; None when its page offers none."""
         link = self._links[key]
-        if not link.metadata or not (any_index or link.ident == self._ident):
-            return None
-        with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=self.page_max_bytes) as body:
+        ok = link.metadata and link.ident == self._ident
+        return self._metadata_of(link, min(max_bytes, self.page_max_bytes)) if ok else None
+
+    def _metadata_of(self, link: Link, max_bytes: int) -> bytes:
+        with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=max_bytes) as body:
             return body.read()
 
     def _prefetch_file(self, key: str, max_bytes: int) -> int:
