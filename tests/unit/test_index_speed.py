@@ -195,7 +195,7 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
         return b"", []
 
     monkeypatch.setattr(prefetch, "MAX_PAGES", 10)
-    p = prefetch.Prefetcher(page, lambda key, cap: 0, target(HOST_PY, "amd64"))
+    p = prefetch.Prefetcher(page, lambda key, cap, reserve: 0, target(HOST_PY, "amd64"))
     p.expect(["../../admin", "a b", "http://evil/x", "x @ https://evil/x.whl", "Ok_Name[extra]>=1",
               "win-only; sys_platform == 'win32'", *(f"pkg{i}" for i in range(50))])
     for _ in range(100):
@@ -206,7 +206,7 @@ def test_prefetch_reads_only_names_and_stops_at_its_caps(monkeypatch):
     assert asked[0] == "ok-name" and len(asked) == 10 and "win-only" not in asked
     # pages are held until pip asks, within a byte budget, and let go once served
     monkeypatch.setattr(prefetch, "PAGE_BYTES", 4500)
-    p = prefetch.Prefetcher(lambda name: (name.encode() * 1000, []), lambda key, cap: 0, target(HOST_PY, "amd64"))
+    p = prefetch.Prefetcher(lambda name: (name.encode() * 1000, []), lambda key, cap, reserve: 0, target(HOST_PY, "amd64"))
     p.expect(["aa", "bb"])
     for _ in range(100):
         if p.page_bytes == 4000:
@@ -230,7 +230,7 @@ def test_the_guess_is_the_newest_final_release_pip_can_install_here():
     from packaging.specifiers import SpecifierSet
 
     from builder.build.proxy.prefetch import Offer, Prefetcher
-    p = Prefetcher(lambda n: (b"", []), lambda k, cap: 0, target("distro=debian:12;python=3.11", "amd64"))
+    p = Prefetcher(lambda n: (b"", []), lambda k, cap, reserve: 0, target("distro=debian:12;python=3.11", "amd64"))
     offers = [Offer("k1", "x-1.0-py3-none-any.whl", None, False),
               Offer("k2", "x-2.0-cp311-cp311-win_amd64.whl", None, False),
               Offer("k3", "x-2.0.tar.gz", None, False),
@@ -290,7 +290,7 @@ def test_a_queued_prefetch_is_given_up_to_pips_request_at_once(monkeypatch):
             release.wait(10)
         return name.encode(), []
 
-    p = prefetch.Prefetcher(page, lambda key, cap: 0, target(HOST_PY, "amd64"))
+    p = prefetch.Prefetcher(page, lambda key, cap, reserve: 0, target(HOST_PY, "amd64"))
     p.expect([f"slow{i}" for i in range(prefetch.WORKERS)] + ["wanted"])
     started = time.monotonic()
     assert p.page("wanted") is None and time.monotonic() - started < 1
@@ -305,23 +305,33 @@ def test_guesses_under_way_count_against_the_budget(monkeypatch):
     monkeypatch.setattr(prefetch, "GUESS_BYTES", 1000)
     monkeypatch.setattr(prefetch, "GUESS_FILE_BYTES", 600)
     release, caps = threading.Event(), {}
+    lengths = {"k1": 600, "k2": 400, "k3": 300, "k4": None}  # k4: no Content-Length (reserves the most a guess may)
 
-    def download(key, cap):
-        caps[key] = cap
-        release.wait(10)
-        return cap
+    def download(key, cap, reserve):
+        caps[key] = reserve(lengths[key])
+        if caps[key]:
+            release.wait(10)
+        return caps[key]
 
     p = prefetch.Prefetcher(lambda n: (b"", []), download, target(HOST_PY, "amd64"))
-    for key in ("k1", "k2", "k3"):
+    for key in lengths:
         p._want_file(key)
+    def refused() -> list[str]:
+        return [k for k in lengths if k not in caps and p._files[k].done()]
+
     for _ in range(100):
-        if len(caps) >= 2 and sum(p._files[k].done() for k in ("k1", "k2", "k3")) >= 1:
+        if len(caps) + len(refused()) == len(lengths):
             break
         threading.Event().wait(0.05)
     release.set()
+    gone = refused()
     p.close()
-    # 600 + 400 = the budget: the third never started (which one is third is the threads' order)
-    assert sorted(caps.values()) == [400, 600] and len(caps) == 2, caps
+    # each guess under way holds its own length of the budget, and never more than 1000 are held: which
+    # ones fit is the threads' order (k4 holds 600, as much as the largest guess may be); a guess that
+    # finds the budget held refuses before it opens a connection
+    granted = [c for c in caps.values() if c]
+    assert len(caps) + len(gone) == 4 and sum(granted) <= 1000 and len(granted) >= 2, (caps, gone)
+    assert all(caps[k] in (0, (lengths[k] or 600)) for k in caps), caps
 
 
 def test_a_wheel_with_a_huge_directory_is_not_opened(monkeypatch, tmp_path):
@@ -378,14 +388,15 @@ def test_a_near_twins_resolve_finds_every_metadata_file_here_and_fetches_no_whee
 
 def test_as_many_guesses_as_workers_start_at_once():
     """The pages of a set's lines come in together, and each page's guess with them: every worker's
-    guess starts (at 256 MiB reserved apiece, the fifth failed on the budget and was never retried)."""
+    guess starts, each holding its own length of the budget (at 256 MiB reserved apiece, the fifth
+    failed on the budget and was never retried)."""
     import builder.build.proxy.prefetch as prefetch
     release, caps = threading.Event(), {}
 
-    def download(key, cap):
-        caps[key] = cap
+    def download(key, cap, reserve):
+        caps[key] = reserve(300 * 1024 ** 2 if key == "k0" else 5 * 1024 ** 2)  # one large, the others a few MiB
         release.wait(10)
-        return 1000
+        return caps[key]
 
     p = prefetch.Prefetcher(lambda n: (b"", []), download, target(HOST_PY, "amd64"))
     keys = [f"k{i}" for i in range(prefetch.WORKERS)]
@@ -399,7 +410,8 @@ def test_as_many_guesses_as_workers_start_at_once():
     for key in keys:
         p._files[key].result(10)  # none failed
     p.close()
-    assert sorted(caps) == sorted(keys) and set(caps.values()) == {prefetch.GUESS_FILE_BYTES}
+    assert sorted(caps) == sorted(keys) and caps["k0"] == prefetch.GUESS_FILE_BYTES  # (pip fetches the rest of it)
+    assert {caps[k] for k in keys[1:]} == {5 * 1024 ** 2}
 
 
 def test_a_metadata_guess_without_a_file_lets_pip_go_on_at_once_and_guesses_the_wheel():
@@ -415,7 +427,7 @@ def test_a_metadata_guess_without_a_file_lets_pip_go_on_at_once_and_guesses_the_
         threading.Event().wait(0.3)
         return None if key == "plain" else b"x" * 10
 
-    p = prefetch.Prefetcher(lambda n: (b"", []), lambda key, cap: files.append(key) or 1, target(HOST_PY, "amd64"),
+    p = prefetch.Prefetcher(lambda n: (b"", []), lambda key, cap, reserve: files.append(key) or 1, target(HOST_PY, "amd64"),
                             metadata)
     p.metadata_first = True
     p._want_metadata("plain")

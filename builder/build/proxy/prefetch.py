@@ -44,9 +44,7 @@ WORKERS = 8                      # fetches at once: pip's serial walk needs only
 MAX_PAGES = 1000                 # per build: a dependency tree is rarely over 300 projects
 PAGE_BYTES = 256 * 1024 ** 2     # per build: pages held until pip asks (each is let go once served)
 GUESS_BYTES = 1024 ** 3          # per build: files fetched on a guess, before pip asked for them
-# a larger file is never a guess (pip fetches it): the WORKERS guesses under way each reserve this much of
-# GUESS_BYTES, and all of them must fit (at 256 MiB, only four could start: a fifth failed, never retried)
-GUESS_FILE_BYTES = GUESS_BYTES // WORKERS
+GUESS_FILE_BYTES = 256 * 1024 ** 2  # a larger file is never a guess (8 at once could be 24 GiB): pip fetches it
 META_BYTES = 32 * 1024 ** 2      # per build: .metadata files (PEP 658) held until pip asks
 META_FILE_BYTES = META_BYTES // WORKERS  # a larger one is not a guess (pip fetches it: a few KiB is usual)
 PAGE_WAIT = 15.0                 # pip's request waits this long for a page already being fetched
@@ -69,8 +67,9 @@ class Offer:
 class Prefetcher:
     """Pages and files fetched ahead of pip, for one build.
 
-    PAGE(name) -> (page bytes, offers): the proxy's page for a project; DOWNLOAD(key, max_bytes) -> bytes:
-    the file into the download cache (0: it was there already). Both raise on failure."""
+    PAGE(name) -> (page bytes, offers): the proxy's page for a project; DOWNLOAD(key, max_bytes, reserve) ->
+    bytes: the file into the download cache (0: it was there already), asking RESERVE(its Content-Length)
+    for its cap before it reads (0: not fetched). Both raise on failure."""
 
     def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str, int], int],
                  target: Target | None, metadata: Callable[[str, int], bytes | None] | None = None) -> None:
@@ -213,25 +212,35 @@ class Prefetcher:
     def _fetch_file(self, key: str, fut: Future) -> None:
         if not fut.set_running_or_notify_cancel():  # pip asked first and fetched it itself
             return
-        with self._lock:
-            # the budget counts what the guesses under way may still fetch, not only what they did
-            cap = min(GUESS_FILE_BYTES, GUESS_BYTES - self.guessed_bytes - self._reserved)
-            if cap > 0:
-                self._reserved += cap
-                self._guessed.add(key)  # before the file lands in the cache: pip may take it at once
-        if cap <= 0:
+        if GUESS_BYTES - self.guessed_bytes - self._reserved <= 0:
             fut.set_exception(LookupError("the guesses fill their budget"))
             return
+        held = 0
+
+        def reserve(length: int | None) -> int:
+            """The answer's Content-Length (None: not given) -> the most this guess may fetch; 0: none.
+            The budget counts what the guesses under way may still fetch, not only what they did: each
+            its own length (a fixed 256 MiB apiece let four of the eight start)."""
+            nonlocal held
+            want = GUESS_FILE_BYTES if length is None else min(length, GUESS_FILE_BYTES)
+            with self._lock:
+                if want > GUESS_BYTES - self.guessed_bytes - self._reserved:
+                    return 0
+                self._reserved += want
+                held = want
+                self._guessed.add(key)  # before the file lands in the cache: pip may take it at once
+            return want
+
         try:
-            size = self._download(key, cap)
+            size = self._download(key, GUESS_FILE_BYTES, reserve)
         except Exception as exc:  # noqa: BLE001 (module doc)
             with self._lock:
-                self._reserved -= cap
+                self._reserved -= held
                 self._guessed.discard(key)
             fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return
         with self._lock:
-            self._reserved -= cap
+            self._reserved -= held
             self.guessed_bytes += size
             if not size:  # it was in the cache already: not this guess's doing
                 self._guessed.discard(key)

@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import structlog
@@ -335,26 +336,32 @@ class IndexProxy:
         with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=max_bytes) as body:
             return body.read()
 
-    def _prefetch_file(self, key: str, max_bytes: int) -> int:
-        """A guessed file into the cache (at most MAX_BYTES): its size, or 0 when it was there."""
+    def _prefetch_file(self, key: str, max_bytes: int, reserve: Callable[[int | None], int]) -> int:
+        """A guessed file into the cache (at most MAX_BYTES, and what RESERVE allows): its size, or 0 when
+        it was there."""
         link = self._links[key]
         blob = self.cache.lookup(link.url, link.sha256, link.ident)
         size = 0
         if blob is None:
-            blob, tee = self._download(link, None, False, max_bytes=max_bytes)
+            blob, tee = self._download(link, None, False, max_bytes=max_bytes, reserve=reserve)
             size = tee.size
         self._read_dependencies(link, blob)
         return size
 
-    def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool,
-                  max_bytes: int | None = None) -> tuple[Path, Tee]:
-        """LINK from upstream into the cache, checked; sent on to H's client as it comes (no H: nobody)."""
+    def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool, max_bytes: int | None = None,
+                  reserve: Callable[[int | None], int] | None = None) -> tuple[Path, Tee]:
+        """LINK from upstream into the cache, checked; sent on to H's client as it comes (no H: nobody).
+        RESERVE (a guess's): its answer's length -> the cap it may fetch (0: refused before reading)."""
         cap = min(self.file_max_bytes, max_bytes or self.file_max_bytes)
         # a second request for the same file while this one runs downloads on its
         # own: its own temp file, and os.replace leaves one good copy either way
         fd, tmp = self.cache.tmpfile()
         try:
             with self.fetcher.open(link.url, auth=link.auth, max_bytes=cap) as body, os.fdopen(fd, "wb") as out:
+                if reserve is not None:
+                    cap = body.max_bytes = min(cap, reserve(body.length))
+                    if cap <= 0:
+                        raise Refused(link.url, "the guesses fill their budget")
                 tee = Tee(h, body, out, stream=h is not None and not head)  # a HEAD answers once the file is cached
                 tee.pump(lambda offset: self.fetcher.open(link.url, auth=link.auth, start=offset,
                                                           max_bytes=cap - offset))
