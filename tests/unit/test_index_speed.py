@@ -305,10 +305,10 @@ def test_guesses_under_way_count_against_the_budget(monkeypatch):
     monkeypatch.setattr(prefetch, "GUESS_BYTES", 1000)
     monkeypatch.setattr(prefetch, "GUESS_FILE_BYTES", 600)
     release, caps = threading.Event(), {}
-    lengths = {"k1": 600, "k2": 400, "k3": 300, "k4": None}  # k4: no Content-Length (reserves the most a guess may)
+    lengths = {"k1": 600, "k2": 400, "k3": 300, "k4": None}  # k4: no Content-Length (an eighth of the budget)
 
     def download(key, cap, reserve):
-        caps[key] = reserve(lengths[key])
+        caps[key] = reserve(lengths[key], cap)
         if caps[key]:
             release.wait(10)
         return caps[key]
@@ -327,11 +327,14 @@ def test_guesses_under_way_count_against_the_budget(monkeypatch):
     gone = refused()
     p.close()
     # each guess under way holds its own length of the budget, and never more than 1000 are held: which
-    # ones fit is the threads' order (k4 holds 600, as much as the largest guess may be); a guess that
-    # finds the budget held refuses before it opens a connection
+    # ones fit is the threads' order (k4 holds an eighth of the budget); a guess that finds the budget
+    # held refuses before it opens a connection
     granted = [c for c in caps.values() if c]
     assert len(caps) + len(gone) == 4 and sum(granted) <= 1000 and len(granted) >= 2, (caps, gone)
-    assert all(caps[k] in (0, (lengths[k] or 600)) for k in caps), caps
+    assert all(caps[k] in (0, (lengths[k] or 1000 // prefetch.WORKERS)) for k in caps), caps
+    for key in (k for k, c in caps.items() if c):
+        p._files[key].result(10)
+    assert p.guessed_bytes == sum(granted)  # what each held, it fetched
 
 
 def test_a_wheel_with_a_huge_directory_is_not_opened(monkeypatch, tmp_path):
@@ -393,9 +396,11 @@ def test_as_many_guesses_as_workers_start_at_once():
     import builder.build.proxy.prefetch as prefetch
     release, caps = threading.Event(), {}
 
-    def download(key, cap, reserve):
-        caps[key] = reserve(300 * 1024 ** 2 if key == "k0" else 5 * 1024 ** 2)  # one large, the others a few MiB
+    def download(key, cap, reserve):  # k0 gives no length; k1 is over the cap (its guess is refused)
+        caps[key] = reserve({"k0": None, "k1": 300 * 1024 ** 2}.get(key, 5 * 1024 ** 2), cap)
         release.wait(10)
+        if not caps[key]:
+            raise LookupError("refused")
         return caps[key]
 
     p = prefetch.Prefetcher(lambda n: (b"", []), download, target(HOST_PY, "amd64"))
@@ -407,11 +412,11 @@ def test_as_many_guesses_as_workers_start_at_once():
             break
         threading.Event().wait(0.05)
     release.set()
-    for key in keys:
-        p._files[key].result(10)  # none failed
+    for key in keys[2:]:
+        p._files[key].result(10)  # none failed for the budget
     p.close()
-    assert sorted(caps) == sorted(keys) and caps["k0"] == prefetch.GUESS_FILE_BYTES  # (pip fetches the rest of it)
-    assert {caps[k] for k in keys[1:]} == {5 * 1024 ** 2}
+    assert sorted(caps) == sorted(keys) and caps["k0"] == prefetch.GUESS_BYTES // prefetch.WORKERS and caps["k1"] == 0
+    assert {caps[k] for k in keys[2:]} == {5 * 1024 ** 2}
 
 
 def test_a_metadata_guess_without_a_file_lets_pip_go_on_at_once_and_guesses_the_wheel():
@@ -444,3 +449,22 @@ def test_a_metadata_guess_without_a_file_lets_pip_go_on_at_once_and_guesses_the_
     p.close()
     assert files == ["plain"] and asked == [("plain", prefetch.META_FILE_BYTES), ("meta", prefetch.META_FILE_BYTES)]
     assert p.counts["metadata_hits"] == 1
+
+
+def test_a_failed_guess_spends_what_it_held():
+    """A guess that fetched its file and then failed (a wrong hash, cut short) counts against the
+    budget: failing guesses cannot fetch without end."""
+    import builder.build.proxy.prefetch as prefetch
+
+    def download(key, cap, reserve):
+        reserve(100, cap)
+        raise OSError("sha256 is not the one its page gave")
+
+    p = prefetch.Prefetcher(lambda n: (b"", []), download, target(HOST_PY, "amd64"))
+    p._want_file("bad")
+    try:
+        p._files["bad"].result(10)
+    except OSError:
+        pass
+    p.close()
+    assert p.guessed_bytes == 100 and p._reserved == 0 and not p._guessed

@@ -68,8 +68,8 @@ class Prefetcher:
     """Pages and files fetched ahead of pip, for one build.
 
     PAGE(name) -> (page bytes, offers): the proxy's page for a project; DOWNLOAD(key, max_bytes, reserve) ->
-    bytes: the file into the download cache (0: it was there already), asking RESERVE(its Content-Length)
-    for its cap before it reads (0: not fetched). Both raise on failure."""
+    bytes: the file into the download cache (0: it was there already), asking RESERVE(its Content-Length,
+    its own cap) for the cap before it reads (0: not fetched). Both raise on failure."""
 
     def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str, int], int],
                  target: Target | None, metadata: Callable[[str, int], bytes | None] | None = None) -> None:
@@ -217,14 +217,16 @@ class Prefetcher:
             return
         held = 0
 
-        def reserve(length: int | None) -> int:
-            """The answer's Content-Length (None: not given) -> the most this guess may fetch; 0: none.
-            The budget counts what the guesses under way may still fetch, not only what they did: each
-            its own length (a fixed 256 MiB apiece let four of the eight start)."""
+        def reserve(length: int | None, cap: int) -> int:
+            """The answer's Content-Length (None: not given) and the download's own cap -> the most this
+            guess may fetch; 0: none. The budget counts what the guesses under way may still fetch, not
+            only what they did: each its own length (a fixed 256 MiB apiece let four of eight start), or
+            an eighth of the budget when the answer gives none (a larger file then is pip's to fetch)."""
             nonlocal held
-            want = GUESS_FILE_BYTES if length is None else min(length, GUESS_FILE_BYTES)
+            want = min(cap, GUESS_FILE_BYTES, GUESS_BYTES // WORKERS if length is None else length)
             with self._lock:
-                if want > GUESS_BYTES - self.guessed_bytes - self._reserved:
+                if length is not None and length > want or want <= 0 \
+                        or want > GUESS_BYTES - self.guessed_bytes - self._reserved:
                     return 0
                 self._reserved += want
                 held = want
@@ -236,6 +238,9 @@ class Prefetcher:
         except Exception as exc:  # noqa: BLE001 (module doc)
             with self._lock:
                 self._reserved -= held
+                # what it held, it may have fetched (a wrong hash fails at the end): spent, or
+                # failing guesses could fetch without end
+                self.guessed_bytes += held
                 self._guessed.discard(key)
             fut.set_exception(exc)  # kept, never retried: pip's own request meets the error
             return

@@ -336,7 +336,7 @@ class IndexProxy:
         with self.fetcher.open(link.url + ".metadata", auth=link.auth, max_bytes=max_bytes) as body:
             return body.read()
 
-    def _prefetch_file(self, key: str, max_bytes: int, reserve: Callable[[int | None], int]) -> int:
+    def _prefetch_file(self, key: str, max_bytes: int, reserve: Callable[[int | None, int], int]) -> int:
         """A guessed file into the cache (at most MAX_BYTES, and what RESERVE allows): its size, or 0 when
         it was there."""
         link = self._links[key]
@@ -349,9 +349,9 @@ class IndexProxy:
         return size
 
     def _download(self, link: Link, h: BaseHTTPRequestHandler | None, head: bool, max_bytes: int | None = None,
-                  reserve: Callable[[int | None], int] | None = None) -> tuple[Path, Tee]:
+                  reserve: Callable[[int | None, int], int] | None = None) -> tuple[Path, Tee]:
         """LINK from upstream into the cache, checked; sent on to H's client as it comes (no H: nobody).
-        RESERVE (a guess's): its answer's length -> the cap it may fetch (0: refused before reading)."""
+        RESERVE (a guess's): its answer's length and the cap -> the cap it may fetch (0: refused before reading)."""
         cap = min(self.file_max_bytes, max_bytes or self.file_max_bytes)
         # a second request for the same file while this one runs downloads on its
         # own: its own temp file, and os.replace leaves one good copy either way
@@ -359,9 +359,9 @@ class IndexProxy:
         try:
             with self.fetcher.open(link.url, auth=link.auth, max_bytes=cap) as body, os.fdopen(fd, "wb") as out:
                 if reserve is not None:
-                    cap = body.max_bytes = min(cap, reserve(body.length))
+                    cap = body.max_bytes = min(cap, reserve(body.length, cap))
                     if cap <= 0:
-                        raise Refused(link.url, "the guesses fill their budget")
+                        raise Refused(link.url, "not a guess: over its cap, or the guesses fill their budget")
                 tee = Tee(h, body, out, stream=h is not None and not head)  # a HEAD answers once the file is cached
                 tee.pump(lambda offset: self.fetcher.open(link.url, auth=link.auth, start=offset,
                                                           max_bytes=cap - offset))
