@@ -126,7 +126,7 @@ def build_offline(build: Builder, plan: Plan, target: Target, cache_from: list[s
 
 def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstream: Upstream, plan: Plan, base: Image,
                      deps: depsimage.Plan | None, target: Target, cache_from: list[str],
-                     sandbox_early: Sandbox | None, near_twin: "DeltaStep | None" = None) -> Built:
+                     sandbox_early: Sandbox | None, near_twin: DeltaStep | None = None) -> Built:
     """The build's network (builder/build/sandbox.py) reaches the index proxy and nothing else:
     the dependency image first when it must be built, then the agent FROM it."""
     split, engine = plan.split, build.engine

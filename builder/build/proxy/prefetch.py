@@ -71,7 +71,8 @@ class Prefetcher:
     bytes: the file into the download cache (0: it was there already), asking RESERVE(its Content-Length,
     its own cap) for the cap before it reads (0: not fetched). Both raise on failure."""
 
-    def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]], download: Callable[[str, int], int],
+    def __init__(self, page: Callable[[str], tuple[bytes, list[Offer]]],
+                 download: Callable[[str, int, Callable[[int | None, int], int]], int],
                  target: Target | None, metadata: Callable[[str, int], bytes | None] | None = None) -> None:
         self._page, self._download, self.target, self._metadata = page, download, target, metadata
         # a near twin's step (builder/build/delta.py) resolves the whole set and installs only what is
