@@ -20,11 +20,8 @@ import base64
 import hashlib
 import ipaddress
 import json
-import os
 import re
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import urllib3
@@ -34,6 +31,7 @@ from builder.core.errors import RegistryError
 from builder.core.redact import redact, register_secret
 from builder.core.refs import DIGEST_RE, parse
 from builder.core.urls import Disagreement, join, read_url
+from builder.ship.dockerconfig import docker_config_auth
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -47,6 +45,8 @@ MAX_CONFIG_BYTES = 8 * 1024 ** 2
 _REDIRECTS = (301, 302, 303, 307, 308)
 _HOST_RE = re.compile(r"^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|\[[0-9a-fA-F:]+\](:[0-9]+)?)$")
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+MAX_TAG_PAGES = 50  # a tag list's pages read (the registry sets their size: 100 to 1,000 tags each)
 
 
 @dataclass(frozen=True)
@@ -106,38 +106,6 @@ def _one_reading(url: str, what: str) -> None:
     except Disagreement as exc:
         raise RegistryError(f"{what} is refused: {exc}",
                             hint="Check the registry's configuration.") from None
-
-
-def docker_config_auth(host: str, env: dict[str, str] | None = None) -> dict | None:
-    """The Docker config's credentials for HOST: auths (``auth`` or username/password),
-    then credHelpers/credsStore through their ``docker-credential-*`` program."""
-    env = os.environ if env is None else env
-    path = Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    keys = (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/")
-    for key in keys:
-        entry = (cfg.get("auths") or {}).get(key) or {}
-        if entry.get("auth"):
-            try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                continue
-            return {"username": user, "password": password}
-        if entry.get("username"):
-            return {"username": entry["username"], "password": entry.get("password", "")}
-    helper = (cfg.get("credHelpers") or {}).get(host) or cfg.get("credsStore")
-    if helper and re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-        try:
-            out = subprocess.run([f"docker-credential-{helper}", "get"], input=host, capture_output=True,
-                                 text=True, timeout=10, check=True).stdout
-            data = json.loads(out)
-            return {"username": data["Username"], "password": data["Secret"]}
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError):
-            return None
-    return None
 
 
 class RegistryClient:
@@ -202,10 +170,21 @@ class RegistryClient:
             return None
         return json.loads(resp.data)
 
-    def tags(self, repo: str) -> list[str]:
-        resp = self._request("GET", f"/v2/{repo}/tags/list", scopes=(f"repository:{repo}:pull",), ok=(200, 404),
-                             cap=MAX_MANIFEST_BYTES)
-        return sorted(json.loads(resp.data).get("tags") or []) if resp.status == 200 else []
+    def tags(self, repo: str, *, pages: int = MAX_TAG_PAGES) -> list[str]:
+        """REPO's tags, from every page the registry gives (its Link rel="next", on this host and this
+        list only), at most PAGES of them; [] when it has none."""
+        path, found = f"/v2/{repo}/tags/list", set()
+        for _ in range(pages):
+            resp = self._request("GET", path, scopes=(f"repository:{repo}:pull",), ok=(200, 404), cap=MAX_MANIFEST_BYTES)
+            if resp.status != 200:
+                break
+            found.update(t for t in json.loads(resp.data).get("tags") or [] if isinstance(t, str))
+            nxt = _NEXT_RE.search(resp.headers.get("Link") or "")
+            parts = urlsplit(nxt.group(1)) if nxt else None
+            if parts is None or parts.path != f"/v2/{repo}/tags/list" or parts.netloc not in ("", self.host):
+                break
+            path = f"{parts.path}?{parts.query}"
+        return sorted(found)
 
     # -- the writes -------------------------------------------------------------------
     def mount(self, repo: str, digest: str, from_repo: str) -> bool:

@@ -61,8 +61,8 @@ def siblings(client: RegistryClient, deps: depsimage.Plan, base: Image, agent_re
     except RegistryError as exc:
         log.info("Cannot list the dependency images: no near twin", reason=str(exc)[:200])
         return []
-    own = _own_last(client, agent_repo)
-    tags = ([own] if own in tags else []) + [t for t in tags if t != own]
+    own = _own_last(client, agent_repo)  # (read whether or not the list shows it: a long list may not)
+    tags = ([own] if own and own != ref.reference else []) + [t for t in tags if t != own]
     with ThreadPoolExecutor(_WORKERS) as pool:
         found = list(pool.map(lambda tag: _candidate(client, ref.repo, tag, deps, base), tags[:MAX_CANDIDATES]))
     return [c for c in found if c is not None]

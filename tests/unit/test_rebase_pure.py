@@ -10,7 +10,8 @@ import pytest
 
 from builder.core.errors import RebaseError, RegistryError
 from builder.core.labels import ABI_LABEL, TOP_LAYER_LABEL, abi_label, base_labels, parse_abi
-from builder.ship.client import DOCKER_MANIFEST, OCI_MANIFEST, docker_config_auth, parse_ref
+from builder.ship.client import DOCKER_MANIFEST, OCI_MANIFEST, parse_ref
+from builder.ship.dockerconfig import docker_config_auth
 from builder.ship.rebase import ImageDoc, rebase
 
 ABI = {"distro": "debian:12", "python": "3.11", "venv": "/opt/venv", "uid": "10001", "pip": "23.0.1",
@@ -149,3 +150,30 @@ def test_docker_config_credentials(tmp_path):
     assert docker_config_auth("reg.example:5000", env) == {"username": "ci", "password": "pa:ss"}
     assert docker_config_auth("other.example", env) == {"username": "u", "password": "p"}
     assert docker_config_auth("nobody.example", env) is None
+
+
+def test_the_tag_list_is_read_page_by_page_on_this_host_only():
+    """A registry pages a long tag list (Link rel="next"): every page is read, so a near twin sees every
+    dependency image; a next link to another host or another list is not followed."""
+    from builder.ship.client import RegistryClient
+    from tests.support.httpserver import Server
+
+    def page(tags, nxt=None):
+        return (200, {"Content-Type": "application/json", **({"Link": f'<{nxt}>; rel="next"'} if nxt else {})},
+                json.dumps({"name": "r", "tags": tags}).encode())
+
+    srv = Server()
+    try:
+        host = srv.base.split("://", 1)[1]
+        srv.routes["/v2/r/tags/list"] = page(["b", "a"], "/v2/r/tags/list?last=b&n=2")
+        srv.routes["/v2/r/tags/list?last=b&n=2"] = page(["c", "d"], f"http://{host}/v2/r/tags/list?last=d&n=2")
+        srv.routes["/v2/r/tags/list?last=d&n=2"] = page(["e"], "http://elsewhere.example/v2/r/tags/list?last=e")
+        srv.routes["/v2/s/tags/list"] = page(["x"], "/v2/r/tags/list?last=b&n=2")  # another list: not followed
+        client = RegistryClient(host, auth={})
+        assert client.tags("r") == ["a", "b", "c", "d", "e"]
+        assert client.tags("s") == ["x"]
+        assert client.tags("r", pages=2) == ["a", "b", "c", "d"]
+        assert client.tags("none") == []
+    finally:
+        srv.close()
+    assert not [p for p in srv.paths() if "elsewhere" in p]
