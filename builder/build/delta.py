@@ -132,7 +132,8 @@ def checked(layer: bytes) -> str | None:
 
 def read(engine: Engine, image_id: str) -> Delta | None:
     """The delta step's result from its image; None (logged) when it did not make one."""
-    raw = engine.read_file(image_id, f"{OUT}/result.json")
+    files = engine.read_files(image_id, {f"{OUT}/result.json": 1 << 20, f"{OUT}/layer.tar": LAYER_MAX_BYTES})
+    raw = files[f"{OUT}/result.json"]
     try:
         result = json.loads(raw) if raw is not None else {"why": "the step left no result"}
     except ValueError:
@@ -141,7 +142,7 @@ def read(engine: Engine, image_id: str) -> Delta | None:
         log.info("Not a near twin of a pushed dependency image: building it whole",
                  reason=str(result.get("why") or "no sibling")[:300])
         return None
-    layer = engine.read_file(image_id, f"{OUT}/layer.tar", max_bytes=LAYER_MAX_BYTES)
+    layer = files[f"{OUT}/layer.tar"]
     why = checked(layer) if layer is not None else "the step left no layer"
     found = _members(layer, (DISTS_PATH, REQUESTED_PATH, WHEELS_PATH)) if why is None else {}
     listing, requested, hashes = (found.get(p) for p in (DISTS_PATH, REQUESTED_PATH, WHEELS_PATH))

@@ -159,7 +159,8 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float, family: str =
     twin needs of a sibling (builder/build/delta.py) comes in the same step: its FAMILY, REQUESTED
     names, wheel hashes, and whether its install ran no code of what it installed (WHEELS). On
     failure IMAGE_ID as it was: the engine path never needs the labels."""
-    raw = engine.read_file(image_id, DISTS_PATH)
+    files = engine.read_files(image_id, dict.fromkeys((DISTS_PATH, REQUESTED_PATH, WHEELS_PATH), 1 << 20))
+    raw = files[DISTS_PATH]
     try:
         text = raw.decode("utf-8").strip() if raw is not None else ""
         if not isinstance(json.loads(text), list):
@@ -168,7 +169,7 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float, family: str =
         log.warning("The dependency image has no readable listing; it is kept without its label",
                     image_id=image_id, reason=str(exc)[:200])
         return image_id
-    requested, hashes = _requested(engine, image_id), wheel_hashes(engine.read_file(image_id, WHEELS_PATH))
+    requested, hashes = _requested(files[REQUESTED_PATH]), wheel_hashes(files[WHEELS_PATH])
     extra = (f" {DEPS_REQUESTED_LABEL}={dq(requested)}" if requested is not None else "") + \
         (f" {DEPS_HASHES_LABEL}={dq(hashes)}" if hashes is not None else "") + \
         (f' {DEPS_WHEELS_LABEL}="1"' if wheels else "") + (f" {DEPS_FAMILY_LABEL}={dq(family)}" if family else "")
@@ -182,9 +183,8 @@ def with_listing(engine: Engine, image_id: str, *, timeout: float, family: str =
     return again.image_id
 
 
-def _requested(engine: Engine, image_id: str) -> str | None:
-    """The image's REQUESTED_PATH (a JSON list of names), or None: a near twin cannot build on it then."""
-    raw = engine.read_file(image_id, REQUESTED_PATH)
+def _requested(raw: bytes | None) -> str | None:
+    """The image's REQUESTED_PATH (RAW: a JSON list of names), or None: a near twin cannot build on it then."""
     try:
         names = json.loads(raw) if raw is not None else None
     except ValueError:
