@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -47,6 +47,7 @@ from builder.plan.inputs import (added_files, check_cache_dir, check_identity, l
 from builder.plan.options import BuildOptions
 from builder.ship import deltaimage
 from builder.ship.publish import add_runtime, guard_tag, push
+from builder.ship.pushpull import BasePull, pull_base
 
 __all__ = ["BuildOptions", "BuildResult", "build_image", "check_inputs", "prepare"]
 
@@ -106,7 +107,11 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         assembled = _in_registry(engine, job)
         if assembled is not None:
             return assembled
-        base = _base(engine, job.base_image, options, pkg.manifest.python)
+        base, pulling = _base(engine, job.base_image, options, pkg.manifest.python)
+        before = None
+        if pulling is not None:  # what needs the base in the engine waits for it (the sandbox, a build)
+            early.callback(pulling.settle)
+            before = pulling.wait
         plan = make_plan(pkg, options, base_facts(job.base_image, base.id, base.labels, base.digests, base.layers),
                          job.upstream.url, job.split, job.added, job.replace)
         log_requirements(pkg, plan.split, job.venv)
@@ -115,9 +120,9 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         if hit is not None:
             reached.append(hit.id)
             return _ship(*_reuse(engine, job, plan, hit), engine, job, plan)
-        deps, sandbox_early = _dependency_image(engine, job, plan, base, early)
+        deps, sandbox_early = _dependency_image(engine, job, plan, base, early, before)
         # every build of this call shares --timeout, with the reading before them
-        build = agentbuild.Builder(engine, deadline, options.nocache, job.venv)
+        build = agentbuild.Builder(engine, deadline, options.nocache, job.venv, before)
         if options.use_cache and not options.nocache and not cache_from:
             cache_from = own_previous(engine, job.repo, job.ref, pkg.manifest, job.cache_tag)
         cache_from = cache_from + (stage_cache(engine, job.repo, job.cache_tag) if cache_from else [])
@@ -220,17 +225,23 @@ def check_inputs(pkg: Package, options: BuildOptions) -> _Job:
 
 # -- resolve the base ----------------------------------------------------------------------------------------------
 
-def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -> Image:
+def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -> tuple[Image, BasePull | None]:
     """The base image; one the engine lacks is pulled when it names a registry
-    (`agent-image base --push` puts it there), so empty runners share its bytes."""
+    (`agent-image base --push` puts it there), so empty runners share its bytes. Read from
+    the registry first when it can be: then it is pulled beside the build (the BasePull returned)."""
     base = engine.image(base_image)
     if base is None and remote(split_ref(base_image)[0].split("@")[0]):
-        from builder.ship.pushpull import pull_base
+        if is_host(options.platform):  # (another CPU's build reads the host's base from the engine too)
+            from builder.ship.assemble import registry_image
+            read = registry_image(base_image, auth=options.registry_auth)
+            if read is not None:
+                check_base(read, base_image, options.platform, python)
+                return read, BasePull(engine.sibling(), base_image, read.id, auth=options.registry_auth)
         pull_base(engine, base_image, auth=options.registry_auth)
     image = engine.require_image(base_image, hint=f"Run `agent-image base --python {python}" + (
         f" --platform {options.platform}" if options.platform else "") + "` (or pass --base-image) and retry.")
     check_base(image, base_image, options.platform, python)
-    return image
+    return image, None
 
 
 # -- in the registry: an empty runner pulls nothing the registry already has -------------------------------------
@@ -293,8 +304,8 @@ def _reuse(engine: Engine, job: _Job, plan: Plan, hit: Image) -> tuple[BuildResu
 
 # -- find the dependency image -------------------------------------------------------------------------------------
 
-def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image,
-                      early: contextlib.ExitStack) -> tuple[depsimage.Plan | None, Sandbox | None]:
+def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image, early: contextlib.ExitStack,
+                      before: Callable[[], None] | None) -> tuple[depsimage.Plan | None, Sandbox | None]:
     """The dependency image the agent builds FROM (None without dependency lines), found
     here or in the registry when it exists; and the sandbox, when it started during a pull."""
     options = job.options
@@ -307,7 +318,8 @@ def _dependency_image(engine: Engine, job: _Job, plan: Plan, base: Image,
     job.lease.add(refs=[deps.ref])  # before it is looked up: a prune from now on keeps it
     if remote(deps.repo) and engine.image(deps.ref) is None:
         # the pull takes seconds: the build's sandbox starts meanwhile (0.3 s saved on an empty runner)
-        sandbox = early.enter_context(Sandbox(engine, sandbox_image(engine, job.base_image, options.platform, python)))
+        sandbox = early.enter_context(Sandbox(engine, sandbox_image(engine, job.base_image, options.platform, python),
+                                              before=before))
     # a local image with this key, else the registry's
     deps.image, deps.origin = depsimage.find(engine, deps.ref, deps.key, base, deps.layers,
                                              auth=options.registry_auth, remote=remote(deps.repo))

@@ -63,9 +63,12 @@ class Builder:
     deadline: float
     nocache: bool
     venv: str
+    before: Callable[[], None] | None = None  # the base's pull, when it runs beside the build (api._base)
 
     def __call__(self, context: Context, dockerfile: Rendered, labels: dict[str, str], cache_from: list[str] | None,
                  network: str, buildargs: dict[str, str] | None = None) -> BuildOutcome:
+        if self.before is not None:
+            self.before()
         def on_step(n: int, total: int, instr: str) -> None:
             name = dockerfile.step_name(n)
             if name == "package" and instr.startswith("RUN"):
@@ -131,7 +134,9 @@ def build_in_sandbox(build: Builder, pkg: Package, options: BuildOptions, upstre
     the dependency image first when it must be built, then the agent FROM it."""
     split, engine = plan.split, build.engine
     door = sandbox_image(engine, plan.base.image, options.platform, pkg.manifest.python)  # host CPU when it can
-    with (contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, door)) as sandbox, \
+    # (the sandbox waits for the base's pull; the proxy starts now, and fetches the lines' pages meanwhile)
+    door_cm = contextlib.nullcontext(sandbox_early) if sandbox_early else Sandbox(engine, door, before=build.before)
+    with door_cm as sandbox, \
             IndexProxy(upstream, DownloadCache(Path(options.cache_dir) / "downloads", options.cache_max_bytes),
                        ca_bundle=options.ca_bundle, allowed_hosts=options.allow_index_hosts,
                        direct_urls=split.direct, page_max_bytes=options.index_page_max_bytes,

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -134,8 +135,12 @@ class Sandbox:
     whatever happened (error, timeout, Ctrl-C)."""
 
     def __init__(self, engine: Engine, image: str, *, host_network: bool | None = None,
-                 ready_timeout: float = 30.0) -> None:
-        self.engine, self.image = engine, image
+                 ready_timeout: float = 30.0, before: Callable[[], None] | None = None) -> None:
+        # BEFORE: what must be done before IMAGE can run (its pull: builder/ship/pushpull.BasePull);
+        # its error is the build's, raised as it is, and the ready timeout counts from its end
+        self.engine, self.image, self.before = engine, image, before
+        self._before_done = threading.Event()
+        self._before_error: BaseException | None = None
         self.host_network = host_network_requested() if host_network is None else host_network
         self.ready_timeout = ready_timeout
         self._ready = False  # its hello reached a proxy: the next proxy on the same path needs none
@@ -191,6 +196,14 @@ class Sandbox:
         return sock
 
     def _start(self) -> None:
+        try:
+            if self.before is not None:
+                self.before()
+        except BaseException as exc:  # reported by wait(), as it is
+            self._before_error = exc
+            return
+        finally:
+            self._before_done.set()
         t0 = time.monotonic()
         try:
             self.container_id, sock, self._handle = self.engine.start_attached(
@@ -204,6 +217,9 @@ class Sandbox:
         """Return once the forwarder listens and its hello has reached the proxy through the tunnel."""
         if self.host_network or self._ready:
             return
+        self._before_done.wait()
+        if self._before_error is not None:
+            raise self._before_error
         deadline = time.monotonic() + self.ready_timeout
         while not (ready.wait(0.02) and not self._thread.is_alive()):
             if self._error is not None:

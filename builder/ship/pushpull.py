@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import structlog
 
@@ -10,7 +11,7 @@ from builder.build.engine import Engine
 from builder.core import events
 from builder.build.image import Image
 from builder.build.reuse import remote
-from builder.core.errors import ImageVerificationError, PlatformMissingError, RegistryError, TagExistsError
+from builder.core.errors import BaseImageMissingError, ImageVerificationError, PlatformMissingError, RegistryError, TagExistsError
 from builder.core.filelock import key_lock, locked
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, CONTENT_LABEL
 from builder.core.platforms import arch
@@ -145,6 +146,42 @@ def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: in
     image = with_retries(lambda: engine.pull(ref, auth=auth), doing="pull", attempts=retries, image=ref)
     log.info("Pulled the base image", image=ref, image_id=image.id)
     return image.id
+
+
+class BasePull:
+    """The base pulled beside the build (issue 24): what needs only its registry facts goes on meanwhile
+    (the plan, the registry's images, the index proxy fetching ahead); what needs it in the engine (the
+    sandbox, a build) calls ``wait``. IMAGE_ID is the image those facts are of: a tag that moved to
+    another image between the read and the pull fails the build, not builds on what it was not planned for."""
+
+    def __init__(self, engine: Engine, ref: str, image_id: str, *, auth: dict | None = None) -> None:
+        self.ref, self._error, self._done = ref, None, threading.Event()
+
+        def run() -> None:
+            try:
+                got = pull_base(engine, ref, auth=auth)
+                if got != image_id:
+                    raise BaseImageMissingError(
+                        f"the base {ref} changed while it was pulled: the build was planned on {image_id}, "
+                        f"the engine pulled {got}", hint="Pin the base by digest (REPO@sha256:...) and rerun.")
+            except BaseException as exc:  # noqa: BLE001 (raised by wait(), in the thread that needs the base)
+                self._error = exc
+            finally:
+                self._done.set()
+        threading.Thread(target=run, name="base-pull", daemon=True).start()
+
+    def wait(self) -> None:
+        """Return once the engine holds the base; raise what the pull raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    def settle(self) -> None:
+        """The build is over: the pull ends before the build returns; a failure nobody waited for is only logged."""
+        self._done.wait()
+        if self._error is not None:
+            log.debug("the base's pull failed after the build needed it no more", image=self.ref,
+                      reason=str(self._error)[:200])
 
 
 def remote_image(ref: str, *, auth: dict | None = None) -> tuple[str, dict[str, str]] | None:
