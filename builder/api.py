@@ -110,7 +110,7 @@ def _build_image(source: str | os.PathLike, options: BuildOptions | None, engine
         base, pulling = _base(engine, job.base_image, options, pkg.manifest.python)
         before = None
         if pulling is not None:  # what needs the base in the engine waits for it (the sandbox, a build)
-            early.callback(pulling.settle)
+            early.push(lambda kind, *_: pulling.settle(failing=kind is not None))
             before = pulling.wait
         plan = make_plan(pkg, options, base_facts(job.base_image, base.id, base.labels, base.digests, base.layers),
                          job.upstream.url, job.split, job.added, job.replace)
@@ -236,7 +236,7 @@ def _base(engine: Engine, base_image: str, options: BuildOptions, python: str) -
             read = registry_image(base_image, auth=options.registry_auth)
             if read is not None:
                 check_base(read, base_image, options.platform, python)
-                return read, BasePull(engine.sibling(), base_image, read.id, auth=options.registry_auth)
+                return read, BasePull(engine.sibling(), base_image, read, auth=options.registry_auth)
         pull_base(engine, base_image, auth=options.registry_auth)
     image = engine.require_image(base_image, hint=f"Run `agent-image base --python {python}" + (
         f" --platform {options.platform}" if options.platform else "") + "` (or pass --base-image) and retry.")

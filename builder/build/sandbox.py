@@ -141,6 +141,8 @@ class Sandbox:
         self.engine, self.image, self.before = engine, image, before
         self._before_done = threading.Event()
         self._before_error: BaseException | None = None
+        self._gate = threading.Lock()  # a sandbox left while BEFORE runs starts no container after it
+        self._closing = self._starting = False
         self.host_network = host_network_requested() if host_network is None else host_network
         self.ready_timeout = ready_timeout
         self._ready = False  # its hello reached a proxy: the next proxy on the same path needs none
@@ -204,6 +206,10 @@ class Sandbox:
             return
         finally:
             self._before_done.set()
+        with self._gate:
+            if self._closing:
+                return
+            self._starting = True
         t0 = time.monotonic()
         try:
             self.container_id, sock, self._handle = self.engine.start_attached(
@@ -241,8 +247,12 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         if self.host_network:
             return
+        with self._gate:
+            self._closing = True
+            started = self._starting
         if self._thread is not None:
-            self._thread.join()
+            if started or self.before is None:  # (one still waiting on BEFORE returns on its own, starting nothing)
+                self._thread.join()
             self._sweep.join()
         try:
             if self.tunnel is not None:

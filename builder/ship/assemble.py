@@ -90,10 +90,11 @@ def registry_image(ref: str, *, auth: dict | None) -> Image | None:
     try:
         r = parse_ref(ref)
         doc = fetch(RegistryClient(r.host, auth=auth), r)
-    except (RegistryError, RebaseError) as exc:  # (RebaseError: an index of platforms, not one image)
+        return doc_image(doc, f"{r.name}@{doc.digest}")
+    # (RebaseError: an index of platforms, not one image; the rest: a document not shaped as one)
+    except (RegistryError, RebaseError, ValueError, TypeError, AttributeError, KeyError) as exc:
         log.debug("image not readable from its registry", image=ref, reason=str(exc)[:200])
         return None
-    return doc_image(doc, f"{r.name}@{doc.digest}")
 
 
 def doc_image(doc: ImageDoc, digest_ref: str) -> Image:

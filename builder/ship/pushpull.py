@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 
@@ -11,7 +12,7 @@ from builder.build.engine import Engine
 from builder.core import events
 from builder.build.image import Image
 from builder.build.reuse import remote
-from builder.core.errors import BaseImageMissingError, ImageVerificationError, PlatformMissingError, RegistryError, TagExistsError
+from builder.core.errors import ImageVerificationError, PlatformMissingError, RegistryError, TagExistsError
 from builder.core.filelock import key_lock, locked
 from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, CONTENT_LABEL
 from builder.core.platforms import arch
@@ -151,24 +152,30 @@ def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: in
 class BasePull:
     """The base pulled beside the build (issue 24): what needs only its registry facts goes on meanwhile
     (the plan, the registry's images, the index proxy fetching ahead); what needs it in the engine (the
-    sandbox, a build) calls ``wait``. IMAGE_ID is the image those facts are of: a tag that moved to
-    another image between the read and the pull fails the build, not builds on what it was not planned for."""
+    sandbox, a build) calls ``wait``. READ is the image those facts are of (builder/ship/assemble.py
+    registry_image): pulled by its digest, so a tag that moves meanwhile changes nothing, then given
+    REF's tag as a pull of REF would."""
 
-    def __init__(self, engine: Engine, ref: str, image_id: str, *, auth: dict | None = None) -> None:
+    def __init__(self, engine: Engine, ref: str, read: Image, *, auth: dict | None = None) -> None:
         self.ref, self._error, self._done = ref, None, threading.Event()
+        pinned = ref if "@" in ref else next(d for d in read.digests if "@" in d)
 
         def run() -> None:
             try:
-                got = pull_base(engine, ref, auth=auth)
-                if got != image_id:
-                    raise BaseImageMissingError(
-                        f"the base {ref} changed while it was pulled: the build was planned on {image_id}, "
-                        f"the engine pulled {got}", hint="Pin the base by digest (REPO@sha256:...) and rerun.")
+                image_id = pull_base(engine, pinned, auth=auth)
+                got = engine.image(image_id)
+                if got is None or got.layers != read.layers:  # (content-addressed: a registry or engine fault)
+                    raise RegistryError(f"the engine's pull of {pinned} is not the image its registry described",
+                                        hint="Check the registry, then rerun the build.")
+                if pinned != ref:
+                    engine.tag(image_id, ref)
             except BaseException as exc:  # noqa: BLE001 (raised by wait(), in the thread that needs the base)
                 self._error = exc
             finally:
                 self._done.set()
-        threading.Thread(target=run, name="base-pull", daemon=True).start()
+        # the build's redactor and log context go with it (builder/core/redact.py)
+        context = contextvars.copy_context()
+        threading.Thread(target=lambda: context.run(run), name="base-pull", daemon=True).start()
 
     def wait(self) -> None:
         """Return once the engine holds the base; raise what the pull raised."""
@@ -176,8 +183,12 @@ class BasePull:
         if self._error is not None:
             raise self._error
 
-    def settle(self) -> None:
-        """The build is over: the pull ends before the build returns; a failure nobody waited for is only logged."""
+    def settle(self, failing: bool) -> None:
+        """The build is over. It returns after the pull; a build that fails or is interrupted does not
+        wait for it (the thread ends with the pull, or with the process). A failure nobody waited for
+        is only logged: the build did not need the base in the engine."""
+        if failing:
+            return
         self._done.wait()
         if self._error is not None:
             log.debug("the base's pull failed after the build needed it no more", image=self.ref,

@@ -22,7 +22,7 @@ from packaging.version import InvalidVersion, Version
 from builder import __version__
 from builder.core import events
 from builder.core.errors import RegistryError
-from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL
+from builder.core.labels import AGENT_NAME_LABEL, AGENT_VERSION_LABEL, BASE_DIGEST_LABEL
 from builder.ship import attest, sbom
 from builder.ship.client import MAX_CONFIG_BYTES, RegistryClient, parse_ref
 from builder.ship.referrers import PROVENANCE_TYPE, SBOM_TYPE, attach, document, referrers
@@ -80,8 +80,10 @@ def build_facts(engine, image_id: str, plan, pkg, options, started_monotonic: fl
     if base_digests is None:
         base_image = engine.image(plan.base.id)  # its registry digest, when it came from (or went to) one
         base_digests = base_image.digests if base_image else ()
+    # (a base still being pulled beside the build: the digest its plan read in the registry)
     base = {"name": plan.base.image, "id": plan.base.id,
-            "digest": next((d.split("@", 1)[1] for d in base_digests if "@" in d), "")}
+            "digest": next((d.split("@", 1)[1] for d in base_digests if "@" in d), "")
+            or plan.base.labels.get(BASE_DIGEST_LABEL, "")}
     package = {"name": "package", "digest": {"sha256": plan.content.split(":", 1)[-1]},
                "annotations": {"kind": pkg.source_kind, "inputDigest": plan.digest}}
     if Path(pkg.source).is_file():

@@ -14,7 +14,8 @@ import docker
 import pytest
 
 from builder.build.engine import Engine
-from builder.core.errors import BaseImageMissingError, RegistryError
+from builder.core.errors import RegistryError
+from builder.ship.assemble import registry_image
 from builder.ship.pushpull import BasePull
 from tests.support.cli import build_json, run_cli
 
@@ -60,10 +61,12 @@ def drop_built(docker_client):
 def test_a_base_pulled_beside_the_build_serves_its_sandbox_and_dependency_step(
         registry, docker_client, agent_factory, index_url, drop_built, tmp_path):
     pinned, _ = _lone_base(registry, docker_client, "ok")
-    drop_built.append(pinned)
+    tag = f"{registry.host}/{PREFIX}-ok/agent-image.base:py3.11"  # named by its tag, as many pipelines do
+    drop_built += [pinned, tag]
     agent = agent_factory("pull-beside", requirements="tinyreq==1.1\n")
-    code, out, stderr = build_json(agent, "--index-url", index_url, "--base-image", pinned,
-                                   "--registry", f"{registry.host}/{PREFIX}-agents", "--cache-dir", str(tmp_path / "c"))
+    args = ("--index-url", index_url, "--base-image", tag, "--registry", f"{registry.host}/{PREFIX}-agents",
+            "--cache-dir", str(tmp_path / "c"))
+    code, out, stderr = build_json(agent, *args)
     assert code == 0, stderr[-3000:]
     drop_built.append(out["image_id"])
     events = [e.get("event") for e in _events(stderr)]
@@ -71,9 +74,15 @@ def test_a_base_pulled_beside_the_build_serves_its_sandbox_and_dependency_step(
     assert "Building the dependency image" in events, events  # the sandbox's path, not a build without deps
     image = docker_client.images.get(out["image_id"])
     assert image.labels["org.opencontainers.image.base.digest"] == pinned.split("@")[1]
+    assert docker_client.images.get(tag).id == docker_client.images.get(pinned).id  # the tag, as a pull gives it
     ran = docker_client.containers.run(out["image_id"], ["python", "-c", "import tinyreq; print('ok')"],
                                        remove=True, network_mode="none")
     assert ran.strip() == b"ok"
+    # planned on the registry's facts, it is the build of the engine's: the same inputs, so reused
+    code, again, stderr = build_json(agent, *args)
+    assert code == 0, stderr[-3000:]
+    assert "Pulled the base image" not in [e.get("event") for e in _events(stderr)]
+    assert (again["input_digest"], again["image_id"], again["cached"]) == (out["input_digest"], out["image_id"], True)
 
 
 def test_a_failed_pull_of_the_base_is_the_builds_registry_error_not_the_sandboxs(
@@ -94,15 +103,16 @@ def test_a_failed_pull_of_the_base_is_the_builds_registry_error_not_the_sandboxs
     assert "sandbox" not in out["error"]["message"].lower(), out
 
 
-def test_a_base_whose_pull_is_not_the_image_read_fails_the_build(registry, docker_client):
-    """The build is planned on the base's facts read from the registry; a tag that moved before the
-    pull gives another image, and building on it would build what was not planned."""
-    pinned, _ = _lone_base(registry, docker_client, "moved")
-    try:
-        pull = BasePull(Engine(), pinned, "sha256:" + "0" * 64)
-        with pytest.raises(BaseImageMissingError, match="changed while it was pulled"):
-            pull.wait()
-        with pytest.raises(BaseImageMissingError):  # every caller that needs it hears it
-            pull.wait()
-    finally:
-        docker_client.images.remove(pinned, force=True)
+def test_a_tag_moved_while_the_base_is_pulled_changes_nothing(registry, docker_client, drop_built):
+    """The build is planned on the facts read from the registry: the pull gives that image (by its
+    digest) and the tag, even when the registry's tag names another image by then."""
+    first, _ = _lone_base(registry, docker_client, "moved")
+    tag = f"{registry.host}/{PREFIX}-moved/agent-image.base:py3.11"
+    read = registry_image(tag, auth=None)
+    assert read is not None and read.digests == (first,)
+    second, _ = _lone_base(registry, docker_client, "moved")  # the same tag, pushed again: another image
+    assert second != first and registry_image(tag, auth=None).digests == (second,)
+    drop_built += [first, second, tag]
+    BasePull(Engine(), tag, read).wait()
+    assert docker_client.images.get(tag).id == read.id
+    assert f"{tag.rsplit(':', 1)[0]}@{first.split('@')[1]}" in docker_client.images.get(tag).attrs["RepoDigests"]
