@@ -142,11 +142,11 @@ def image_for_platform(engine: Engine, ref: str, platform: str | None, *, auth: 
     return pulled
 
 
-def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> str:
+def pull_base(engine: Engine, ref: str, *, auth: dict | None = None, retries: int = 3) -> Image:
     """Pull a base image the engine lacks (`build --base-image REGISTRY/...`)."""
     image = with_retries(lambda: engine.pull(ref, auth=auth), doing="pull", attempts=retries, image=ref)
     log.info("Pulled the base image", image=ref, image_id=image.id)
-    return image.id
+    return image
 
 
 class BasePull:
@@ -162,13 +162,12 @@ class BasePull:
 
         def run() -> None:
             try:
-                image_id = pull_base(engine, pinned, auth=auth)
-                got = engine.image(image_id)
-                if got is None or got.layers != read.layers:  # (content-addressed: a registry or engine fault)
+                got = pull_base(engine, pinned, auth=auth)
+                if got.layers != read.layers:  # (content-addressed: a registry or engine fault)
                     raise RegistryError(f"the engine's pull of {pinned} is not the image its registry described",
                                         hint="Check the registry, then rerun the build.")
                 if pinned != ref:
-                    engine.tag(image_id, ref)
+                    engine.tag(got.id, ref)
             except BaseException as exc:  # noqa: BLE001 (raised by wait(), in the thread that needs the base)
                 self._error = exc
             finally:
